@@ -1,0 +1,413 @@
+"""Typed run configuration: one schema, loaded from TOML, overridden by `key.sub=value`.
+
+Every value that reaches the engine from a file or the command line passes `validate()`,
+which raises `ConfigError` with one sentence naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; its message is one sentence."""
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    expansion: float = 4.0
+    mixer: Literal["attention", "mlp"] = "attention"
+    H_cycles: int = 3  # T: outer cycles; the first T-1 run without gradient
+    L_cycles: int = 6  # n: latent updates per outer cycle
+    halt_max_steps: int = 16  # N_sup: deep-supervision steps a slot may take
+    halt_exploration: float = 0.1
+    puzzle_prefix: int = 0  # extra leading positions (the paper's 16 puzzle-embedding slots)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    # per-step loss weights over the answer history y0..yT ("Cognate" form); empty = last only
+    step_loss_weights: list[float] = field(default_factory=list)
+    ema_decay: float = 0.999
+    memory: Literal["none", "titans-mag"] = "none"
+    window: int = 0  # sliding attention window (0 = full attention)
+    d_mem: int = 64  # width of the neural memory MLP
+    memory_chunk: int = 16
+    memory_decay: float = 0.99
+    memory_theta_max: float = 0.1
+    persistent_tokens: int = 4
+    bitnet: bool = False
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sudoku"
+    size: int = 4  # Sudoku side: 4, 6 or 9
+    difficulty: int = 1
+    seed: int = 0
+    augment: bool = True
+
+
+@dataclass
+class OptimConfig:
+    # A preset fills every field left unset (None); a field set in the file or by --set wins.
+    # Presets live in engine/optim.py (PRESETS); `engine.optim.resolve(cfg)` gives the concrete values.
+    preset: Literal["adamw", "muon", "phase1", "phase5"] = "adamw"
+    lr: float | None = None  # Muon's lr under the Muon presets, AdamW's under "adamw"
+    adamw_lr: float | None = None  # the AdamW fallback (embeddings, heads, norms, biases) under Muon presets
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 50
+    grad_clip: float = 1.0  # global gradient-norm clip before the Grokfast filter; 0 = off
+    schedule: Literal["constant", "cosine"] = "constant"  # after warmup
+    min_lr_ratio: float = 0.1  # cosine ends at lr x this at train.max_steps
+    momentum: float | None = None  # Muon momentum
+    nesterov: bool | None = None
+    ns_steps: int | None = None  # Newton-Schulz iterations in Muon
+    muon_lr_scaling: Literal["original", "match_rms_adamw"] = "original"  # torch.optim.Muon adjust_lr_fn
+    muon_exclude: list[str] = field(default_factory=list)  # glob patterns of parameter names kept off Muon
+    grokfast_alpha: float | None = None  # EMA decay of the slow-gradient filter, in [0, 1)
+    grokfast_lambda: float | None = None  # amplification of the slow gradient; 0 = off
+    grokfast_scope: Literal["all", "aux", "off"] = "aux"  # aux = AdamW-routed parameters only (see optim.py)
+    qk_clip_tau: float | None = None  # largest allowed attention logit; 0 = off
+    ste: bool | None = None  # BitNet b1.58 ternary training of hidden linears (on when model.bitnet too)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    max_steps: int = 2000
+    max_minutes: float = 0.0  # wall-clock budget; 0 = none
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+@dataclass
+class EvalConfig:
+    every: int = 200
+    n_puzzles: int = 256
+    batch_size: int = 256
+    use_ema: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500
+    keep: int = 3
+
+
+@dataclass
+class LogConfig:
+    flush_seconds: float = 0.5
+    telemetry_seconds: float = 2.0
+    print_seconds: float = 3.0
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# Allowed ranges: (low, high) inclusive; None = unbounded on that side.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "model.d_model": (8, 4096),
+    "model.n_layers": (1, 32),
+    "model.n_heads": (1, 64),
+    "model.expansion": (0.5, 16),
+    "model.H_cycles": (1, 16),
+    "model.L_cycles": (1, 32),
+    "model.halt_max_steps": (1, 64),
+    "model.halt_exploration": (0.0, 1.0),
+    "model.puzzle_prefix": (0, 256),
+    "model.rope_theta": (1.0, 1e7),
+    "model.norm_eps": (1e-12, 1e-2),
+    "model.ema_decay": (0.0, 1.0),
+    "model.window": (0, 65536),
+    "model.d_mem": (4, 4096),
+    "model.memory_chunk": (1, 1024),
+    "model.memory_decay": (0.0, 1.0),
+    "model.memory_theta_max": (0.0, 10.0),
+    "model.persistent_tokens": (0, 64),
+    "task.size": (4, 9),
+    "task.difficulty": (1, 3),
+    "task.seed": (0, 2**31 - 1),
+    "optim.lr": (0.0, 1.0),
+    "optim.adamw_lr": (0.0, 1.0),
+    "optim.min_lr_ratio": (0.0, 1.0),
+    "optim.momentum": (0.0, 0.9999),
+    "optim.ns_steps": (1, 20),
+    "optim.grokfast_alpha": (0.0, 0.9999),
+    "optim.grokfast_lambda": (0.0, 100.0),
+    "optim.qk_clip_tau": (0.0, 1e4),
+    "optim.weight_decay": (0.0, 10.0),
+    "optim.beta1": (0.0, 0.99999),
+    "optim.beta2": (0.0, 0.99999),
+    "optim.warmup_steps": (0, 10_000_000),
+    "optim.grad_clip": (0.0, 1e6),
+    "train.batch_size": (1, 65536),
+    "train.max_steps": (1, 10**9),
+    "train.max_minutes": (0.0, 10**7),
+    "train.seed": (0, 2**31 - 1),
+    "train.threads": (0, 1024),
+    "eval.every": (0, 10**9),
+    "eval.n_puzzles": (1, 10**6),
+    "eval.batch_size": (1, 65536),
+    "checkpoint.every": (0, 10**9),
+    "checkpoint.keep": (1, 1000),
+    "log.flush_seconds": (0.01, 60.0),
+    "log.telemetry_seconds": (0.1, 3600.0),
+    "log.print_seconds": (0.1, 3600.0),
+}
+
+# Choices that are not expressible as a Literal type.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "task.size": (4, 6, 9),
+}
+
+
+def _fields(cls) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unwrap_optional(tp):
+    """`float | None` -> float: None only ever comes from a default (TOML has no null)."""
+    if get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp):
+        return next(a for a in get_args(tp) if a is not type(None))
+    return tp
+
+
+def _describe(tp) -> str:
+    tp = _unwrap_optional(tp)
+    if get_origin(tp) is list and get_args(tp) == (str,):
+        return "a list of strings"
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a non-empty string"
+    if get_origin(tp) is list:
+        return "a list of numbers"
+    return str(tp)
+
+
+def _coerce(key: str, tp, value: Any, where: str) -> Any:
+    """Check one leaf value against its declared type; return it in canonical form."""
+
+    def bad(extra: str = "") -> ConfigError:
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        return ConfigError(f"{where}: {key} = {shown} is not allowed; expected {_describe(tp)}{extra}.")
+
+    tp = _unwrap_optional(tp)
+    if get_origin(tp) is list and get_args(tp) == (str,):
+        if not isinstance(value, list) or len(value) > 64 or not all(
+            isinstance(v, str) and v.strip() and len(v) <= 200 for v in value
+        ):
+            raise bad(" (at most 64 non-empty strings)")
+        return list(value)
+    if get_origin(tp) is Literal:
+        if value not in get_args(tp) or isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        value = int(value)
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        value = float(value)
+        if not math.isfinite(value):
+            raise bad(" (finite)")
+    elif tp is str:
+        if not isinstance(value, str) or not value.strip() or len(value) > 200:
+            raise bad(" of at most 200 characters")
+        return value
+    elif get_origin(tp) is list:
+        if not isinstance(value, list) or len(value) > 64:
+            raise bad(" (at most 64 entries)")
+        out = []
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or v < 0:
+                raise bad(" (each finite and >= 0)")
+            out.append(float(v))
+        return out
+    lo, hi = RANGES.get(key, (None, None))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{where}: {key} = {value!r} is out of range; allowed is {lo} to {hi}.")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(
+            f"{where}: {key} = {value!r} is not allowed; allowed is one of "
+            + ", ".join(str(c) for c in CHOICES[key]) + "."
+        )
+    return value
+
+
+def _build(cls, data: dict, prefix: str, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: [{prefix.rstrip('.')}] must be a table of settings.")
+    fields = _fields(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = prefix + key
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key {full!r}; allowed here: {allowed}.")
+        tp = fields[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, full + ".", where)
+        else:
+            kwargs[key] = _coerce(full, tp, value, where)
+    return cls(**kwargs)
+
+
+def _check_cross(cfg: RunConfig, where: str) -> None:
+    m = cfg.model
+    if m.d_model % m.n_heads:
+        raise ConfigError(
+            f"{where}: model.d_model = {m.d_model} must be divisible by model.n_heads = {m.n_heads}."
+        )
+    if (m.d_model // m.n_heads) % 2:
+        raise ConfigError(f"{where}: model.d_model / model.n_heads must be even for rotary embeddings.")
+    if m.step_loss_weights and len(m.step_loss_weights) != m.H_cycles + 1:
+        raise ConfigError(
+            f"{where}: model.step_loss_weights has {len(m.step_loss_weights)} entries; "
+            f"it must have model.H_cycles + 1 = {m.H_cycles + 1} (one per answer y0..yT) or be empty."
+        )
+    if m.memory == "titans-mag" and m.mixer != "attention":
+        raise ConfigError(f"{where}: model.memory = 'titans-mag' needs model.mixer = 'attention'.")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`model.d_model=128` -> ("model.d_model", 128); the value is read as a TOML value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} is not of the form key.sub=value.")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words are strings: --set model.mixer=mlp
+    return key, value
+
+
+def _apply_override(data: dict, key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{where}: {key!r} is not a valid key.")
+    node = data
+    cls = RunConfig
+    for i, part in enumerate(parts):
+        fields = _fields(cls)
+        if part not in fields:
+            prefix = ".".join(parts[:i])
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(
+                f"{where}: unknown key {key!r}; allowed {'under ' + prefix if prefix else 'at the top'}: {allowed}."
+            )
+        tp = fields[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                raise ConfigError(f"{where}: {key!r} is a section; set one of its keys instead.")
+            node[part] = value
+        else:
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])!r} is a value, not a section.")
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: [{'.'.join(parts[: i + 1])}] must be a table of settings.")
+            cls = tp
+
+
+def from_dict(data: dict, where: str = "config", overrides: list[str] | None = None) -> RunConfig:
+    data = _deepcopy(data)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _apply_override(data, key, value, f"--set {key}")
+    cfg = _build(RunConfig, data, "", where)
+    _check_cross(cfg, where)
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such config file; pass a TOML file such as configs/quickstart.toml.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: the file is not UTF-8 text; a config must be a TOML file.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML ({exc}); fix the syntax and try again.") from None
+    return from_dict(data, where, overrides)
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def to_toml(cfg: RunConfig) -> str:
+    d = to_dict(cfg)
+    lines = []
+    for k, v in d.items():
+        if not isinstance(v, dict):
+            lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            for kk, vv in v.items():
+                if vv is None:  # unset: TOML has no null, and leaving it out keeps it unset on reload
+                    continue
+                lines.append(f"{kk} = {_toml_value(vv)}")
+    return "\n".join(lines) + "\n"
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d

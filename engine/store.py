@@ -1,0 +1,282 @@
+"""The run's durable record: SQLite (WAL) through sqlite-utils.
+
+The engine writes through `RunStore`: rows are queued in memory and a background thread
+inserts them in batches at most every `flush_seconds`, so the training step never waits on
+disk. Consoles read through `RunReader`, which never writes and never blocks the engine
+(WAL lets readers and the one writer work at once).
+
+Tables: `runs` (one row: the run), `metrics` (long format: step, segment, key, value),
+`events`, `commands`. A resume starts a new segment; rows of older segments past the
+resume step are marked superseded, never deleted.
+
+Plain Python (no torch), so the console imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlite_utils
+
+DB_NAME = "run.db"
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        conn.execute("PRAGMA query_only=1")
+    else:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _clean(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class RunStore:
+    """The engine's writer. One per run; lives in the engine process."""
+
+    def __init__(self, run_dir: str | Path, flush_seconds: float = 0.5):
+        self.path = Path(run_dir) / DB_NAME
+        self.flush_seconds = flush_seconds
+        self.db = sqlite_utils.Database(_connect(self.path))
+        self.db.enable_wal()
+        self.db.conn.execute("PRAGMA synchronous=NORMAL")
+        self._ensure_schema()
+        self.segment = self._current_segment()
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[dict]] = {"metrics": [], "events": [], "commands": []}
+        self._run_update: dict[str, Any] = {}
+        self._flushed = threading.Condition(self._lock)
+        self._generation = 0  # increments after every completed flush
+        self.write_error: str | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._writer, name="run-store-writer", daemon=True)
+        self._thread.start()
+
+    # ---- schema -------------------------------------------------------------------------
+
+    def _ensure_schema(self) -> None:
+        db = self.db
+        with db.conn:
+            if "runs" not in db.table_names():
+                db["runs"].create(
+                    {"id": str, "name": str, "created": float, "updated": float, "status": str, "step": int,
+                     "segment": int, "pid": int, "config": str, "info": str},
+                    pk="id",
+                )
+            if "metrics" not in db.table_names():
+                db["metrics"].create(
+                    {"id": int, "step": int, "segment": int, "key": str, "value": float, "time": float,
+                     "superseded": int},
+                    pk="id",
+                )
+                db["metrics"].create_index(["key", "step"])
+                db["metrics"].create_index(["step"])
+            if "events" not in db.table_names():
+                db["events"].create(
+                    {"id": int, "step": int, "segment": int, "time": float, "kind": str, "data": str}, pk="id"
+                )
+                db["events"].create_index(["kind"])
+            if "commands" not in db.table_names():
+                db["commands"].create(
+                    {"id": int, "cmd_id": str, "client": str, "received": float, "cmd": str, "args": str,
+                     "applied_step": int, "ok": int, "error": str, "segment": int},
+                    pk="id",
+                )
+
+    def _current_segment(self) -> int:
+        row = self.db.execute("SELECT max(segment) FROM runs").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # ---- run row --------------------------------------------------------------------------
+
+    def create_run(self, run_id: str, name: str, config_toml: str, info: dict | None = None) -> None:
+        now = time.time()
+        with self.db.conn:
+            self.db["runs"].insert(
+                {"id": run_id, "name": name, "created": now, "updated": now, "status": "starting", "step": 0,
+                 "segment": 0, "pid": 0, "config": config_toml, "info": json.dumps(info or {})},
+                replace=True,
+            )
+
+    def run_row(self) -> dict | None:
+        rows = list(self.db["runs"].rows)
+        return rows[0] if rows else None
+
+    def update_run(self, **fields: Any) -> None:
+        """Queue a change to the run row (status, step, pid...); written with the next batch."""
+        with self._lock:
+            self._run_update.update(fields)
+        if "status" in fields:
+            self._wake.set()
+
+    def start_segment(self, resume_step: int) -> int:
+        """A resume from `resume_step`: later rows of older segments become superseded."""
+        self.flush()
+        with self.db.conn:
+            self.segment = self._current_segment() + 1
+            self.db.execute("UPDATE metrics SET superseded = 1 WHERE step > ? AND superseded = 0", [resume_step])
+            self.db.execute("UPDATE runs SET segment = ?, step = ?", [self.segment, resume_step])
+        return self.segment
+
+    # ---- queued writes --------------------------------------------------------------------
+
+    def log_metrics(self, step: int, values: dict[str, float], at: float | None = None) -> None:
+        at = at or time.time()
+        rows = [
+            {"step": step, "segment": self.segment, "key": k, "value": _clean(v), "time": at, "superseded": 0}
+            for k, v in values.items()
+        ]
+        with self._lock:
+            self._pending["metrics"].extend(rows)
+
+    def log_event(self, step: int, kind: str, data: Any, at: float | None = None) -> None:
+        row = {"step": step, "segment": self.segment, "time": at or time.time(), "kind": kind,
+               "data": json.dumps(data, default=str)}
+        with self._lock:
+            self._pending["events"].append(row)
+
+    def log_command(self, cmd_id: str, client: str, cmd: str, args: dict, applied_step: int | None,
+                    ok: bool, error: str | None, received: float) -> None:
+        row = {"cmd_id": cmd_id, "client": client, "received": received, "cmd": cmd,
+               "args": json.dumps(args, default=str), "applied_step": applied_step, "ok": int(ok),
+               "error": error, "segment": self.segment}
+        with self._lock:
+            self._pending["commands"].append(row)
+
+    def _take(self) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+        with self._lock:
+            batch = {k: v for k, v in self._pending.items() if v}
+            self._pending = {"metrics": [], "events": [], "commands": []}
+            update, self._run_update = self._run_update, {}
+        return batch, update
+
+    def _write(self, batch: dict[str, list[dict]], update: dict[str, Any]) -> None:
+        if not batch and not update:
+            return
+        with self.db.conn:
+            for table, rows in batch.items():
+                self.db[table].insert_all(rows, batch_size=500)
+            if update:
+                update["updated"] = time.time()
+                sets = ", ".join(f"{k} = ?" for k in update)
+                self.db.execute(f"UPDATE runs SET {sets}", list(update.values()))
+
+    def _writer(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self._flush_guarded()
+        self._flush_guarded()
+
+    def _flush_guarded(self) -> None:
+        try:
+            self._flush_once()
+            self.write_error = None
+        except sqlite3.Error as exc:
+            self.write_error = str(exc)  # the rows stay queued; the trainer raises an alert
+
+    def _flush_once(self) -> None:
+        batch, update = self._take()
+        try:
+            self._write(batch, update)
+        except sqlite3.OperationalError:
+            # Disk full or similar: put the rows back so nothing is lost, retry on the next tick.
+            with self._lock:
+                for k, rows in batch.items():
+                    self._pending[k][:0] = rows
+                for k, v in update.items():
+                    self._run_update.setdefault(k, v)
+            raise
+        finally:
+            with self._lock:
+                self._generation += 1
+                self._flushed.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until everything queued before this call is on disk."""
+        if not self._thread.is_alive():
+            self._flush_once()
+            return
+        with self._lock:
+            target = self._generation + 2  # one flush may already be mid-way with older rows
+        self._wake.set()
+        deadline = time.time() + timeout
+        with self._lock:
+            while self._generation < target and time.time() < deadline:
+                self._wake.set()
+                self._flushed.wait(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self.db.conn.close()
+
+
+class RunReader:
+    """Read-only view of a run's store, safe to poll while the engine writes."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / DB_NAME
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path} does not exist")
+        self.conn = _connect(self.path, readonly=True)
+        self.conn.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def run(self) -> dict | None:
+        row = self.conn.execute("SELECT * FROM runs LIMIT 1").fetchone()
+        return dict(row) if row else None
+
+    def metric_keys(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT key FROM metrics ORDER BY key")]
+
+    def metric(self, key: str, since_id: int = 0, include_superseded: bool = False) -> list[tuple[int, int, float | None]]:
+        """Rows (id, step, value) of one series, in step order within each segment."""
+        sql = "SELECT id, step, value FROM metrics WHERE key = ? AND id > ?"
+        if not include_superseded:
+            sql += " AND superseded = 0"
+        return [tuple(r) for r in self.conn.execute(sql + " ORDER BY id", [key, since_id])]
+
+    def latest(self, keys: Iterable[str] | None = None) -> dict[str, tuple[int, float | None]]:
+        """The newest (step, value) of every series (or of `keys`)."""
+        rows = self.conn.execute(
+            "SELECT key, step, value FROM metrics WHERE id IN (SELECT max(id) FROM metrics WHERE superseded = 0 GROUP BY key)"
+        )
+        out = {r[0]: (r[1], r[2]) for r in rows}
+        if keys is not None:
+            out = {k: out[k] for k in keys if k in out}
+        return out
+
+    def events(self, since_id: int = 0, kinds: Iterable[str] | None = None, limit: int = 10_000) -> list[dict]:
+        sql = "SELECT * FROM events WHERE id > ?"
+        params: list[Any] = [since_id]
+        if kinds:
+            kinds = list(kinds)
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            params += kinds
+        rows = self.conn.execute(sql + " ORDER BY id LIMIT ?", params + [limit])
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["data"] = json.loads(d["data"]) if d["data"] else None
+            out.append(d)
+        return out
+
+    def commands(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM commands ORDER BY id")]

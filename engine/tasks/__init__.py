@@ -1,0 +1,1 @@
+"""Task generators. Every sample is a pure function of (seed, split, index)."""

@@ -1,0 +1,1 @@
+"""trm-lab's console and command line."""

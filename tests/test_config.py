@@ -1,0 +1,87 @@
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import config
+from engine.config import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_presets_load():
+    from pathlib import Path
+
+    for p in Path("configs").glob("*.toml"):
+        config.load(p)
+
+
+def test_overrides_apply_and_are_typed(tmp_path):
+    p = write(tmp_path, "[model]\nd_model = 64\n")
+    cfg = config.load(p, ["model.d_model=128", "model.mixer=mlp", "train.max_minutes=1.5", "name=abc"])
+    assert cfg.model.d_model == 128 and cfg.model.mixer == "mlp"
+    assert cfg.train.max_minutes == 1.5 and cfg.name == "abc"
+
+
+def test_roundtrip_through_toml(tmp_path):
+    cfg = config.load(write(tmp_path, "[model]\nstep_loss_weights=[0.0, 0.5, 0.5, 1.0]\n"))
+    again = config.load(write(tmp_path, config.to_toml(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[model]\nd_model = -1\n", "model.d_model"),
+    ("[model]\nfoo = 1\n", "model.foo"),
+    ("[modle]\nd_model = 1\n", "modle"),
+    ("[model]\nd_model = 'big'\n", "model.d_model"),
+    ("[model]\nexpansion = nan\n", "model.expansion"),
+    ("[model]\nmixer = 'conv'\n", "model.mixer"),
+    ("[task]\nsize = 5\n", "task.size"),
+    ("name = ''\n", "name"),
+    ("[train]\nbatch_size = 1e400\n", "train.batch_size"),
+    ("[train]\nbatch_size = true\n", "train.batch_size"),
+    ("[model]\nd_model = 130\nn_heads = 4\n", "model.d_model"),
+    ("[model] d_model=", "TOML"),
+])
+def test_bad_values_name_the_key_and_file(tmp_path, text, needle):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert needle in msg and str(p) in msg
+    assert "\n" not in msg
+
+
+def test_bad_override_names_the_key(tmp_path):
+    p = write(tmp_path, "")
+    with pytest.raises(ConfigError, match="model.nope"):
+        config.load(p, ["model.nope=3"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        config.load(p, ["model.d_model"])
+
+
+LEAVES = [k for k in config.RANGES]
+VALUES = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5), st.booleans(), st.just(""), st.lists(st.integers(), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(LEAVES), value=VALUES)
+def test_any_value_is_accepted_or_refused_with_a_sentence(tmp_path_factory, key, value):
+    section, name = key.split(".")
+    try:
+        cfg = config.from_dict({section: {name: value}}, where="x.toml")
+    except ConfigError as e:
+        assert key in str(e)
+        return
+    got = getattr(getattr(cfg, section), name)
+    assert not (isinstance(got, float) and not math.isfinite(got))
+    lo, hi = config.RANGES[key]
+    assert lo <= got <= hi
