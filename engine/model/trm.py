@@ -1,0 +1,338 @@
+"""The Tiny Recursive Model: one small network f, reused, with deep supervision and ACT halting.
+
+Two latents ride along in a carry: the answer y (`z_H`) and the reasoning state z (`z_L`), both (B, L, D),
+with L = puzzle_prefix + S (the prefix positions get a zero input embedding). One supervision step runs
+T = H_cycles cycles; each cycle updates z n = L_cycles times and then y once:
+
+    for n:  z_L = f(z_L, z_H + x)
+            z_H = f(z_H, z_L)
+
+The first T-1 cycles run without gradient, the last with. The carry is detached and survives up to N_sup
+(halt_max_steps) optimizer steps ("deep supervision"); a slot that halts is reset to the fixed initial latents
+and takes a fresh sample at the next step. A halting head q_head reads position 0 of y and is trained with
+BCE against "the whole answer is correct now".
+
+"Cognate" form: with `step_loss_weights` = [w_0, ..., w_T], every cycle runs with gradient and the loss is
+sum_t w_t * CE(answer after cycle t), where t = 0 is the answer read from the carried y before any cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from engine.config import ModelConfig
+from engine.model.blocks import ReasoningNet
+
+PAD = 0  # label id that is never scored
+
+
+def trunc_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
+    """Normal truncated at 2 sigma, rescaled so the kept values really have standard deviation `std`
+    (torch's trunc_normal_ alone would leave them at 0.88 std)."""
+    sigma = std / 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
+    return nn.init.trunc_normal_(t, mean=0.0, std=sigma, a=-2 * sigma, b=2 * sigma)
+
+
+@dataclass
+class Carry:
+    """Everything recurrent that survives a supervision step, per batch slot."""
+
+    z_H: torch.Tensor  # (B, L, D) the answer latent y
+    z_L: torch.Tensor  # (B, L, D) the reasoning latent z
+    steps: torch.Tensor  # (B,) int64 supervision steps taken on the slot's current sample
+    halted: torch.Tensor  # (B,) bool: the slot takes a fresh sample at the next step
+    inputs: torch.Tensor  # (B, S) long, the slot's current sample
+    labels: torch.Tensor  # (B, S) long
+    memory: dict[str, torch.Tensor] | None = None  # neural-memory state, when the model has one
+
+    def detach(self) -> Carry:
+        memory = None if self.memory is None else {k: v.detach() for k, v in self.memory.items()}
+        return dataclasses.replace(self, z_H=self.z_H.detach(), z_L=self.z_L.detach(), memory=memory)
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        """Flat dict of contiguous tensors (for safetensors); memory entries are keyed `memory.<name>`."""
+        state = {name: getattr(self, name).detach().contiguous()
+                 for name in ("z_H", "z_L", "steps", "halted", "inputs", "labels")}
+        for k, v in (self.memory or {}).items():
+            state[f"memory.{k}"] = v.detach().contiguous()
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> Carry:
+        memory = {k.removeprefix("memory."): v for k, v in state.items() if k.startswith("memory.")}
+        return cls(z_H=state["z_H"], z_L=state["z_L"], steps=state["steps"].long(), halted=state["halted"].bool(),
+                   inputs=state["inputs"].long(), labels=state["labels"].long(), memory=memory or None)
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # (B, S, V) answer after the last cycle
+    q_halt_logits: torch.Tensor  # (B,) float32
+    loss: torch.Tensor  # scalar: lm_loss + 0.5 * halt_loss
+    metrics: dict[str, float]
+    all_logits: list[torch.Tensor] | None = None  # Cognate form: answers y0..yT, each (B, S, V)
+
+
+class TinyRecursiveModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len  # S: answer positions
+        self.prefix = cfg.puzzle_prefix
+        self.length = cfg.puzzle_prefix + seq_len  # L: positions the network sees
+        D = cfg.d_model
+        self.embed_scale = math.sqrt(D)
+        self.embed = nn.Embedding(vocab_size, D)
+        self.net = ReasoningNet(cfg, self.length)  # the one shared network f
+        self.lm_head = nn.Linear(D, vocab_size, bias=False)
+        self.q_head = nn.Linear(D, 2, bias=True)  # [halt, continue]; only the halt logit is trained (TRM)
+        # fixed random starting points of the latents: buffers, so no optimizer ever moves them
+        self.register_buffer("H_init", torch.empty(D))
+        self.register_buffer("L_init", torch.empty(D))
+        self.infer_carry: Carry | None = None  # kept across infer() calls until reset_carry()
+        self.reset_parameters()
+
+    @property
+    def cognate(self) -> bool:
+        return len(self.cfg.step_loss_weights) > 0
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # LeCun-normal (std 1/sqrt(fan_in)), truncated, as in the TRM reference
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, 1.0 / math.sqrt(m.in_features))
+                if m.bias is not None:
+                    m.bias.zero_()
+        trunc_normal_(self.embed.weight, 1.0 / self.embed_scale)  # unit scale after the sqrt(D) factor
+        self.q_head.weight.zero_()
+        self.q_head.bias.fill_(-5.0)  # start far from halting, so early steps use the full budget
+        trunc_normal_(self.H_init, 1.0)
+        trunc_normal_(self.L_init, 1.0)
+
+    # ---- pieces of one supervision step, in the order they run ----
+
+    def initial_carry(self, batch_size: int, device: torch.device | str | None = None) -> Carry:
+        """A carry whose slots are all halted, so the first forward loads data into every slot."""
+        device = self.H_init.device if device is None else torch.device(device)
+        z_H = self.H_init.to(device).expand(batch_size, self.length, -1).clone()
+        z_L = self.L_init.to(device).expand(batch_size, self.length, -1).clone()
+        zeros = torch.zeros(batch_size, self.seq_len, dtype=torch.long, device=device)
+        return Carry(z_H=z_H, z_L=z_L,
+                     steps=torch.zeros(batch_size, dtype=torch.long, device=device),
+                     halted=torch.ones(batch_size, dtype=torch.bool, device=device),
+                     inputs=zeros, labels=zeros.clone())
+
+    def reset_halted(self, carry: Carry, new_inputs: torch.Tensor, new_labels: torch.Tensor) -> Carry:
+        """Halted slots take the new sample, the initial latents and steps = 0; the others keep their carry."""
+        h = carry.halted
+        return Carry(
+            z_H=torch.where(h[:, None, None], self.H_init.to(carry.z_H.dtype), carry.z_H),
+            z_L=torch.where(h[:, None, None], self.L_init.to(carry.z_L.dtype), carry.z_L),
+            steps=torch.where(h, 0, carry.steps),
+            halted=h,
+            inputs=torch.where(h[:, None], new_inputs, carry.inputs),
+            labels=torch.where(h[:, None], new_labels, carry.labels),
+            memory=carry.memory,  # a neural memory resets its halted slots here
+        )
+
+    def input_embedding(self, inputs: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, L, D)
+        x = self.embed(inputs) * self.embed_scale
+        return F.pad(x, (0, 0, self.prefix, 0))  # zero embedding for the prefix positions
+
+    def latent_recursion(self, z_H, z_L, x):
+        """One cycle: n updates of the reasoning latent, then one of the answer."""
+        for _ in range(self.cfg.L_cycles):
+            z_L = self.net(z_L, z_H + x)
+        z_H = self.net(z_H, z_L)
+        return z_H, z_L
+
+    def deep_recursion(self, z_H, z_L, x, record: list | None = None):
+        """T cycles. Returns (z_H, z_L, answers): answers = [y0, ..., yT] in the Cognate form, else [yT].
+        `record`, if given, receives (z_H, z_L) after every cycle."""
+        T = self.cfg.H_cycles
+        if self.cognate:  # every cycle is scored, so every cycle carries gradient
+            answers = [z_H]
+            for _ in range(T):
+                z_H, z_L = self.latent_recursion(z_H, z_L, x)
+                answers.append(z_H)
+                if record is not None:
+                    record.append((z_H, z_L))
+            return z_H, z_L, answers
+        with torch.no_grad():  # improve the latents for free; only the last cycle is backpropagated
+            for _ in range(T - 1):
+                z_H, z_L = self.latent_recursion(z_H, z_L, x)
+                if record is not None:
+                    record.append((z_H, z_L))
+        z_H, z_L = self.latent_recursion(z_H, z_L, x)
+        if record is not None:
+            record.append((z_H, z_L))
+        return z_H, z_L, [z_H]
+
+    def readout(self, z_H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Answer logits (B, S, V) from the answer positions, halting logit (B,) from position 0."""
+        logits = self.lm_head(z_H[:, self.prefix:]).float()
+        q_halt = self.q_head(z_H[:, 0]).float()[:, 0]
+        return logits, q_halt
+
+    def should_halt(self, steps: torch.Tensor, q_halt: torch.Tensor,
+                    generator: torch.Generator | None) -> torch.Tensor:
+        """(B,) bool. Training: at N_sup steps or when q_halt > 0, but with probability halt_exploration
+        a slot must first reach a random minimum in [2, N_sup]. Eval: exactly at N_sup steps."""
+        N = self.cfg.halt_max_steps
+        halted = steps >= N
+        if not self.training or N <= 1:
+            return halted
+        B = steps.shape[0]
+        gen_device = generator.device if generator is not None else steps.device
+        explore = torch.rand(B, generator=generator, device=gen_device) < self.cfg.halt_exploration
+        min_steps = torch.randint(2, N + 1, (B,), generator=generator, device=gen_device)
+        min_steps = torch.where(explore, min_steps, 0).to(steps.device)
+        return (halted | (q_halt > 0)) & (steps >= min_steps)
+
+    # ---- one supervision step ----
+
+    def forward(self, carry: Carry, new_inputs: torch.Tensor, new_labels: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[Carry, StepOutput]:
+        carry = self.reset_halted(carry, new_inputs, new_labels)
+        x = self.input_embedding(carry.inputs)  # (B, L, D)
+        z_H, z_L, answers = self.deep_recursion(carry.z_H, carry.z_L, x)
+        logits, q_halt = self.readout(z_H)  # (B, S, V), (B,)
+        labels = carry.labels
+
+        # loss: mean cross-entropy over scored positions (+ the Cognate history) and the halting BCE
+        mask = labels != PAD  # (B, S)
+        n_cells = mask.sum().clamp_min(1)
+        if self.cognate:
+            all_logits = [logits if y is z_H else self.readout(y)[0] for y in answers]
+            lm_loss = sum(w * self._lm_loss(lg, labels, n_cells)
+                          for w, lg in zip(self.cfg.step_loss_weights, all_logits))
+        else:
+            all_logits = None
+            lm_loss = self._lm_loss(logits, labels, n_cells)
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == labels) & mask  # (B, S)
+            seq_correct = correct.sum(-1) == mask.sum(-1)  # (B,) whole answer right
+        halt_loss = F.binary_cross_entropy_with_logits(q_halt, seq_correct.float())
+        loss = lm_loss + 0.5 * halt_loss
+
+        with torch.no_grad():
+            steps = carry.steps + 1
+            halted = self.should_halt(steps, q_halt, generator)
+            n_halted = halted.sum()
+            figures = torch.stack([
+                loss.detach(), lm_loss.detach(), halt_loss.detach(),
+                correct.sum() / n_cells, seq_correct.float().mean(),
+                n_halted.float(), (seq_correct & halted).sum().float(),
+                (steps * halted).sum().float(), steps.float().mean(),
+            ]).tolist()  # one device sync for all figures
+        (loss_v, lm_v, halt_v, cell_acc, exact_acc, n_halt, n_halt_exact, halt_steps, mean_steps) = figures
+        metrics = {
+            "loss": loss_v, "lm_loss": lm_v, "halt_loss": halt_v,
+            "cell_acc": cell_acc, "exact_acc": exact_acc,
+            "n_halted": n_halt, "n_halted_exact": n_halt_exact,
+            "halted_exact_acc": n_halt_exact / n_halt if n_halt else float("nan"),  # nan: none halted
+            "halted_steps": halt_steps / n_halt if n_halt else float("nan"),  # steps used by halting slots
+            "mean_steps": mean_steps,  # steps taken so far, mean over all slots
+        }
+        new_carry = Carry(z_H=z_H, z_L=z_L, steps=steps, halted=halted,
+                          inputs=carry.inputs, labels=labels, memory=carry.memory).detach()
+        return new_carry, StepOutput(logits=logits, q_halt_logits=q_halt, loss=loss, metrics=metrics,
+                                     all_logits=all_logits)
+
+    @staticmethod
+    def _lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_cells: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD, reduction="sum")
+        return ce / n_cells
+
+    # ---- evaluation and stateful inference ----
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor, n_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """From a fresh carry, run n_steps (default N_sup) supervision steps with eval semantics (every slot
+        takes all of them). Returns (preds (B, S), q_halt (B,))."""
+        n_steps = self.cfg.halt_max_steps if n_steps is None else n_steps
+        start = self.initial_carry(inputs.shape[0], inputs.device)
+        x = self.input_embedding(inputs)
+        z_H, z_L = start.z_H, start.z_L
+        for _ in range(n_steps):
+            z_H, z_L, _ = self.deep_recursion(z_H, z_L, x)
+        logits, q_halt = self.readout(z_H)
+        return logits.argmax(-1), q_halt
+
+    @torch.no_grad()
+    def infer(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Stateful inference, one supervision step per call; returns preds (B, S).
+
+        The model keeps a carry between calls. A slot whose inputs differ from the carried ones (or every slot,
+        on the first call or when the batch size changes) starts fresh from the initial latents; a slot with the
+        same inputs takes one more step, until it has taken N_sup steps; after that its answer is final and it
+        stays as it is. `reset_carry()` forgets everything."""
+        prev = self.infer_carry
+        if prev is None or prev.inputs.shape != inputs.shape or prev.inputs.device != inputs.device:
+            prev = self.initial_carry(inputs.shape[0], inputs.device)
+            restart = torch.ones(inputs.shape[0], dtype=torch.bool, device=inputs.device)
+        else:
+            restart = (prev.inputs != inputs).any(-1)
+        carry = self.reset_halted(dataclasses.replace(prev, halted=restart), inputs, torch.zeros_like(inputs))
+        z_H, z_L, _ = self.deep_recursion(carry.z_H, carry.z_L, self.input_embedding(inputs))
+        active = carry.steps < self.cfg.halt_max_steps  # (B,) slots still allowed a step
+        steps = carry.steps + active.long()
+        self.infer_carry = Carry(
+            z_H=torch.where(active[:, None, None], z_H, carry.z_H),
+            z_L=torch.where(active[:, None, None], z_L, carry.z_L),
+            steps=steps, halted=steps >= self.cfg.halt_max_steps,
+            inputs=inputs.clone(), labels=carry.labels, memory=carry.memory,
+        )
+        logits, _ = self.readout(self.infer_carry.z_H)
+        return logits.argmax(-1)
+
+    def reset_carry(self) -> None:
+        self.infer_carry = None
+
+    @torch.no_grad()
+    def inspect(self, carry: Carry, slot: int) -> dict:
+        """JSON-able snapshot of one slot. Reports the carried state as it is (preds, q_halt, steps) and replays
+        the slot's next supervision step (from its latents, or from the initial latents if it has halted)
+        without changing the carry, recording per-cycle norms. Norm lists: one entry per cycle, the first being
+        the starting state; each entry is a list over the L positions."""
+        B = carry.z_H.shape[0]
+        if not 0 <= slot < B:
+            raise IndexError(f"slot {slot} is out of range; the carry has slots 0 to {B - 1}")
+        one = Carry(z_H=carry.z_H[slot:slot + 1], z_L=carry.z_L[slot:slot + 1], steps=carry.steps[slot:slot + 1],
+                    halted=carry.halted[slot:slot + 1], inputs=carry.inputs[slot:slot + 1],
+                    labels=carry.labels[slot:slot + 1])
+        logits, q_halt = self.readout(one.z_H)
+        start = self.reset_halted(one, one.inputs, one.labels)
+        history = [(start.z_H, start.z_L)]
+        self.deep_recursion(start.z_H, start.z_L, self.input_embedding(start.inputs), record=history)
+        next_logits, next_q = self.readout(history[-1][0])
+
+        def norms(z):  # (1, L, D) -> L floats
+            return [round(v, 5) for v in z[0].float().norm(dim=-1).tolist()]
+
+        def change(a, b):  # mean over positions of |b - a|
+            return round((b[0] - a[0]).float().norm(dim=-1).mean().item(), 5)
+
+        return {
+            "slot": slot,
+            "shapes": {"z_H": list(carry.z_H.shape), "z_L": list(carry.z_L.shape), "inputs": list(carry.inputs.shape)},
+            "prefix": self.prefix, "H_cycles": self.cfg.H_cycles, "L_cycles": self.cfg.L_cycles,
+            "steps": int(one.steps[0]), "max_steps": self.cfg.halt_max_steps, "halted": bool(one.halted[0]),
+            "q_halt": float(q_halt[0]),
+            "inputs": one.inputs[0].tolist(), "labels": one.labels[0].tolist(),
+            "preds": logits[0].argmax(-1).tolist(),
+            "z_H_norms": [norms(h) for h, _ in history],
+            "z_L_norms": [norms(l) for _, l in history],
+            "z_H_change": [change(a[0], b[0]) for a, b in zip(history, history[1:])],
+            "z_L_change": [change(a[1], b[1]) for a, b in zip(history, history[1:])],
+            "next_q_halt": float(next_q[0]),
+            "next_preds": next_logits[0].argmax(-1).tolist(),
+        }

@@ -1,0 +1,459 @@
+"""The training loop. Reads like the algorithm:
+
+    task stream -> batch -> model(carry, batch) -> loss -> optimizer step -> carry kept
+    -> metrics to the store and the socket -> pending commands applied
+
+Commands from the control socket are applied only at step boundaries and acknowledged with
+the step at which they took effect. Checkpointing, the store, telemetry and the socket live
+beside the loop (their own modules), not inside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from engine import checkpoint, protocol
+from engine.config import RunConfig
+from engine.control import ControlServer, Received
+from engine.model.trm import Carry, TinyRecursiveModel
+from engine.store import RunStore
+from engine.tasks.base import Task, batch
+from engine.telemetry import Telemetry
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_task(cfg: RunConfig) -> Task:
+    from engine.tasks.sudoku import SudokuTask
+
+    t = cfg.task
+    return SudokuTask(size=t.size, difficulty=t.difficulty, seed=t.seed, augment=t.augment)
+
+
+def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
+    return TinyRecursiveModel(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    o = cfg.optim
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr, betas=(o.beta1, o.beta2),
+    )
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    warm = cfg.optim.warmup_steps
+    return cfg.optim.lr * min(1.0, (step + 1) / warm) if warm else cfg.optim.lr
+
+
+@torch.no_grad()
+def evaluate(model: TinyRecursiveModel, task: Task, n: int, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Exact (whole answer) and cell accuracy on the first `n` held-out samples."""
+    was_training = model.training
+    model.eval()
+    exact = cells = total_cells = 0
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        inputs, labels = batch(task, "test", idx)
+        inputs, labels = inputs.to(device), labels.to(device)
+        preds, _ = model.predict(inputs)
+        mask = labels != 0
+        correct = (preds == labels) | ~mask
+        exact += int(correct.all(dim=1).sum())
+        cells += int(((preds == labels) & mask).sum())
+        total_cells += int(mask.sum())
+    model.train(was_training)
+    return {"eval_exact": exact / n, "eval_cell": cells / max(1, total_cells)}
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    finite: bool
+
+
+class Trainer:
+    """One run: owns the model, optimizer, carry, store, checkpoints and control socket."""
+
+    def __init__(self, run_dir: str | Path, cfg: RunConfig, output: str = "human",
+                 emit: Callable[[dict], None] | None = None):
+        self.run_dir = Path(run_dir)
+        self.cfg = cfg
+        self.output = output  # "human" | "json" | "quiet"
+        self.extra_emit = emit
+        self.device = pick_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+
+        self.task = make_task(cfg)
+        self.model = build_model(cfg, self.task).to(self.device)
+        self.ema = copy.deepcopy(self.model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed + 1)
+        self.carry: Carry = self.model.initial_carry(cfg.train.batch_size, self.device)
+        self.step = 0
+        self.data_index = 0  # next training sample index: the stream position
+        self.status = "starting"
+        self.paused = False
+        self.stop_reason: str | None = None
+        self._signal: int | None = None
+        self.last_checkpoint_step = -1
+
+        self.store = RunStore(self.run_dir, flush_seconds=cfg.log.flush_seconds)
+        self.telemetry = Telemetry(self.device)
+        self.server = ControlServer(self.run_dir / protocol.SOCKET_NAME, hello=self._hello)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self._last_print = 0.0
+        self._last_telemetry = 0.0
+        self._t0 = time.time()
+        self._step_times: list[float] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def _hello(self) -> dict:
+        return protocol.hello(self.run_dir.name, self.step, self.status)
+
+    def resume(self) -> None:
+        """Continue from the newest checkpoint that verifies; warn about damaged newer ones."""
+        ckpt, warnings = checkpoint.load_latest(self.ckpt_root, map_location=self.device)
+        for w in warnings:
+            self.alert("warning", f"skipped a damaged checkpoint: {w}")
+        if ckpt is None:
+            self.store.start_segment(0)
+            self.emit_event("alert", {"level": "warning", "message": "no usable checkpoint; starting from step 0"})
+            return
+        self._restore(ckpt)
+        self.store.start_segment(self.step)
+        self.emit_event("checkpoint", {"path": str(ckpt.path), "step": self.step, "loaded": True})
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        state = {
+            "step": self.step,
+            "data_index": self.data_index,
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "carry": self.carry.to_state(),
+        }
+        return tensors, state
+
+    def _restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        model_sd = {k[6:]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
+        ema_sd = {k[4:]: v for k, v in ckpt.tensors.items() if k.startswith("ema.")}
+        self.model.load_state_dict(model_sd)
+        self.ema.load_state_dict(ema_sd)
+        s = ckpt.state
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.generator.set_state(s["generator"])
+        torch.set_rng_state(s["torch_rng"])
+        self.carry = Carry.from_state({k: v.to(self.device) for k, v in s["carry"].items()})
+        self.step = int(s["step"])
+        self.data_index = int(s["data_index"])
+        self.last_checkpoint_step = self.step
+
+    def save_checkpoint(self, reason: str = "periodic") -> Path | None:
+        self.store.flush()  # every metric row up to this step is on disk before the checkpoint exists
+        tensors, state = self._state()
+        try:
+            path = checkpoint.save(self.ckpt_root, self.step, tensors, state,
+                                   meta={"segment": self.store.segment, "reason": reason},
+                                   keep=self.cfg.checkpoint.keep)
+        except OSError as exc:
+            self.alert("error", f"checkpoint at step {self.step} failed ({exc.strerror or exc}); training goes on")
+            return None
+        self.last_checkpoint_step = self.step
+        self.emit_event("checkpoint", {"path": str(path), "step": self.step, "reason": reason})
+        return path
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    def emit_event(self, kind: str, data: Any, store: bool = True) -> None:
+        now = time.time()
+        if store:
+            self.store.log_event(self.step, kind, data, at=now)
+        self.server.broadcast(protocol.event(kind, self.step, now, data))
+        if self.extra_emit:
+            self.extra_emit(protocol.event(kind, self.step, now, data))
+
+    def alert(self, level: str, message: str) -> None:
+        self.emit_event("alert", {"level": level, "message": message})
+        if self.output == "human":
+            print(f"[{level}] {message}", file=sys.stderr, flush=True)
+        elif self.output == "json":
+            print(json.dumps({"event": "alert", "step": self.step, "level": level, "message": message}), flush=True)
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        self.store.update_run(status=status, step=self.step)
+        self.emit_event("status", {"status": status})
+
+    # ---- the step -------------------------------------------------------------------------------
+
+    def next_data(self, need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill the halted slots with the next samples of the training stream."""
+        inputs, labels = self.carry.inputs.clone(), self.carry.labels.clone()
+        k = int(need.sum())
+        if k:
+            idx = list(range(self.data_index, self.data_index + k))
+            self.data_index += k
+            new_in, new_lab = batch(self.task, "train", idx)
+            inputs[need] = new_in.to(self.device)
+            labels[need] = new_lab.to(self.device)
+        return inputs, labels
+
+    def train_step(self) -> StepResult:
+        t0 = time.perf_counter()
+        lr = lr_at(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        inputs, labels = self.next_data(self.carry.halted)
+        self.model.train()
+        carry, out = self.model(self.carry, inputs, labels, generator=self.generator)
+        finite = bool(torch.isfinite(out.loss))
+        if finite:
+            out.loss.backward()
+            if self.cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.optimizer.step()
+            self._update_ema()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.carry = carry.detach()
+        self.step += 1
+        dt = time.perf_counter() - t0
+        metrics = dict(out.metrics)
+        metrics["lr"] = lr
+        metrics["step_time"] = dt
+        return StepResult(metrics=metrics, finite=finite)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.model.ema_decay
+        ema_p = list(self.ema.parameters())
+        model_p = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
+
+    # ---- commands -------------------------------------------------------------------------------
+
+    def apply_commands(self, block: bool = False) -> None:
+        """Apply every queued command now (a step boundary). With block=True wait briefly for one."""
+        while True:
+            try:
+                rec = self.server.commands.get(timeout=0.1) if block else self.server.commands.get_nowait()
+            except Exception:
+                return
+            block = False
+            self._apply(rec)
+
+    def _apply(self, rec: Received) -> None:
+        cmd = rec.command
+        ok, error, result = True, None, None
+        if cmd.cmd == "pause":
+            if self.paused:
+                ok, error = False, "the run is already paused."
+            else:
+                self.paused = True
+                self.set_status("paused")
+        elif cmd.cmd == "resume":
+            if not self.paused:
+                ok, error = False, "the run is not paused."
+            else:
+                self.paused = False
+                self.set_status("running")
+        elif cmd.cmd == "sleep":
+            ok, error = False, "sleep is not available: this run has no sleep/wake phase."
+        elif cmd.cmd == "checkpoint":
+            path = self.save_checkpoint(reason="manual")
+            ok, error = path is not None, None if path else "the checkpoint could not be written (see alerts)."
+            result = {"path": str(path)} if path else None
+        elif cmd.cmd == "stop":
+            self.stop_reason = "stopped"
+        elif cmd.cmd == "inspect":
+            slot = cmd.args.get("slot", 0)
+            if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < self.cfg.train.batch_size:
+                ok, error = False, f"slot must be an integer from 0 to {self.cfg.train.batch_size - 1}."
+            else:
+                result = self.model.inspect(self.carry, slot)
+                self.emit_event("carry", result, store=False)
+        elif cmd.cmd == "probe":
+            ok, error, result = self._probe(cmd.args)
+        elif cmd.cmd == "status":
+            result = self.status_dict()
+        self.store.log_command(cmd.id, rec.client, cmd.cmd, cmd.args, self.step, ok, error, rec.at)
+        self.server.reply(rec.client, protocol.ack(cmd.id, ok, self.step, error, result))
+        self.emit_event("command", {"id": cmd.id, "cmd": cmd.cmd, "ok": ok, "error": error, "client": rec.client})
+
+    def _probe(self, args: dict) -> tuple[bool, str | None, Any]:
+        from engine.tasks.puzzles import PuzzleFileError, parse_puzzle_line
+
+        if args.get("reset"):
+            self.model.reset_carry()
+        text = args.get("input")
+        if text is None:
+            return True, None, {"reset": True}
+        if not isinstance(text, str):
+            return False, "input must be a puzzle string such as 1.3.2...", None
+        try:
+            puzzle = parse_puzzle_line(text, where="probe")
+        except PuzzleFileError as exc:
+            return False, str(exc), None
+        if puzzle.size * puzzle.size != self.task.seq_len:
+            return False, f"this run's task takes {self.task.seq_len}-cell puzzles; the probe had {len(puzzle.inputs)}.", None
+        inputs = torch.tensor([puzzle.inputs], dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            preds = self.ema.infer(inputs) if hasattr(self.ema, "infer") else self.ema.predict(inputs)[0]
+        answer = "".join(str(max(0, int(t) - 1)) for t in preds[0].tolist())
+        return True, None, {"answer": answer, "steps": int(getattr(self.ema, "stateful_steps", 0))}
+
+    def status_dict(self) -> dict:
+        return {"status": self.status, "step": self.step, "max_steps": self.cfg.train.max_steps,
+                "clients": self.server.n_clients, "dropped": self.server.dropped_total,
+                "last_checkpoint": self.last_checkpoint_step}
+
+    # ---- signals ----------------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signum  # acted on at the next step boundary
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        old_int = signal.signal(signal.SIGINT, self._on_signal)
+        self.server.start()
+        self.store.update_run(pid=os.getpid())
+        self.set_status("running")
+        exit_code = EXIT_OK
+        try:
+            exit_code = self._loop()
+        except Exception as exc:  # a crash: recorded, reported, exit 1
+            self.alert("error", f"the engine crashed: {exc.__class__.__name__}: {exc}")
+            self.set_status("failed")
+            exit_code = EXIT_FAILED
+            if self.output != "quiet":
+                import traceback
+
+                traceback.print_exc()
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
+            self.store.update_run(step=self.step)
+            self.server.close()
+            self.store.close()
+        return exit_code
+
+    def _loop(self) -> int:
+        cfg = self.cfg
+        deadline = self._t0 + cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
+        while True:
+            self.apply_commands(block=self.paused)
+            if self._signal is not None:
+                self.stop_reason = "stopped"
+            if self.stop_reason:
+                self.save_checkpoint(reason=self.stop_reason)
+                self.set_status(self.stop_reason)
+                self._print_line(force=True)
+                return EXIT_OK
+            if self.paused:
+                self._maybe_telemetry()
+                continue
+            if self.step >= cfg.train.max_steps or (deadline and time.time() >= deadline):
+                self._final_eval()
+                self.save_checkpoint(reason="final")
+                self.set_status("finished")
+                self._print_line(force=True)
+                return EXIT_OK
+            result = self.train_step()
+            self._record(result)
+            if not result.finite:
+                self.alert("error", f"non-finite loss at step {self.step}; stopping")
+                self.set_status("diverged")
+                return EXIT_FAILED
+            if cfg.eval.every and self.step % cfg.eval.every == 0:
+                self._eval()
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                self.save_checkpoint()
+
+    def _record(self, result: StepResult) -> None:
+        now = time.time()
+        self.store.log_metrics(self.step, result.metrics, at=now)
+        self.emit_event("metrics", result.metrics, store=False)
+        self.store.update_run(step=self.step)
+        self._step_times.append(result.metrics["step_time"])
+        self._last_metrics = result.metrics
+        self._maybe_telemetry()
+        self._print_line()
+
+    def _maybe_telemetry(self) -> None:
+        now = time.time()
+        if now - self._last_telemetry < self.cfg.log.telemetry_seconds:
+            return
+        self._last_telemetry = now
+        sample = self.telemetry.sample()
+        numeric = {k: v for k, v in sample.items() if isinstance(v, (int, float)) and v is not None}
+        self.store.log_metrics(self.step, {f"sys/{k}": v for k, v in numeric.items()}, at=now)
+        self.emit_event("telemetry", sample, store=False)
+
+    def _eval(self) -> dict[str, float]:
+        model = self.ema if self.cfg.eval.use_ema else self.model
+        t0 = time.perf_counter()
+        figures = evaluate(model, self.task, self.cfg.eval.n_puzzles, self.cfg.eval.batch_size, self.device)
+        figures["eval_seconds"] = time.perf_counter() - t0
+        self.store.log_metrics(self.step, figures)
+        self.emit_event("eval", figures)
+        self._last_eval = figures
+        return figures
+
+    def _final_eval(self) -> None:
+        if self.cfg.eval.every and self.step % self.cfg.eval.every != 0:
+            self._eval()
+
+    def _print_line(self, force: bool = False) -> None:
+        now = time.time()
+        if self.output == "quiet" or (not force and now - self._last_print < self.cfg.log.print_seconds):
+            return
+        self._last_print = now
+        m = getattr(self, "_last_metrics", {})
+        ev = getattr(self, "_last_eval", {})
+        recent = self._step_times[-50:]
+        sps = len(recent) / sum(recent) if recent and sum(recent) > 0 else 0.0
+        if self.output == "json":
+            print(json.dumps({"step": self.step, "status": self.status, "steps_per_s": sps,
+                              **{k: v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)}, **ev}),
+                  flush=True)
+            return
+        parts = [f"step {self.step:>6}/{self.cfg.train.max_steps}", f"{self.status:<8}"]
+        if "loss" in m:
+            parts.append(f"loss {m['loss']:.4f}")
+        if "exact_acc" in m:
+            parts.append(f"train exact {m['exact_acc']:.3f}")
+        if "eval_exact" in ev:
+            parts.append(f"eval exact {ev['eval_exact']:.3f}")
+        parts.append(f"{sps:.1f} steps/s")
+        parts.append(f"{(now - self._t0) / 60:.1f} min")
+        print("  ".join(parts), flush=True)

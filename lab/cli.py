@@ -1,0 +1,294 @@
+"""`lab`: the command line.
+
+    lab launch [CONFIG | RUN]          the console (starts or attaches to a run)
+    lab run CONFIG --headless          the same engine without the console (CI, long jobs)
+    lab run --resume RUN               continue a run from its newest good checkpoint
+    lab runs                           list runs
+    lab show RUN                       one run's status, figures and checkpoints
+    lab ctl RUN COMMAND                pause | resume | sleep | checkpoint | stop | inspect | status
+    lab eval RUN --puzzles FILE        exact-match accuracy on a puzzle file
+    lab config show CONFIG             the resolved config and the parameter count
+
+Bad input never shows a traceback: one sentence on stderr and exit code 2.
+Commands that need the model (eval, config show) import the engine lazily, so the
+console's own modules stay free of torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from engine import config, protocol
+from engine.store import RunReader
+from lab import runs
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one sentence, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(EXIT_BAD_INPUT, f"lab: {message} (see `{self.prog} --help`).\n")
+
+
+def _runs_dir(args) -> Path:
+    return Path(args.runs_dir or os.environ.get("LAB_RUNS_DIR", runs.DEFAULT_RUNS_DIR))
+
+
+def _run_dir(args) -> Path:
+    try:
+        return runs.resolve_run(args.run, _runs_dir(args))
+    except runs.RunNotFound as exc:
+        raise UserError(str(exc)) from None
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    if args.resume:
+        if args.config or args.set:
+            raise UserError("--resume takes a run, not a config or --set overrides.")
+        run_dir = runs.resolve_run(args.resume, _runs_dir(args))
+        return _exec_engine(run_dir, resume=True, output=args.output)
+    if not args.config:
+        raise UserError("lab run needs a config file (e.g. configs/quickstart.toml) or --resume RUN.")
+    if not args.headless:
+        from lab.app import launch
+
+        return launch(args.config, _runs_dir(args), args.set)
+    run_dir = runs.create_run(args.config, args.set, _runs_dir(args))
+    if args.output == "human":
+        print(f"run {run_dir.name} in {run_dir}", flush=True)
+    return _exec_engine(run_dir, resume=False, output=args.output)
+
+
+def _exec_engine(run_dir: Path, resume: bool, output: str) -> int:
+    """Become the engine: signals, exit codes and the terminal belong to it directly."""
+    cmd = runs.engine_command(run_dir, resume=resume, output=output)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
+    return EXIT_FAILED  # not reached
+
+
+def cmd_launch(args) -> int:
+    from lab.app import launch
+
+    return launch(args.target, _runs_dir(args), args.set)
+
+
+def cmd_runs(args) -> int:
+    rows = [runs.run_summary(d) for d in runs.list_run_dirs(_runs_dir(args))]
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    if not rows:
+        print(f"no runs in {_runs_dir(args)}")
+        return EXIT_OK
+    print(f"{'RUN':<44} {'STATUS':<10} {'STEP':>8}  UPDATED")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updated"])) if r.get("updated") else "-"
+        print(f"{r['id']:<44} {r['status']:<10} {r['step'] if r['step'] is not None else '-':>8}  {when}")
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    run_dir = _run_dir(args)
+    summary = runs.run_summary(run_dir)
+    reader = RunReader(run_dir)
+    latest = reader.latest()
+    events = reader.events(kinds=["alert", "checkpoint"])[-10:]
+    reader.close()
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) if (run_dir / "checkpoints").is_dir() else []
+    if args.json:
+        print(json.dumps({"run": summary, "latest": latest, "checkpoints": ckpts, "events": events}, default=str))
+        return EXIT_OK
+    print(f"run      {summary['id']}\nstatus   {summary['status']}\nstep     {summary['step']}\nfolder   {run_dir}")
+    print("latest:")
+    for k, (step, v) in sorted(latest.items()):
+        if not k.startswith("sys/"):
+            print(f"  {k:<20} {v if v is None else f'{v:.6g}'}  (step {step})")
+    print("checkpoints: " + (", ".join(ckpts) or "none"))
+    for e in events:
+        print(f"  [{e['kind']}] step {e['step']}: {json.dumps(e['data'])}")
+    return EXIT_OK
+
+
+def cmd_ctl(args) -> int:
+    run_dir = _run_dir(args)
+    cmd_args: dict = {}
+    if args.command == "inspect":
+        cmd_args["slot"] = args.slot
+    try:
+        reply = send_command(run_dir, args.command, cmd_args, timeout=args.timeout)
+    except ConnectionError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(reply))
+    elif reply["ok"]:
+        print(f"{args.command}: ok at step {reply['step']}")
+        if reply.get("result") is not None:
+            print(json.dumps(reply["result"], indent=1))
+    else:
+        print(f"{args.command}: refused at step {reply['step']}: {reply['error']}")
+    return EXIT_OK if reply["ok"] else EXIT_FAILED
+
+
+def send_command(run_dir: Path, cmd: str, cmd_args: dict, timeout: float = 30.0) -> dict:
+    """Send one command over the run's socket and wait for its acknowledgement."""
+    path = str(run_dir / protocol.SOCKET_NAME)
+    if not os.path.exists(path):
+        raise ConnectionError(f"run {run_dir.name} has no live engine (no {protocol.SOCKET_NAME}); `lab show` reads its record.")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    addr, fd = protocol.socket_address(path)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr)
+        except OSError:
+            raise ConnectionError(f"run {run_dir.name}'s engine does not answer on {protocol.SOCKET_NAME}.") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    cid = f"ctl-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        sock.sendall(protocol.encode(protocol.command(cid, cmd, **cmd_args)))
+        buf = b""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                if msg.get("type") == "ack" and msg.get("ack") == cid:
+                    return msg
+    except (socket.timeout, OSError):
+        pass
+    finally:
+        sock.close()
+    raise ConnectionError(f"no acknowledgement for {cmd} from run {run_dir.name} within {timeout:g} s.")
+
+
+def cmd_eval(args) -> int:
+    from engine.evaluate import EvalError, evaluate_run
+
+    run_dir = _run_dir(args)
+    if args.n is not None and args.n < 1:
+        raise UserError(f"--n must be a positive number of puzzles, not {args.n}.")
+    try:
+        result = evaluate_run(run_dir, puzzles=args.puzzles, limit=args.n)
+    except EvalError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"exact {result['exact']:.4f}  ({result['n_exact']}/{result['n']} puzzles)  cell {result['cell']:.4f}  "
+              f"checkpoint step {result['step']}")
+    return EXIT_OK
+
+
+def cmd_config_show(args) -> int:
+    from engine.describe import describe
+
+    cfg = config.load(args.config, args.set)
+    d = describe(cfg)
+    if args.json:
+        print(json.dumps(d))
+        return EXIT_OK
+    print(d["toml"].rstrip())
+    print(f"\n# task: {d['task']['name']}  vocab {d['task']['vocab_size']}  positions {d['task']['seq_len']}")
+    print(f"# parameters: {d['n_params']:,}")
+    return EXIT_OK
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="lab", description="trm-lab: train and study tiny recursive-reasoning models.")
+    sub = ap.add_subparsers(dest="cmd", parser_class=_Parser, required=True)
+
+    def runs_dir_opt(p):
+        p.add_argument("--runs-dir", help="where runs live (default: runs/, or $LAB_RUNS_DIR)")
+
+    p = sub.add_parser("launch", help="open the console")
+    p.add_argument("target", nargs="?", help="a config to start or a run to attach to")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    runs_dir_opt(p)
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("run", help="start a run (headless with --headless) or resume one")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--headless", action="store_true")
+    p.add_argument("--resume", metavar="RUN")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.d_model=128")
+    p.add_argument("--json", dest="output", action="store_const", const="json", default="human",
+                   help="JSON lines instead of human lines")
+    runs_dir_opt(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--json", action="store_true")
+    runs_dir_opt(p)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("show", help="show one run")
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true")
+    runs_dir_opt(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("ctl", help="send a command to a live run")
+    p.add_argument("run")
+    p.add_argument("command", choices=["pause", "resume", "sleep", "checkpoint", "stop", "inspect", "status"])
+    p.add_argument("--slot", type=int, default=0, help="slot for inspect")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--json", action="store_true")
+    runs_dir_opt(p)
+    p.set_defaults(func=cmd_ctl)
+
+    p = sub.add_parser("eval", help="evaluate a run's newest checkpoint")
+    p.add_argument("run")
+    p.add_argument("--puzzles", required=True, help="one puzzle per line; `.` or 0 for blanks; optional ,solution")
+    p.add_argument("--n", type=int, default=None, help="evaluate only the first N puzzles")
+    p.add_argument("--json", action="store_true")
+    runs_dir_opt(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("config", help="inspect configs")
+    csub = p.add_subparsers(dest="config_cmd", parser_class=_Parser, required=True)
+    q = csub.add_parser("show", help="print the resolved config and the parameter count")
+    q.add_argument("config")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_config_show)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, config.ConfigError, runs.RunNotFound) as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The headless engine end to end, as a user drives it: real processes, real sockets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from engine.store import RunReader
+from tests.helpers import ROOT, env, kill9, lab, lab_popen, only_run, run_step, tiny_config, wait_for
+
+
+def final_weights(run_dir):
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
+    return load_file(str(ckpts[-1] / "model.safetensors")), ckpts[-1].name
+
+
+def test_headless_run_trains_records_and_finishes(tmp_path, runs_dir):
+    cfg = tiny_config(tmp_path, max_steps=60, ckpt_every=30)
+    out = lab("run", str(cfg), "--headless", "--json", "--runs-dir", str(runs_dir))
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+    assert lines and lines[-1]["status"] == "finished" and lines[-1]["step"] == 60
+    run = only_run(runs_dir)
+    r = RunReader(run)
+    assert r.run()["status"] == "finished"
+    losses = r.metric("loss")
+    assert [row[1] for row in losses] == list(range(1, 61))
+    assert losses[-1][2] < losses[0][2]  # it learns something in 60 steps
+    assert any(k.startswith("sys/rss_mb") for k in r.metric_keys())  # telemetry sampled into the store
+    assert (run / "config.toml").is_file()
+    assert not (run / "engine.sock").exists()  # removed on exit
+
+
+def test_bad_config_exits_2_and_leaves_nothing(tmp_path, runs_dir):
+    cfg = tiny_config(tmp_path, extra="")
+    out = lab("run", str(cfg), "--headless", "--set", "model.d_model=-3", "--runs-dir", str(runs_dir))
+    assert out.returncode == 2
+    assert "model.d_model" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert list(runs_dir.iterdir()) == []
+    out = lab("run", str(tmp_path / "missing.toml"), "--headless", "--runs-dir", str(runs_dir))
+    assert out.returncode == 2 and "no such config" in out.stderr
+    out = lab("eval", "nope", "--puzzles", "x", "--runs-dir", str(runs_dir))
+    assert out.returncode == 2 and "no run" in out.stderr
+
+
+def test_kill9_then_resume_is_bit_identical(tmp_path):
+    """200 steps straight == 100 steps + kill -9 + resume + 100 steps, on CPU."""
+    cfg = tiny_config(tmp_path, max_steps=200, ckpt_every=100)
+    straight_dir, broken_dir = tmp_path / "a", tmp_path / "b"
+    out = lab("run", str(cfg), "--headless", "--runs-dir", str(straight_dir))
+    assert out.returncode == 0, out.stderr
+    straight, name = final_weights(only_run(straight_dir))
+    assert name == "step-00000200"
+
+    proc = lab_popen("run", str(cfg), "--headless", "--runs-dir", str(broken_dir))
+    run = wait_for(lambda: next((d for d in broken_dir.iterdir() if d.is_dir() and not d.name.startswith(".")), None)
+                   if broken_dir.exists() else None)
+    wait_for(lambda: run_step(run) >= 130, timeout=120)
+    kill9(proc)
+    assert (run / "checkpoints" / "step-00000100").is_dir()
+    assert not (run / "checkpoints" / "step-00000200").exists()
+    out = lab("run", "--resume", str(run))
+    assert out.returncode == 0, out.stderr
+    resumed, name = final_weights(run)
+    assert name == "step-00000200"
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        assert (straight[k] == resumed[k]).all(), k
+
+    r = RunReader(run)
+    live = [row[1] for row in r.metric("loss")]
+    assert live == list(range(1, 201))  # nothing before the checkpoint lost, nothing counted twice
+    everything = r.metric("loss", include_superseded=True)
+    assert len(everything) > 200  # rows written after step 100 before the kill are kept, marked superseded
+
+
+def test_sigterm_checkpoints_at_next_boundary_and_exits_0(tmp_path, runs_dir):
+    cfg = tiny_config(tmp_path, max_steps=100000, ckpt_every=0)
+    proc = lab_popen("run", str(cfg), "--headless", "--runs-dir", str(runs_dir))
+    run = wait_for(lambda: next((d for d in runs_dir.iterdir() if not d.name.startswith(".")), None))
+    wait_for(lambda: run_step(run) >= 20, timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    r = RunReader(run)
+    row = r.run()
+    assert row["status"] == "stopped"
+    ckpts = sorted((run / "checkpoints").glob("step-*"))
+    assert len(ckpts) == 1 and int(ckpts[0].name[5:]) >= row["step"] - 1
+
+
+def test_ctl_steers_a_live_run(tmp_path, runs_dir):
+    cfg = tiny_config(tmp_path, max_steps=100000, ckpt_every=0)
+    proc = lab_popen("run", str(cfg), "--headless", "--runs-dir", str(runs_dir))
+    try:
+        run = wait_for(lambda: next((d for d in runs_dir.iterdir() if not d.name.startswith(".")), None))
+        wait_for(lambda: (run / "engine.sock").exists() and run_step(run) >= 5, timeout=120)
+        rd = ["--runs-dir", str(runs_dir)]
+
+        def ctl(*a):
+            out = lab("ctl", run.name, *a, "--json", *rd)
+            return json.loads(out.stdout), out.returncode
+
+        ack, rc = ctl("pause")
+        assert rc == 0 and ack["ok"] and isinstance(ack["step"], int)
+        paused_at = ack["step"]
+        ack, _ = ctl("status")
+        assert ack["result"]["status"] == "paused" and ack["step"] == paused_at  # no step while paused
+        ack, rc = ctl("pause")
+        assert rc == 1 and not ack["ok"] and "already paused" in ack["error"]
+        ack, _ = ctl("inspect", "--slot", "3")
+        snap = ack["result"]
+        assert snap["steps"] >= 0 and len(snap["z_H_norms"]) >= 1
+        ack, rc = ctl("sleep")
+        assert rc == 1 and "not available" in ack["error"]
+        ack, _ = ctl("checkpoint")
+        assert ack["ok"] and (run / "checkpoints" / f"step-{paused_at:08d}").is_dir()
+        ack, _ = ctl("resume")
+        assert ack["ok"]
+        wait_for(lambda: run_step(run) > paused_at + 3, timeout=60)
+        ack, _ = ctl("stop")
+        assert ack["ok"]
+        assert proc.wait(timeout=60) == 0
+        cmds = RunReader(run).commands()
+        assert [c["cmd"] for c in cmds] == ["pause", "status", "pause", "inspect", "sleep", "checkpoint", "resume", "stop"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_engine_never_imports_the_console():
+    code = ("import sys, engine.trainer, engine.__main__, engine.evaluate, engine.describe; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'lab', 'widgets')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
