@@ -312,7 +312,7 @@ class Trainer:
         from engine.tasks.puzzles import PuzzleFileError, parse_puzzle_line
 
         if args.get("reset"):
-            self.model.reset_carry()
+            self.ema.reset_carry()
         text = args.get("input")
         if text is None:
             return True, None, {"reset": True}
@@ -326,9 +326,9 @@ class Trainer:
             return False, f"this run's task takes {self.task.seq_len}-cell puzzles; the probe had {len(puzzle.inputs)}.", None
         inputs = torch.tensor([puzzle.inputs], dtype=torch.long, device=self.device)
         with torch.no_grad():
-            preds = self.ema.infer(inputs) if hasattr(self.ema, "infer") else self.ema.predict(inputs)[0]
+            preds = self.ema.infer(inputs)  # stateful: the carry persists across probes until reset
         answer = "".join(str(max(0, int(t) - 1)) for t in preds[0].tolist())
-        return True, None, {"answer": answer, "steps": int(getattr(self.ema, "stateful_steps", 0))}
+        return True, None, {"answer": answer, "steps": int(self.ema.infer_carry.steps[0])}
 
     def status_dict(self) -> dict:
         return {"status": self.status, "step": self.step, "max_steps": self.cfg.train.max_steps,

@@ -52,7 +52,8 @@ class Carry:
     memory: dict[str, torch.Tensor] | None = None  # neural-memory state, when the model has one
 
     def detach(self) -> Carry:
-        memory = None if self.memory is None else {k: v.detach() for k, v in self.memory.items()}
+        # type(...) keeps a dict subclass (a memory's own state class) intact
+        memory = None if self.memory is None else type(self.memory)({k: v.detach() for k, v in self.memory.items()})
         return dataclasses.replace(self, z_H=self.z_H.detach(), z_L=self.z_L.detach(), memory=memory)
 
     def to_state(self) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ TEST_FRACTION_PER_MILLE = 100  # a puzzle whose hash falls below this (of 1000) 
 # Clues kept per difficulty; difficulty 3 removes clues until none more can go (a minimal puzzle).
 CLUES_KEPT = {4: {1: 10, 2: 7, 3: 0}, 6: {1: 22, 2: 15, 3: 0}, 9: {1: 46, 2: 32, 3: 0}}
 POOL_SIZE = {4: 4096, 6: 4096, 9: 2048}  # base puzzles per (split, seed, difficulty)
-REUSE = {4: 4, 6: 4, 9: 16}  # one new base puzzle enters the pool every REUSE indices
+REUSE = {4: 4, 6: 8, 9: 16}  # one new base puzzle enters the pool every REUSE indices
 
 # Bit d of a candidate mask stands for digit d; these tables turn a mask into its digits.
 _MASK_DIGITS = [tuple(d for d in range(1, 10) if m >> d & 1) for m in range(1 << 10)]
