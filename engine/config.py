@@ -48,11 +48,18 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "sudoku"
+    # the names of engine/tasks/registry.py's TASKS (a test keeps the two lists equal)
+    name: Literal["sudoku", "modular", "math", "arithmetic", "algebra", "sequence", "word", "recall", "gap",
+                  "surprise", "maze", "program"] = "sudoku"
     size: int = 4  # Sudoku side: 4, 6 or 9
     difficulty: int = 1
     seed: int = 0
     augment: bool = True
+    steps: bool = False  # math tasks: worked steps are part of the target, not only hints
+    p: int = 97  # modular: the modulus
+    op: Literal["add", "sub", "mul", "div"] = "mul"  # modular: the operation
+    train_fraction: float = 0.5  # modular: share of the table used for training
+    side: int = 11  # maze: grid side (odd)
 
 
 @dataclass
@@ -60,7 +67,7 @@ class OptimConfig:
     # A preset fills every field left unset (None); a field set in the file or by --set wins.
     # Presets live in engine/optim.py (PRESETS); `engine.optim.resolve(cfg)` gives the concrete values.
     preset: Literal["adamw", "muon", "phase1", "phase5"] = "adamw"
-    lr: float | None = None  # Muon's lr under the Muon presets, AdamW's under "adamw"
+    lr: float | None = 1e-3  # Muon's lr under the Muon presets, AdamW's under "adamw"
     adamw_lr: float | None = None  # the AdamW fallback (embeddings, heads, norms, biases) under Muon presets
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -114,6 +121,18 @@ class LogConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    # The self-shrinking question queue of engine/curriculum.py; off = the task's plain stream.
+    enabled: bool = False
+    questions: int = 20_000  # questions a level starts with
+    levels: int = 10
+    mastery: int = 3  # unhinted correct answers in a row before a question leaves the queue
+    threshold: float = 0.025  # a level ends when fewer than this share of its questions remain
+    max_epochs: int = 30  # ... or after this many passes over its queue
+    start_level: int = 1
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -123,6 +142,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
 
 # Allowed ranges: (low, high) inclusive; None = unbounded on that side.
@@ -148,6 +168,15 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "task.size": (4, 9),
     "task.difficulty": (1, 3),
     "task.seed": (0, 2**31 - 1),
+    "task.p": (2, 1000),
+    "task.train_fraction": (0.01, 0.99),
+    "task.side": (7, 31),
+    "curriculum.questions": (1, 10_000_000),
+    "curriculum.levels": (1, 1000),
+    "curriculum.mastery": (1, 1000),
+    "curriculum.threshold": (0.0, 1.0),
+    "curriculum.max_epochs": (1, 1_000_000),
+    "curriculum.start_level": (1, 1000),
     "optim.lr": (0.0, 1.0),
     "optim.adamw_lr": (0.0, 1.0),
     "optim.min_lr_ratio": (0.0, 1.0),
@@ -290,6 +319,11 @@ def _build(cls, data: dict, prefix: str, where: str):
 
 
 def _check_cross(cfg: RunConfig, where: str) -> None:
+    t = cfg.task
+    if t.name == "modular" and (t.p < 2 or any(t.p % d == 0 for d in range(2, int(t.p**0.5) + 1))):
+        raise ConfigError(f"{where}: task.p = {t.p} is not allowed; the modulus must be a prime.")
+    if t.name == "maze" and t.side % 2 == 0:
+        raise ConfigError(f"{where}: task.side = {t.side} is not allowed; a maze side must be odd (7 to 31).")
     m = cfg.model
     if m.d_model % m.n_heads:
         raise ConfigError(

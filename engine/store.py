@@ -253,6 +253,12 @@ class RunReader:
             sql += " AND superseded = 0"
         return [tuple(r) for r in self.conn.execute(sql + " ORDER BY id", [key, since_id])]
 
+    def metrics_since(self, since_id: int = 0, limit: int = 200_000) -> list[tuple[int, str, int, float | None]]:
+        """New live rows (id, key, step, value) of every series after `since_id`: a console's poll."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT id, key, step, value FROM metrics WHERE id > ? AND superseded = 0 ORDER BY id LIMIT ?",
+            [since_id, limit])]
+
     def latest(self, keys: Iterable[str] | None = None) -> dict[str, tuple[int, float | None]]:
         """The newest (step, value) of every series (or of `keys`)."""
         rows = self.conn.execute(

@@ -41,10 +41,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def make_task(cfg: RunConfig) -> Task:
-    from engine.tasks.sudoku import SudokuTask
+    from engine.tasks.registry import task_from_config
 
-    t = cfg.task
-    return SudokuTask(size=t.size, difficulty=t.difficulty, seed=t.seed, augment=t.augment)
+    return task_from_config(cfg.task)
 
 
 def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
@@ -272,6 +271,15 @@ class Trainer:
 
     def _apply(self, rec: Received) -> None:
         cmd = rec.command
+        try:
+            ok, error, result = self._execute(cmd)
+        except Exception as exc:  # a command must never take the run down with it
+            ok, error, result = False, f"{cmd.cmd} failed inside the engine: {exc.__class__.__name__}: {exc}", None
+        self.store.log_command(cmd.id, rec.client, cmd.cmd, cmd.args, self.step, ok, error, rec.at)
+        self.server.reply(rec.client, protocol.ack(cmd.id, ok, self.step, error, result))
+        self.emit_event("command", {"id": cmd.id, "cmd": cmd.cmd, "ok": ok, "error": error, "client": rec.client})
+
+    def _execute(self, cmd) -> tuple[bool, str | None, Any]:
         ok, error, result = True, None, None
         if cmd.cmd == "pause":
             if self.paused:
@@ -304,9 +312,7 @@ class Trainer:
             ok, error, result = self._probe(cmd.args)
         elif cmd.cmd == "status":
             result = self.status_dict()
-        self.store.log_command(cmd.id, rec.client, cmd.cmd, cmd.args, self.step, ok, error, rec.at)
-        self.server.reply(rec.client, protocol.ack(cmd.id, ok, self.step, error, result))
-        self.emit_event("command", {"id": cmd.id, "cmd": cmd.cmd, "ok": ok, "error": error, "client": rec.client})
+        return ok, error, result
 
     def _probe(self, args: dict) -> tuple[bool, str | None, Any]:
         from engine.tasks.puzzles import PuzzleFileError, parse_puzzle_line
@@ -348,6 +354,7 @@ class Trainer:
         self.server.start()
         self.store.update_run(pid=os.getpid())
         self.set_status("running")
+        self.emit_event("telemetry", self.telemetry.sample())  # stored once: the GPU's name for read-only views
         exit_code = EXIT_OK
         try:
             exit_code = self._loop()

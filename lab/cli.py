@@ -8,6 +8,7 @@
     lab ctl RUN COMMAND                pause | resume | sleep | checkpoint | stop | inspect | status
     lab eval RUN --puzzles FILE        exact-match accuracy on a puzzle file
     lab config show CONFIG             the resolved config and the parameter count
+    lab tasks list | show NAME --n 5   the task generators and their samples
 
 Bad input never shows a traceback: one sentence on stderr and exit code 2.
 Commands that need the model (eval, config show) import the engine lazily, so the
@@ -201,6 +202,26 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def cmd_tasks_list(args) -> int:
+    from engine.tasks.registry import describe_tasks
+
+    rows = describe_tasks()
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    print(f"{'TASK':<12} {'VOCAB':>5} {'LEN':>5}  DESCRIPTION")
+    for r in rows:
+        print(f"{r['name']:<12} {r['vocab_size']:>5} {r['seq_len']:>5}  {r['description']}")
+    return EXIT_OK
+
+
+def cmd_tasks_show(args) -> int:
+    from engine.tasks.registry import show_samples
+
+    print(show_samples(args.name, n=args.n, split=args.split, difficulty=args.difficulty, seed=args.seed))
+    return EXIT_OK
+
+
 def cmd_config_show(args) -> int:
     from engine.describe import describe
 
@@ -268,6 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     runs_dir_opt(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("tasks", help="list tasks and show samples")
+    tsub = p.add_subparsers(dest="tasks_cmd", parser_class=_Parser, required=True)
+    q = tsub.add_parser("list", help="every task with its vocabulary and length")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_tasks_list)
+    q = tsub.add_parser("show", help="print samples as a person reads them")
+    q.add_argument("name")
+    q.add_argument("--n", type=int, default=5)
+    q.add_argument("--split", default="train", help="train or test")
+    q.add_argument("--difficulty", type=int, default=None)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_tasks_show)
 
     p = sub.add_parser("config", help="inspect configs")
     csub = p.add_subparsers(dest="config_cmd", parser_class=_Parser, required=True)

@@ -85,3 +85,24 @@ def test_any_value_is_accepted_or_refused_with_a_sentence(tmp_path_factory, key,
     assert not (isinstance(got, float) and not math.isfinite(got))
     lo, hi = config.RANGES[key]
     assert lo <= got <= hi
+
+
+def test_task_names_match_the_registry():
+    from typing import get_args, get_type_hints
+
+    from engine.tasks.registry import TASKS
+
+    assert set(get_args(get_type_hints(config.TaskConfig)["name"])) == set(TASKS)
+
+
+def test_every_task_builds_from_its_default_config():
+    from typing import get_args, get_type_hints
+
+    from engine.tasks.registry import task_from_config
+
+    names = get_args(get_type_hints(config.TaskConfig)["name"])
+    assert len(names) >= 10
+    for name in names:
+        task = task_from_config(config.TaskConfig(name=name))
+        sample = task.sample("train", 0)
+        assert len(sample.inputs) == len(sample.labels) == task.seq_len

@@ -1,0 +1,236 @@
+"""Console figures: how fast the curves pane draws long runs, what attaching costs.
+
+- render_ms_100k: the dashboard's curves pane (default series: loss, exact accuracy, learning
+  rate) at its size in a 160x48 terminal, 100,000 points per series; median of repeated
+  redraws with the data changed in between. Target <= 30 ms. Also with EMA smoothing on.
+- downsample_ms_100k, backfill_s_100k: min/max reduction of one series; opening a run of
+  100,000 steps from its store.
+- console_cpu_percent, ack_latency_ms: the console attached to an engine streaming metrics
+  (by default a fake engine in its own process that speaks the protocol; --run RUN_DIR
+  attaches to a live run instead). Targets <= 10% of one core; <= one step + 200 ms.
+- attached_throughput_ratio: engine steps/s with a console attached over headless, on a real
+  engine (--throughput-config CONFIG); null when not asked for. Target >= 0.97.
+
+    .venv/bin/python bench/console.py [--quick] [--run RUN_DIR] [--throughput-config configs/quickstart.toml]
+
+The last line printed is a JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lab.app import LabApp  # noqa: E402
+from lab.client import RunState, StoreFollower  # noqa: E402
+from widgets.curves import CurvesPlot, Series, downsample_minmax, render_curves  # noqa: E402
+from widgets.eventlog import EventLog  # noqa: E402
+
+N = 100_000
+
+
+def curve_series(n: int, seed: int = 0) -> dict[str, Series]:
+    rnd = random.Random(seed)
+    return {
+        "loss": Series(range(n), [2.2 * math.exp(-i / (n / 5)) + 0.05 + rnd.gauss(0, 0.03) for i in range(n)]),
+        "exact_acc": Series(range(n), [min(1.0, 1 - math.exp(-i / (n / 4)) + rnd.gauss(0, 0.01)) for i in range(n)]),
+        "lr": Series(range(n), [2e-3 * min(1.0, i / 500) * (0.5 + 0.5 * math.cos(math.pi * i / n)) for i in range(n)]),
+        "cell_acc": Series(range(n), [1 - 0.7 * math.exp(-i / (n / 6)) for i in range(n)]),
+    }
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(median wall ms, median CPU ms) over `repeats` calls."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def pane_size() -> tuple[int, int]:
+    """The curves plot's size on the dashboard of a 160x48 terminal (measured, not assumed)."""
+    async def go():
+        with tempfile.TemporaryDirectory() as d:
+            app = LabApp(Path(d), ROOT / "configs", run_dir=Path(d) / "none")
+            async with app.run_test(size=(160, 48)) as pilot:
+                await pilot.pause(0.3)
+                return tuple(app.screen.query_one(CurvesPlot).size)
+    return asyncio.run(go())
+
+
+def bench_render(repeats: int) -> dict:
+    series = curve_series(N)
+    width, height = pane_size()
+    keys = ["loss", "exact_acc", "lr"]
+    def redraw(smoothing: float):
+        def once():
+            for s in series.values():  # new data since the last frame, as in a live run
+                s.append(s.last_step + 1, s.last)
+            render_curves([("run", series)], keys, width, height, smoothing)
+        return once
+
+    render_curves([("run", series)], keys, width, height, 0.9)  # warm: EMA computed once, then kept
+    wall, cpu = timed(redraw(0.0), repeats)
+    wall_s, cpu_s = timed(redraw(0.9), repeats)
+    ds_wall, _ = timed(lambda: downsample_minmax(series["loss"], width), repeats)
+    print(f"curves pane {width}x{height}, 3 series x {N:,} points: {wall:.1f} ms (cpu {cpu:.1f} ms); "
+          f"smoothed {wall_s:.1f} ms (cpu {cpu_s:.1f} ms); downsample one series {ds_wall:.2f} ms  (target <= 30 ms)")
+    return {"render_ms_100k": round(wall, 2), "render_cpu_ms_100k": round(cpu, 2),
+            "render_ms_100k_smoothed": round(wall_s, 2), "downsample_ms_100k": round(ds_wall, 3),
+            "pane_size": [width, height]}
+
+
+def bench_backfill(n: int) -> dict:
+    from tests.fake_engine import FakeEngine
+
+    with tempfile.TemporaryDirectory() as d:
+        fake = FakeEngine(Path(d) / "run")
+        t0 = time.perf_counter()
+        fake.write_history(n, phases=False, curriculum=False)
+        write_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state = RunState(fake.run_dir)
+        follower = StoreFollower(fake.run_dir)
+        state.apply_store(follower.poll())
+        follower.close()
+        load_s = time.perf_counter() - t0
+    assert len(state.series["loss"]) == n
+    print(f"backfill: {n:,} steps x 4 metrics read into the console in {load_s:.2f} s (written in {write_s:.1f} s)")
+    return {"backfill_s_100k": round(load_s * N / n, 3)}
+
+
+# ---- attached to an engine ------------------------------------------------------------------------
+
+
+def start_fake_engine(run_dir: Path, steps_per_second: float) -> subprocess.Popen:
+    """The fake engine in its own process, so its CPU is not counted as the console's."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_engine.py"), str(run_dir),
+                             "--steps-per-second", str(steps_per_second), "--history", "2000"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (run_dir / "engine.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+def bench_attached(run_dir: Path, seconds: float, presses: int) -> dict:
+    """Console CPU over `seconds` attached (default refresh), then key-to-ack latency on screen."""
+    async def go():
+        app = LabApp(run_dir.parent, ROOT / "configs", run_dir=run_dir)
+        async with app.run_test(size=(160, 48)) as pilot:
+            dash = app.screen
+            deadline = time.monotonic() + 30
+            while dash.mode != "live" and time.monotonic() < deadline:
+                await pilot.pause(0.05)
+            await pilot.pause(2.0)  # history loaded and drawn
+            c0, t0 = time.process_time(), time.perf_counter()
+            await pilot.pause(seconds)
+            cpu = (time.process_time() - c0) / (time.perf_counter() - t0) * 100
+            latencies = []
+            log = dash.query_one(EventLog)
+            for i in range(presses):
+                before = len(log.lines_written)
+                t = time.perf_counter()
+                await pilot.press("space")
+                while not any("✓" in line for line in log.lines_written[before:]):
+                    if time.perf_counter() - t > 30:
+                        break
+                    await pilot.pause(0.005)
+                latencies.append((time.perf_counter() - t) * 1e3)
+                await pilot.pause(0.3)
+            steps_s = dash.state.steps_per_second
+        return cpu, latencies, steps_s
+
+    cpu, latencies, steps_s = asyncio.run(go())
+    step_ms = 1e3 / steps_s if steps_s else None
+    lat = statistics.median(latencies)
+    print(f"attached: console CPU {cpu:.1f}% of one core over {seconds:.0f} s at {steps_s or 0:.1f} steps/s "
+          f"(target <= 10%); key to ack on screen {lat:.0f} ms median of {len(latencies)} "
+          f"(target <= one step{f' ({step_ms:.0f} ms)' if step_ms else ''} + 200 ms)")
+    return {"console_cpu_percent": round(cpu, 2), "ack_latency_ms": round(lat, 1),
+            "engine_steps_per_s": round(steps_s, 2) if steps_s else None}
+
+
+def attached_throughput_ratio(config_path: Path, steps: int) -> float:
+    """Real engine, same config twice: steps/s with a console attached over headless."""
+    from lab import runs
+
+    def steps_per_s(run_dir: Path) -> float:
+        follower = StoreFollower(run_dir)
+        rows = follower.reader.conn.execute("SELECT step, time FROM metrics WHERE key = 'loss' ORDER BY id").fetchall()
+        follower.close()
+        rows = rows[len(rows) // 5:]  # skip the warm-up
+        return (rows[-1][0] - rows[0][0]) / (rows[-1][1] - rows[0][1])
+
+    rates = {}
+    with tempfile.TemporaryDirectory() as d:
+        for attached in (False, True):
+            run_dir = runs.create_run(config_path, [f"train.max_steps={steps}", "train.max_minutes=0"], Path(d))
+            proc = runs.spawn_engine(run_dir)
+            if attached:
+                asyncio.run(_watch_until_exit(run_dir, proc))
+            proc.wait()
+            rates[attached] = steps_per_s(run_dir)
+    ratio = rates[True] / rates[False]
+    print(f"engine throughput: headless {rates[False]:.2f} steps/s, console attached {rates[True]:.2f} steps/s, "
+          f"ratio {ratio:.3f} (target >= 0.97)")
+    return ratio
+
+
+async def _watch_until_exit(run_dir: Path, proc: subprocess.Popen) -> None:
+    app = LabApp(run_dir.parent, ROOT / "configs", run_dir=run_dir)
+    async with app.run_test(size=(160, 48)) as pilot:
+        while proc.poll() is None:
+            await pilot.pause(0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--run", type=Path, help="attach to this live run instead of a fake engine")
+    ap.add_argument("--steps-per-second", type=float, default=50.0, help="the fake engine's pace")
+    ap.add_argument("--throughput-config", type=Path, help="measure attached_throughput_ratio on a real engine")
+    args = ap.parse_args()
+
+    figures: dict = {}
+    figures.update(bench_render(repeats=7 if args.quick else 21))
+    figures.update(bench_backfill(20_000 if args.quick else N))
+    seconds, presses = (5.0, 3) if args.quick else (20.0, 6)
+    if args.run:
+        figures.update(bench_attached(args.run, seconds, presses))
+        figures["engine"] = "live"
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            run_dir = Path(d) / "runs" / "fake-run"
+            proc = start_fake_engine(run_dir, args.steps_per_second)
+            try:
+                figures.update(bench_attached(run_dir, seconds, presses))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+        figures["engine"] = "fake"
+    figures["attached_throughput_ratio"] = (
+        round(attached_throughput_ratio(args.throughput_config, 300 if args.quick else 1000), 4)
+        if args.throughput_config else None)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The adaptive question queue: mastered questions leave, failures get hints, successes spawn variants.
+
+A level starts with `questions` questions. The trainer asks for a batch (`next_batch`), grades
+the model's answers and reports them (`report`):
+
+- correct without a hint: the question's streak rises; at `mastery` in a row it leaves the
+  queue, otherwise it is replaced by a variant (same template, new values);
+- correct with a hint: replaced by a variant with one hint level less (hints fade; only
+  unhinted answers count toward mastery, so "mastered" means solved alone);
+- wrong: the streak resets and the question stays, with one hint level more (a worked step,
+  then part of the answer, written into the model's input).
+
+A level ends when fewer than `threshold` of its questions remain, or after `max_epochs`
+passes over its queue; the next level is harder. After the last level the queue is `done`.
+
+Every change is an event (`drain_events`) for the run store and the console, and the whole
+state is plain JSON-able data (`state_dict` / `load_state_dict`), so a resumed run serves
+exactly the batches it would have served. Variants and hints come from a `QuestionProvider`;
+the default one, `ProgrammaticProvider`, uses the task generators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.config import ConfigError, CurriculumConfig, TaskConfig
+from engine.tasks.base import Sample
+from engine.tasks.registry import get_task, task_params
+from engine.tasks.tokenizer import Problem, TextTask, stable_rng
+
+STATE_VERSION = 1
+ID, INDEX, VARIANT, STREAK, HINT, ATTEMPTS = range(6)  # fields of a queue entry (a plain list)
+
+
+class QuestionProvider(Protocol):
+    seq_len: int
+    vocab_size: int
+
+    def question(self, level: int, index: int, variant: int) -> Problem:
+        """Question `index` of the run as asked at `level`; variant n >= 1: same template, new values."""
+        ...
+
+    def encode(self, problem: Problem, hint: int) -> Sample:
+        """The problem laid out for the model, with hint level `hint` (0 = none) in the input."""
+        ...
+
+    def max_hint(self, problem: Problem) -> int:
+        ...
+
+    def grade(self, problem: Problem, predicted: list[int], sample: Sample | None = None) -> bool:
+        """Whether the model's predicted ids (one per position of `sample`, the layout it was
+        shown, by default the unhinted one) answer the problem."""
+        ...
+
+
+class ProgrammaticProvider:
+    """Questions from a generated task; level L mixes difficulties 1..3, harder as L rises.
+
+    Level 1 is all difficulty 1, the last level all difficulty 3; in between, each question's
+    difficulty is drawn so that the share of harder questions rises with every level.
+    """
+
+    def __init__(self, task: str = "arithmetic", levels: int = 10, seed: int = 0, **params):
+        self.name, self.levels, self.seed = task, levels, seed
+        self.tasks = {d: get_task(task, difficulty=d, seed=seed, **params) for d in (1, 2, 3)}
+        if not isinstance(self.tasks[1], TextTask):
+            raise ConfigError(f"task {task!r} cannot feed the curriculum; it needs a generated task "
+                              "such as arithmetic, math, recall, maze or program.")
+        self.seq_len, self.vocab_size = self.tasks[1].seq_len, self.tasks[1].vocab_size
+        assert all(t.seq_len == self.seq_len for t in self.tasks.values()), "difficulties must share one layout"
+
+    @classmethod
+    def from_config(cls, task: TaskConfig, curriculum: CurriculumConfig) -> ProgrammaticProvider:
+        """The provider for [task] and [curriculum]; difficulty comes from the level, not task.difficulty."""
+        taken = set(task_params(task.name)) - {"difficulty", "seed"}
+        params = {k: v for k, v in dataclasses.asdict(task).items() if k in taken}
+        return cls(task.name, levels=curriculum.levels, seed=task.seed, **params)
+
+    def difficulty(self, level: int, index: int) -> int:
+        position = 2 * (level - 1) / (self.levels - 1) if self.levels > 1 else 0.0  # 0..2 over the levels
+        harder = stable_rng(self.seed, "difficulty", level, index).random() < position - int(position)
+        return min(3, 1 + int(position) + harder)
+
+    def question(self, level: int, index: int, variant: int) -> Problem:
+        task = self.tasks[self.difficulty(level, index)]
+        return task.variant(task.problem("train", index), variant)
+
+    # the difficulties differ only in their templates; layout, hints and grading are shared
+    def encode(self, problem: Problem, hint: int) -> Sample:
+        return self.tasks[1].encode(problem, hint)
+
+    def max_hint(self, problem: Problem) -> int:
+        return self.tasks[1].max_hint(problem)
+
+    def grade(self, problem: Problem, predicted: list[int], sample: Sample | None = None) -> bool:
+        return self.tasks[1].grade(problem, predicted, sample)
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int  # report the answer under this id; it changes whenever the question changes
+    level: int
+    index: int  # the question's number in the run
+    variant: int
+    hint: int  # hint level applied to `sample`
+    streak: int  # unhinted correct answers in a row so far
+    problem: Problem
+    sample: Sample  # what the model sees, the hint already in its input
+
+
+class CurriculumQueue:
+    def __init__(self, provider: QuestionProvider, questions: int = 20_000, levels: int = 10, mastery: int = 3,
+                 threshold: float = 0.025, max_epochs: int = 30, start_level: int = 1, seed: int = 0):
+        if not 1 <= start_level <= levels:
+            raise ConfigError(f"curriculum.start_level = {start_level} is out of range; allowed is 1 to "
+                              f"curriculum.levels = {levels}.")
+        assert questions >= 1 and mastery >= 1 and max_epochs >= 1 and 0.0 <= threshold <= 1.0
+        self.provider = provider
+        self.questions, self.levels, self.mastery = questions, levels, mastery
+        self.threshold, self.max_epochs, self.seed = threshold, max_epochs, seed
+        self.events: list[dict] = []
+        self._problems: dict[int, Problem] = {}  # id -> problem, a cache: rebuilt on demand after a resume
+        self.next_id = 0
+        self.done = False
+        self._start_level(start_level)
+
+    @classmethod
+    def from_config(cls, cfg: CurriculumConfig, provider: QuestionProvider, seed: int = 0) -> CurriculumQueue:
+        return cls(provider, questions=cfg.questions, levels=cfg.levels, mastery=cfg.mastery,
+                   threshold=cfg.threshold, max_epochs=cfg.max_epochs, start_level=cfg.start_level, seed=seed)
+
+    # ------------------------------------------------------------------------- levels and epochs
+
+    def _start_level(self, level: int) -> None:
+        self.level, self.epoch, self.size, self.remaining = level, 0, self.questions, self.questions
+        first = (level - 1) * self.questions  # each level asks new questions
+        self.entries: list[list[int] | None] = [
+            [self.next_id + i, first + i, 0, 0, 0, 0] for i in range(self.questions)
+        ]
+        self.next_id += self.questions
+        self.slot_of = {entry[ID]: slot for slot, entry in enumerate(self.entries)}
+        self._problems.clear()
+        self._shuffle()
+        self._emit("level_start")
+
+    def _shuffle(self) -> None:
+        self.order = list(range(len(self.entries)))
+        stable_rng(self.seed, "order", self.level, self.epoch).shuffle(self.order)
+        self.cursor = 0
+
+    def _next_epoch(self) -> None:
+        """One pass over the queue is over: drop the mastered slots, count it, maybe end the level."""
+        self.entries = [e for e in self.entries if e is not None]
+        self.slot_of = {entry[ID]: slot for slot, entry in enumerate(self.entries)}
+        self.epoch += 1
+        self._emit("epoch")
+        if self.epoch >= self.max_epochs:
+            self._end_level("epochs")
+        else:
+            self._shuffle()
+
+    def _end_level(self, reason: str) -> None:
+        self._emit("level_end", reason=reason, epochs=self.epoch)
+        if self.level >= self.levels:
+            self.done = True
+            self._emit("done")
+        else:
+            self._start_level(self.level + 1)
+
+    # ------------------------------------------------------------------------- the trainer's side
+
+    def next_batch(self, n: int) -> list[Item]:
+        """The next `n` questions in queue order (fewer only once the queue is done). A queue
+        smaller than `n` is served round after round, so the same question may come twice."""
+        items: list[Item] = []
+        while len(items) < n and not self.done:
+            if self.cursor >= len(self.order):
+                self._next_epoch()
+                continue
+            entry = self.entries[self.order[self.cursor]]
+            self.cursor += 1
+            if entry is not None:
+                items.append(self._item(entry))
+        return items
+
+    def _problem(self, entry: list[int]) -> Problem:
+        if entry[ID] not in self._problems:
+            self._problems[entry[ID]] = self.provider.question(self.level, entry[INDEX], entry[VARIANT])
+        return self._problems[entry[ID]]
+
+    def _item(self, entry: list[int]) -> Item:
+        problem = self._problem(entry)
+        return Item(id=entry[ID], level=self.level, index=entry[INDEX], variant=entry[VARIANT], hint=entry[HINT],
+                    streak=entry[STREAK], problem=problem, sample=self.provider.encode(problem, entry[HINT]))
+
+    def report(self, item_ids: list[int], correct: list[bool]) -> None:
+        """Grades for served items. Ids no longer in the queue (answered twice in one batch, or
+        from a level that has ended) are counted as stale and change nothing."""
+        assert len(item_ids) == len(correct), "one grade per item"
+        mastered, variants, hinted, stale = [], [], [], 0
+        for item_id, ok in zip(item_ids, correct):
+            slot = self.slot_of.pop(item_id, None)
+            if slot is None:
+                stale += 1
+                continue
+            entry = self.entries[slot]
+            problem = self._problems.pop(item_id, None)
+            entry[ATTEMPTS] += 1
+            if ok:
+                if entry[HINT] == 0:
+                    entry[STREAK] += 1
+                if entry[STREAK] >= self.mastery:
+                    self.entries[slot] = None
+                    self.remaining -= 1
+                    mastered.append(item_id)
+                    continue
+                entry[VARIANT] += 1
+                entry[HINT] = max(0, entry[HINT] - 1)
+                variants.append(item_id)
+            else:
+                entry[STREAK] = 0
+                problem = problem or self.provider.question(self.level, entry[INDEX], entry[VARIANT])
+                entry[HINT] = min(entry[HINT] + 1, self.provider.max_hint(problem))
+                hinted.append(item_id)
+            entry[ID] = self.next_id  # a changed question answers under a new id
+            self.next_id += 1
+            self.slot_of[entry[ID]] = slot
+            if not ok:
+                self._problems[entry[ID]] = problem  # same question, only the hint changed
+        self._emit("report", correct=sum(map(bool, correct)), total=len(correct), mastered=mastered,
+                   variants=variants, hinted=hinted, stale=stale)
+        if self.remaining == 0 or self.remaining < self.threshold * self.size:
+            self._end_level("threshold")
+
+    # ------------------------------------------------------------------------- events and state
+
+    def _emit(self, kind: str, **data) -> None:
+        self.events.append({"kind": kind, "level": self.level, "epoch": self.epoch, "size": self.size,
+                            "remaining": self.remaining, **data})
+
+    def drain_events(self) -> list[dict]:
+        events, self.events = self.events, []
+        return events
+
+    def summary(self) -> dict:
+        """The queue at a glance, for the console: counts by streak and by hint level."""
+        live = [e for e in self.entries if e is not None]
+        streaks = [sum(1 for e in live if e[STREAK] == s) for s in range(self.mastery)]
+        hints = {}
+        for e in live:
+            hints[e[HINT]] = hints.get(e[HINT], 0) + 1
+        return {"level": self.level, "levels": self.levels, "epoch": self.epoch, "size": self.size,
+                "remaining": self.remaining, "done": self.done, "by_streak": streaks,
+                "by_hint": {str(k): v for k, v in sorted(hints.items())}}
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "settings": {"questions": self.questions, "levels": self.levels, "mastery": self.mastery,
+                         "threshold": self.threshold, "max_epochs": self.max_epochs, "seed": self.seed},
+            "level": self.level, "epoch": self.epoch, "size": self.size, "remaining": self.remaining,
+            "done": self.done, "next_id": self.next_id, "cursor": self.cursor,
+            "order": list(self.order), "entries": [None if e is None else list(e) for e in self.entries],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`; its settings (sizes, mastery, threshold...) win over the constructor's."""
+        assert state.get("version") == STATE_VERSION, f"curriculum state version {state.get('version')}"
+        settings = state["settings"]
+        self.questions, self.levels, self.mastery = settings["questions"], settings["levels"], settings["mastery"]
+        self.threshold, self.max_epochs, self.seed = settings["threshold"], settings["max_epochs"], settings["seed"]
+        self.level, self.epoch, self.size = state["level"], state["epoch"], state["size"]
+        self.remaining, self.done, self.next_id = state["remaining"], state["done"], state["next_id"]
+        self.cursor, self.order = state["cursor"], list(state["order"])
+        self.entries = [None if e is None else list(e) for e in state["entries"]]
+        self.slot_of = {e[ID]: slot for slot, e in enumerate(self.entries) if e is not None}
+        self._problems.clear()
+        self.events = []

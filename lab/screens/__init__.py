@@ -1,0 +1,1 @@
+"""The console's screens: launch, dashboard, carry inspector, runs browser, compare, help."""

@@ -1,0 +1,292 @@
+"""A stand-in engine for console tests and demos: a run folder with a real store, a real Unix
+socket that speaks the engine protocol, and a scripted event stream.
+
+Commands are acknowledged with the current step (or held until `release_acks()`), and have
+the side effects a console can see: pause and resume change the status, sleep opens a manual
+sleep phase, checkpoint emits a checkpoint event, inspect returns a carry snapshot.
+
+Run it alone to look at the console:  python tests/fake_engine.py RUN_DIR [--steps-per-second 20]
+then `lab launch RUN_DIR` (or `python -c "from lab.app import launch; launch('RUN_DIR', ...)"`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+
+from engine import protocol
+from engine.store import RunStore
+
+CONFIG_TOML = 'name = "fake"\n\n[train]\nmax_steps = 5000\n'
+
+
+def carry_snapshot(slot: int = 0, positions: int = 16, cycles: int = 4) -> dict:
+    """Shaped like the real engine's `inspect` result, deterministic in the slot."""
+    rnd = random.Random(slot)
+    side = int(math.isqrt(positions))
+    labels = [2 + (r * side + (r // 2) + c) % side for r in range(side) for c in range(side)]
+    inputs = [t if rnd.random() < 0.5 else 1 for t in labels]
+    preds = [t if rnd.random() < 0.85 else 2 + (t - 1) % side for t in labels]
+    return {
+        "slot": slot, "shapes": {"z_H": [64, positions, 64], "z_L": [64, positions, 64], "inputs": [64, positions]},
+        "prefix": 0, "H_cycles": cycles - 1, "L_cycles": 4, "steps": 3, "max_steps": 8, "halted": False,
+        "q_halt": -1.25, "next_q_halt": 0.5,
+        "inputs": inputs, "labels": labels, "preds": preds,
+        "z_H_norms": [[round(1 + c * 0.3 + rnd.random() * 0.5, 4) for _ in range(positions)] for c in range(cycles)],
+        "z_L_norms": [[round(2 + c * 0.1 + rnd.random(), 4) for _ in range(positions)] for c in range(cycles)],
+        "z_H_change": [round(0.5 / (c + 1), 4) for c in range(cycles - 1)],
+        "z_L_change": [round(0.8 / (c + 1), 4) for c in range(cycles - 1)],
+        "memory": {"fast_weight_norms": [0.4, 0.55, 0.61], "surprise": 0.12},
+    }
+
+
+def telemetry(gpu: bool, vram_fraction: float = 0.4) -> dict:
+    out = {"rss_mb": 812.0, "cpu_percent": 97.0, "sys_ram_used_mb": 6144.0, "sys_ram_total_mb": 16384.0,
+           "gpu_name": None, "vram_used_mb": None, "vram_total_mb": None, "torch_alloc_mb": None, "torch_peak_mb": None}
+    if gpu:
+        out.update(gpu_name="NVIDIA GeForce RTX 3080 Ti", vram_total_mb=12288.0, vram_used_mb=12288.0 * vram_fraction,
+                   torch_alloc_mb=2100.0, torch_peak_mb=3350.0)
+    return out
+
+
+def metrics_at(step: int) -> dict:
+    """A plausible, deterministic training curve."""
+    noise = math.sin(step * 12.9898) * 0.03
+    return {"loss": 2.2 * math.exp(-step / 400) + 0.05 + noise, "exact_acc": 1 - math.exp(-step / 600),
+            "cell_acc": 1 - 0.7 * math.exp(-step / 300), "lr": 2e-3 * min(1.0, step / 50)}
+
+
+class FakeEngine:
+    def __init__(self, run_dir: str | Path, *, run_id: str = "fake-run", step: int = 0, status: str = "running",
+                 gpu: bool = True, hold_acks: bool = False, clock: float | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id, self.step, self.status, self.gpu = run_id, step, status, gpu
+        self.clock = clock  # a fixed event time (for stable screenshots); None: real time
+        self.hold_acks = hold_acks
+        self.commands: list[protocol.Command] = []
+        self._held: list[tuple[socket.socket, protocol.Command]] = []
+        self._clients: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._server: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self.socket_path = self.run_dir / protocol.SOCKET_NAME
+
+    # ---- the store ------------------------------------------------------------------------------
+
+    def write_history(self, steps: int, every: int = 1, phases: bool = True, curriculum: bool = True) -> None:
+        """A run's past in run.db: metrics for `steps` steps, a few events, telemetry as sys/ metrics."""
+        (self.run_dir / "config.toml").write_text(CONFIG_TOML)
+        store = RunStore(self.run_dir, flush_seconds=0.05)
+        store.create_run(self.run_id, "fake", CONFIG_TOML)
+        t0 = self.clock or time.time() - steps * 0.05
+        for s in range(every, steps + 1, every):
+            store.log_metrics(s, metrics_at(s), at=t0 + s * 0.05)
+        tele = {k: v for k, v in telemetry(self.gpu).items() if isinstance(v, float)}
+        store.log_metrics(steps, {f"sys/{k}": v for k, v in tele.items()}, at=t0 + steps * 0.05)
+        store.log_event(0, "status", {"status": "running"}, at=t0)
+        if phases:
+            store.log_event(0, "phase", {"phase": "wake", "manual": False}, at=t0)
+            for s in range(steps // 3, steps, steps // 3 or 1):
+                store.log_event(s, "phase", {"phase": "sleep", "manual": False}, at=t0 + s * 0.05)
+                store.log_event(s + 20, "consolidation", {"memory_change": 0.1 + s / 1e4, "importance_change": 0.02,
+                                                          "consolidation_loss": 0.3, "retention_before": 0.7,
+                                                          "retention_after": 0.78 + s / 1e5}, at=t0 + s * 0.05 + 1)
+                store.log_event(s + 20, "phase", {"phase": "wake", "manual": False}, at=t0 + s * 0.05 + 1)
+        if curriculum:
+            for s in range(0, steps, max(1, steps // 20)):
+                store.log_event(s, "curriculum", {"level": 1 + s * 2 // max(1, steps), "remaining": 200 - s * 150 // max(1, steps),
+                                                  "item": {"id": f"q{s}", "pass": s % 5, "fail": s % 3, "hints": s % 2}},
+                                at=t0 + s * 0.05)
+        store.log_event(steps // 2, "checkpoint", {"path": str(self.run_dir / "checkpoints" / f"step-{steps // 2:08d}"),
+                                                  "step": steps // 2, "reason": "scheduled"}, at=t0 + steps * 0.025)
+        store.update_run(status=self.status, step=steps, pid=os.getpid())
+        store.flush()
+        store.close()
+        self.step = max(self.step, steps)
+
+    # ---- the socket -----------------------------------------------------------------------------
+
+    def start(self) -> "FakeEngine":
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address, fd = protocol.socket_address(str(self.socket_path))
+        srv.bind(address)
+        if fd is not None:
+            os.close(fd)
+        os.chmod(self.socket_path, 0o600)
+        srv.listen(8)
+        srv.settimeout(0.1)
+        self._server = srv
+        self._spawn(self._accept)
+        return self
+
+    def _spawn(self, fn, *args) -> None:
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except (socket.timeout, OSError):
+                continue
+            conn.settimeout(None)
+            self._send(conn, protocol.hello(self.run_id, self.step, self.status))
+            with self._lock:
+                self._clients.append(conn)
+            self._spawn(self._serve, conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            conn.settimeout(0.1)
+        except OSError:  # closed by stop() already
+            return
+        while not self._stop.is_set():
+            try:
+                chunk = conn.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    cmd = protocol.decode_command(line)
+                except protocol.ProtocolError as exc:
+                    self._send(conn, protocol.ack(None, False, None, str(exc)))
+                    continue
+                self.commands.append(cmd)
+                if self.hold_acks:
+                    self._held.append((conn, cmd))
+                else:
+                    self._apply(conn, cmd)
+        with self._lock:
+            if conn in self._clients:
+                self._clients.remove(conn)
+
+    def release_acks(self) -> None:
+        held, self._held = self._held, []
+        self.hold_acks = False
+        for conn, cmd in held:
+            self._apply(conn, cmd)
+
+    def _apply(self, conn: socket.socket, cmd: protocol.Command) -> None:
+        ok, error, result = True, None, None
+        if cmd.cmd == "pause":
+            self.set_status("paused")
+        elif cmd.cmd == "resume":
+            self.set_status("running")
+        elif cmd.cmd == "sleep":
+            self.emit("phase", {"phase": "sleep", "manual": True})
+        elif cmd.cmd == "checkpoint":
+            path = str(self.run_dir / "checkpoints" / f"step-{self.step:08d}")
+            result = {"path": path}
+            self.emit("checkpoint", {"path": path, "step": self.step, "reason": "manual"})
+        elif cmd.cmd == "stop":
+            self.set_status("stopped")
+        elif cmd.cmd == "inspect":
+            result = carry_snapshot(int(cmd.args.get("slot", 0)))
+        elif cmd.cmd == "probe":
+            if cmd.args.get("input"):
+                result = {"answer": "1234341221434321", "steps": 2}
+            else:
+                result = {"reset": True}
+        elif cmd.cmd == "status":
+            result = {"status": self.status, "step": self.step}
+        self._send(conn, protocol.ack(cmd.id, ok, self.step, error, result))
+        self.emit("command", {"id": cmd.id, "cmd": cmd.cmd, "ok": ok, "error": error, "client": "fake-client"})
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    def _send(self, conn: socket.socket, message: dict) -> None:
+        try:
+            conn.sendall(protocol.encode(message))
+        except OSError:
+            pass
+
+    def emit(self, kind: str, data, step: int | None = None) -> None:
+        msg = protocol.event(kind, self.step if step is None else step, self.clock or time.time(), data)
+        with self._lock:
+            clients = list(self._clients)
+        for c in clients:
+            self._send(c, msg)
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        self.emit("status", {"status": status})
+
+    def advance(self, steps: int = 1, telemetry_every: int = 10, vram_fraction: float = 0.4) -> None:
+        """Train for `steps` fake steps: one metrics event each, telemetry now and then."""
+        for _ in range(steps):
+            self.step += 1
+            self.emit("metrics", metrics_at(self.step))
+            if self.step % telemetry_every == 0:
+                self.emit("telemetry", telemetry(self.gpu, vram_fraction))
+
+    def run_live(self, steps_per_second: float, stop_at: int | None = None) -> None:
+        """Advance in a background thread while not paused (for demos and the console benchmark)."""
+        def loop():
+            while not self._stop.is_set() and (stop_at is None or self.step < stop_at):
+                if self.status == "running":
+                    self.advance(1)
+                    if self.step % 500 == 0:
+                        self.emit("phase", {"phase": "sleep", "manual": False})
+                        self.emit("consolidation", {"memory_change": 0.1, "importance_change": 0.02,
+                                                    "consolidation_loss": 0.3, "retention_before": 0.7,
+                                                    "retention_after": 0.8})
+                    if self.step % 500 == 50:
+                        self.emit("phase", {"phase": "wake", "manual": False})
+                    if self.step % 25 == 0:
+                        self.emit("curriculum", {"level": 1 + self.step // 1000, "remaining": 1000 - self.step % 1000,
+                                                 "item": {"id": f"q{self.step}", "pass": 2, "fail": 1, "hints": 1}})
+                time.sleep(1.0 / steps_per_second)
+        self._spawn(loop)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+        if self._server is not None:
+            self._server.close()
+        for t in self._threads:
+            t.join(timeout=2)
+        if self.socket_path.exists():
+            self.socket_path.unlink()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--steps-per-second", type=float, default=20.0)
+    ap.add_argument("--history", type=int, default=1500)
+    ap.add_argument("--no-gpu", action="store_true")
+    args = ap.parse_args()
+    fake = FakeEngine(args.run_dir, gpu=not args.no_gpu)
+    fake.write_history(args.history)
+    fake.start()
+    fake.run_live(args.steps_per_second)
+    print(f"fake engine on {fake.socket_path}; ctrl+c stops it", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        fake.stop()

@@ -1,0 +1,274 @@
+"""The console's parts without the app: downsampling, series, alerts, the run state, the client,
+and the import boundaries between engine, console and widgets."""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from engine import protocol
+from lab.client import AlertRules, EngineClient, EngineUnreachable, RunState, StoreFollower
+from tests.fake_engine import FakeEngine, carry_snapshot
+from widgets.curves import BLOCK, Series, downsample_minmax, drop_flat_runs, render_curves
+from widgets.plot import ansi_to_text
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- downsampling -----------------------------------------------------------------------------
+
+
+def test_downsample_keeps_first_last_and_every_spike():
+    rnd = random.Random(0)
+    n = 100_000
+    values = [rnd.gauss(0, 1) for _ in range(n)]
+    spikes = {137: 50.0, 54_321: -40.0, 99_990: 60.0, 1: -70.0}
+    for i, v in spikes.items():
+        values[i] = v
+    s = Series(range(0, 2 * n, 2), values)
+    xs, ys = downsample_minmax(s, 120)
+    assert len(xs) <= 2 * 120 + 2
+    assert (xs[0], ys[0]) == (0, values[0]) and (xs[-1], ys[-1]) == (2 * (n - 1), values[-1])
+    kept = set(zip(xs, ys))
+    for i, v in spikes.items():
+        assert (2 * i, v) in kept
+    assert xs == sorted(xs)  # step order, so the line never doubles back
+    assert max(ys) == max(values) and min(ys) == min(values)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=700), st.integers(1, 60))
+def test_downsample_keeps_each_buckets_extremes(values, buckets):
+    s = Series(range(len(values)), values)
+    xs, ys = downsample_minmax(s, buckets)
+    if len(values) <= 2 * buckets + 2:
+        assert ys == values
+        return
+    assert len(xs) <= 2 * buckets + 2 and xs[0] == 0 and xs[-1] == len(values) - 1
+    width = (len(values) - 2) / buckets
+    kept = set(xs)
+    for b in range(buckets):
+        lo, hi = 1 + int(b * width), 1 + int((b + 1) * width)
+        if hi > lo:
+            chunk = values[lo:hi]
+            assert lo + chunk.index(min(chunk)) in kept and lo + chunk.index(max(chunk)) in kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-100, 100), min_size=1, max_size=5 * BLOCK), st.data())
+def test_block_extremes_match_a_scan(values, data):
+    s = Series()
+    for i, v in enumerate(values):  # point by point, as live metrics arrive
+        s.append(i, v)
+    lo = data.draw(st.integers(0, len(values) - 1))
+    hi = data.draw(st.integers(lo + 1, len(values)))
+    i_min, i_max = s.extremes(lo, hi)
+    assert values[i_min] == min(values[lo:hi]) and values[i_max] == max(values[lo:hi])
+
+
+def test_ema_kept_in_step_with_appends_matches_a_full_recompute():
+    rnd = random.Random(1)
+    s = Series(range(100), [rnd.random() for _ in range(100)])
+    smooth = s.smoothed(0.9)
+    for i in range(100, 400):
+        s.append(i, rnd.random())
+    s.extend(range(400, 500), [rnd.random() for _ in range(100)])
+    fresh = Series(s.steps, s.values).smoothed(0.9)
+    assert smooth is s.smoothed(0.9)
+    assert len(smooth) == 500
+    assert max(abs(a - b) for a, b in zip(smooth.values, fresh.values)) < 1e-12
+    m = s.values[0]
+    for v in s.values[1:]:
+        m = 0.9 * m + 0.1 * v
+    assert abs(smooth.values[-1] - m) < 1e-12
+
+
+def test_drop_flat_runs_keeps_the_corners():
+    xs = list(range(10))
+    ys = [0, 0, 0, 0, 5, 5, 5, 5, 5, 0]
+    kx, ky = drop_flat_runs(xs, ys, 0, 5, 20)
+    assert kx == [0, 3, 4, 8, 9] and ky == [0, 0, 5, 5, 0]
+
+
+def test_render_curves_100k_points_draws_the_series_and_the_latest_value():
+    n = 100_000
+    s = Series(range(n), [2 * math.exp(-i / 20_000) for i in range(n)])
+    text = render_curves([("run", {"loss": s, "lr": Series(range(n), [1e-3] * n)})], ["loss", "lr"], 100, 30)
+    plain = text.plain
+    assert "loss  0.01348" in plain and "lr  0.001" in plain
+    assert len(plain.splitlines()) == 30 and max(len(line) for line in plain.splitlines()) == 100
+    assert "80k" in plain  # step ticks as short integers
+
+
+def test_ansi_reader_matches_rich():
+    from rich.text import Text
+
+    ansi = "\x1b[0m\x1b[38;5;12m\x1b[48;5;15mab\x1b[0m cd\x1b[1;38;5;45me\x1b[0m\n\x1b[38;5;9mf"
+    ours, rich_ = ansi_to_text(ansi), Text.from_ansi(ansi)
+    assert ours.plain == rich_.plain
+    assert [(s.start, s.end, str(s.style)) for s in ours.spans] == [(s.start, s.end, str(s.style)) for s in rich_.spans]
+
+
+# ---- alerts -----------------------------------------------------------------------------------
+
+
+def test_alert_rules_fire_once_per_episode():
+    rules = AlertRules(silent_after=30, vram_fraction=0.85)
+    assert rules.metrics(10, {"loss": 1.0}) == []
+    assert "non-finite loss" in rules.metrics(11, {"loss": None, "exact_acc": 0.5})[0]
+    assert rules.metrics(12, {"loss": float("inf")}) == []  # still the same episode
+    assert rules.metrics(13, {"loss": 0.9}) == []
+    assert rules.metrics(14, {"halt_loss": float("nan")}) != []  # a new one
+    assert rules.metrics(15, {"halted_exact_acc": None}) == []  # only losses count
+    assert rules.telemetry({"vram_used_mb": 8000, "vram_total_mb": 10000}) == []
+    assert "VRAM at 90%" in rules.telemetry({"vram_used_mb": 9000, "vram_total_mb": 10000})[0]
+    assert rules.telemetry({"vram_used_mb": None, "vram_total_mb": None}) == []  # no GPU: no alert
+    assert rules.silence(29, "running") == []
+    assert "silent for 31 s" in rules.silence(31, "running")[0]
+    assert rules.silence(90, "running") == []
+    assert rules.silence(90, "finished") == []
+
+
+# ---- run state --------------------------------------------------------------------------------
+
+
+def test_run_state_takes_the_store_then_the_socket_without_duplicates(tmp_path):
+    fake = FakeEngine(tmp_path / "run", run_id="r1")
+    fake.write_history(300)
+    state = RunState(fake.run_dir)
+    follower = StoreFollower(fake.run_dir)
+    new = state.apply_store(follower.poll())
+    assert len(state.series["loss"]) == 300 and state.step == 300 and state.status == "running"
+    assert [p[1] for p in state.phases] == ["wake", "sleep", "wake", "sleep", "wake"]
+    assert len(state.sleeps) == 2 and state.telemetry["rss_mb"] == 812.0
+    assert any(e["event"] == "checkpoint" for e in new)
+    # the engine broadcast the same events the store holds; a live console sees both
+    for e in new:
+        assert state.apply(e) is None
+    assert len(state.phases) == 5
+    # metrics the store already had are not appended twice; new steps are
+    state.apply(protocol.event("metrics", 300, time.time(), {"loss": 9.0}))
+    state.apply(protocol.event("metrics", 301, time.time(), {"loss": 0.5, "exact_acc": None}))
+    assert state.series["loss"].values[-2:] != [9.0] and state.series["loss"].last == 0.5
+    assert len(state.series["loss"]) == 301
+    assert follower.poll().metrics == {}  # nothing new in the store
+    follower.close()
+
+
+def test_a_resumed_run_is_read_again_without_its_superseded_rows(tmp_path):
+    from engine.store import RunStore
+
+    fake = FakeEngine(tmp_path / "run")
+    fake.write_history(300, phases=False, curriculum=False)
+    state, follower = RunState(fake.run_dir), StoreFollower(fake.run_dir)
+    state.apply_store(follower.poll())
+    assert len(state.series["loss"]) == 300
+    store = RunStore(fake.run_dir)  # the engine resumes from a checkpoint at step 150
+    store.start_segment(150)
+    for step in range(151, 181):
+        store.log_metrics(step, {"loss": 7.0})
+    store.flush()
+    store.close()
+    update = follower.poll()
+    assert update.reset
+    state.apply_store(update)
+    loss = state.series["loss"]
+    assert loss.steps == list(range(1, 181)) and loss.values[150:] == [7.0] * 30
+    follower.close()
+
+
+# ---- client -----------------------------------------------------------------------------------
+
+
+def test_client_commands_resolve_with_the_step_of_their_ack(tmp_path):
+    fake = FakeEngine(tmp_path / "run", step=42).start()
+    try:
+        client = EngineClient(fake.run_dir)
+        hello = client.connect()
+        assert hello["type"] == "hello" and hello["step"] == 42
+        pending = client.send("inspect", slot=3)
+        assert pending.state == "pending"
+        deadline = time.monotonic() + 5
+        seen = []
+        while not pending.wait(0) and time.monotonic() < deadline:
+            seen += client.read(0.05)
+        assert pending.state == "ok" and pending.step == 42
+        assert pending.result == carry_snapshot(3)
+        assert any(m.get("type") == "ack" for m in seen)
+        assert fake.commands[0].cmd == "inspect" and fake.commands[0].args == {"slot": 3}
+    finally:
+        client.close()
+        fake.stop()
+
+
+def test_client_says_why_the_engine_is_unreachable(tmp_path):
+    import socket
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(EngineUnreachable, match="not running"):
+        EngineClient(run).connect()
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # listens, never says hello
+    mute.bind(str(run / protocol.SOCKET_NAME))
+    mute.listen(1)
+    t0 = time.monotonic()
+    with pytest.raises(EngineUnreachable, match="did not answer within 0.3 s"):
+        EngineClient(run, hello_timeout=0.3).connect()
+    assert time.monotonic() - t0 < 2
+    mute.close()
+    with pytest.raises(EngineUnreachable, match="refuses connections"):
+        EngineClient(run).connect()
+
+
+def test_client_reaches_a_socket_in_a_deep_folder(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "run"  # longer than an AF_UNIX path may be
+    fake = FakeEngine(deep).start()
+    try:
+        client = EngineClient(deep)
+        assert client.connect()["run_id"] == "fake-run"
+        client.close()
+    finally:
+        fake.stop()
+
+
+# ---- import boundaries ------------------------------------------------------------------------
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_engine_never_imports_the_console_and_widgets_never_import_torch_or_engine():
+    for f in (ROOT / "engine").rglob("*.py"):
+        assert not _imports(f) & {"textual", "lab", "widgets", "rich", "plotext"}, f
+    for f in (ROOT / "widgets").rglob("*.py"):
+        assert not _imports(f) & {"torch", "engine", "lab", "numpy"}, f
+    console = [ROOT / "lab" / "app.py", ROOT / "lab" / "client.py", *(ROOT / "lab" / "screens").rglob("*.py")]
+    for f in console:
+        assert "torch" not in _imports(f), f
+
+
+def test_the_console_does_not_pull_torch_into_the_process():
+    code = (
+        "import sys; import lab.app, lab.client, lab.screens.dashboard, lab.screens.inspector, lab.screens.runs, "
+        "lab.screens.compare, lab.screens.launch, widgets.curves, widgets.carry, widgets.resources, "
+        "widgets.timeline, widgets.consolidation, widgets.curriculum, widgets.eventlog; "
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'torch']; print(bad[:5]); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,232 @@
+"""The curriculum queue: shrinking, variants, hints, levels, events and exact resumption."""
+
+import json
+
+import pytest
+
+from engine.config import ConfigError, CurriculumConfig, TaskConfig
+from engine.curriculum import CurriculumQueue, ProgrammaticProvider
+from engine.tasks.tokenizer import BLANK, HINT, SEP, stable_int
+
+
+@pytest.fixture(scope="module")
+def provider():
+    return ProgrammaticProvider("arithmetic", levels=3, seed=0)
+
+
+def queue(provider, **kw):
+    settings = dict(questions=20, levels=3, mastery=2, threshold=0.0, max_epochs=1000)
+    settings.update(kw)
+    return CurriculumQueue(provider, **settings)
+
+
+def serve_until(q, index, limit=1000):
+    """Serve one item at a time until question `index` comes up; return it."""
+    for _ in range(limit):
+        (item,) = q.next_batch(1)
+        if item.index == index:
+            return item
+        q.report([item.id], [False])  # others stay put
+    raise AssertionError(f"question {index} never came up")
+
+
+# ----------------------------------------------------------------------------- shrinking
+
+
+def test_correct_answers_shrink_the_queue_wrong_ones_do_not(provider):
+    q = queue(provider)
+    for _ in range(3):  # three passes, all wrong
+        batch = q.next_batch(20)
+        q.report([i.id for i in batch], [False] * len(batch))
+    assert q.remaining == 20 and q.level == 1
+
+    q = queue(provider, mastery=2)
+    first = q.next_batch(20)
+    assert sorted(i.index for i in first) == list(range(20))  # one pass serves every question once
+    q.report([i.id for i in first], [True] * 20)
+    assert q.remaining == 20  # one success each: not yet mastered
+    second = q.next_batch(12)
+    q.report([i.id for i in second], [True] * 12)
+    assert q.remaining == 8 and q.level == 1
+
+
+def test_success_replaces_the_question_with_a_variant(provider):
+    q = queue(provider, questions=3)
+    item = serve_until(q, 1)
+    q.report([item.id], [True])
+    again = serve_until(q, 1)
+    assert again.id != item.id and again.variant == 1 and again.streak == 1 and again.hint == 0
+    assert again.problem.template == item.problem.template and again.problem.prompt != item.problem.prompt
+    assert again.problem == provider.question(1, 1, 1)
+
+
+def test_failure_adds_a_hint_and_keeps_the_question(provider):
+    q = queue(provider, questions=3)
+    item = serve_until(q, 2)
+    assert item.hint == 0 and HINT not in item.sample.inputs
+    q.report([item.id], [False])
+    hinted = serve_until(q, 2)
+    assert hinted.problem == item.problem and hinted.hint == 1 and hinted.variant == 0
+    assert hinted.sample != item.sample and hinted.sample == provider.encode(item.problem, 1)
+    sep = hinted.sample.inputs.index(SEP)
+    revealed = [t for t in hinted.sample.inputs[sep + 1:] if t > BLANK]
+    assert HINT in hinted.sample.inputs or revealed  # a worked step or part of the answer is in the input
+    top = provider.max_hint(item.problem)
+    for _ in range(top + 2):  # hints grow with failures, up to the provider's last hint
+        q.report([hinted.id], [False])
+        hinted = serve_until(q, 2)
+    assert hinted.hint == top
+
+
+def test_hinted_success_fades_the_hint_and_does_not_count_toward_mastery(provider):
+    q = queue(provider, questions=3, mastery=1)
+    item = serve_until(q, 0)
+    q.report([item.id], [False])
+    hinted = serve_until(q, 0)
+    q.report([hinted.id], [True])  # right, but with help
+    assert q.remaining == 3
+    after = serve_until(q, 0)
+    assert after.hint == 0 and after.variant == 1 and after.streak == 0
+    q.report([after.id], [True])  # right alone: mastered (mastery = 1)
+    assert q.remaining == 2
+
+
+def test_mastery_needs_k_unhinted_successes_in_a_row(provider):
+    q = queue(provider, questions=2, mastery=3, levels=1)
+    outcomes = [True, True, False, True, True, True]  # the failure resets the streak; the next success is hinted
+    streaks = []
+    for ok in outcomes:
+        item = serve_until(q, 0)
+        streaks.append(item.streak)
+        q.report([item.id], [ok])
+    assert streaks == [0, 1, 2, 0, 0, 1]
+    assert q.remaining == 2
+    item = serve_until(q, 0)
+    q.report([item.id], [True])
+    assert q.remaining == 1
+    assert all(i.index == 1 for i in q.next_batch(5))  # only the other question is left
+
+
+def test_stale_and_duplicate_ids_change_nothing(provider):
+    q = queue(provider, questions=2, mastery=5)
+    batch = q.next_batch(4)  # a queue smaller than the batch is served twice over
+    assert sorted(i.index for i in batch[:2]) == sorted(i.index for i in batch[2:]) == [0, 1]
+    q.drain_events()
+    q.report([batch[0].id, batch[0].id, 12345], [True, True, False])
+    (event,) = q.drain_events()
+    assert event["kind"] == "report" and event["stale"] == 2 and len(event["variants"]) == 1
+
+
+# ----------------------------------------------------------------------------- levels
+
+
+def test_level_advances_exactly_at_the_threshold(provider):
+    q = queue(provider, questions=40, mastery=1, threshold=0.25)
+    q.drain_events()
+    for expected_remaining in range(39, 9, -1):
+        (item,) = q.next_batch(1)
+        q.report([item.id], [True])
+        assert q.level == 1 and q.remaining == expected_remaining
+    (item,) = q.next_batch(1)
+    q.report([item.id], [True])  # 9 left: fewer than 25% of 40
+    assert q.level == 2 and q.remaining == 40
+    ends = [e for e in q.drain_events() if e["kind"] == "level_end"]
+    assert ends == [{"kind": "level_end", "level": 1, "epoch": 0, "size": 40, "remaining": 9,
+                     "reason": "threshold", "epochs": 0}]
+    assert all(i.level == 2 and i.index >= 40 for i in q.next_batch(40))  # new questions
+
+
+def test_epoch_limit_ends_the_level(provider):
+    q = queue(provider, questions=5, max_epochs=3)
+    for _ in range(3):
+        batch = q.next_batch(5)
+        q.report([i.id for i in batch], [False] * 5)
+        assert q.level == 1
+    q.next_batch(1)  # the fourth pass would start: the level is over
+    assert q.level == 2
+    ends = [e for e in q.drain_events() if e["kind"] == "level_end"]
+    assert ends[0]["reason"] == "epochs" and ends[0]["remaining"] == 5 and ends[0]["epochs"] == 3
+
+
+def test_queue_is_done_after_the_last_level(provider):
+    q = queue(provider, questions=4, levels=2, mastery=1)
+    for _ in range(2):
+        batch = q.next_batch(4)
+        q.report([i.id for i in batch], [True] * 4)
+    assert q.done and q.next_batch(8) == []
+    kinds = [e["kind"] for e in q.drain_events()]
+    assert kinds.count("level_start") == 2 and kinds.count("level_end") == 2 and kinds[-1] == "done"
+
+
+def test_provider_levels_get_harder():
+    p = ProgrammaticProvider("arithmetic", levels=10, seed=0)
+    means = [sum(p.difficulty(level, i) for i in range(400)) / 400 for level in range(1, 11)]
+    assert means[0] == 1.0 and means[-1] == 3.0
+    assert all(a < b for a, b in zip(means, means[1:]))
+    assert p.question(10, 5, 0).template.split("/")[1] in ("add_then_mul", "mul_then_add", "mul_then_sub")
+
+
+def test_bad_settings_are_one_sentence(provider):
+    with pytest.raises(ConfigError, match="start_level"):
+        CurriculumQueue(provider, levels=3, start_level=4)
+    with pytest.raises(ConfigError, match="cannot feed the curriculum"):
+        ProgrammaticProvider("sudoku")
+
+
+def test_provider_from_config_passes_the_task_settings():
+    p = ProgrammaticProvider.from_config(TaskConfig(name="algebra", seed=4, steps=True), CurriculumConfig(levels=5))
+    assert p.levels == 5 and p.seed == 4 and all(t.steps and t.seed == 4 for t in p.tasks.values())
+    assert [t.difficulty for t in p.tasks.values()] == [1, 2, 3]
+
+
+def test_from_config(provider):
+    cfg = CurriculumConfig(enabled=True, questions=7, levels=3, mastery=4, threshold=0.5, max_epochs=2, start_level=2)
+    q = CurriculumQueue.from_config(cfg, provider, seed=3)
+    assert (q.level, q.size, q.mastery, q.threshold, q.max_epochs) == (2, 7, 4, 0.5, 2)
+    assert q.summary() == {"level": 2, "levels": 3, "epoch": 0, "size": 7, "remaining": 7, "done": False,
+                           "by_streak": [7, 0, 0, 0], "by_hint": {"0": 7}}
+
+
+# ----------------------------------------------------------------------------- state and events
+
+
+def learner(item) -> bool:
+    """A deterministic stand-in for a model: right on about 70% of questions, more with hints."""
+    return stable_int(item.problem.prompt, item.hint) % 10 < 7 + item.hint
+
+
+def drive(q, steps, n=8):
+    trace = []
+    for _ in range(steps):
+        batch = q.next_batch(n)
+        q.report([i.id for i in batch], [learner(i) for i in batch])
+        trace.append(([(i.id, i.index, i.variant, i.hint, i.sample.inputs) for i in batch], q.drain_events()))
+    return trace
+
+
+def test_state_round_trips_and_a_resumed_queue_continues_exactly(provider):
+    settings = dict(questions=30, levels=3, mastery=2, threshold=0.1, max_epochs=6)
+    straight = queue(provider, **settings)
+    drive(straight, 15)
+    saved = json.loads(json.dumps(straight.state_dict()))  # plain JSON-able data
+    assert saved == straight.state_dict()
+
+    resumed = queue(provider, questions=5, levels=9, mastery=7, seed=99)  # settings come from the state
+    resumed.load_state_dict(saved)
+    assert resumed.state_dict() == saved
+    rest = drive(straight, 40)
+    assert drive(resumed, 40) == rest
+    assert straight.state_dict() == resumed.state_dict()
+    assert any(e["kind"] == "level_end" for _, events in rest for e in events)  # the run crossed a level
+
+
+def test_report_events_tell_the_console_what_changed(provider):
+    q = queue(provider, questions=6, mastery=1)
+    (start,) = q.drain_events()
+    assert start == {"kind": "level_start", "level": 1, "epoch": 0, "size": 6, "remaining": 6}
+    batch = q.next_batch(3)
+    q.report([i.id for i in batch], [True, False, True])
+    (event,) = q.drain_events()
+    assert event["kind"] == "report" and event["remaining"] == 4 and event["correct"] == 2 and event["total"] == 3
+    assert event["mastered"] == [batch[0].id, batch[2].id] and event["hinted"] == [batch[1].id]
+    assert q.drain_events() == []

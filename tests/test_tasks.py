@@ -1,0 +1,404 @@
+"""The generated tasks: determinism, disjoint splits, correct answers, layout, hints, registry."""
+
+import ast
+import hashlib
+import json
+import operator
+import os
+import re
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+from engine.config import ConfigError, TaskConfig
+from engine.tasks.arith import MathTask
+from engine.tasks.maze import MazeTask
+from engine.tasks.memory import MemoryTask
+from engine.tasks.program import ProgramTask
+from engine.tasks.registry import (
+    TASKS,
+    UnknownTaskError,
+    describe_tasks,
+    get_task,
+    list_tasks,
+    show_samples,
+    task_from_config,
+)
+from engine.tasks.tokenizer import BLANK, EOS, HINT, PAD, SEP, TOKENIZER, split_of
+
+GENERATED = ["math", "arithmetic", "algebra", "sequence", "word", "recall", "gap", "surprise", "maze", "program"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def digest(task, split, n):
+    h = hashlib.sha256()
+    for i in range(n):
+        s = task.sample(split, i)
+        h.update(json.dumps([s.inputs, s.labels]).encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- determinism and splits
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_samples_are_pure_functions_of_seed_split_index(name):
+    a, b = get_task(name, difficulty=2, seed=3), get_task(name, difficulty=2, seed=3)
+    for i in (0, 7, 123):
+        assert a.sample("train", i) == b.sample("train", i)
+    # out of order and repeated calls give the same thing
+    assert [a.sample("test", i) for i in (5, 1, 5)] == [b.sample("test", 5), b.sample("test", 1), b.sample("test", 5)]
+    # a different seed gives a different stream; different indices differ
+    other = get_task(name, difficulty=2, seed=4)
+    assert digest(a, "train", 20) != digest(other, "train", 20)
+    assert len({tuple(a.sample("train", i).inputs) for i in range(20)}) >= 15
+
+
+def fingerprint() -> str:
+    return "".join(digest(get_task(name, difficulty=3, seed=1), "train", 5) for name in ("math", "recall", "maze", "program"))
+
+
+def test_samples_do_not_depend_on_python_hash_seed():
+    seed = "7" if os.environ.get("PYTHONHASHSEED") != "7" else "8"  # surely not this process's hash seed
+    code = "import sys; sys.path.insert(0, 'tests'); from test_tasks import fingerprint; print(fingerprint())"
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == fingerprint()
+
+
+@pytest.mark.parametrize("name", GENERATED)
+@pytest.mark.parametrize("difficulty", [1, 3])
+def test_train_and_test_never_share_an_item(name, difficulty):
+    task = get_task(name, difficulty=difficulty)
+    train = {task.problem("train", i).prompt for i in range(300)}
+    test = {task.problem("test", i).prompt for i in range(100)}
+    assert train.isdisjoint(test)
+    assert all(split_of(p) == "train" for p in train) and all(split_of(p) == "test" for p in test)
+
+
+def test_small_item_spaces_split_cleanly():
+    # difficulty-1 arithmetic has only 200 distinct questions: the test share must still never train
+    task = MathTask("arithmetic", 1)
+    train = {task.problem("train", i).prompt for i in range(3000)}
+    test = {task.problem("test", i).prompt for i in range(300)}
+    assert train.isdisjoint(test)
+    assert len(train) > 150 and 5 < len(test) < 50
+
+
+def test_variants_keep_template_and_split_and_change_values():
+    for name in ("arithmetic", "algebra", "word", "recall", "maze", "program"):
+        task = get_task(name, difficulty=2)
+        base = task.problem("train", 11)
+        variants = [task.variant(base, n) for n in range(1, 6)]
+        assert task.variant(base, 0) == base
+        assert all(v.template == base.template for v in variants)
+        assert all(split_of(v.prompt) == "train" for v in variants)
+        assert len({v.prompt for v in variants} | {base.prompt}) >= 4
+        assert task.variant(base, 3) == variants[2]  # deterministic
+
+
+# ----------------------------------------------------------------------------- answers are right
+
+BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
+
+def evaluate(expression: str) -> int:
+    """Independent evaluator for the arithmetic prompts (+, -, *, parentheses)."""
+
+    def walk(node):
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.BinOp):
+            return BINOPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.Constant):
+            return node.value
+        raise AssertionError(ast.dump(node))
+
+    return walk(ast.parse(expression, mode="eval"))
+
+
+def side(text: str, x: int) -> int:
+    """Value of a linear side like '3x-5', 'x+2', '-x+7' at x."""
+    total = 0
+    for sign, coef, var in re.findall(r"([+-]?)(\d*)(x?)", text):
+        if not coef and not var:
+            continue
+        value = int(coef) if coef else 1
+        value *= x if var else 1
+        total += -value if sign == "-" else value
+    return total
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+def test_arithmetic_and_algebra_answers_are_right(difficulty):
+    arith, algebra = MathTask("arithmetic", difficulty), MathTask("algebra", difficulty)
+    for i in range(200):
+        p = arith.problem("train", i)
+        assert int(p.answer) == evaluate(p.prompt), p
+        q = algebra.problem("train", i)
+        left, right = q.prompt.split("=")
+        x = int(q.answer)
+        assert side(left, x) == side(right, x), q
+        assert side(left, x + 1) != side(right, x + 1)  # and the solution is unique
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+def test_sequence_answers_continue_the_rule(difficulty):
+    task = MathTask("sequence", difficulty)
+    for i in range(200):
+        p = task.problem("train", i)
+        terms = [int(t) for t in p.prompt.rstrip(",?").split(",")] + [int(p.answer)]
+        kind = p.template.split("/")[1]
+        d1 = [b - a for a, b in zip(terms, terms[1:])]
+        if kind in ("arithmetic_sequence", "falling_sequence"):
+            assert len(set(d1)) == 1
+        elif kind == "geometric_sequence":
+            assert len({b / a for a, b in zip(terms, terms[1:])}) == 1
+        elif kind == "fibonacci_like":
+            assert all(terms[k] == terms[k - 1] + terms[k - 2] for k in range(2, len(terms)))
+        else:
+            assert len({b - a for a, b in zip(d1, d1[1:])}) == 1
+
+
+def test_word_problem_steps_end_in_the_answer():
+    task = MathTask("word", 3)
+    for i in range(100):
+        p = task.problem("train", i)
+        numbers = [int(n) for n in re.findall(r"\d+", p.prompt)]
+        assert all(str(n) in p.prompt for n in numbers)
+        for step in p.steps:  # every worked step is true arithmetic
+            lhs, rhs = step.split("=")
+            assert evaluate(lhs.replace("/", "//")) == int(rhs), step
+        assert p.steps[-1].endswith("=" + p.answer)
+
+
+@pytest.mark.parametrize("kind", ["recall", "gap", "surprise"])
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+def test_memory_answer_is_the_queried_fact(kind, difficulty):
+    task = MemoryTask(kind, difficulty)
+    for i in range(100):
+        p = task.problem("train", i)
+        body, query = p.prompt.rsplit(" ?", 1)
+        facts = dict(f.split("=") for f in body.split() if "=" in f and f.split("=")[0] == query)
+        assert facts == {query: p.answer}  # the queried key is stated exactly once, with the answer
+        assert body.count(query + "=") == 1
+
+
+def test_surprise_routine_facts_are_fixed_and_the_rare_one_is_not():
+    task = MemoryTask("surprise", 2)
+    routine, rare_values = {}, set()
+    for i in range(200):
+        p = task.problem("train", i)
+        for fact in p.prompt.rsplit(" ?", 1)[0].split():
+            key, value = fact.split("=")
+            if key.islower():
+                assert routine.setdefault(key, value) == value  # always the same value: predictable
+            else:
+                rare_values.add(value)
+    assert len(rare_values) > 150  # high entropy: almost never repeats
+
+
+def test_gap_grows_with_difficulty():
+    gaps = []
+    for d in (1, 2, 3):
+        p = MemoryTask("gap", d).problem("train", 0)
+        gaps.append(len(p.prompt))
+    assert gaps[0] < gaps[1] < gaps[2]
+
+
+# ----------------------------------------------------------------------------- mazes
+
+
+def reference_bfs(grid: str, side: int, start: int, goal: int) -> tuple[int, int]:
+    """(length of the shortest path, number of shortest paths) from start to goal."""
+    dist, ways = {start: 0}, {start: 1}
+    queue = deque([start])
+    while queue:
+        cell = queue.popleft()
+        r, c = divmod(cell, side)
+        for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+            nxt = rr * side + cc
+            if not (0 <= rr < side and 0 <= cc < side) or grid[nxt] == "#":
+                continue
+            if nxt not in dist:
+                dist[nxt], ways[nxt] = dist[cell] + 1, 0
+                queue.append(nxt)
+            if dist[nxt] == dist[cell] + 1:
+                ways[nxt] += ways[cell]
+    return dist[goal], ways[goal]
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+@pytest.mark.parametrize("side", [7, 11])
+def test_maze_answer_is_a_shortest_path(difficulty, side):
+    task = MazeTask(difficulty, side=side)
+    for i in range(40):
+        sample = task.sample("train", i)
+        grid, solved = TOKENIZER.decode(sample.inputs), TOKENIZER.decode(sample.labels)
+        assert len(grid) == len(solved) == side * side == task.seq_len
+        start, goal = grid.index("S"), grid.index("G")
+        marked = {k for k, ch in enumerate(solved) if ch == "*"} | {start, goal}
+        # same maze, only open cells marked
+        assert all(grid[k] == solved[k] for k in range(side * side) if solved[k] != "*")
+        assert all(grid[k] == "." for k in marked - {start, goal})
+        # the marked cells are a connected chain from S to G with as many steps as BFS says,
+        # and the only shortest path, so the answer is well defined
+        assert (len(marked) - 1, 1) == reference_bfs(grid, side, start, goal)
+        only_marked = "".join(ch if k in marked else "#" for k, ch in enumerate(grid))
+        assert reference_bfs(only_marked, side, start, goal)[0] == len(marked) - 1
+
+
+def test_maze_difficulty_lengthens_the_path_then_adds_loops():
+    side, rooms = 15, 7 * 7
+    lengths, open_cells = [], []
+    for d in (1, 2, 3):
+        task = MazeTask(d, side=side)
+        solved = [TOKENIZER.decode(task.sample("train", i).labels) for i in range(30)]
+        lengths.append(sum(s.count("*") for s in solved))
+        open_cells.append(max(sum(ch != "#" for ch in s) for s in solved))
+    assert lengths[0] < lengths[1] and lengths[0] < lengths[2]
+    # a perfect maze (one route between any two rooms) has rooms + (rooms - 1) open cells; loops add more
+    assert open_cells[0] == open_cells[1] == 2 * rooms - 1 < open_cells[2]
+
+
+def test_maze_hint_marks_the_start_of_the_path():
+    task = MazeTask(2, side=11)
+    p = task.problem("train", 3)
+    plain, hinted = task.encode(p), task.encode(p, hint=2)
+    assert plain.labels == hinted.labels
+    shown = [k for k, t in enumerate(hinted.inputs) if TOKENIZER.decode([t]) == "*"]
+    path = task.path_cells(p)
+    assert 0 < len(shown) < len(path) and set(shown) == set(path[: len(shown)])
+
+
+def test_bad_maze_side_is_one_sentence():
+    with pytest.raises(ConfigError, match="odd number from 7 to 31"):
+        MazeTask(1, side=8)
+
+
+# ----------------------------------------------------------------------------- layout and hints
+
+
+@pytest.mark.parametrize("name", ["math", "recall", "gap", "surprise", "program"])
+def test_text_layout(name):
+    for steps in ([False, True] if name == "math" else [False]):
+        for d in (1, 2, 3):
+            task = get_task(name, difficulty=d, steps=steps) if name == "math" else get_task(name, difficulty=d)
+            for i in range(50):
+                p = task.problem("train", i)
+                s = task.encode(p)
+                assert len(s.inputs) == len(s.labels) == task.seq_len
+                sep = s.inputs.index(SEP)
+                assert TOKENIZER.decode(s.inputs[:sep]) == p.prompt
+                assert all(t == PAD for t in s.labels[: sep + 1])
+                target = TOKENIZER.decode(s.labels)
+                assert target == (";".join(p.steps + (p.answer,)) if steps else p.answer)
+                n = len(TOKENIZER.encode(target))
+                assert s.labels[sep + 1 + n] == EOS and set(s.inputs[sep + 1 : sep + 2 + n]) == {BLANK}
+                assert task.grade(p, s.labels) and not task.grade(p, s.inputs)
+
+
+def test_hints_add_steps_then_part_of_the_answer_never_all_of_it():
+    task = MathTask("arithmetic", 2)
+    p = next(task.problem("train", i) for i in range(100) if task.problem("train", i).template.endswith("mul_two_digit"))
+    plain = task.encode(p)
+    previous = plain.inputs
+    for h in range(1, task.max_hint(p) + 1):
+        s = task.encode(p, h)
+        assert TOKENIZER.decode(s.labels) == p.answer and s.inputs != previous
+        assert task.grade(p, s.labels, s) and not task.grade(p, plain.labels, s)  # the hint shifts the answer
+        previous = s.inputs
+        assert HINT in s.inputs
+        sep = s.inputs.index(SEP)
+        hint_text = TOKENIZER.decode(s.inputs[s.inputs.index(HINT) + 1 : sep])
+        assert hint_text == ";".join(p.steps[: min(h, len(p.steps))])
+        assert BLANK in s.inputs[sep:]  # at least one answer character always left to the model
+    assert task.encode(p, 99) == task.encode(p, task.max_hint(p))
+
+
+def test_steps_in_target_hint_reveals_whole_steps():
+    task = MathTask("algebra", 2, steps=True)
+    p = task.problem("train", 0)
+    s = task.encode(p, 1)
+    sep = s.inputs.index(SEP)
+    revealed = TOKENIZER.decode([t for t in s.inputs[sep + 1 :] if t not in (BLANK, PAD)])
+    assert revealed == p.steps[0] + ";"
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+def test_reference_programs_pass_their_python_computed_cases(difficulty):
+    task = ProgramTask(difficulty)
+    for i in range(100):
+        p = task.problem("train", i)
+        result = task.check(p, p.answer)
+        assert result.ok and result.passed == len(p.cases), (p, result)
+        assert task.grade(p, task.encode(p).labels)
+
+
+def test_program_grading_runs_the_program_rather_than_comparing_text():
+    task = ProgramTask(1)
+    p = next(task.problem("train", i) for i in range(100) if task.problem("train", i).template == "program/affine")
+    a, b = re.fullmatch(r"f\(x\)=x\*(\d+)([+-]\d+)", p.prompt).groups()
+    other = f"{int(b)} swap {a} * + ."  # different text, same function
+    assert other != p.answer and task.check(p, other).ok
+    wrong = f"{a} * ."
+    result = task.check(p, wrong)
+    assert not result.ok and result.failed >= 1 and "expected" in result.first_error
+    s = task.encode(p)
+    sep = s.inputs.index(SEP)
+    predicted = list(s.labels)
+    predicted[sep + 1 :] = TOKENIZER.encode(other) + [EOS] + [PAD] * (len(s.labels) - sep - 2 - len(other))
+    assert task.grade(p, predicted)
+    looping = TOKENIZER.encode("1 while 1 end") + [EOS]
+    predicted[sep + 1 : sep + 1 + len(looping)] = looping
+    assert not task.grade(p, predicted)
+
+
+# ----------------------------------------------------------------------------- registry and CLI helpers
+
+
+def test_registry_lists_every_task_and_builds_each():
+    assert list_tasks() == list(TASKS)
+    assert set(GENERATED) | {"sudoku", "modular"} == set(list_tasks())
+    rows = {r["name"]: r for r in describe_tasks()}
+    assert set(rows) == set(list_tasks())
+    for name, row in rows.items():
+        assert row["description"] and row["seq_len"] > 0 and row["vocab_size"] > 1
+    assert rows["maze"]["seq_len"] == 121 and rows["math"]["vocab_size"] == TOKENIZER.vocab_size
+
+
+def test_unknown_task_and_bad_params_are_one_sentence():
+    with pytest.raises(UnknownTaskError) as err:
+        get_task("chess")
+    assert "'chess'" in str(err.value) and "maze" in str(err.value) and str(err.value).count(".") == 1
+    with pytest.raises(ConfigError, match="out of range"):
+        get_task("maze", difficulty=4)
+    with pytest.raises(ConfigError, match="does not take size"):
+        get_task("arithmetic", size=9)
+    with pytest.raises(ConfigError, match="split"):
+        get_task("recall").sample("validation", 0)
+
+
+def test_task_from_config_passes_only_what_the_task_takes():
+    task = task_from_config(TaskConfig(name="arithmetic", difficulty=3, seed=5, steps=True))
+    assert isinstance(task, MathTask) and task.difficulty == 3 and task.seed == 5 and task.steps
+    assert task_from_config(TaskConfig(name="maze", difficulty=2)).seq_len == 121
+    assert task_from_config(TaskConfig(name="sudoku", size=4)).seq_len == 16
+
+
+def test_show_samples_prints_readable_samples():
+    text = show_samples("arithmetic", n=3, split="test", difficulty=2)
+    assert text.count("--- #") == 3 and "question:" in text and "answer:" in text
+    assert show_samples("arithmetic", n=3, split="test", difficulty=2) == text
+    maze = show_samples("maze", n=1)
+    assert "S" in maze and "G" in maze and "*" in maze
+    with pytest.raises(ConfigError):
+        show_samples("modular", n=2, difficulty=2)
+    with pytest.raises(ConfigError):
+        show_samples("maze", n=0)

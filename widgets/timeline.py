@@ -1,0 +1,96 @@
+"""Phase timeline: wake and sleep bands along the steps, manual sleeps marked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widget import Widget
+
+from widgets.plot import short_number
+
+WAKE_STYLE, SLEEP_STYLE, MANUAL_STYLE = "green4", "bold dodger_blue1", "bold magenta"
+
+
+@dataclass(frozen=True)
+class Band:
+    start: int
+    end: int  # exclusive; the current step for the open band
+    phase: str  # "wake" | "sleep"
+    manual: bool
+
+
+def bands(phases: list[tuple[int, str, bool]], current_step: int) -> list[Band]:
+    """[(step, phase, manual), ...] in step order -> contiguous bands up to the current step."""
+    out: list[Band] = []
+    if not phases or phases[0][0] > 0:
+        first = phases[0][0] if phases else current_step
+        out.append(Band(0, first, "wake", False))
+    for i, (step, phase, manual) in enumerate(phases):
+        end = phases[i + 1][0] if i + 1 < len(phases) else max(current_step, step)
+        out.append(Band(step, end, phase, manual))
+    return [b for b in out if b.end > b.start or b is out[-1]]
+
+
+def render_timeline(phases: list[tuple[int, str, bool]], current_step: int, width: int) -> Text:
+    width = max(width, 10)
+    bs = bands(phases, current_step)
+    hi = max(current_step, bs[-1].end if bs else 0, 1)
+    per_col = hi / width
+    marks = [" "] * width
+    cells = ["w"] * width
+    for b in bs:
+        if b.phase != "sleep":
+            continue
+        c0 = min(width - 1, int(b.start / per_col))
+        c1 = min(width - 1, max(c0, int(max(b.end - 1, b.start) / per_col)))
+        for c in range(c0, c1 + 1):
+            cells[c] = "s"  # a sleep anywhere in a column shows, however short
+        if b.manual:
+            marks[c0] = "▼"
+    text = Text(no_wrap=True, end="")
+    text.append("".join(marks) + "\n", style=MANUAL_STYLE)
+    run_start = 0
+    for c in range(1, width + 1):
+        if c == width or cells[c] != cells[run_start]:
+            sleep = cells[run_start] == "s"
+            text.append(("█" if sleep else "▁") * (c - run_start), style=SLEEP_STYLE if sleep else WAKE_STYLE)
+            run_start = c
+    left, right = "0", f"step {short_number(hi)}"
+    text.append("\n" + left + " " * max(1, width - len(left) - len(right)) + right + "\n", style="grey50")
+    sleeps = [b for b in bs if b.phase == "sleep"]
+    manual = sum(b.manual for b in sleeps)
+    now = bs[-1] if bs else None
+    text.append("▁ wake ", style=WAKE_STYLE)
+    text.append("█ sleep ", style=SLEEP_STYLE)
+    text.append("▼ manual", style=MANUAL_STYLE)
+    text.append(f"   {len(sleeps)} sleeps ({manual} manual)", style="grey70")
+    if now is not None and phases:
+        text.append(f" · now {now.phase} since step {now.start:,}", style="bold")
+    return text
+
+
+class PhaseTimeline(Widget):
+    DEFAULT_CSS = "PhaseTimeline { height: 4; }"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.phases: list[tuple[int, str, bool]] = []
+        self.current_step = 0
+        self.version = 0
+        self._drawn = -1
+
+    def show(self, phases: list[tuple[int, str, bool]], current_step: int) -> None:
+        if len(phases) != len(self.phases) or current_step != self.current_step:
+            self.phases, self.current_step = list(phases), current_step
+            self.version += 1
+
+    def refresh_if_dirty(self) -> bool:
+        if self.version != self._drawn:
+            self.refresh()
+            return True
+        return False
+
+    def render(self) -> Text:
+        self._drawn = self.version
+        return render_timeline(self.phases, self.current_step, self.size.width)
