@@ -17,10 +17,10 @@ run: install
 	$(BIN)/lab run $(CONFIG) --headless
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 test-slow: install
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV)

@@ -41,7 +41,7 @@ class ModelConfig:
     d_mem: int = 64  # width of the neural memory MLP
     memory_chunk: int = 16
     memory_decay: float = 0.99
-    memory_theta_max: float = 0.1
+    memory_theta_max: float = 1.0  # cap of the memory's inner learning rate (stable up to ~2)
     persistent_tokens: int = 4
     bitnet: bool = False
 
@@ -67,7 +67,7 @@ class OptimConfig:
     # A preset fills every field left unset (None); a field set in the file or by --set wins.
     # Presets live in engine/optim.py (PRESETS); `engine.optim.resolve(cfg)` gives the concrete values.
     preset: Literal["adamw", "muon", "phase1", "phase5"] = "adamw"
-    lr: float | None = 1e-3  # Muon's lr under the Muon presets, AdamW's under "adamw"
+    lr: float | None = None  # Muon's lr under the Muon presets, AdamW's under "adamw"
     adamw_lr: float | None = None  # the AdamW fallback (embeddings, heads, norms, biases) under Muon presets
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -133,6 +133,24 @@ class CurriculumConfig:
 
 
 @dataclass
+class SleepConfig:
+    # Sleep/wake consolidation of engine/sleep.py: wake on the task stream, sleep on the episodic buffer.
+    enabled: bool = False
+    wake_steps: int = 1000
+    sleep_steps: int = 100
+    mode: Literal["replay", "replay-surprise", "distill", "dream"] = "replay"
+    buffer_size: int = 4096  # samples kept from wake
+    prune_importance: float = 0.05  # a slot is pruned when its importance is below this,
+    prune_usage: int = 1  # ... it was replayed fewer times than this,
+    prune_age: int = 5000  # ... and it entered more than this many steps ago
+    lr_scale: float = 1.0  # consolidation learning rate at the start of a sleep, as a multiple of the wake lr
+    spike_factor: float = 2.0  # a consolidation loss above this x its running mean halves the rate
+    tiny_loss: float = 0.01  # a consolidation loss below this raises the rate x1.2
+    dream_temperature: float = 2.0  # sampling temperature of dreams
+    probe_size: int = 64  # buffer samples in the retention probe
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -143,6 +161,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    sleep: SleepConfig = field(default_factory=SleepConfig)
 
 
 # Allowed ranges: (low, high) inclusive; None = unbounded on that side.
@@ -163,7 +182,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.d_mem": (4, 4096),
     "model.memory_chunk": (1, 1024),
     "model.memory_decay": (0.0, 1.0),
-    "model.memory_theta_max": (0.0, 10.0),
+    "model.memory_theta_max": (1e-6, 2.0),
     "model.persistent_tokens": (0, 64),
     "task.size": (4, 9),
     "task.difficulty": (1, 3),
@@ -177,6 +196,17 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "curriculum.threshold": (0.0, 1.0),
     "curriculum.max_epochs": (1, 1_000_000),
     "curriculum.start_level": (1, 1000),
+    "sleep.wake_steps": (1, 10**9),
+    "sleep.sleep_steps": (1, 10**9),
+    "sleep.buffer_size": (1, 10**7),
+    "sleep.prune_importance": (0.0, 1e6),
+    "sleep.prune_usage": (0, 10**9),
+    "sleep.prune_age": (0, 10**9),
+    "sleep.lr_scale": (0.0, 100.0),
+    "sleep.spike_factor": (1.0, 1e6),
+    "sleep.tiny_loss": (0.0, 1e6),
+    "sleep.dream_temperature": (0.01, 100.0),
+    "sleep.probe_size": (1, 65536),
     "optim.lr": (0.0, 1.0),
     "optim.adamw_lr": (0.0, 1.0),
     "optim.min_lr_ratio": (0.0, 1.0),

@@ -26,7 +26,10 @@ import torch
 from engine import checkpoint, protocol
 from engine.config import RunConfig
 from engine.control import ControlServer, Received
+from engine.model.bitlinear import convert_to_bitnet
 from engine.model.trm import Carry, TinyRecursiveModel
+from engine.sleep import SleepWake
+from engine.optim import bitnet_enabled, build_optimizer
 from engine.store import RunStore
 from engine.tasks.base import Task, batch
 from engine.telemetry import Telemetry
@@ -47,23 +50,10 @@ def make_task(cfg: RunConfig) -> Task:
 
 
 def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
-    return TinyRecursiveModel(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len)
-
-
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
-    o = cfg.optim
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=(o.beta1, o.beta2),
-    )
-
-
-def lr_at(step: int, cfg: RunConfig) -> float:
-    warm = cfg.optim.warmup_steps
-    return cfg.optim.lr * min(1.0, (step + 1) / warm) if warm else cfg.optim.lr
+    model = TinyRecursiveModel(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len)
+    if bitnet_enabled(cfg):  # b1.58 STE: hidden linears ternary in the forward, latent weights full precision
+        convert_to_bitnet(model)
+    return model
 
 
 @torch.no_grad()
@@ -111,9 +101,11 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg.optim, total_steps=cfg.train.max_steps)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed + 1)
         self.carry: Carry = self.model.initial_carry(cfg.train.batch_size, self.device)
+        self.sleep = (SleepWake(cfg.sleep, self.task.seq_len, cfg.train.batch_size, cfg.train.seed + 2,
+                                cfg.model.memory) if cfg.sleep.enabled else None)
         self.step = 0
         self.data_index = 0  # next training sample index: the stream position
         self.status = "starting"
@@ -160,6 +152,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "carry": self.carry.to_state(),
         }
+        if self.sleep is not None:
+            state["sleep"] = self.sleep.state_dict()
         return tensors, state
 
     def _restore(self, ckpt: checkpoint.Checkpoint) -> None:
@@ -172,6 +166,8 @@ class Trainer:
         self.generator.set_state(s["generator"])
         torch.set_rng_state(s["torch_rng"])
         self.carry = Carry.from_state({k: v.to(self.device) for k, v in s["carry"].items()})
+        if self.sleep is not None and "sleep" in s:
+            self.sleep.load_state_dict(s["sleep"], self.model)
         self.step = int(s["step"])
         self.data_index = int(s["data_index"])
         self.last_checkpoint_step = self.step
@@ -228,26 +224,36 @@ class Trainer:
 
     def train_step(self) -> StepResult:
         t0 = time.perf_counter()
-        lr = lr_at(self.step, self.cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         inputs, labels = self.next_data(self.carry.halted)
         self.model.train()
         carry, out = self.model(self.carry, inputs, labels, generator=self.generator)
+        if self.sleep is not None:  # fresh samples enter the episodic buffer
+            self.sleep.observe(carry, out.logits, self.step + 1)
         finite = bool(torch.isfinite(out.loss))
         if finite:
             out.loss.backward()
-            if self.cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-            self.optimizer.step()
+            self.optimizer.step()  # schedule, clipping, Grokfast, Muon/AdamW and QK-clip in one place
             self._update_ema()
         self.optimizer.zero_grad(set_to_none=True)
         self.carry = carry.detach()
         self.step += 1
         dt = time.perf_counter() - t0
         metrics = dict(out.metrics)
-        metrics["lr"] = lr
+        metrics.update(self.optimizer.stats())
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["step_time"] = dt
+        return StepResult(metrics=metrics, finite=finite)
+
+    def sleep_step(self) -> StepResult:
+        """One step of sleep: the consolidation source replaces the task stream; the carry waits for wake."""
+        t0 = time.perf_counter()
+        metrics, finite = self.sleep.consolidation_step(self.model, self.optimizer)
+        if finite:
+            self._update_ema()
+        self.step += 1
+        metrics.update(self.optimizer.stats())
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["step_time"] = time.perf_counter() - t0
         return StepResult(metrics=metrics, finite=finite)
 
     @torch.no_grad()
@@ -294,7 +300,11 @@ class Trainer:
                 self.paused = False
                 self.set_status("running")
         elif cmd.cmd == "sleep":
-            ok, error = False, "sleep is not available: this run has no sleep/wake phase."
+            if self.sleep is None:
+                ok, error = False, "sleep is not available: this run has no sleep/wake phase."
+            else:
+                error = self.sleep.request()  # None: accepted, it starts at the next step boundary
+                ok = error is None
         elif cmd.cmd == "checkpoint":
             path = self.save_checkpoint(reason="manual")
             ok, error = path is not None, None if path else "the checkpoint could not be written (see alerts)."
@@ -395,7 +405,10 @@ class Trainer:
                 self.set_status("finished")
                 self._print_line(force=True)
                 return EXIT_OK
-            result = self.train_step()
+            if self.sleep is not None:  # wake/sleep transitions happen at step boundaries
+                for kind, data in self.sleep.boundary(self.step, self.model, self.carry):
+                    self.emit_event(kind, data)
+            result = self.sleep_step() if self.sleep is not None and self.sleep.sleeping else self.train_step()
             self._record(result)
             if not result.finite:
                 self.alert("error", f"non-finite loss at step {self.step}; stopping")

@@ -9,6 +9,7 @@
     lab eval RUN --puzzles FILE        exact-match accuracy on a puzzle file
     lab config show CONFIG             the resolved config and the parameter count
     lab tasks list | show NAME --n 5   the task generators and their samples
+    lab export RUN [--ternary]         the run's weights; BitNet runs packed 2 bits per weight
 
 Bad input never shows a traceback: one sentence on stderr and exit code 2.
 Commands that need the model (eval, config show) import the engine lazily, so the
@@ -202,6 +203,37 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from engine.evaluate import EvalError, load_run_model
+
+    run_dir = _run_dir(args)
+    try:
+        cfg, task, model, step = load_run_model(run_dir)
+    except EvalError as exc:
+        raise UserError(str(exc)) from None
+    out = Path(args.out) if args.out else run_dir / (f"export-step-{step:08d}" + ("-ternary" if args.ternary else "")
+                                                      + ".safetensors")
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to overwrite it or --out to choose another file.")
+    tmp = out.with_name(out.name + ".tmp")
+    if args.ternary:
+        from engine.model.bitlinear import TernaryFileError, export_ternary
+
+        try:
+            sizes = export_ternary(model, tmp)
+        except TernaryFileError as exc:
+            raise UserError(f"run {run_dir.name}: {exc}") from None
+        note = f"ternary weights {sizes['ternary_packed_bytes']:,} bytes packed (float32: {sizes['ternary_float32_bytes']:,})"
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        note = "EMA weights, float32"
+    os.replace(tmp, out)  # whole file or none
+    print(f"wrote {out} (step {step}; {note})")
+    return EXIT_OK
+
+
 def cmd_tasks_list(args) -> int:
     from engine.tasks.registry import describe_tasks
 
@@ -289,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     runs_dir_opt(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a run's weights (EMA) to a safetensors file")
+    p.add_argument("run")
+    p.add_argument("--ternary", action="store_true", help="BitNet runs: ternary weights packed 2 bits each")
+    p.add_argument("--out", help="output file (default: in the run folder)")
+    p.add_argument("--force", action="store_true")
+    runs_dir_opt(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("tasks", help="list tasks and show samples")
     tsub = p.add_subparsers(dest="tasks_cmd", parser_class=_Parser, required=True)

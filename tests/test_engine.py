@@ -138,3 +138,33 @@ def test_engine_never_imports_the_console():
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_bitnet_run_exports_ternary_weights_that_reload_to_the_same_outputs(tmp_path, runs_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.evaluate import load_run_model
+    from engine.model.bitlinear import load_ternary
+
+    cfg = tiny_config(tmp_path, max_steps=12, ckpt_every=0)
+    out = lab("run", str(cfg), "--headless", "--set", "model.bitnet=true", "--runs-dir", str(runs_dir))
+    assert out.returncode == 0, out.stderr
+    run = only_run(runs_dir)
+    target = tmp_path / "t.safetensors"
+    out = lab("export", run.name, "--ternary", "--out", str(target), "--runs-dir", str(runs_dir))
+    assert out.returncode == 0, out.stderr
+    packed = load_file(str(target))
+    codes = [v for k, v in packed.items() if k.endswith(".codes")]
+    assert codes and all(v.dtype == torch.uint8 for v in codes)
+    _, task, model, _ = load_run_model(run)
+    x = torch.randint(1, task.vocab_size, (4, task.seq_len))
+    with torch.no_grad():
+        want, _ = model.predict(x)
+        reloaded = load_ternary(load_run_model(run)[2], target)
+        got, _ = reloaded.predict(x)
+    assert torch.equal(want, got)
+    plain = lab("run", str(cfg), "--headless", "--runs-dir", str(tmp_path / "plain"))
+    assert plain.returncode == 0
+    out = lab("export", only_run(tmp_path / "plain").name, "--ternary", "--runs-dir", str(tmp_path / "plain"))
+    assert out.returncode == 2 and "bitnet" in out.stderr.lower()

@@ -1,0 +1,349 @@
+"""Titans neural long-term memory and the MAG (memory-as-gate) mixer.
+
+After "Titans: Learning to Memorize at Test Time" (Behrouz, Zhong, Mirrokni). The memory is a small MLP
+M(k) = W_depth(... silu(k W_1) ...) per head whose weights are state, learned while the sequence is read:
+
+    k, v, q = l2norm(silu(x W_k)), silu(x W_v), l2norm(silu(x W_q))   per head
+    loss_t  = || M(k_t) - v_t ||^2                                     associative memory loss
+    S_t     = eta S_{t-1} - (1 - eta) theta / L grad loss_t(M_c)       surprise with momentum, at the weights
+                                                                       M_c of the start of t's chunk
+    M_t     = M_0 + (1 - alpha) (M_{t-1} - M_0) + S_t                  forgetting: decay towards the learned
+                                                                       initial weights M_0
+    y_t     = M_c(q_t)                                                 retrieval reads the state after the
+                                                                       last complete chunk: causal
+
+theta = theta_max sigmoid(.), eta = sigmoid(.), alpha = sigmoid(.) come per chunk from the chunk's mean input.
+Two rescalings of the paper's data-dependent theta_t keep the inner step bounded whatever the gates learn:
+theta is the rate of the chunk's mean gradient (each of its L tokens steps by theta / L), so a chunk of alike
+tokens, whose gradients point the same way, does not overshoot; and momentum is a moving average of surprise
+(the 1 - eta), so a token's total push on the weights is theta / L G whatever eta (undampened, a learned eta
+near 1 multiplies it by 1 / (1 - eta) and the memory diverges on repeated inputs). Stable for theta <~ 2.
+
+Every gradient of a chunk is taken at the chunk-start weights (the paper's chunk-parallel form), so the
+momentum and decay recurrences over the chunk's tokens are linear in the gradients and their result is one
+weighted sum. With G_s the gradient of token s, r = (1 - eta) theta / L, beta = 1 - alpha and
+a_m = sum_{j=0..m} beta^(m-j) eta^j:
+
+    dW_end = beta^L dW + eta a_{L-1} S - r sum_s a_{L-s}   G_s        (dW = M - M_0)
+    S_end  = eta^L S                   - r sum_s eta^(L-s) G_s
+
+and for a layer with input X (L, d_in) and output gradient D (L, d_out) the weighted sum of per-token
+gradients sum_s w_s X_s^T D_s is the single matmul (w * X)^T D: no per-token weight copies are made.
+The per-token gradients are written in closed form (backprop through the MLP by hand, at the chunk-start
+weights), but everything stays differentiable, so the outer loss trains the projections, the gates and M_0
+through the memory updates; one small autograd.Function (MemoryStep) has a hand-written backward for speed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from engine.config import ModelConfig
+from engine.model.blocks import Attention, attention_mask, rms_norm
+
+
+class MemoryState(dict):
+    """The memory's recurrent state, one entry per memory layer i = 1..depth, each (B, H, d_in, d_out):
+
+    `dW{i}`: the fast weights' deviation from the learned initial weights (zero = nothing memorised);
+    `S{i}`:  the momentum of past surprise.
+    """
+
+    def detach(self) -> "MemoryState":
+        return MemoryState({name: t.detach() for name, t in self.items()})
+
+    def reset(self, slots: torch.Tensor) -> "MemoryState":
+        """Forget everything in the batch elements where `slots` (B,) is True."""
+        return MemoryState({name: t.masked_fill(slots.view(-1, 1, 1, 1), 0.0) for name, t in self.items()})
+
+    @staticmethod
+    def join(states: list["MemoryState"]) -> "MemoryState":
+        """One flat state for a carry: layer j's entries keyed `{j}.{name}`."""
+        return MemoryState({f"{j}.{name}": t for j, state in enumerate(states) for name, t in state.items()})
+
+    def split(self, n_layers: int) -> list["MemoryState"]:
+        """The inverse of join."""
+        layers = [MemoryState() for _ in range(n_layers)]
+        for key, t in self.items():
+            j, name = key.split(".", 1)
+            layers[int(j)][name] = t
+        return layers
+
+    def change_norm(self) -> torch.Tensor:
+        """(B,) Frobenius norm of all fast weights: how far the memory has moved from its initial weights."""
+        squares = [t.pow(2).flatten(1).sum(1) for name, t in self.items() if name.split(".")[-1].startswith("dW")]
+        return torch.stack(squares).sum(0).sqrt()
+
+
+def chunk_update_coefficients(theta: torch.Tensor, eta: torch.Tensor, beta: torch.Tensor, length: int):
+    """Coefficients of the closed-form update over a chunk of `length` tokens with constant gates.
+
+    theta (each token's step), eta, beta: (...) per chunk. Returns
+      grad_to_weights  (..., length): w_s = theta * a_{L-s}    weight of token s's gradient in dW_end
+      grad_to_momentum (..., length): u_s = theta * eta^(L-s)  weight of token s's gradient in S_end
+      weights_decay    (...): beta^L,   momentum_to_weights (...): eta * a_{L-1},   momentum_decay (...): eta^L
+    """
+    exponents = torch.arange(length + 1, device=theta.device, dtype=theta.dtype)  # 0..L
+    eta_pow = eta.unsqueeze(-1) ** exponents  # (..., L+1); pow handles 0^0 = 1 (alpha = 1 means beta = 0)
+    beta_pow = beta.unsqueeze(-1) ** exponents
+    # a_m = sum_{j<=m} beta^(m-j) eta^j as a lower-triangular Toeplitz product, m, j in 0..L
+    lag = exponents.long()[:, None] - exponents.long()[None, :]  # (L+1, L+1): m - j
+    toeplitz = beta_pow[..., lag.clamp(min=0)] * (lag >= 0)  # (..., L+1, L+1)
+    a = (toeplitz * eta_pow.unsqueeze(-2)).sum(-1)  # (..., L+1)
+    theta = theta.unsqueeze(-1)
+    grad_to_weights = theta * a[..., :length].flip(-1)  # token s = 1..L uses a_{L-s}
+    grad_to_momentum = theta * eta_pow[..., :length].flip(-1)
+    return grad_to_weights, grad_to_momentum, beta_pow[..., length], eta * a[..., length - 1], eta_pow[..., length]
+
+
+class MemoryStep(torch.autograd.Function):
+    """One chunk of the recurrence for one memory layer, on the state stacked as [W; S] (BH, 2, d_in, d_out)
+    with W = M_0 + dW the full fast weights, so that W itself is what the next chunk multiplies with:
+
+        W' = a W + (1 - a) M_0 + m S + Gw,   S' = e S + Gu        (that is, dW' = a dW + m S + Gw)
+
+    grads = [Gw; Gu] (BH, 2, d_in, d_out); decays = (a, e) as (BH, 2, 1, 1); m (BH, 1, 1); initial = M_0
+    (H, d_in, d_out). Written by hand because autograd would materialise a weight-sized product per gate to
+    get each gate's gradient; here they come from one batched matmul, and each weight-sized tensor is read or
+    written a few times per chunk, which is what bounds the speed at large d_mem.
+    """
+
+    @staticmethod
+    def forward(ctx, state, grads, decays, m, initial):
+        ctx.set_materialize_grads(False)
+        H = initial.shape[0]
+        new = torch.addcmul(grads, decays, state)
+        new_weights = new[:, 0]
+        new_weights.addcmul_(m, state[:, 1])
+        new_weights.view(-1, *initial.shape).addcmul_((1.0 - decays[:, 0]).view(-1, H, 1, 1), initial)
+        ctx.save_for_backward(state, decays, m, initial)
+        return new
+
+    @staticmethod
+    def backward(ctx, g_new):
+        if g_new is None:
+            return None, None, None, None, None
+        state, decays, m, initial = ctx.saved_tensors
+        BH, H = state.shape[0], initial.shape[0]
+        g_state = g_new * decays
+        g_state[:, 1].addcmul_(m, g_new[:, 0])
+        # the gate gradients at once: <g_W', W>, <g_W', S>, <g_S', W>, <g_S', S>, one batched matmul
+        dots = torch.bmm(g_new.view(BH, 2, -1), state.view(BH, 2, -1).transpose(1, 2))  # (BH, 2, 2)
+        # the (1 - a) M_0 term's share (these layouts are the fast ones for a batched reduction and a dot)
+        g_weights = g_new[:, 0].reshape(BH // H, H, -1)  # (B, H, d_in d_out)
+        one_minus_a = (1.0 - decays[:, 0]).view(BH // H, H)
+        g_a = dots[:, 0, 0] - torch.linalg.vecdot(g_weights, initial.view(1, H, -1)).reshape(BH)
+        g_initial = (one_minus_a.t().unsqueeze(1) @ g_weights.transpose(0, 1)).view_as(initial)
+        g_decays = torch.stack([g_a, dots[:, 1, 1]], 1).view_as(decays)
+        return g_state, g_new, g_decays, dots[:, 0, 1].view_as(m), g_initial
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+class NeuralMemory(nn.Module):
+    """Titans neural long-term memory over a sequence: forward(x, state) -> (retrieved (B, T, dim), new state).
+
+    dim: model width; d_mem: hidden width of the memory MLP; chunk_size: tokens sharing one set of gates and
+    one gradient point; n_heads: independent memories of width head_dim (default dim // n_heads); depth: MLP
+    layers (>= 1); theta_max: cap of the inner learning rate (per chunk mean gradient); memory_decay: default
+    retention 1 - alpha per token;
+    momentum: default eta; theta_init: default theta as a fraction of theta_max; persistent_tokens: learned
+    tokens (persistent memory) for the attention branch of a MAG block to prepend.
+    """
+
+    def __init__(self, dim: int, d_mem: int = 64, chunk_size: int = 16, n_heads: int = 1, depth: int = 2,
+                 head_dim: int | None = None, theta_max: float = 0.1, memory_decay: float = 0.99,
+                 momentum: float = 0.9, theta_init: float = 0.5, persistent_tokens: int = 0):
+        super().__init__()
+        assert depth >= 1 and chunk_size >= 1 and n_heads >= 1
+        self.dim, self.d_mem, self.chunk_size, self.n_heads, self.depth = dim, d_mem, chunk_size, n_heads, depth
+        self.head_dim = head_dim or dim // n_heads
+        self.theta_max = theta_max
+        inner = n_heads * self.head_dim
+        self.theta_init, self.momentum, self.memory_decay = theta_init, momentum, memory_decay
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.to_gates = nn.Linear(dim, 3 * n_heads)  # (theta, eta, alpha) logits per head, from chunk means
+        # the memory MLP's initial weights M_0, per head: head_dim -> d_mem -> ... -> head_dim
+        widths = [self.head_dim] + [d_mem] * (depth - 1) + [self.head_dim]
+        self.initial_weights = nn.ParameterList(
+            nn.Parameter(torch.empty(n_heads, d_in, d_out)) for d_in, d_out in zip(widths[:-1], widths[1:]))
+        # layer i computes (h @ W_i) * scale_i: unit-variance weights and inputs of norm ~1 give every layer an
+        # O(1) curvature of the inner loss, so one theta suits any d_mem (keys are unit vectors: scale 1 first)
+        self.layer_scales = [1.0] + [1.0 / math.sqrt(d_mem)] * (depth - 1)
+        self.out_proj = nn.Linear(inner, dim, bias=False)
+        self.persistent_tokens = nn.Parameter(torch.empty(persistent_tokens, dim))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The memory's own initialisation (gates, M_0, persistent tokens); call it again after a model-wide
+        re-initialisation of Linear layers, which would otherwise zero the gate biases."""
+        nn.init.zeros_(self.to_gates.weight)  # gates start at the configured defaults
+        bias = self.to_gates.bias.view(3, self.n_heads)
+        bias[0] = _logit(self.theta_init)
+        bias[1] = _logit(self.momentum)
+        bias[2] = _logit(1.0 - self.memory_decay)
+        for i, w in enumerate(self.initial_weights):
+            # the last layer starts small: an almost empty memory, so first writes do not undo a random map
+            nn.init.normal_(w, std=0.1 if i == self.depth - 1 else 1.0)
+        nn.init.normal_(self.persistent_tokens, std=0.02)
+
+    # -- state -------------------------------------------------------------------------------------------
+    def init_state(self, batch: int, device=None, dtype=None) -> MemoryState:
+        """An empty memory: fast weights at the initial weights, no momentum."""
+        state = MemoryState()
+        for i, w in enumerate(self.initial_weights, start=1):
+            shape = (batch, *w.shape)  # (B, H, d_in, d_out)
+            state[f"dW{i}"] = torch.zeros(shape, device=device or w.device, dtype=dtype or w.dtype)
+            state[f"S{i}"] = torch.zeros(shape, device=device or w.device, dtype=dtype or w.dtype)
+        return state
+
+    # -- pieces, exposed for inspection and tests ------------------------------------------------------------
+    def project(self, x: torch.Tensor):
+        """x (B, T, dim) -> queries, keys, values, each (B, H, T, head_dim)."""
+        B, T, _ = x.shape
+        qkv = F.silu(self.to_qkv(x)).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v
+
+    def gates(self, chunk_means: torch.Tensor):
+        """chunk_means (B, N, dim) -> theta, eta, alpha, each (B, H, N)."""
+        logits = self.to_gates(chunk_means).view(*chunk_means.shape[:2], 3, self.n_heads).permute(2, 0, 3, 1)
+        return self.theta_max * torch.sigmoid(logits[0]), torch.sigmoid(logits[1]), torch.sigmoid(logits[2])
+
+    def recall(self, state: MemoryState, queries: torch.Tensor) -> torch.Tensor:
+        """Read the memory without writing: queries (B, H, T, head_dim) -> M(queries) (B, H, T, head_dim)."""
+        h = queries
+        for i, (w0, scale) in enumerate(zip(self.initial_weights, self.layer_scales), start=1):
+            h = (h @ (w0 + state[f"dW{i}"])) * scale
+            if i < self.depth:
+                h = F.silu(h)
+        return h
+
+    # -- the sequence ---------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, state: MemoryState | None = None):
+        """x (B, T, dim) -> (retrieved (B, T, dim), state after the last token).
+
+        Feeding a sequence in segments whose lengths are multiples of chunk_size, passing the state along,
+        gives the same outputs as feeding it whole.
+        """
+        B, T, _ = x.shape
+        H, C = self.n_heads, self.chunk_size
+        if state is None:
+            state = self.init_state(B, x.device, x.dtype)
+        q, k, v = (t.reshape(B * H, T, self.head_dim) for t in self.project(x))  # (BH, T, hd)
+
+        # chunks: full ones, then a shorter tail if T is not a multiple of C
+        n_full, tail = divmod(T, C)
+        means = [x[:, : n_full * C].reshape(B, n_full, C, -1).mean(2)] if n_full else []
+        if tail:
+            means.append(x[:, n_full * C:].mean(1, keepdim=True))
+        theta, eta, alpha = (g.reshape(B * H, -1) for g in self.gates(torch.cat(means, 1)))  # (BH, N)
+        beta = 1.0 - alpha
+        # per chunk: -2 (w, u) as (BH, 2, 1, L); (a, e) as (BH, 2, 1, 1); m as (BH, 1, 1)
+        coefficients = []
+        groups = ([(0, n_full, C)] if n_full else []) + ([(n_full, n_full + 1, tail)] if tail else [])
+        for first, last, length in groups:
+            rate = (1.0 - eta[:, first:last]) * theta[:, first:last] / length  # each token's step
+            w, u, a, m, e = chunk_update_coefficients(rate, eta[:, first:last], beta[:, first:last], length)
+            token_weights = -2.0 * torch.stack([w, u], 2).unsqueeze(-2)  # (BH, n, 2, 1, L)
+            decays = torch.stack([a, e], 2)[..., None, None]  # (BH, n, 2, 1, 1)
+            coefficients += zip(token_weights.unbind(1), decays.unbind(1), m[..., None, None].unbind(1))
+
+        # per layer: the state stacked as [W; S] (BH, 2, d_in, d_out), W = M_0 + dW the chunk-start weights
+        memory = [torch.stack([state[f"dW{i}"] + w0, state[f"S{i}"]], 2).view(B * H, 2, *w0.shape[1:])
+                  for i, w0 in enumerate(self.initial_weights, start=1)]
+
+        retrieved = []
+        for (keys, values, queries), (token_weights, decays, momentum_to_weights) in zip(
+                zip(k.split(C, 1), v.split(C, 1), q.split(C, 1)), coefficients):
+            L = keys.shape[1]
+            # keys and queries go through the chunk-start memory together; keep what the gradient needs
+            weights = [stacked[:, 0] for stacked in memory]  # (BH, d_in, d_out) views
+            inputs, pre_activations, activations = [], [], []
+            h = torch.cat([keys, queries], 1)  # (BH, 2L, hd)
+            for i, (W, scale) in enumerate(zip(weights, self.layer_scales)):
+                inputs.append(h.split(L, 1)[0])
+                h = h @ W
+                if scale != 1.0:
+                    h = h * scale
+                if i < self.depth - 1:
+                    pre_activations.append(h.split(L, 1)[0])
+                    h = F.silu(h)
+                    activations.append(h.split(L, 1)[0])
+            predicted, read = h.split(L, 1)
+            retrieved.append(read)  # queries read the memory as of the chunk start
+
+            # closed-form per-token gradients of ||M(k) - v||^2, weighted and summed per layer as X^T (w * delta);
+            # the factor 2 and the minus sign of the descent step sit in the tiny token weights
+            delta = predicted - values  # (BH, L, hd): half of d loss / d output
+            for i in reversed(range(self.depth)):
+                if self.layer_scales[i] != 1.0:
+                    delta = delta * self.layer_scales[i]  # now relative to (h @ W_i)
+                weighted_inputs = token_weights * inputs[i].transpose(1, 2).unsqueeze(1)  # (BH, 2, d_in, L)
+                grads = (weighted_inputs.flatten(1, 2) @ delta).view(-1, 2, *weights[i].shape[1:])  # [Gw; Gu]
+                if i > 0:  # back through silu, at the chunk-start weights: silu'(z) = sig + silu(z) (1 - sig)
+                    sig = torch.sigmoid(pre_activations[i - 1])
+                    silu_grad = torch.addcmul(sig, activations[i - 1], 1.0 - sig)
+                    delta = (delta @ weights[i].transpose(1, 2)) * silu_grad
+                memory[i] = MemoryStep.apply(memory[i], grads, decays, momentum_to_weights, self.initial_weights[i])
+
+        out = torch.cat(retrieved, 1).view(B, H, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
+        new_state = MemoryState()
+        for i, (stacked, w0) in enumerate(zip(memory, self.initial_weights), start=1):
+            stacked = stacked.view(B, H, *stacked.shape[1:])
+            new_state[f"dW{i}"], new_state[f"S{i}"] = stacked[:, :, 0] - w0, stacked[:, :, 1]
+        return self.out_proj(out), new_state
+
+
+def mag_combine(attn_out: torch.Tensor, mem_out: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """The MAG gate: norm(attention) * sigmoid(norm(memory)), both (B, T, D)."""
+    return rms_norm(attn_out, eps) * torch.sigmoid(rms_norm(mem_out, eps))
+
+
+class MAGMixer(nn.Module):
+    """Memory as a gate: sliding-window attention (persistent tokens prepended) and the neural memory read the
+    same input in parallel; mag_combine gates one by the other; the attention's o_proj projects the result.
+
+    forward(x (B, L, D), state) -> (out (B, L, D), new state); the caller adds `out` to its residual stream.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, seq_len: int, rope_theta: float = 10000.0, window: int = 0,
+                 d_mem: int = 64, chunk_size: int = 16, memory_decay: float = 0.99, theta_max: float = 0.1,
+                 persistent_tokens: int = 4, norm_eps: float = 1e-5, causal: bool = False):
+        super().__init__()
+        self.eps = norm_eps
+        self.memory = NeuralMemory(d_model, d_mem, chunk_size, n_heads=n_heads, depth=2, theta_max=theta_max,
+                                   memory_decay=memory_decay, persistent_tokens=persistent_tokens)
+        n_persistent = persistent_tokens
+        self.attention = Attention(d_model, n_heads, seq_len + n_persistent, rope_theta, window=window,
+                                   causal=causal)
+        if n_persistent and (window > 0 or causal):
+            # persistent tokens sit at positions 0..P-1 and stay visible to every query, whatever its distance
+            mask = attention_mask(seq_len + n_persistent, window, causal)
+            mask[:, :n_persistent] = True
+            self.attention.mask = mask
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, seq_len: int) -> "MAGMixer":
+        return cls(cfg.d_model, cfg.n_heads, seq_len, cfg.rope_theta, cfg.window, cfg.d_mem, cfg.memory_chunk,
+                   cfg.memory_decay, cfg.memory_theta_max, cfg.persistent_tokens, cfg.norm_eps)
+
+    def init_state(self, batch: int, device=None, dtype=None) -> MemoryState:
+        return self.memory.init_state(batch, device, dtype)
+
+    def forward(self, x: torch.Tensor, state: MemoryState | None = None):
+        B, L, _ = x.shape
+        persistent = self.memory.persistent_tokens
+        P = persistent.shape[0]
+        attn = self.attention.attend(torch.cat([persistent.expand(B, P, -1).to(x.dtype), x], 1))  # (B, P+L, H, hd)
+        attn = attn[:, P:].flatten(2)  # (B, L, D): drop the persistent tokens' own outputs
+        mem, state = self.memory(x, state)  # (B, L, D)
+        return self.attention.o_proj(mag_combine(attn, mem, self.eps)), state
