@@ -34,6 +34,36 @@ def test_headless_run_trains_records_and_finishes(tmp_path, runs_dir):
     assert (run / "config.toml").is_file()
     assert not (run / "engine.sock").exists()  # removed on exit
 
+    # lab eval on a puzzle file in the common format, half with solutions, half solved by the reader
+    from engine.tasks.sudoku import SudokuTask
+
+    task = SudokuTask(size=4, difficulty=1)
+    lines = []
+    for i in range(40):
+        s = task.sample("test", i)
+        puzzle = "".join("." if t == 1 else str(t - 1) for t in s.inputs)
+        lines.append(puzzle + ("," + "".join(str(t - 1) for t in s.labels) if i % 2 else ""))
+    pf = tmp_path / "p.txt"
+    pf.write_text("# 4x4 held-out puzzles\n" + "\n".join(lines) + "\n")
+    out = lab("eval", run.name, "--puzzles", str(pf), "--json", "--runs-dir", str(runs_dir))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    import torch
+
+    from engine.evaluate import load_run_model
+
+    _, _, model, _ = load_run_model(run)  # the same EMA weights, scored here by hand
+    inputs = torch.tensor([task.sample("test", i).inputs for i in range(40)])
+    labels = torch.tensor([task.sample("test", i).labels for i in range(40)])
+    preds, _ = model.predict(inputs)
+    assert result["n"] == 40
+    assert result["exact"] == (preds == labels).all(dim=1).float().mean().item()
+    assert abs(result["cell"] - (preds == labels).float().mean().item()) < 1e-9
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1234\n")
+    out = lab("eval", run.name, "--puzzles", str(bad), "--runs-dir", str(runs_dir))
+    assert out.returncode == 2 and "line 1" in out.stderr and "Traceback" not in out.stderr
+
 
 def test_bad_config_exits_2_and_leaves_nothing(tmp_path, runs_dir):
     cfg = tiny_config(tmp_path, extra="")

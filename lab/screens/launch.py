@@ -169,10 +169,11 @@ class LaunchScreen(Screen):
         else:
             params = "[dim]counting parameters…[/dim]"
         m, t = cfg.model, cfg.task
+        lr = f"lr {cfg.optim.lr:g}" if cfg.optim.lr is not None else "preset lr"
         self.query_one("#preset-summary", Static).update(
             f"[b]{path.name}[/b]  ·  {params}\n"
             f"[dim]{t.name} {t.size}×{t.size} · d_model {m.d_model} · {m.n_layers} layers · {m.mixer} · "
-            f"memory {m.memory} · T={m.H_cycles} n={m.L_cycles} · {cfg.optim.preset} lr {cfg.optim.lr:g} · "
+            f"memory {m.memory} · T={m.H_cycles} n={m.L_cycles} · {cfg.optim.preset} {lr} · "
             f"{cfg.train.max_steps:,} steps × batch {cfg.train.batch_size}[/dim]")
 
     @work(thread=True, group="describe")
