@@ -84,7 +84,7 @@ def variants() -> list[Variant]:
                 OptimConfig(preset="muon", lr=0.02, weight_decay=0.1, beta2=0.98,
                             grokfast_lambda=2.0, grokfast_scope="all")),
         Variant("phase5", "phase5 preset as shipped",
-                OptimConfig(preset="phase5", lr=None)),
+                OptimConfig(preset="phase5")),
         Variant("ste_muon", "Muon + wd 0.1, BitNet b1.58 STE",
                 OptimConfig(preset="muon", lr=0.02, weight_decay=0.1, beta2=0.98, ste=True)),
     ]

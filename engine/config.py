@@ -70,6 +70,7 @@ class OptimConfig:
     lr: float | None = None  # Muon's lr under the Muon presets, AdamW's under "adamw"
     adamw_lr: float | None = None  # the AdamW fallback (embeddings, heads, norms, biases) under Muon presets
     weight_decay: float = 0.1
+    adamw_weight_decay: float | None = None  # the AdamW fallback's decay of embeddings and heads; unset = weight_decay
     beta1: float = 0.9
     beta2: float = 0.95
     warmup_steps: int = 50
@@ -209,6 +210,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "sleep.probe_size": (1, 65536),
     "optim.lr": (0.0, 1.0),
     "optim.adamw_lr": (0.0, 1.0),
+    "optim.adamw_weight_decay": (0.0, 10.0),
     "optim.min_lr_ratio": (0.0, 1.0),
     "optim.momentum": (0.0, 0.9999),
     "optim.ns_steps": (1, 20),

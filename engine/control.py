@@ -94,7 +94,8 @@ class ControlServer:
     def close(self) -> None:
         self._stop.set()
         self._wakeup()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         for c in list(self._clients.values()):
             self._drop_client(c)
         self._listener.close()

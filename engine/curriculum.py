@@ -278,3 +278,86 @@ class CurriculumQueue:
         self.slot_of = {e[ID]: slot for slot, e in enumerate(self.entries) if e is not None}
         self._problems.clear()
         self.events = []
+
+
+class CurriculumFeed:
+    """The trainer's side of the queue: which question each batch slot holds, and its grade when it halts.
+
+    A slot keeps its question across supervision steps; when the model halts it, the answer it
+    gave at that step is graded and reported. All state is plain data, so a resumed run grades
+    the questions its slots were holding, exactly as the interrupted run would have.
+    """
+
+    def __init__(self, queue: CurriculumQueue, provider: QuestionProvider, batch_size: int):
+        self.queue, self.provider = queue, provider
+        self.slots: list[Item | None] = [None] * batch_size
+        self.passed = self.failed = 0  # answers graded in the current level
+
+    @classmethod
+    def from_config(cls, task: TaskConfig, curriculum: CurriculumConfig, batch_size: int) -> CurriculumFeed:
+        provider = ProgrammaticProvider.from_config(task, curriculum)
+        return cls(CurriculumQueue.from_config(curriculum, provider, seed=task.seed), provider, batch_size)
+
+    @property
+    def done(self) -> bool:
+        return self.queue.done
+
+    def fill(self, need: list[bool]) -> dict[int, Sample]:
+        """New questions for the slots in `need`: {slot: sample}. Once the queue is done, none."""
+        slots = [i for i, n in enumerate(need) if n]
+        items = self.queue.next_batch(len(slots))
+        for slot in slots:
+            self.slots[slot] = None
+        for slot, item in zip(slots, items):
+            self.slots[slot] = item
+        return {slot: item.sample for slot, item in zip(slots, items)}
+
+    def grade(self, halted: list[bool], predicted: list[list[int]]) -> dict | None:
+        """Grade the halted slots' answers and report them; the change as one event, or None."""
+        ids, correct = [], []
+        for slot, (h, pred) in enumerate(zip(halted, predicted)):
+            item = self.slots[slot]
+            if h and item is not None:
+                ids.append(item.id)
+                correct.append(bool(self.provider.grade(item.problem, pred, item.sample)))
+        if not ids:
+            return None
+        level = self.queue.level
+        self.queue.report(ids, correct)
+        changes = self.queue.drain_events()
+        if self.queue.level != level:
+            self.passed = self.failed = 0
+        else:
+            self.passed += sum(correct)
+            self.failed += len(correct) - sum(correct)
+        summary = self.queue.summary()
+        hinted = sum(v for k, v in summary["by_hint"].items() if k != "0")
+        report = next((c for c in changes if c["kind"] == "report"), {})
+        return {**summary, "changes": [c["kind"] for c in changes if c["kind"] != "report"],
+                "mastered": len(report.get("mastered", ())),
+                # the console's queue table: one row per graded batch, with the level's running counts
+                "item": {"id": f"L{level} batch of {len(ids)}", "pass": self.passed, "fail": self.failed,
+                         "hint": hinted}}
+
+    def metrics(self) -> dict[str, float]:
+        return {"curriculum/remaining": float(self.queue.remaining), "curriculum/level": float(self.queue.level),
+                "curriculum/remaining_fraction": self.queue.remaining / max(1, self.queue.size)}
+
+    def state_dict(self) -> dict:
+        # a slot's question is rebuilt from (level, index, variant, hint); the problem text is not stored
+        slots = [None if it is None else [it.id, it.level, it.index, it.variant, it.hint, it.streak]
+                 for it in self.slots]
+        return {"queue": self.queue.state_dict(), "slots": slots, "passed": self.passed, "failed": self.failed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.queue.load_state_dict(state["queue"])
+        self.passed, self.failed = state["passed"], state["failed"]
+        self.slots = []
+        for s in state["slots"]:
+            if s is None:
+                self.slots.append(None)
+                continue
+            item_id, level, index, variant, hint, streak = s
+            problem = self.provider.question(level, index, variant)
+            self.slots.append(Item(id=item_id, level=level, index=index, variant=variant, hint=hint, streak=streak,
+                                   problem=problem, sample=self.provider.encode(problem, hint)))

@@ -53,6 +53,7 @@ class OptimSettings:
     lr: float
     adamw_lr: float
     weight_decay: float
+    adamw_weight_decay: float
     beta1: float
     beta2: float
     warmup_steps: int
@@ -76,10 +77,11 @@ def resolve(cfg: OptimConfig) -> OptimSettings:
     preset = PRESETS[cfg.preset]
     values = {}
     for f in dataclasses.fields(OptimSettings):
+        value = getattr(cfg, f.name, None)
         if f.name == "use_muon":
-            values[f.name] = preset["use_muon"]
-            continue
-        value = getattr(cfg, f.name)
+            value = preset["use_muon"]
+        elif f.name == "adamw_weight_decay" and value is None:
+            value = cfg.weight_decay
         values[f.name] = preset[f.name] if value is None else value
     values["muon_exclude"] = tuple(values["muon_exclude"])
     return OptimSettings(**values)
@@ -187,10 +189,11 @@ class MuGrokfast:
                 lr=s.lr, weight_decay=s.weight_decay, momentum=s.momentum, nesterov=s.nesterov,
                 ns_steps=s.ns_steps, adjust_lr_fn=s.muon_lr_scaling,
             )
-        # under "adamw" every parameter is AdamW's and the main lr is its lr
+        # under "adamw" every parameter is AdamW's: the main lr and weight decay are its own
         adamw_lr = s.adamw_lr if s.use_muon else s.lr
+        adamw_wd = s.adamw_weight_decay if s.use_muon else s.weight_decay
         groups = [
-            {"params": by_route["adamw"], "name": "adamw", "weight_decay": s.weight_decay, "base_lr": adamw_lr},
+            {"params": by_route["adamw"], "name": "adamw", "weight_decay": adamw_wd, "base_lr": adamw_lr},
             {"params": by_route["adamw_no_decay"], "name": "adamw_no_decay", "weight_decay": 0.0,
              "base_lr": adamw_lr},
         ]

@@ -26,6 +26,7 @@ import torch
 from engine import checkpoint, protocol
 from engine.config import RunConfig
 from engine.control import ControlServer, Received
+from engine.curriculum import CurriculumFeed
 from engine.model.bitlinear import convert_to_bitnet
 from engine.model.trm import Carry, TinyRecursiveModel
 from engine.sleep import SleepWake
@@ -106,6 +107,9 @@ class Trainer:
         self.carry: Carry = self.model.initial_carry(cfg.train.batch_size, self.device)
         self.sleep = (SleepWake(cfg.sleep, self.task.seq_len, cfg.train.batch_size, cfg.train.seed + 2,
                                 cfg.model.memory) if cfg.sleep.enabled else None)
+        # with the curriculum on, its question queue is the batch source instead of the task stream
+        self.curriculum = (CurriculumFeed.from_config(cfg.task, cfg.curriculum, cfg.train.batch_size)
+                           if cfg.curriculum.enabled else None)
         self.step = 0
         self.data_index = 0  # next training sample index: the stream position
         self.status = "starting"
@@ -113,8 +117,15 @@ class Trainer:
         self.stop_reason: str | None = None
         self._signal: int | None = None
         self.last_checkpoint_step = -1
+        self.lr_scale = 1.0  # halved by every rollback after a non-finite loss
+        self.rollbacks = 0  # rollbacks in a row
+        self._diverged_at = 0
 
         self.store = RunStore(self.run_dir, flush_seconds=cfg.log.flush_seconds)
+        if self.store.run_row() is None:  # a folder prepared by hand rather than by `lab run`
+            from engine.config import to_toml
+
+            self.store.create_run(self.run_dir.name, cfg.name, to_toml(cfg))
         self.telemetry = Telemetry(self.device)
         self.server = ControlServer(self.run_dir / protocol.SOCKET_NAME, hello=self._hello)
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -151,9 +162,12 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "carry": self.carry.to_state(),
+            "lr_scale": self.lr_scale,
         }
         if self.sleep is not None:
             state["sleep"] = self.sleep.state_dict()
+        if self.curriculum is not None:
+            state["curriculum"] = self.curriculum.state_dict()
         return tensors, state
 
     def _restore(self, ckpt: checkpoint.Checkpoint) -> None:
@@ -168,9 +182,48 @@ class Trainer:
         self.carry = Carry.from_state({k: v.to(self.device) for k, v in s["carry"].items()})
         if self.sleep is not None and "sleep" in s:
             self.sleep.load_state_dict(s["sleep"], self.model)
+        if self.curriculum is not None and "curriculum" in s:
+            self.curriculum.load_state_dict(s["curriculum"])
         self.step = int(s["step"])
         self.data_index = int(s["data_index"])
+        self.lr_scale = float(s.get("lr_scale", 1.0))
+        self._apply_lr_scale()
         self.last_checkpoint_step = self.step
+
+    MAX_ROLLBACKS = 3
+
+    def _apply_lr_scale(self) -> None:
+        s = self.optimizer.settings
+        for group in self.optimizer.param_groups:
+            base = s.lr if group["name"] == "muon" or not s.use_muon else s.adamw_lr
+            group["base_lr"] = base * self.lr_scale
+
+    def _roll_back(self) -> bool:
+        """A non-finite loss: back to the newest good checkpoint with half the learning rate.
+        Returns False (status "diverged") after MAX_ROLLBACKS in a row or with nothing to go back to."""
+        bad_step = self.step
+        self.rollbacks += 1
+        if self.rollbacks > self.MAX_ROLLBACKS:
+            self.alert("error", f"non-finite loss at step {bad_step} after {self.MAX_ROLLBACKS} rollbacks in a row; "
+                                "the run diverged")
+            self.set_status("diverged")
+            return False
+        ckpt, warnings = checkpoint.load_latest(self.ckpt_root, map_location=self.device)
+        for w in warnings:
+            self.alert("warning", f"skipped a damaged checkpoint: {w}")
+        if ckpt is None:
+            self.alert("error", f"non-finite loss at step {bad_step} and no checkpoint to roll back to; the run diverged")
+            self.set_status("diverged")
+            return False
+        scale = self.lr_scale * 0.5
+        rollbacks = self.rollbacks
+        self._restore(ckpt)
+        self.rollbacks, self.lr_scale, self._diverged_at = rollbacks, scale, bad_step
+        self._apply_lr_scale()
+        self.store.start_segment(self.step)
+        self.alert("error", f"non-finite loss at step {bad_step}: rolled back to step {self.step} with the learning "
+                            f"rate x{scale:g} (rollback {rollbacks} of {self.MAX_ROLLBACKS})")
+        return True
 
     def save_checkpoint(self, reason: str = "periodic") -> Path | None:
         self.store.flush()  # every metric row up to this step is on disk before the checkpoint exists
@@ -213,6 +266,11 @@ class Trainer:
     def next_data(self, need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fill the halted slots with the next samples of the training stream."""
         inputs, labels = self.carry.inputs.clone(), self.carry.labels.clone()
+        if self.curriculum is not None:  # the queue's next questions; a slot keeps its old data once it is done
+            for slot, sample in self.curriculum.fill(need.tolist()).items():
+                inputs[slot] = torch.tensor(sample.inputs, dtype=torch.long, device=self.device)
+                labels[slot] = torch.tensor(sample.labels, dtype=torch.long, device=self.device)
+            return inputs, labels
         k = int(need.sum())
         if k:
             idx = list(range(self.data_index, self.data_index + k))
@@ -237,8 +295,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.carry = carry.detach()
         self.step += 1
+        if self.curriculum is not None:  # a slot that halted gave its final answer this step: grade it
+            change = self.curriculum.grade(carry.halted.tolist(), out.logits.argmax(-1).tolist())
+            if change is not None:
+                self.emit_event("curriculum", change)
         dt = time.perf_counter() - t0
         metrics = dict(out.metrics)
+        if self.curriculum is not None:
+            metrics.update(self.curriculum.metrics())
         metrics.update(self.optimizer.stats())
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["step_time"] = dt
@@ -364,6 +428,8 @@ class Trainer:
         self.server.start()
         self.store.update_run(pid=os.getpid())
         self.set_status("running")
+        if self.last_checkpoint_step < 0:
+            self.save_checkpoint(reason="start")  # a rollback target from the very first step
         self.emit_event("telemetry", self.telemetry.sample())  # stored once: the GPU's name for read-only views
         exit_code = EXIT_OK
         try:
@@ -399,7 +465,8 @@ class Trainer:
             if self.paused:
                 self._maybe_telemetry()
                 continue
-            if self.step >= cfg.train.max_steps or (deadline and time.time() >= deadline):
+            curriculum_done = self.curriculum is not None and self.curriculum.done  # the last level has ended
+            if self.step >= cfg.train.max_steps or (deadline and time.time() >= deadline) or curriculum_done:
                 self._final_eval()
                 self.save_checkpoint(reason="final")
                 self.set_status("finished")
@@ -411,9 +478,11 @@ class Trainer:
             result = self.sleep_step() if self.sleep is not None and self.sleep.sleeping else self.train_step()
             self._record(result)
             if not result.finite:
-                self.alert("error", f"non-finite loss at step {self.step}; stopping")
-                self.set_status("diverged")
-                return EXIT_FAILED
+                if not self._roll_back():
+                    return EXIT_FAILED
+                continue
+            if self.rollbacks and self.step > self._diverged_at:
+                self.rollbacks = 0  # past the step that blew up: the next NaN starts a new count
             if cfg.eval.every and self.step % cfg.eval.every == 0:
                 self._eval()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:

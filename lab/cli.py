@@ -7,6 +7,7 @@
     lab show RUN                       one run's status, figures and checkpoints
     lab ctl RUN COMMAND                pause | resume | sleep | checkpoint | stop | inspect | status
     lab eval RUN --puzzles FILE        exact-match accuracy on a puzzle file
+    lab eval RUN --task NAME --n 1000  held-out exact accuracy per difficulty (and curriculum level)
     lab config show CONFIG             the resolved config and the parameter count
     lab tasks list | show NAME --n 5   the task generators and their samples
     lab export RUN [--ternary]         the run's weights; BitNet runs packed 2 bits per weight
@@ -189,8 +190,12 @@ def cmd_eval(args) -> int:
     from engine.evaluate import EvalError, evaluate_run
 
     run_dir = _run_dir(args)
+    if (args.puzzles is None) == (args.task is None):
+        raise UserError("lab eval takes exactly one of --puzzles FILE or --task NAME.")
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be a positive number of puzzles, not {args.n}.")
+    if args.task is not None:
+        return _eval_task(run_dir, args)
     try:
         result = evaluate_run(run_dir, puzzles=args.puzzles, limit=args.n)
     except EvalError as exc:
@@ -200,6 +205,25 @@ def cmd_eval(args) -> int:
     else:
         print(f"exact {result['exact']:.4f}  ({result['n_exact']}/{result['n']} puzzles)  cell {result['cell']:.4f}  "
               f"checkpoint step {result['step']}")
+    return EXIT_OK
+
+
+def _eval_task(run_dir: Path, args) -> int:
+    from engine.evaluate import EvalError, evaluate_task
+
+    try:
+        result = evaluate_task(run_dir, args.task, n=args.n or 1000, difficulty=args.difficulty)
+    except EvalError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    print(f"{result['task']}: exact {result['exact']:.4f} over {len(result['by_difficulty'])} x {result['n']} "
+          f"held-out samples, checkpoint step {result['step']}")
+    for d, acc in result["by_difficulty"].items():
+        print(f"  difficulty {d}  exact {acc:.4f}")
+    for level, acc in result.get("by_level", {}).items():
+        print(f"  level {level:>2}     exact {acc:.4f}")
     return EXIT_OK
 
 
@@ -316,8 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run's newest checkpoint")
     p.add_argument("run")
-    p.add_argument("--puzzles", required=True, help="one puzzle per line; `.` or 0 for blanks; optional ,solution")
-    p.add_argument("--n", type=int, default=None, help="evaluate only the first N puzzles")
+    p.add_argument("--puzzles", default=None, help="one puzzle per line; `.` or 0 for blanks; optional ,solution")
+    p.add_argument("--task", default=None, help="a generated task: accuracy on its held-out split per difficulty")
+    p.add_argument("--difficulty", type=int, default=None, help="with --task: only this difficulty (1 to 3)")
+    p.add_argument("--n", type=int, default=None, help="evaluate only the first N puzzles (--task: N per difficulty, 1000)")
     p.add_argument("--json", action="store_true")
     runs_dir_opt(p)
     p.set_defaults(func=cmd_eval)

@@ -120,7 +120,7 @@ def test_sigterm_checkpoints_at_next_boundary_and_exits_0(tmp_path, runs_dir):
     row = r.run()
     assert row["status"] == "stopped"
     ckpts = sorted((run / "checkpoints").glob("step-*"))
-    assert len(ckpts) == 1 and int(ckpts[0].name[5:]) >= row["step"] - 1
+    assert int(ckpts[-1].name[5:]) >= row["step"] - 1  # the stop's checkpoint, within one step
 
 
 def test_ctl_steers_a_live_run(tmp_path, runs_dir):
@@ -198,3 +198,42 @@ def test_bitnet_run_exports_ternary_weights_that_reload_to_the_same_outputs(tmp_
     assert plain.returncode == 0
     out = lab("export", only_run(tmp_path / "plain").name, "--ternary", "--runs-dir", str(tmp_path / "plain"))
     assert out.returncode == 2 and "bitnet" in out.stderr.lower()
+
+
+def _poisoned_trainer(tmp_path, poison_steps, max_steps=30):
+    """A trainer whose loss turns NaN at the given steps (each listed step poisons once)."""
+    from engine import config
+    from engine.trainer import Trainer
+
+    cfg = config.load(tiny_config(tmp_path, max_steps=max_steps, ckpt_every=5))
+    run = tmp_path / "run"
+    run.mkdir()
+    tr = Trainer(run, cfg, output="quiet")
+    forward = tr.model.forward
+    pending = list(poison_steps)
+
+    def poisoned(*args, **kwargs):
+        carry, out = forward(*args, **kwargs)
+        if pending and tr.step + 1 == pending[0]:
+            pending.pop(0)
+            out.loss = out.loss * float("nan")
+        return carry, out
+
+    tr.model.forward = poisoned
+    return tr, run
+
+
+def test_nan_loss_rolls_back_halves_the_lr_and_recovers(tmp_path):
+    tr, run = _poisoned_trainer(tmp_path, [13])
+    assert tr.run() == 0
+    assert tr.step == 30 and tr.lr_scale == 0.5
+    alerts = [e["data"]["message"] for e in RunReader(run).events(kinds=["alert"])]
+    assert any("rolled back to step 10" in a and "x0.5" in a for a in alerts)
+    assert [r[1] for r in RunReader(run).metric("loss")] == list(range(1, 31))  # the NaN row is superseded
+
+
+def test_three_rollbacks_in_a_row_end_the_run_as_diverged(tmp_path):
+    tr, run = _poisoned_trainer(tmp_path, [13, 13, 13, 13])
+    assert tr.run() == 1
+    assert tr.status == "diverged"
+    assert tr.lr_scale == 0.125

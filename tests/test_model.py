@@ -85,7 +85,7 @@ def test_init_is_lecun_normal():
 def graph_membership(model, run):
     """For every call of the shared network f, whether its output is part of the autograd graph."""
     seen = []
-    handle = model.net.register_forward_hook(lambda mod, args, out: seen.append(out.grad_fn is not None))
+    handle = model.net.register_forward_hook(lambda mod, args, out: seen.append(out[0].grad_fn is not None))
     try:
         run()
     finally:
@@ -146,7 +146,7 @@ def test_halted_slots_reset_and_others_keep_their_carry():
 
     first_call = []
     handle = model.net.register_forward_pre_hook(
-        lambda mod, args: first_call.append([a.clone() for a in args]) if not first_call else None)
+        lambda mod, args: first_call.append([a.clone() for a in args[:2]]) if not first_call else None)
     new_carry, _ = model(carry, new_inputs, new_labels)
     handle.remove()
     z_L_in, injection = first_call[0]  # f(z_L, z_H + x)
@@ -373,9 +373,10 @@ def test_block_is_post_norm_without_weight():
     mid = mid / mid.pow(2).mean(-1, keepdim=True).add(model.cfg.norm_eps).sqrt()
     out = mid + block.mlp(mid)
     out = out / out.pow(2).mean(-1, keepdim=True).add(model.cfg.norm_eps).sqrt()
-    assert torch.allclose(block(h), out, atol=1e-5)
+    assert torch.allclose(block(h)[0], out, atol=1e-5)
     inj = torch.randn(3, 8, 32)
-    assert torch.allclose(model.net(h, inj), model.net.blocks[1](block(h + inj)), atol=1e-5)
+    assert torch.allclose(model.net(h, inj)[0], model.net.blocks[1](block(h + inj)[0])[0], atol=1e-5)
+    assert block(h)[1] is None and model.net(h, inj)[1] is None  # no memory: nothing carried
 
 
 def test_input_embedding_and_readout_positions():
@@ -454,3 +455,94 @@ def test_tiny_model_learns(mixer, task, d_model, batch_size, steps):
     preds, _ = model.predict(x)
     exact = ((preds == y) | (y == 0)).all(-1).float().mean().item()
     assert exact > 0.5
+
+
+# ---- the Titans-MAG memory in the model ----
+
+def tiny_mag(**kw) -> TinyRecursiveModel:
+    return tiny(memory="titans-mag", window=4, d_mem=16, memory_chunk=4, persistent_tokens=2, **kw)
+
+
+def test_memory_carry_changes_is_detached_and_resets_with_its_slot():
+    model = tiny_mag()
+    inputs, labels = data(3)
+    start = model.initial_carry(3)
+    assert all(v.abs().sum() == 0 for v in start.memory.values())  # empty memory
+    assert len(start.memory) == 4  # one block, depth 2: dW1, S1, dW2, S2
+    carry, out = model(start, inputs, labels)
+    out.loss.backward()
+    assert all(v.grad_fn is None for v in carry.memory.values())
+    moved = carry.memory.change_norm()
+    assert (moved > 1e-4).all()  # the memory wrote during the step
+    # the next step: slot 1 takes a fresh sample and an empty memory, the others keep theirs
+    carry = dataclasses.replace(carry, halted=torch.tensor([False, True, False]))
+    reset = model.reset_halted(carry, *data(3, seed=2))
+    assert reset.memory.change_norm()[1] == 0
+    assert torch.equal(reset.memory.change_norm()[[0, 2]], moved[[0, 2]])
+
+
+def test_memory_changes_the_answer_and_the_memory_free_path_is_unchanged():
+    model = tiny_mag()
+    inputs, labels = data(2)
+    carry, _ = model(model.initial_carry(2), inputs, labels)
+    _, with_memory = model(dataclasses.replace(carry, halted=torch.zeros(2, dtype=torch.bool)), inputs, labels)
+    emptied = dataclasses.replace(carry, halted=torch.zeros(2, dtype=torch.bool),
+                                  memory=carry.memory.reset(torch.ones(2, dtype=torch.bool)))
+    _, without = model(emptied, inputs, labels)
+    assert (with_memory.logits - without.logits).abs().max() > 1e-4  # what it wrote is read back
+    plain = tiny()
+    assert plain.initial_carry(2).memory is None
+    assert not any("memory" in name for name, _ in plain.named_parameters())
+
+
+def test_memory_carry_checkpoint_round_trip_continues_identically():
+    model = tiny_mag()
+    inputs, labels = data(3)
+    carry, _ = model(model.initial_carry(3), inputs, labels)
+    back = Carry.from_state(carry.to_state())
+    assert type(back.memory).__name__ == "MemoryState" and back.memory.keys() == carry.memory.keys()
+    a, out_a = model(carry, inputs, labels)
+    b, out_b = model(back, inputs, labels)
+    assert torch.equal(out_a.logits, out_b.logits)
+    assert all(torch.equal(a.memory[k], b.memory[k]) for k in a.memory)
+
+
+def test_memory_gates_survive_the_model_init_and_inspect_reports_the_memory():
+    model = tiny_mag(memory_theta_max=1.0)
+    theta, eta, alpha = model.net.blocks[0].mixer.memory.gates(torch.zeros(1, 1, 32))
+    assert theta.mean().item() == pytest.approx(0.5)  # theta_init 0.5 of theta_max, not sigmoid(0) * ...
+    assert alpha.mean().item() == pytest.approx(0.01)  # retention = memory_decay
+    inputs, labels = data(2)
+    carry, _ = model(model.initial_carry(2), inputs, labels)
+    snap = json.loads(json.dumps(model.inspect(carry, 1)))
+    assert snap["memory_change"] == [pytest.approx(carry.memory.change_norm()[1].item(), abs=1e-4)]
+    surprise = math.sqrt(sum(float(v[1].pow(2).sum()) for k, v in carry.memory.items() if ".S" in k))
+    assert snap["memory_surprise"] == [pytest.approx(surprise, abs=1e-4)]
+
+
+def test_tiny_titans_mag_model_learns_without_nan():
+    torch.manual_seed(0)
+    seq = 8
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, H_cycles=2, L_cycles=2, halt_max_steps=2,
+                      memory="titans-mag", window=3, d_mem=16, memory_chunk=4, persistent_tokens=2)
+    model = TinyRecursiveModel(cfg, vocab_size=12, seq_len=seq)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(0)
+
+    def sample(n):
+        x = torch.randint(2, 12, (n, seq), generator=g)
+        y = torch.roll(x, 1, -1)
+        y[:, 0] = 0
+        return x, y
+
+    carry = model.initial_carry(32)
+    losses = []
+    for _ in range(60):
+        carry, out = model(carry, *sample(32), generator=g)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.metrics["lm_loss"])
+        assert all(torch.isfinite(v).all() for v in carry.memory.values())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10

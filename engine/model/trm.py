@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from engine.config import ModelConfig
 from engine.model.blocks import ReasoningNet
+from engine.model.titans import MemoryState, NeuralMemory
 
 PAD = 0  # label id that is never scored
 
@@ -49,7 +50,7 @@ class Carry:
     halted: torch.Tensor  # (B,) bool: the slot takes a fresh sample at the next step
     inputs: torch.Tensor  # (B, S) long, the slot's current sample
     labels: torch.Tensor  # (B, S) long
-    memory: dict[str, torch.Tensor] | None = None  # neural-memory state, when the model has one
+    memory: MemoryState | None = None  # neural-memory state (fast weights, momentum), when the model has one
 
     def detach(self) -> Carry:
         # type(...) keeps a dict subclass (a memory's own state class) intact
@@ -66,7 +67,7 @@ class Carry:
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> Carry:
-        memory = {k.removeprefix("memory."): v for k, v in state.items() if k.startswith("memory.")}
+        memory = MemoryState({k.removeprefix("memory."): v for k, v in state.items() if k.startswith("memory.")})
         return cls(z_H=state["z_H"], z_L=state["z_L"], steps=state["steps"].long(), halted=state["halted"].bool(),
                    inputs=state["inputs"].long(), labels=state["labels"].long(), memory=memory or None)
 
@@ -101,6 +102,10 @@ class TinyRecursiveModel(nn.Module):
         self.reset_parameters()
 
     @property
+    def has_memory(self) -> bool:
+        return self.cfg.memory != "none"
+
+    @property
     def cognate(self) -> bool:
         return len(self.cfg.step_loss_weights) > 0
 
@@ -117,6 +122,9 @@ class TinyRecursiveModel(nn.Module):
         self.q_head.bias.fill_(-5.0)  # start far from halting, so early steps use the full budget
         trunc_normal_(self.H_init, 1.0)
         trunc_normal_(self.L_init, 1.0)
+        for m in self.modules():  # the memory's gate biases and initial weights have their own init
+            if isinstance(m, NeuralMemory):
+                m.reset_parameters()
 
     # ---- pieces of one supervision step, in the order they run ----
 
@@ -129,7 +137,14 @@ class TinyRecursiveModel(nn.Module):
         return Carry(z_H=z_H, z_L=z_L,
                      steps=torch.zeros(batch_size, dtype=torch.long, device=device),
                      halted=torch.ones(batch_size, dtype=torch.bool, device=device),
-                     inputs=zeros, labels=zeros.clone())
+                     inputs=zeros, labels=zeros.clone(), memory=self.initial_memory(batch_size, device))
+
+    def initial_memory(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState | None:
+        """An empty neural memory for every block (None without one)."""
+        if not self.has_memory:
+            return None
+        device = self.H_init.device if device is None else torch.device(device)
+        return MemoryState.join([b.mixer.init_state(batch_size, device) for b in self.net.blocks])
 
     def reset_halted(self, carry: Carry, new_inputs: torch.Tensor, new_labels: torch.Tensor) -> Carry:
         """Halted slots take the new sample, the initial latents and steps = 0; the others keep their carry."""
@@ -141,41 +156,42 @@ class TinyRecursiveModel(nn.Module):
             halted=h,
             inputs=torch.where(h[:, None], new_inputs, carry.inputs),
             labels=torch.where(h[:, None], new_labels, carry.labels),
-            memory=carry.memory,  # a neural memory resets its halted slots here
+            memory=None if carry.memory is None else carry.memory.reset(h),  # a fresh sample, an empty memory
         )
 
     def input_embedding(self, inputs: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, L, D)
         x = self.embed(inputs) * self.embed_scale
         return F.pad(x, (0, 0, self.prefix, 0))  # zero embedding for the prefix positions
 
-    def latent_recursion(self, z_H, z_L, x):
-        """One cycle: n updates of the reasoning latent, then one of the answer."""
+    def latent_recursion(self, z_H, z_L, x, memory=None):
+        """One cycle: n updates of the reasoning latent, then one of the answer. The neural memory (if any)
+        reads and writes on every pass through f, in order."""
         for _ in range(self.cfg.L_cycles):
-            z_L = self.net(z_L, z_H + x)
-        z_H = self.net(z_H, z_L)
-        return z_H, z_L
+            z_L, memory = self.net(z_L, z_H + x, memory)
+        z_H, memory = self.net(z_H, z_L, memory)
+        return z_H, z_L, memory
 
-    def deep_recursion(self, z_H, z_L, x, record: list | None = None):
-        """T cycles. Returns (z_H, z_L, answers): answers = [y0, ..., yT] in the Cognate form, else [yT].
+    def deep_recursion(self, z_H, z_L, x, record: list | None = None, memory=None):
+        """T cycles. Returns (z_H, z_L, answers, memory): answers = [y0, ..., yT] in the Cognate form, else [yT].
         `record`, if given, receives (z_H, z_L) after every cycle."""
         T = self.cfg.H_cycles
         if self.cognate:  # every cycle is scored, so every cycle carries gradient
             answers = [z_H]
             for _ in range(T):
-                z_H, z_L = self.latent_recursion(z_H, z_L, x)
+                z_H, z_L, memory = self.latent_recursion(z_H, z_L, x, memory)
                 answers.append(z_H)
                 if record is not None:
                     record.append((z_H, z_L))
-            return z_H, z_L, answers
+            return z_H, z_L, answers, memory
         with torch.no_grad():  # improve the latents for free; only the last cycle is backpropagated
             for _ in range(T - 1):
-                z_H, z_L = self.latent_recursion(z_H, z_L, x)
+                z_H, z_L, memory = self.latent_recursion(z_H, z_L, x, memory)
                 if record is not None:
                     record.append((z_H, z_L))
-        z_H, z_L = self.latent_recursion(z_H, z_L, x)
+        z_H, z_L, memory = self.latent_recursion(z_H, z_L, x, memory)
         if record is not None:
             record.append((z_H, z_L))
-        return z_H, z_L, [z_H]
+        return z_H, z_L, [z_H], memory
 
     def readout(self, z_H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer logits (B, S, V) from the answer positions, halting logit (B,) from position 0."""
@@ -204,7 +220,7 @@ class TinyRecursiveModel(nn.Module):
                 generator: torch.Generator | None = None) -> tuple[Carry, StepOutput]:
         carry = self.reset_halted(carry, new_inputs, new_labels)
         x = self.input_embedding(carry.inputs)  # (B, L, D)
-        z_H, z_L, answers = self.deep_recursion(carry.z_H, carry.z_L, x)
+        z_H, z_L, answers, memory = self.deep_recursion(carry.z_H, carry.z_L, x, memory=carry.memory)
         logits, q_halt = self.readout(z_H)  # (B, S, V), (B,)
         labels = carry.labels
 
@@ -244,7 +260,7 @@ class TinyRecursiveModel(nn.Module):
             "mean_steps": mean_steps,  # steps taken so far, mean over all slots
         }
         new_carry = Carry(z_H=z_H, z_L=z_L, steps=steps, halted=halted,
-                          inputs=carry.inputs, labels=labels, memory=carry.memory).detach()
+                          inputs=carry.inputs, labels=labels, memory=memory).detach()
         return new_carry, StepOutput(logits=logits, q_halt_logits=q_halt, loss=loss, metrics=metrics,
                                      all_logits=all_logits)
 
@@ -256,17 +272,28 @@ class TinyRecursiveModel(nn.Module):
     # ---- evaluation and stateful inference ----
 
     @torch.no_grad()
-    def predict(self, inputs: torch.Tensor, n_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, inputs: torch.Tensor, n_steps: int | None = None,
+                memory: MemoryState | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """From a fresh carry, run n_steps (default N_sup) supervision steps with eval semantics (every slot
-        takes all of them). Returns (preds (B, S), q_halt (B,))."""
+        takes all of them). The neural memory starts empty unless `memory` is given.
+        Returns (preds (B, S), q_halt (B,))."""
+        logits, q_halt = self.predict_logits(inputs, n_steps, memory)
+        return logits.argmax(-1), q_halt
+
+    @torch.no_grad()
+    def predict_logits(self, inputs: torch.Tensor, n_steps: int | None = None,
+                       memory: MemoryState | None = None,
+                       memory_free: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """predict() before the argmax: (logits (B, S, V), q_halt (B,)). `memory_free`: carry no memory state,
+        so every pass through f starts from an empty memory (what the slow weights know on their own)."""
         n_steps = self.cfg.halt_max_steps if n_steps is None else n_steps
         start = self.initial_carry(inputs.shape[0], inputs.device)
         x = self.input_embedding(inputs)
         z_H, z_L = start.z_H, start.z_L
+        memory = None if memory_free else start.memory if memory is None else memory
         for _ in range(n_steps):
-            z_H, z_L, _ = self.deep_recursion(z_H, z_L, x)
-        logits, q_halt = self.readout(z_H)
-        return logits.argmax(-1), q_halt
+            z_H, z_L, _, memory = self.deep_recursion(z_H, z_L, x, memory=memory)
+        return self.readout(z_H)
 
     @torch.no_grad()
     def infer(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -283,14 +310,18 @@ class TinyRecursiveModel(nn.Module):
         else:
             restart = (prev.inputs != inputs).any(-1)
         carry = self.reset_halted(dataclasses.replace(prev, halted=restart), inputs, torch.zeros_like(inputs))
-        z_H, z_L, _ = self.deep_recursion(carry.z_H, carry.z_L, self.input_embedding(inputs))
+        z_H, z_L, _, memory = self.deep_recursion(carry.z_H, carry.z_L, self.input_embedding(inputs),
+                                                  memory=carry.memory)
         active = carry.steps < self.cfg.halt_max_steps  # (B,) slots still allowed a step
         steps = carry.steps + active.long()
+        if memory is not None:  # a finished slot keeps its memory as it was, like its latents
+            memory = MemoryState({k: torch.where(active.view(-1, 1, 1, 1), v, carry.memory[k])
+                                  for k, v in memory.items()})
         self.infer_carry = Carry(
             z_H=torch.where(active[:, None, None], z_H, carry.z_H),
             z_L=torch.where(active[:, None, None], z_L, carry.z_L),
             steps=steps, halted=steps >= self.cfg.halt_max_steps,
-            inputs=inputs.clone(), labels=carry.labels, memory=carry.memory,
+            inputs=inputs.clone(), labels=carry.labels, memory=memory,
         )
         logits, _ = self.readout(self.infer_carry.z_H)
         return logits.argmax(-1)
@@ -307,13 +338,16 @@ class TinyRecursiveModel(nn.Module):
         B = carry.z_H.shape[0]
         if not 0 <= slot < B:
             raise IndexError(f"slot {slot} is out of range; the carry has slots 0 to {B - 1}")
+        memory = None if carry.memory is None else MemoryState(
+            {k: v[slot:slot + 1] for k, v in carry.memory.items()})
         one = Carry(z_H=carry.z_H[slot:slot + 1], z_L=carry.z_L[slot:slot + 1], steps=carry.steps[slot:slot + 1],
                     halted=carry.halted[slot:slot + 1], inputs=carry.inputs[slot:slot + 1],
-                    labels=carry.labels[slot:slot + 1])
+                    labels=carry.labels[slot:slot + 1], memory=memory)
         logits, q_halt = self.readout(one.z_H)
         start = self.reset_halted(one, one.inputs, one.labels)
         history = [(start.z_H, start.z_L)]
-        self.deep_recursion(start.z_H, start.z_L, self.input_embedding(start.inputs), record=history)
+        self.deep_recursion(start.z_H, start.z_L, self.input_embedding(start.inputs), record=history,
+                            memory=start.memory)
         next_logits, next_q = self.readout(history[-1][0])
 
         def norms(z):  # (1, L, D) -> L floats
@@ -322,7 +356,7 @@ class TinyRecursiveModel(nn.Module):
         def change(a, b):  # mean over positions of |b - a|
             return round((b[0] - a[0]).float().norm(dim=-1).mean().item(), 5)
 
-        return {
+        snapshot = {
             "slot": slot,
             "shapes": {"z_H": list(carry.z_H.shape), "z_L": list(carry.z_L.shape), "inputs": list(carry.inputs.shape)},
             "prefix": self.prefix, "H_cycles": self.cfg.H_cycles, "L_cycles": self.cfg.L_cycles,
@@ -337,3 +371,10 @@ class TinyRecursiveModel(nn.Module):
             "next_q_halt": float(next_q[0]),
             "next_preds": next_logits[0].argmax(-1).tolist(),
         }
+        if memory is not None:  # per block: how far the fast weights moved, and the carried surprise (momentum)
+            layers = memory.split(len(self.net.blocks))
+            snapshot["memory_change"] = [round(float(layer.change_norm()[0]), 5) for layer in layers]
+            snapshot["memory_surprise"] = [
+                round(math.sqrt(sum(float(t[0].pow(2).sum()) for k, t in layer.items() if k.startswith("S"))), 5)
+                for layer in layers]
+        return snapshot

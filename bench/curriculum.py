@@ -1,0 +1,157 @@
+"""Does the curriculum shrink, and does it pay? Three runs of the real trainer on CPU:
+
+1. an arithmetic level of 2,000 questions (`--quick`: 200) trained with the curriculum queue
+   until fewer than 2.5% remain (or a step/minute cap): steps and minutes to get there;
+2. the same model trained for the same number of steps on uniform samples of the same task:
+   held-out exact accuracy of both, and their ratio;
+3. tool use: a model trained on the program task with the curriculum, then asked held-out
+   programs: the share that pass all their test cases first time, and with hints.
+
+    .venv/bin/python bench/curriculum.py [--quick] [--threads 1]
+
+Its last line is one JSON object (remaining_fraction, steps_to_threshold, minutes_to_threshold,
+acc_curriculum, acc_uniform, tool_pass_first, tool_pass_hints, ...). A level that did not reach
+the threshold within its caps reports steps_to_threshold = null, never a made-up figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from engine import config  # noqa: E402
+from engine.tasks.program import ProgramTask  # noqa: E402
+from engine.trainer import Trainer, evaluate  # noqa: E402
+
+# small and shallow on purpose: the bench measures the queue, not the reasoner, on 2 shared cores
+BASE = [
+    "model.d_model=64", "model.n_layers=1", "model.n_heads=4", "model.H_cycles=1", "model.L_cycles=2",
+    "model.halt_max_steps=1", "model.ema_decay=0.9", "optim.preset=adamw", "optim.lr=0.003",
+    "optim.warmup_steps=20", "train.device=cpu", "eval.every=0", "checkpoint.every=0",
+    "log.print_seconds=1000", "log.telemetry_seconds=1000",
+]
+THRESHOLD = 0.025  # the level counts as shrunk at <= 2.5% remaining (the queue itself ends below it)
+
+
+def make_config(overrides: list[str]) -> config.RunConfig:
+    return config.from_dict({}, "curriculum-bench", BASE + overrides)
+
+
+def train(cfg: config.RunConfig, stop_at: float | None = None) -> tuple[Trainer, float, list[dict]]:
+    """Run the trainer in a throwaway run folder until its end, or until the curriculum's remaining
+    share is <= `stop_at`: (trainer, minutes, curriculum events, each with its step and minute)."""
+    events: list[dict] = []
+    t0 = time.time()
+
+    def on_event(e: dict) -> None:
+        if e["event"] != "curriculum":
+            return
+        events.append({**e["data"], "step": e["step"], "minute": (time.time() - t0) / 60})
+        if stop_at is not None and e["data"]["remaining"] <= stop_at * e["data"]["size"]:
+            trainer.stop_reason = "stopped"  # taken at the next step boundary, as a `stop` command is
+
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(d, cfg, output="quiet", emit=on_event)
+        t0 = time.time()
+        trainer.run()
+        minutes = (time.time() - t0) / 60
+    return trainer, minutes, events
+
+
+@torch.no_grad()
+def tool_use(trainer: Trainer, n: int) -> tuple[float, float]:
+    """Held-out programs: share passing all test cases unhinted, and with any hint level."""
+    task = ProgramTask(difficulty=1, seed=trainer.cfg.task.seed)
+    model = trainer.model.eval()
+    first = hinted = 0
+    for i in range(n):
+        problem = task.problem("test", i)
+        ok = False
+        for hint in range(task.max_hint(problem) + 1):  # hint 0 is the first attempt
+            sample = task.encode(problem, hint)
+            preds, _ = model.predict(torch.tensor([sample.inputs], dtype=torch.long))
+            ok = task.grade(problem, preds[0].tolist(), sample)
+            if ok:
+                first += hint == 0
+                break
+        hinted += ok
+    return first / n, hinted / n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="200 questions and short caps (~10 min)")
+    ap.add_argument("--questions", type=int, default=None)
+    ap.add_argument("--max-minutes", type=float, default=None, help="cap of the curriculum run")
+    ap.add_argument("--tool-minutes", type=float, default=None)
+    ap.add_argument("--n-eval", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    questions = args.questions or (200 if args.quick else 2000)
+    max_minutes = args.max_minutes or (4.0 if args.quick else 60.0)
+    tool_minutes = args.tool_minutes or (1.0 if args.quick else 15.0)
+    n_eval = args.n_eval or (200 if args.quick else 1000)
+    torch.set_num_threads(args.threads)
+    common = [f"train.threads={args.threads}", f"train.batch_size={args.batch}", "train.max_steps=100000"]
+
+    # 1. the curriculum: one level of arithmetic (difficulty 1) until the threshold or the cap
+    cur_cfg = make_config(common + [
+        "task.name=arithmetic", "curriculum.enabled=true", f"curriculum.questions={questions}",
+        "curriculum.levels=1", f"curriculum.threshold={THRESHOLD}", "curriculum.max_epochs=100000",
+        f"train.max_minutes={max_minutes}",
+    ])
+    cur, cur_minutes, events = train(cur_cfg, stop_at=THRESHOLD)
+    last = events[-1] if events else {"remaining": questions, "size": questions}
+    remaining_fraction = last["remaining"] / last["size"]
+    reached = remaining_fraction <= THRESHOLD
+    steps = cur.step
+    for e in events[:: max(1, len(events) // 10)] + events[-1:]:
+        print(f"curriculum  step {e['step']:>6}  {e['minute']:6.2f} min  remaining {e['remaining']:>5}/{e['size']}  "
+              f"epoch {e['epoch']:>5}", flush=True)
+    print(f"curriculum: {steps} steps, {cur_minutes:.2f} min, {remaining_fraction:.1%} remaining "
+          f"({'reached' if reached else 'did NOT reach'} <= 2.5%)", flush=True)
+    acc_cur = evaluate(cur.model, cur.task, n_eval, 256, cur.device)["eval_exact"]
+
+    # 2. uniform sampling of the same task for the same number of steps
+    uni_cfg = make_config(common[:-1] + ["task.name=arithmetic", f"train.max_steps={steps}"])
+    uni, uni_minutes, _ = train(uni_cfg)
+    acc_uni = evaluate(uni.model, uni.task, n_eval, 256, uni.device)["eval_exact"]
+    ratio = acc_cur / acc_uni if acc_uni > 0 else float("inf")
+    print(f"held-out exact at {steps} steps: curriculum {acc_cur:.3f}, uniform {acc_uni:.3f}, ratio {ratio:.2f}x",
+          flush=True)
+
+    # 3. tool use: the program task with the curriculum, then held-out programs with and without hints
+    tool_cfg = make_config(common + [
+        "task.name=program", "curriculum.enabled=true", f"curriculum.questions={questions}", "curriculum.levels=1",
+        "curriculum.max_epochs=100000", f"train.max_minutes={tool_minutes}",
+    ])
+    tool, tool_min, _ = train(tool_cfg)
+    n_tool = min(n_eval, 100)
+    pass_first, pass_hints = tool_use(tool, n_tool)
+    print(f"tool use after {tool.step} steps ({tool_min:.2f} min): {pass_first:.1%} of {n_tool} held-out programs "
+          f"pass first attempt, {pass_hints:.1%} with hints", flush=True)
+
+    print(json.dumps({
+        "remaining_fraction": round(remaining_fraction, 4),
+        "steps_to_threshold": steps if reached else None,
+        "minutes_to_threshold": round(last["minute"], 2) if reached else None,
+        "steps_run": steps, "minutes_run": round(cur_minutes, 2), "questions": questions,
+        "acc_curriculum": round(acc_cur, 4), "acc_uniform": round(acc_uni, 4),
+        "acc_ratio": round(ratio, 3) if ratio != float("inf") else None,
+        "tool_pass_first": round(pass_first, 4), "tool_pass_hints": round(pass_hints, 4),
+        "tool_steps": tool.step, "threads": args.threads, "n_eval": n_eval,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

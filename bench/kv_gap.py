@@ -1,0 +1,232 @@
+"""KV-Gap AB-AC: in-context recall beyond the attention window, and sleep against interference.
+
+Episode (one sequence): facts `tag key value`, a gap of filler 2 to 6 attention windows long, then queries
+`tag key ?` whose label (at `?`) is the value. Two parts:
+
+1. In-context recall: every episode draws fresh values, so only the context holds the answer. Memory on
+   (Titans-MAG) against attention alone (same model, model.memory = "none"): accuracy on held-out episodes.
+2. Continual AB-AC: five wake cycles; cycle i has its own tag and re-draws the values of the same keys.
+   Each wake is followed by a sleep of equal budget (engine/sleep.py, one mode per condition). After cycle
+   i and its sleep, R[i][j] is the closed-book accuracy on cycle j's facts: queries only, no facts in
+   context, the memory-free path, so only the slow weights can answer. `joint` trains on all cycles at once
+   for the same total budget (the ceiling).
+
+Prints one line per condition and seed, then the figures as one JSON object on the last line.
+Usage: python bench/kv_gap.py [--quick] [--seeds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+from engine.config import ModelConfig, SleepConfig
+from engine.model.trm import PAD, TinyRecursiveModel
+from engine.sleep import SleepWake
+
+QUERY, FILL = 1, 2
+N_CYCLES, N_KEYS, N_VALUES, N_FACTS = 5, 8, 8, 4
+TAG0 = 3
+KEY0 = TAG0 + N_CYCLES
+VALUE0 = KEY0 + N_KEYS
+VOCAB = VALUE0 + N_VALUES
+WINDOW = 4
+SEQ = 3 * N_FACTS + 6 * WINDOW + 3 * N_FACTS  # longest gap
+BATCH = 32
+CONDITIONS = ["no-sleep", "replay", "replay-surprise", "distill", "dream", "joint"]
+
+
+def model_config(memory: str) -> ModelConfig:
+    # one pass of L and one of H per step: attention reaches < 2 windows, so a gap of >= 2 windows is out of
+    # its reach and only the neural memory (which the passes share) can carry a fact across it
+    return ModelConfig(d_model=64, n_layers=1, n_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=1,
+                       memory=memory, window=WINDOW, d_mem=32, memory_chunk=8, persistent_tokens=2,
+                       memory_theta_max=1.0)
+
+
+def episodes(n: int, g: torch.Generator, tables: torch.Tensor | None, cycles: list[int]):
+    """n episodes. tables (N_CYCLES, N_KEYS) of value ids, or None for fresh random values per episode."""
+    inputs = torch.full((n, SEQ), FILL, dtype=torch.long)
+    labels = torch.full((n, SEQ), PAD, dtype=torch.long)
+    for b in range(n):
+        cycle = cycles[int(torch.randint(len(cycles), (1,), generator=g))]
+        keys = torch.randperm(N_KEYS, generator=g)[:N_FACTS]
+        values = (tables[cycle, keys] if tables is not None
+                  else torch.randint(N_VALUES, (N_FACTS,), generator=g))
+        gap = WINDOW * int(torch.randint(2, 7, (1,), generator=g))
+        for f, (k, v) in enumerate(zip(keys.tolist(), values.tolist())):
+            inputs[b, 3 * f: 3 * f + 3] = torch.tensor([TAG0 + cycle, KEY0 + k, VALUE0 + v])
+        order = torch.randperm(N_FACTS, generator=g).tolist()  # queries in another order than the facts
+        start = 3 * N_FACTS + gap
+        for q, f in enumerate(order):
+            at = start + 3 * q
+            inputs[b, at: at + 3] = torch.tensor([TAG0 + cycle, KEY0 + int(keys[f]), QUERY])
+            labels[b, at + 2] = VALUE0 + int(values[f])
+    return inputs, labels
+
+
+def closed_book(tables: torch.Tensor, cycle: int):
+    """Queries for all keys of one cycle and no facts: (1, SEQ) inputs and labels."""
+    inputs = torch.full((1, SEQ), FILL, dtype=torch.long)
+    labels = torch.full((1, SEQ), PAD, dtype=torch.long)
+    start = SEQ - 3 * N_KEYS
+    for k in range(N_KEYS):
+        at = start + 3 * k
+        inputs[0, at: at + 3] = torch.tensor([TAG0 + cycle, KEY0 + k, QUERY])
+        labels[0, at + 2] = VALUE0 + int(tables[cycle, k])
+    return inputs, labels
+
+
+@torch.no_grad()
+def accuracy(model: TinyRecursiveModel, inputs, labels, memory_free: bool) -> float:
+    model.eval()
+    logits, _ = model.predict_logits(inputs, memory_free=memory_free)
+    model.train()
+    scored = labels != PAD
+    return float(((logits.argmax(-1) == labels) & scored).sum() / scored.sum())
+
+
+def train_step(model, optimizer, inputs, labels) -> tuple[float, object, object]:
+    carry, out = model(model.initial_carry(inputs.shape[0]), inputs, labels)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return float(out.loss.detach()), carry, out
+
+
+def in_context_recall(memory: str, seed: int, steps: int) -> tuple[float, TinyRecursiveModel]:
+    torch.manual_seed(seed)
+    model = TinyRecursiveModel(model_config(memory), VOCAB, SEQ)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        loss, _, _ = train_step(model, optimizer, *episodes(BATCH, g, None, [0]))
+        assert math.isfinite(loss)
+    test = episodes(256, torch.Generator().manual_seed(10_000 + seed), None, [0])
+    return accuracy(model, *test, memory_free=False), model
+
+
+def continual(condition: str, seed: int, start: dict, wake_steps: int) -> tuple[list[list[float]], list[float]]:
+    """Five wake cycles, each followed by an equal sleep; returns R (N_CYCLES x N_CYCLES) and the sleeps'
+    consolidation figures."""
+    torch.manual_seed(seed)
+    model = TinyRecursiveModel(model_config("titans-mag"), VOCAB, SEQ)
+    model.load_state_dict(start)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed + 1)
+    tables = torch.randint(N_VALUES, (N_CYCLES, N_KEYS), generator=torch.Generator().manual_seed(seed + 2))
+    mode = condition if condition not in ("no-sleep", "joint") else "replay"
+    sleep = SleepWake(SleepConfig(mode=mode, buffer_size=4096, prune_age=10**9), SEQ, BATCH, seed + 3,
+                      "titans-mag")
+    R, losses = [], []
+    step = 0
+    for cycle in range(N_CYCLES):
+        cycles = list(range(N_CYCLES)) if condition == "joint" else [cycle]
+        budget = 2 * wake_steps if condition == "joint" else wake_steps
+        for _ in range(budget):
+            loss, carry, out = train_step(model, optimizer, *episodes(BATCH, g, tables, cycles))
+            assert math.isfinite(loss), f"{condition}: non-finite loss"
+            sleep.observe(carry, out.logits, step)
+            step += 1
+        if condition not in ("no-sleep", "joint"):
+            sleep.begin_sleep(model, carry)
+            for _ in range(wake_steps):
+                metrics, finite = sleep.consolidation_step(model, optimizer)
+                assert finite, f"{condition}: non-finite consolidation loss"
+                step += 1
+            losses.append(sleep.end_sleep(model, step)["consolidation_loss"])
+        R.append([accuracy(model, *closed_book(tables, j), memory_free=True) for j in range(N_CYCLES)])
+    return R, losses
+
+
+def summarise(R: list[list[float]]) -> dict:
+    T = len(R)
+    final = sum(R[-1]) / T
+    earlier = range(T - 1)
+    forgetting = sum(max(R[i][j] for i in range(j, T - 1)) - R[-1][j] for j in earlier) / (T - 1)
+    backward = sum(R[-1][j] - R[j][j] for j in earlier) / (T - 1)
+    return {"acc": final, "forgetting": forgetting, "bwt": backward}
+
+
+def interval(xs: list[float]) -> list[float | None]:
+    """Mean and 95% interval (normal approximation) over seeds; no interval from one seed."""
+    n = len(xs)
+    mean = sum(xs) / n
+    if n < 2:
+        return [mean, None, None]
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = 1.96 * sd / math.sqrt(n)
+    return [mean, mean - half, mean + half]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed per condition")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--recall-steps", type=int, default=300)
+    parser.add_argument("--wake-steps", type=int, default=40)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seeds = 1 if args.quick else args.seeds
+    extra_surprise_seeds = 1 if args.quick else 2 * args.seeds  # replay-surprise against replay: more seeds
+
+    recall_memory, recall_attention, starts = [], [], {}
+    for seed in range(seeds):
+        t0 = time.time()
+        acc_mem, model = in_context_recall("titans-mag", seed, args.recall_steps)
+        acc_attn, _ = in_context_recall("none", seed, args.recall_steps)
+        starts[seed] = {k: v.clone() for k, v in model.state_dict().items()}
+        recall_memory.append(acc_mem)
+        recall_attention.append(acc_attn)
+        print(f"recall seed {seed}: memory {acc_mem:.3f}  attention only {acc_attn:.3f}  ({time.time() - t0:.0f} s)",
+              flush=True)
+
+    results: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
+    matrices: dict[str, list] = {c: [] for c in CONDITIONS}
+    seconds: dict[str, list[float]] = {c: [] for c in CONDITIONS}
+    for condition in CONDITIONS:
+        n = extra_surprise_seeds if condition in ("replay", "replay-surprise") else seeds
+        for seed in range(n):
+            if seed not in starts:
+                starts[seed] = {k: v.clone() for k, v in in_context_recall("titans-mag", seed,
+                                                                            args.recall_steps)[1].state_dict().items()}
+            t0 = time.time()
+            R, losses = continual(condition, seed, starts[seed], args.wake_steps)
+            seconds[condition].append(time.time() - t0)
+            s = summarise(R)
+            results[condition].append(s)
+            matrices[condition].append(R)
+            print(f"{condition:>15} seed {seed}: final acc {s['acc']:.3f}  forgetting {s['forgetting']:.3f}  "
+                  f"bwt {s['bwt']:.3f}  consolidation loss {losses[-1] if losses else float('nan'):.4f}  "
+                  f"({seconds[condition][-1]:.0f} s)", flush=True)
+
+    def acc(c):
+        return interval([r["acc"] for r in results[c]])
+
+    paired = [s["acc"] - r["acc"] for s, r in zip(results["replay-surprise"], results["replay"])]
+    gain = interval(paired)
+    figures = {
+        "recall_memory": interval(recall_memory)[0],
+        "recall_attention_only": interval(recall_attention)[0],
+        "acc_no_sleep": acc("no-sleep"), "acc_replay": acc("replay"), "acc_replay_surprise": acc("replay-surprise"),
+        "acc_distill": acc("distill"), "acc_dream": acc("dream"), "acc_joint": acc("joint"),
+        "forgetting_no_sleep": interval([r["forgetting"] for r in results["no-sleep"]]),
+        "forgetting_replay": interval([r["forgetting"] for r in results["replay"]]),
+        "bwt": {c: interval([r["bwt"] for r in results[c]]) for c in CONDITIONS},
+        "surprise_gain": gain[0], "surprise_gain_ci_low": gain[1], "surprise_gain_ci_high": gain[2],
+        "surprise_helps": bool(gain[1] is not None and gain[0] >= 0.03 and gain[1] > 0),
+        "replay_minus_no_sleep": acc("replay")[0] - acc("no-sleep")[0],
+        "seconds_per_condition_seed": {c: max(v) for c, v in seconds.items()},
+        "R": {c: [[[round(x, 3) for x in row] for row in R] for R in matrices[c]] for c in CONDITIONS},
+        "seeds": seeds,
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

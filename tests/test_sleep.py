@@ -1,0 +1,193 @@
+"""Sleep/wake consolidation: the buffer, the scheduler, the consolidation modes and the trainer's use of them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine import checkpoint
+from engine.config import ModelConfig, SleepConfig, from_dict
+from engine.model.trm import TinyRecursiveModel
+from engine.protocol import Command
+from engine.sleep import Consolidator, EpisodicBuffer, SleepScheduler, SleepWake
+from engine.trainer import Trainer
+
+torch.set_num_threads(1)
+
+
+def config(max_steps=12, mode="replay", memory="titans-mag", wake=6, sleep=4, ckpt_every=0, enabled=True):
+    model = {"d_model": 32, "n_layers": 1, "n_heads": 2, "H_cycles": 2, "L_cycles": 1, "halt_max_steps": 2,
+             "memory": memory, "window": 4, "d_mem": 16, "memory_chunk": 4, "persistent_tokens": 2}
+    return from_dict({
+        "model": model, "task": {"name": "sudoku", "size": 4},
+        "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "train": {"batch_size": 8, "max_steps": max_steps, "threads": 1, "device": "cpu"},
+        "eval": {"every": 0}, "checkpoint": {"every": ckpt_every, "keep": 10},
+        "log": {"flush_seconds": 0.05, "telemetry_seconds": 100.0, "print_seconds": 100.0},
+        "sleep": {"enabled": enabled, "wake_steps": wake, "sleep_steps": sleep, "mode": mode, "probe_size": 8},
+    })
+
+
+def make_trainer(run_dir, cfg, **kw) -> Trainer:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(run_dir, cfg, output="quiet", **kw)
+
+
+def run(run_dir, cfg, resume=False):
+    events = []
+    trainer = make_trainer(run_dir, cfg, emit=events.append)
+    if resume:
+        trainer.resume()
+    assert trainer.run() == 0
+    return trainer, events
+
+
+def ckpt(run_dir, step):
+    return checkpoint.load(run_dir / "checkpoints" / f"step-{step:08d}")
+
+
+# ---- pieces ----
+
+def test_buffer_keeps_the_important_prunes_the_unimportant_unused_old():
+    buf = EpisodicBuffer(capacity=3, seq_len=2, prune_importance=0.5, prune_usage=1, prune_age=10)
+    x = torch.arange(10).view(5, 2)
+    buf.add(x[:3], x[:3], torch.tensor([0.1, 2.0, 1.0]), step=0)
+    buf.add(x[3:4], x[3:4], torch.tensor([0.05]), step=1)  # full, nothing prunable, less important: dropped
+    assert buf.importance.tolist() == pytest.approx([0.1, 2.0, 1.0])
+    buf.add(x[4:5], x[4:5], torch.tensor([0.05]), step=20)  # slot 0 is now unimportant, unused and old
+    assert buf.inputs[0].tolist() == [8, 9] and int(buf.born[0]) == 20
+    assert buf.prune(step=20) == 0  # the newcomer is young
+    buf.usage[:] = 0
+    assert buf.prune(step=40) == 1 and len(buf) == 2  # unimportant + unused + old: gone
+    g = torch.Generator().manual_seed(0)
+    idx = buf.sample(2000, g, by_importance=True)
+    share = (idx == 0).float().mean().item()  # importance 2.0 against 1.0
+    assert share == pytest.approx(2 / 3, abs=0.04)
+    assert int(buf.usage.sum()) == 2000
+    uniform = buf.sample(2000, g, by_importance=False)
+    assert (uniform == 0).float().mean().item() == pytest.approx(0.5, abs=0.04)
+
+
+def test_scheduler_wakes_sleeps_and_takes_requests():
+    s = SleepScheduler(wake_steps=3, sleep_steps=2)
+    phases = []
+    for step in range(8):
+        phases.append(s.update(step))
+    assert phases == [None, None, None, "sleep", None, "wake", None, None]
+    s.request()
+    assert s.update(8) == "sleep" and s.manual and s.sleeps == 2
+    s2 = SleepScheduler(3, 2)
+    s2.load_state_dict(s.state_dict())
+    assert s2.state_dict() == s.state_dict()
+
+
+def test_lr_safeguard_halves_on_spike_and_raises_when_tiny():
+    c = Consolidator(SleepConfig(lr_scale=1.0, spike_factor=2.0, tiny_loss=0.01), batch_size=4)
+    c.adapt(1.0)
+    assert c.lr == 1.0
+    c.adapt(5.0)  # a spike
+    assert c.lr == 0.5
+    c.adapt(0.001)
+    assert c.lr == pytest.approx(0.6)
+
+
+def test_distill_teaches_the_memory_free_path_the_memory_assisted_answer():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, H_cycles=2, L_cycles=1, halt_max_steps=2,
+                      memory="titans-mag", window=4, d_mem=16, memory_chunk=4, persistent_tokens=2,
+                      memory_theta_max=2.0)
+    model = TinyRecursiveModel(cfg, vocab_size=6, seq_len=12)
+    sleep = SleepWake(SleepConfig(mode="distill", buffer_size=64, tiny_loss=0.0), seq_len=12, batch_size=32,
+                      seed=0, memory="titans-mag")
+    x = torch.randint(1, 6, (64, 12), generator=torch.Generator().manual_seed(1))
+    sleep.buffer.add(x, x, torch.ones(64), step=0)
+    sleep.consolidator.begin(model)
+    teacher = sleep.consolidator.teacher
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def gap():  # KL from the memory-assisted teacher to the memory-free student
+        t, _ = teacher.predict_logits(x, n_steps=1)
+        s, _ = model.predict_logits(x, n_steps=1, memory_free=True)
+        return torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True,
+                                          reduction="batchmean").item()
+
+    model.eval()
+    before = gap()
+    assert before > 1e-4  # the memory does change the answer
+    losses = [sleep.consolidation_step(model, opt)[0]["consolidation_loss"] for _ in range(50)]
+    model.eval()
+    assert gap() < 0.25 * before and losses[-1] < 0.5 * losses[0]
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+# ---- in the trainer ----
+
+def test_a_sleep_phase_consolidates_into_the_slow_weights(tmp_path):
+    cfg = config(max_steps=12, ckpt_every=6)
+    trainer, events = run(tmp_path / "a", cfg)
+    phases = [(e["step"], e["data"]) for e in events if e["event"] == "phase"]
+    assert phases == [(6, {"phase": "sleep", "manual": False}), (10, {"phase": "wake", "manual": False})]
+    [consolidation] = [e["data"] for e in events if e["event"] == "consolidation"]
+    for key in ("memory_change", "importance_change", "consolidation_loss", "retention_before", "retention_after"):
+        assert math.isfinite(consolidation[key]), key
+    assert consolidation["memory_change"] > 0  # the fast memory had written something
+    asleep, awake = ckpt(tmp_path / "a", 6), ckpt(tmp_path / "a", 12)
+    # during sleep the task stream stands still and the carry waits; the slow weights move
+    rows = [ckpt(tmp_path / "a", 6).state, ckpt(tmp_path / "a", 12).state]
+    assert rows[0]["data_index"] < rows[1]["data_index"]
+    moved = [k for k in asleep.tensors if k.startswith("model.")
+             and not torch.equal(asleep.tensors[k], awake.tensors[k])]
+    assert moved
+    assert len(trainer.sleep.buffer) > 0
+
+
+def test_sleep_leaves_the_stream_and_carry_alone(tmp_path):
+    cfg = config(max_steps=10, wake=6, sleep=4, ckpt_every=1)
+    run(tmp_path / "a", cfg)
+    s6, s10 = ckpt(tmp_path / "a", 6), ckpt(tmp_path / "a", 10)
+    assert s6.state["data_index"] == s10.state["data_index"]  # no task samples drawn while asleep
+    assert all(torch.equal(v, s10.state["carry"][k]) for k, v in s6.state["carry"].items())
+    assert any(not torch.equal(s6.tensors[k], s10.tensors[k]) for k in s6.tensors if k.startswith("model."))
+
+
+@pytest.mark.parametrize("mode", ["replay-surprise", "distill", "dream"])
+def test_resume_mid_sleep_continues_identically(tmp_path, mode):
+    straight, _ = run(tmp_path / "a", config(max_steps=12, mode=mode))
+    run(tmp_path / "b", config(max_steps=8, mode=mode))  # stops (and checkpoints) at step 8, asleep
+    assert ckpt(tmp_path / "b", 8).state["sleep"]["scheduler"]["phase"] == "sleep"
+    resumed, events = run(tmp_path / "b", config(max_steps=12, mode=mode), resume=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [e["data"]["phase"] for e in events if e["event"] == "phase"] == ["wake"]
+    assert torch.equal(straight.sleep.buffer.importance, resumed.sleep.buffer.importance)
+
+
+def test_bad_sleep_commands_are_refused_and_change_nothing(tmp_path):
+    sleep_cmd = Command(id="1", cmd="sleep")
+    off = make_trainer(tmp_path / "off", config(enabled=False))
+    ok, error, _ = off._execute(sleep_cmd)
+    assert not ok and "not available" in error
+
+    no_memory = make_trainer(tmp_path / "none", config(memory="none"))
+    no_memory.train_step()
+    ok, error, _ = no_memory._execute(sleep_cmd)
+    assert not ok and "model.memory" in error and not no_memory.sleep.scheduler.requested
+
+    t = make_trainer(tmp_path / "t", config())
+    before = t.sleep.state_dict()
+    ok, error, _ = t._execute(sleep_cmd)  # nothing seen yet
+    assert not ok and "buffer is empty" in error
+    assert t.sleep.scheduler.state_dict() == before["scheduler"]
+
+    t.train_step()
+    ok, error, _ = t._execute(sleep_cmd)
+    assert ok and error is None
+    ok, error, _ = t._execute(sleep_cmd)
+    assert not ok and "already requested" in error
+    [(kind, data)] = t.sleep.boundary(t.step, t.model, t.carry)
+    assert kind == "phase" and data == {"phase": "sleep", "manual": True}
+    state = t.sleep.scheduler.state_dict()
+    ok, error, _ = t._execute(sleep_cmd)
+    assert not ok and "already asleep" in error and t.sleep.scheduler.state_dict() == state
