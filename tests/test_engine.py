@@ -145,6 +145,7 @@ def test_ctl_steers_a_live_run(tmp_path, runs_dir):
         ack, _ = ctl("inspect", "--slot", "3")
         snap = ack["result"]
         assert snap["steps"] >= 0 and len(snap["z_H_norms"]) >= 1
+        assert len(snap["z_H_position_change"]) == len(snap["z_H_norms"]) - 1
         ack, rc = ctl("sleep")
         assert rc == 1 and "not available" in ack["error"]
         ack, _ = ctl("checkpoint")

@@ -368,6 +368,9 @@ class TinyRecursiveModel(nn.Module):
             "z_L_norms": [norms(l) for _, l in history],
             "z_H_change": [change(a[0], b[0]) for a, b in zip(history, history[1:])],
             "z_L_change": [change(a[1], b[1]) for a, b in zip(history, history[1:])],
+            # post-norm keeps every position's norm at sqrt(D); where the latents move is the informative map
+            "z_H_position_change": [norms(b[0] - a[0]) for a, b in zip(history, history[1:])],
+            "z_L_position_change": [norms(b[1] - a[1]) for a, b in zip(history, history[1:])],
             "next_q_halt": float(next_q[0]),
             "next_preds": next_logits[0].argmax(-1).tolist(),
         }
