@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from engine import config  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine.trainer import Trainer, evaluate  # noqa: E402
 
 BASE = [
     "name=recursion-bench", "task.name=sudoku", "task.size=6", "task.difficulty=1",
@@ -47,7 +47,7 @@ def train_and_eval(variant: str, seed: int, minutes: float, n_eval: int, threads
         trainer = Trainer(d, cfg, output="quiet")
         t0 = time.time()
         trainer.run()
-        figures = dict(trainer._last_eval)
+        figures = evaluate(trainer.model, trainer.task, n_eval, min(n_eval, 256), trainer.device)
         figures.update(steps=trainer.step, seconds=time.time() - t0, variant=variant, seed=seed)
     return figures
 

@@ -31,15 +31,19 @@ def test_quickstart_in_tmux_pause_resume_stop(tmp_path):
         run = wait_for(lambda: next((d for d in runs_dir.iterdir() if not d.name.startswith(".")), None)
                        if runs_dir.exists() else None, timeout=60)
         wait_for(lambda: run_step(run) >= 10, timeout=120)
-        wait_for(lambda: "loss" in screen(session), timeout=60)  # metrics on screen
+        wait_for(lambda: "loss" in screen(session) and "live" in screen(session), timeout=60)  # metrics on screen
+        time.sleep(1.0)
         keys(session, "Space")
-        text = wait_for(lambda: (s := screen(session)) if re.search(r"pause applied at step [\d,]+", s) else None,
-                        timeout=60)
-        paused_at = int(re.search(r"pause applied at step ([\d,]+)", text).group(1).replace(",", ""))
+        def acked_pause():
+            text = screen(session)
+            return text if re.search(r"pause (?:applied at step|✓ step) [\d,]+", text) else None
+
+        text = wait_for(acked_pause, timeout=60)
+        paused_at = int(re.search(r"pause (?:applied at step|✓ step) ([\d,]+)", text).group(1).replace(",", ""))
         time.sleep(1.0)
         assert RunReader(run).run()["status"] == "paused"
         keys(session, "Space")
-        wait_for(lambda: re.search(r"resume applied at step [\d,]+", screen(session)), timeout=60)
+        wait_for(lambda: re.search(r"resume (?:applied at step|✓ step) [\d,]+", screen(session)), timeout=60)
         wait_for(lambda: run_step(run) > paused_at + 2, timeout=60)
         keys(session, "x")
         time.sleep(1.0)
