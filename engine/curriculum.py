@@ -292,6 +292,7 @@ class CurriculumFeed:
         self.queue, self.provider = queue, provider
         self.slots: list[Item | None] = [None] * batch_size
         self.passed = self.failed = 0  # answers graded in the current level
+        self.reviews = 0  # review questions served so far: their position in the level's question set
 
     @classmethod
     def from_config(cls, task: TaskConfig, curriculum: CurriculumConfig, batch_size: int) -> CurriculumFeed:
@@ -305,12 +306,23 @@ class CurriculumFeed:
     def fill(self, need: list[bool]) -> dict[int, Sample]:
         """New questions for the slots in `need`: {slot: sample}. Once the queue is done, none."""
         slots = [i for i, n in enumerate(need) if n]
-        items = self.queue.next_batch(len(slots))
+        # Near the end of a level fewer questions remain than slots; serving the last few again
+        # and again overfits them and undoes the level, so the other slots review the level's
+        # whole question set (ungraded, no hints).
+        items = self.queue.next_batch(min(len(slots), max(1, self.queue.remaining)))
         for slot in slots:
             self.slots[slot] = None
+        samples = {}
         for slot, item in zip(slots, items):
             self.slots[slot] = item
-        return {slot: item.sample for slot, item in zip(slots, items)}
+            samples[slot] = item.sample
+        if items:
+            first = (self.queue.level - 1) * self.queue.questions
+            for slot in slots[len(items):]:
+                index = first + self.reviews % self.queue.questions
+                self.reviews += 1
+                samples[slot] = self.provider.encode(self.provider.question(self.queue.level, index, 0), 0)
+        return samples
 
     def grade(self, halted: list[bool], predicted: list[list[int]]) -> dict | None:
         """Grade the halted slots' answers and report them; the change as one event, or None."""
@@ -347,11 +359,13 @@ class CurriculumFeed:
         # a slot's question is rebuilt from (level, index, variant, hint); the problem text is not stored
         slots = [None if it is None else [it.id, it.level, it.index, it.variant, it.hint, it.streak]
                  for it in self.slots]
-        return {"queue": self.queue.state_dict(), "slots": slots, "passed": self.passed, "failed": self.failed}
+        return {"queue": self.queue.state_dict(), "slots": slots, "passed": self.passed, "failed": self.failed,
+                "reviews": self.reviews}
 
     def load_state_dict(self, state: dict) -> None:
         self.queue.load_state_dict(state["queue"])
         self.passed, self.failed = state["passed"], state["failed"]
+        self.reviews = int(state.get("reviews", 0))
         self.slots = []
         for s in state["slots"]:
             if s is None:
