@@ -123,8 +123,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, L, self.n_heads, self.d_head).transpose(1, 2)
         q, k = self.rotary(q), self.rotary(k)
         mask = None if self.mask is None else self.mask[:L, :L]
-        if self.record_max_logit:
-            self.max_logit = self._max_logit(q, k, mask)
+        if self.record_max_logit:  # a running max: the recursion calls this layer many times per step
+            latest = self._max_logit(q, k, mask)
+            self.max_logit = latest if self.max_logit is None else torch.maximum(self.max_logit, latest)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, d_head)
         return out.transpose(1, 2)  # (B, L, H, d_head)
 
