@@ -28,11 +28,11 @@ from engine.trainer import Trainer, evaluate  # noqa: E402
 BASE = [
     "name=recursion-bench", "task.name=sudoku", "task.size=6", "task.difficulty=1",
     "model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.mixer=attention",
-    "optim.lr=2e-3", "optim.warmup_steps=50", "train.batch_size=64", "train.max_steps=1000000",
+    "optim.lr=3e-3", "optim.warmup_steps=50", "train.batch_size=32", "train.max_steps=1000000",
     "eval.every=0", "eval.use_ema=false", "checkpoint.every=0", "log.telemetry_seconds=60",
 ]
 VARIANTS = {
-    "trm": ["model.H_cycles=3", "model.L_cycles=4", "model.halt_max_steps=8"],
+    "trm": ["model.H_cycles=3", "model.L_cycles=3", "model.halt_max_steps=4"],
     "single_pass": ["model.H_cycles=1", "model.L_cycles=1", "model.halt_max_steps=1"],
 }
 
