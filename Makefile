@@ -14,7 +14,7 @@ $(BIN)/lab: pyproject.toml constraints.txt
 install: $(BIN)/lab
 
 run: install
-	$(BIN)/lab run $(CONFIG) --headless
+	$(BIN)/lab launch $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q
