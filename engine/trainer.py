@@ -57,16 +57,22 @@ def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
     return model
 
 
+def held_out(task: Task, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` held-out samples, stacked once: drawing them again at every evaluation is wasted work."""
+    inputs, labels = batch(task, "test", list(range(n)))
+    return inputs.to(device), labels.to(device)
+
+
 @torch.no_grad()
-def evaluate(model: TinyRecursiveModel, task: Task, n: int, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Exact (whole answer) and cell accuracy on the first `n` held-out samples."""
+def evaluate(model: TinyRecursiveModel, task: Task, n: int, batch_size: int, device: torch.device,
+             data: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """Exact (whole answer) and cell accuracy on the first `n` held-out samples (`data` if given)."""
+    all_inputs, all_labels = data if data is not None else held_out(task, n, device)
     was_training = model.training
     model.eval()
     exact = cells = total_cells = 0
     for start in range(0, n, batch_size):
-        idx = list(range(start, min(n, start + batch_size)))
-        inputs, labels = batch(task, "test", idx)
-        inputs, labels = inputs.to(device), labels.to(device)
+        inputs, labels = all_inputs[start:start + batch_size], all_labels[start:start + batch_size]
         preds, _ = model.predict(inputs)
         mask = labels != 0
         correct = (preds == labels) | ~mask
@@ -133,6 +139,7 @@ class Trainer:
         self._last_telemetry = 0.0
         self._t0 = time.time()
         self._step_times: list[float] = []
+        self._eval_data: tuple[torch.Tensor, torch.Tensor] | None = None  # built at the first evaluation
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -511,7 +518,10 @@ class Trainer:
     def _eval(self) -> dict[str, float]:
         model = self.ema if self.cfg.eval.use_ema else self.model
         t0 = time.perf_counter()
-        figures = evaluate(model, self.task, self.cfg.eval.n_puzzles, self.cfg.eval.batch_size, self.device)
+        if self._eval_data is None:
+            self._eval_data = held_out(self.task, self.cfg.eval.n_puzzles, self.device)
+        figures = evaluate(model, self.task, self.cfg.eval.n_puzzles, self.cfg.eval.batch_size, self.device,
+                           data=self._eval_data)
         figures["eval_seconds"] = time.perf_counter() - t0
         self.store.log_metrics(self.step, figures)
         self.emit_event("eval", figures)

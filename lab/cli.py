@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -150,40 +149,24 @@ def cmd_ctl(args) -> int:
 
 def send_command(run_dir: Path, cmd: str, cmd_args: dict, timeout: float = 30.0) -> dict:
     """Send one command over the run's socket and wait for its acknowledgement."""
-    path = str(run_dir / protocol.SOCKET_NAME)
-    if not os.path.exists(path):
-        raise ConnectionError(f"run {run_dir.name} has no live engine (no {protocol.SOCKET_NAME}); `lab show` reads its record.")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    addr, fd = protocol.socket_address(path)
+    from lab.client import ConnectionLost, EngineClient, EngineUnreachable
+
+    client = EngineClient(run_dir, hello_timeout=timeout)
     try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(addr)
-        except OSError:
-            raise ConnectionError(f"run {run_dir.name}'s engine does not answer on {protocol.SOCKET_NAME}.") from None
+        client.connect()
+        pending = client.send(cmd, **cmd_args)
+        deadline = time.monotonic() + timeout
+        while pending.state == "pending" and time.monotonic() < deadline:
+            client.read(timeout=min(0.25, max(0.01, deadline - time.monotonic())))
+    except (EngineUnreachable, ConnectionLost) as exc:
+        raise ConnectionError(f"run {run_dir.name}: {exc}") from None
     finally:
-        if fd is not None:
-            os.close(fd)
-    cid = f"ctl-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-        sock.sendall(protocol.encode(protocol.command(cid, cmd, **cmd_args)))
-        buf = b""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                msg = json.loads(line)
-                if msg.get("type") == "ack" and msg.get("ack") == cid:
-                    return msg
-    except (socket.timeout, OSError):
-        pass
-    finally:
-        sock.close()
-    raise ConnectionError(f"no acknowledgement for {cmd} from run {run_dir.name} within {timeout:g} s.")
+        client.close()
+    if pending.state == "pending":
+        raise ConnectionError(f"no acknowledgement for {cmd} from run {run_dir.name} within {timeout:g} s.")
+    if pending.state == "lost":
+        raise ConnectionError(f"run {run_dir.name}'s engine went away before acknowledging {cmd}.")
+    return protocol.ack(pending.id, bool(pending.ok), pending.step, pending.error, pending.result)
 
 
 def cmd_eval(args) -> int:
