@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,12 @@ def step_dir_name(step: int) -> str:
 
 
 def save(ckpt_root: str | Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
-         meta: dict[str, Any] | None = None, keep: int = 3) -> Path:
+         meta: dict[str, Any] | None = None, keep: int = 3, inject_errno: int | None = None) -> Path:
     """Write one checkpoint atomically and keep only the newest `keep`. Raises OSError (e.g.
-    ENOSPC) with nothing half-written left behind."""
+    ENOSPC) with nothing half-written left behind.
+
+    `inject_errno` is fault injection for the fault suite: after the weights file is written,
+    raise OSError(inject_errno) the way a disk that fills up mid-save would."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -80,7 +84,10 @@ def save(ckpt_root: str | Path, step: int, tensors: dict[str, torch.Tensor], sta
         weights = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
         buf = io.BytesIO()
         torch.save(state, buf)
-        digest = {WEIGHTS: _write(tmp / WEIGHTS, weights), STATE: _write(tmp / STATE, buf.getvalue())}
+        digest = {WEIGHTS: _write(tmp / WEIGHTS, weights)}
+        if inject_errno is not None:
+            raise OSError(inject_errno, os.strerror(inject_errno))
+        digest[STATE] = _write(tmp / STATE, buf.getvalue())
         full_meta = dict(meta or {}, step=step, time=time.time(), sha256=digest)
         _write(tmp / META, json.dumps(full_meta, indent=1).encode())
         _fsync_dir(tmp)
@@ -142,7 +149,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoi
     except Exception as exc:  # safetensors raises its own error types for malformed headers
         raise CheckpointError(f"checkpoint {path.name}: {WEIGHTS} is not a valid safetensors file ({exc}).") from None
     try:
-        state = torch.load(io.BytesIO(blobs[STATE]), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a refused file is reported below, as a sentence, not as torch's warning
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(io.BytesIO(blobs[STATE]), map_location=map_location, weights_only=True)
     except Exception as exc:  # weights_only refuses pickles that would run code
         raise CheckpointError(
             f"checkpoint {path.name}: {STATE} was refused by the safe loader ({str(exc).splitlines()[0][:160]})."

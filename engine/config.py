@@ -98,6 +98,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
     dtype: Literal["float32", "bfloat16"] = "float32"
+    vram_limit: float = 0.85  # used/total VRAM above which the micro-batch is halved before an OOM; 1 = off
 
 
 @dataclass
@@ -227,6 +228,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.max_minutes": (0.0, 10**7),
     "train.seed": (0, 2**31 - 1),
     "train.threads": (0, 1024),
+    "train.vram_limit": (0.05, 1.0),
     "eval.every": (0, 10**9),
     "eval.n_puzzles": (1, 10**6),
     "eval.batch_size": (1, 65536),

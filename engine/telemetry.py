@@ -81,3 +81,16 @@ class Telemetry:
         if s["vram_used_mb"] is None or not s["vram_total_mb"]:
             return None
         return s["vram_used_mb"] / s["vram_total_mb"]
+
+    def vram_used_fraction(self) -> float | None:
+        """Used / total memory of the card, read cheaply enough for every step; None without a GPU."""
+        if self.device.type != "cuda":
+            return None
+        if self._nvml is not None:
+            try:
+                info = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
+                return info.used / info.total if info.total else None
+            except Exception:  # NVML can fail transiently; the allocator's view below still answers
+                pass
+        free, total = torch.cuda.mem_get_info(self.device)
+        return (total - free) / total if total else None

@@ -11,6 +11,7 @@ beside the loop (their own modules), not inside it.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import os
@@ -22,13 +23,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from engine import checkpoint, protocol
 from engine.config import RunConfig
 from engine.control import ControlServer, Received
 from engine.curriculum import CurriculumFeed
 from engine.model.bitlinear import convert_to_bitnet
-from engine.model.trm import Carry, TinyRecursiveModel
+from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.sleep import SleepWake
 from engine.optim import bitnet_enabled, build_optimizer
 from engine.store import RunStore
@@ -36,6 +38,92 @@ from engine.tasks.base import Task, batch
 from engine.telemetry import Telemetry
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+# Fault injection for the fault suite (tests/faults, bench/faults.py), not a user setting:
+# TRM_LAB_FAULTS="oom@12,nan@30,enospc@40" makes step 12's forward raise torch.OutOfMemoryError, step 30's
+# loss NaN and the checkpoint at step 40 fail with ENOSPC. Each entry fires once; repeat it to fire again.
+FAULTS_ENV = "TRM_LAB_FAULTS"
+FAULT_KINDS = ("oom", "nan", "enospc")
+PRESSURE_COOLDOWN_STEPS = 10  # after a VRAM-pressure back-off, let the allocator settle before judging again
+
+
+def parse_faults(text: str) -> dict[str, list[int]]:
+    """`"oom@12,oom@12,nan@30"` -> {"oom": [12, 12], "nan": [30]}; malformed entries are ignored."""
+    faults: dict[str, list[int]] = {}
+    for entry in text.replace(";", ",").split(","):
+        kind, _, step = entry.strip().partition("@")
+        if kind in FAULT_KINDS and step.strip().isdigit():
+            faults.setdefault(kind, []).append(int(step))
+    return faults
+
+
+class OutOfMemoryAtOneSlot(RuntimeError):
+    """Out of memory with a micro-batch of one slot: nothing left to split."""
+
+
+# ---- gradient accumulation over slot chunks --------------------------------------------------
+# A micro-batch is a contiguous range of carry slots: each slot keeps its own carry, so the chunks
+# are independent and their gradients add up to the full batch's.
+
+
+def slot_chunks(batch_size: int, micro_batches: int) -> list[slice]:
+    """`micro_batches` contiguous slot ranges covering the batch, as even as possible."""
+    bounds = [i * batch_size // micro_batches for i in range(micro_batches + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def slice_carry(carry: Carry, sl: slice) -> Carry:
+    memory = None if carry.memory is None else type(carry.memory)({k: v[sl] for k, v in carry.memory.items()})
+    return Carry(z_H=carry.z_H[sl], z_L=carry.z_L[sl], steps=carry.steps[sl], halted=carry.halted[sl],
+                 inputs=carry.inputs[sl], labels=carry.labels[sl], memory=memory)
+
+
+def cat_carries(parts: list[Carry]) -> Carry:
+    first = parts[0]
+    memory = None if first.memory is None else type(first.memory)(
+        {k: torch.cat([p.memory[k] for p in parts]) for k in first.memory})
+    return Carry(**{name: torch.cat([getattr(p, name) for p in parts])
+                    for name in ("z_H", "z_L", "steps", "halted", "inputs", "labels")}, memory=memory)
+
+
+def chunk_loss(model: TinyRecursiveModel, out, labels: torch.Tensor, n_cells: torch.Tensor,
+               batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A slot chunk's share of the full batch's loss: cross-entropy summed over the chunk's cells / the
+    batch's cells, halting BCE summed over the chunk's slots / the batch's slots. Summed over the chunks
+    it is TinyRecursiveModel.forward's loss on the whole batch, so the accumulated gradient is the
+    full batch's. Returns (loss, lm_loss share, halt_loss share)."""
+    mask = labels != PAD  # (b, S)
+    if model.cognate:
+        lm = sum(w * model._lm_loss(lg, labels, n_cells) for w, lg in zip(model.cfg.step_loss_weights, out.all_logits))
+    else:
+        lm = model._lm_loss(out.logits, labels, n_cells)
+    with torch.no_grad():
+        seq_correct = (((out.logits.argmax(-1) == labels) & mask).sum(-1) == mask.sum(-1)).float()  # (b,)
+    halt = F.binary_cross_entropy_with_logits(out.q_halt_logits, seq_correct, reduction="sum") / batch_size
+    return lm + 0.5 * halt, lm.detach(), halt.detach()
+
+
+def merge_chunk_metrics(parts: list[dict[str, float]], slots: list[int], cells: list[int]) -> dict[str, float]:
+    """One step's figures from its chunks' figures: counts add, per-cell and per-slot rates are weighted."""
+    n_slots, n_cells = sum(slots), max(1, sum(cells))
+    merged = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts]
+        if key in ("n_halted", "n_halted_exact"):
+            merged[key] = sum(values)
+        elif key == "cell_acc":
+            merged[key] = sum(v * c for v, c in zip(values, cells)) / n_cells
+        elif key in ("halted_exact_acc", "halted_steps"):
+            continue  # ratios over halted slots: rebuilt below from the counts
+        else:
+            merged[key] = sum(v * s for v, s in zip(values, slots)) / n_slots
+    n_halted = sum(p.get("n_halted", 0.0) for p in parts)
+    if "halted_exact_acc" in parts[0]:
+        merged["halted_exact_acc"] = merged["n_halted_exact"] / n_halted if n_halted else float("nan")
+    if "halted_steps" in parts[0]:
+        weighted = sum(p["halted_steps"] * p["n_halted"] for p in parts if p["n_halted"])
+        merged["halted_steps"] = weighted / n_halted if n_halted else float("nan")
+    return merged
 
 
 def pick_device(name: str) -> torch.device:
@@ -126,6 +214,10 @@ class Trainer:
         self.lr_scale = 1.0  # halved by every rollback after a non-finite loss
         self.rollbacks = 0  # rollbacks in a row
         self._diverged_at = 0
+        # out-of-memory back-off: the batch runs as this many slot chunks with gradient accumulation
+        self.micro_batches = 1
+        self._pressure_quiet_until = 0
+        self.faults = parse_faults(os.environ.get(FAULTS_ENV, ""))
 
         self.store = RunStore(self.run_dir, flush_seconds=cfg.log.flush_seconds)
         if self.store.run_row() is None:  # a folder prepared by hand rather than by `lab run`
@@ -133,6 +225,8 @@ class Trainer:
 
             self.store.create_run(self.run_dir.name, cfg.name, to_toml(cfg))
         self.telemetry = Telemetry(self.device)
+        # used/total VRAM of the card, or None without a GPU; a test replaces it with an injected reading
+        self.vram_fraction: Callable[[], float | None] = self.telemetry.vram_used_fraction
         self.server = ControlServer(self.run_dir / protocol.SOCKET_NAME, hello=self._hello)
         self.ckpt_root = self.run_dir / "checkpoints"
         self._last_print = 0.0
@@ -170,6 +264,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "carry": self.carry.to_state(),
             "lr_scale": self.lr_scale,
+            "micro_batches": self.micro_batches,  # a resumed run splits its batch the same way
         }
         if self.sleep is not None:
             state["sleep"] = self.sleep.state_dict()
@@ -194,6 +289,7 @@ class Trainer:
         self.step = int(s["step"])
         self.data_index = int(s["data_index"])
         self.lr_scale = float(s.get("lr_scale", 1.0))
+        self.micro_batches = int(s.get("micro_batches", 1))
         self._apply_lr_scale()
         self.last_checkpoint_step = self.step
 
@@ -223,9 +319,10 @@ class Trainer:
             self.set_status("diverged")
             return False
         scale = self.lr_scale * 0.5
-        rollbacks = self.rollbacks
+        rollbacks, micro_batches = self.rollbacks, self.micro_batches
         self._restore(ckpt)
         self.rollbacks, self.lr_scale, self._diverged_at = rollbacks, scale, bad_step
+        self.micro_batches = max(self.micro_batches, micro_batches)  # the memory that ran out has not come back
         self._apply_lr_scale()
         self.store.start_segment(self.step)
         self.alert("error", f"non-finite loss at step {bad_step}: rolled back to step {self.step} with the learning "
@@ -235,10 +332,11 @@ class Trainer:
     def save_checkpoint(self, reason: str = "periodic") -> Path | None:
         self.store.flush()  # every metric row up to this step is on disk before the checkpoint exists
         tensors, state = self._state()
+        injected = errno.ENOSPC if self._take_fault("enospc", self.step) else None
         try:
             path = checkpoint.save(self.ckpt_root, self.step, tensors, state,
                                    meta={"segment": self.store.segment, "reason": reason},
-                                   keep=self.cfg.checkpoint.keep)
+                                   keep=self.cfg.checkpoint.keep, inject_errno=injected)
         except OSError as exc:
             self.alert("error", f"checkpoint at step {self.step} failed ({exc.strerror or exc}); training goes on")
             return None
@@ -291,29 +389,123 @@ class Trainer:
         t0 = time.perf_counter()
         inputs, labels = self.next_data(self.carry.halted)
         self.model.train()
-        carry, out = self.model(self.carry, inputs, labels, generator=self.generator)
+        rng = self.generator.get_state(), torch.get_rng_state()
+        while True:
+            try:
+                carry, logits, metrics, finite = self._forward_backward(inputs, labels)
+                break
+            except torch.OutOfMemoryError:
+                pass  # handled outside the except block, so the failed attempt's tensors can be freed
+            self.optimizer.zero_grad(set_to_none=True)
+            self.generator.set_state(rng[0])  # the retry draws the same randomness as the failed attempt
+            torch.set_rng_state(rng[1])
+            if not self.back_off("out of memory"):
+                raise OutOfMemoryAtOneSlot(f"out of memory at step {self.step + 1} with a micro-batch of one slot; "
+                                           "lower model.d_model or train.batch_size")
         if self.sleep is not None:  # fresh samples enter the episodic buffer
-            self.sleep.observe(carry, out.logits, self.step + 1)
-        finite = bool(torch.isfinite(out.loss))
+            self.sleep.observe(carry, logits, self.step + 1)
         if finite:
-            out.loss.backward()
             self.optimizer.step()  # schedule, clipping, Grokfast, Muon/AdamW and QK-clip in one place
             self._update_ema()
         self.optimizer.zero_grad(set_to_none=True)
         self.carry = carry.detach()
         self.step += 1
         if self.curriculum is not None:  # a slot that halted gave its final answer this step: grade it
-            change = self.curriculum.grade(carry.halted.tolist(), out.logits.argmax(-1).tolist())
+            change = self.curriculum.grade(carry.halted.tolist(), logits.argmax(-1).tolist())
             if change is not None:
                 self.emit_event("curriculum", change)
         dt = time.perf_counter() - t0
-        metrics = dict(out.metrics)
+        metrics = dict(metrics)
         if self.curriculum is not None:
             metrics.update(self.curriculum.metrics())
         metrics.update(self.optimizer.stats())
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.micro_batches > 1:
+            metrics["micro_batches"] = float(self.micro_batches)
         metrics["step_time"] = dt
         return StepResult(metrics=metrics, finite=finite)
+
+    def _forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor
+                          ) -> tuple[Carry, torch.Tensor, dict[str, float], bool]:
+        """Forward and backward of one step over the batch, as `micro_batches` slot chunks whose gradients
+        accumulate to the full batch's. Returns (new carry, logits (B, S, V), figures, finite).
+        Halting's exploration draws come chunk by chunk, so a split run is reproducible for its split (which
+        the checkpoint keeps), not bitwise equal to the unsplit run."""
+        if self._take_fault("oom", self.step + 1):
+            raise torch.OutOfMemoryError(f"injected out-of-memory at step {self.step + 1} ({FAULTS_ENV})")
+        poison = float("nan") if self._take_fault("nan", self.step + 1) else 1.0
+        if self.micro_batches == 1:  # the plain step, unchanged
+            carry, out = self.model(self.carry, inputs, labels, generator=self.generator)
+            loss = out.loss if poison == 1.0 else out.loss * poison
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+            return carry, out.logits, out.metrics if finite else dict(out.metrics, loss=float(loss.detach())), finite
+        B = inputs.shape[0]
+        # the whole batch's normaliser: the cells scored once halted slots have taken their new samples
+        batch_labels = torch.where(self.carry.halted[:, None], labels, self.carry.labels)
+        n_cells = (batch_labels != PAD).sum().clamp_min(1)
+        carries, logits, parts, slots, cells = [], [], [], [], []
+        lm_total = halt_total = 0.0
+        finite = True
+        for sl in slot_chunks(B, self.micro_batches):
+            carry, out = self.model(slice_carry(self.carry, sl), inputs[sl], labels[sl], generator=self.generator)
+            loss, lm, halt = chunk_loss(self.model, out, carry.labels, n_cells, B)
+            loss = loss * poison
+            if finite and bool(torch.isfinite(loss)):
+                loss.backward()  # frees this chunk's graph before the next chunk runs
+            else:
+                finite = False
+            lm_total, halt_total = lm_total + float(lm), halt_total + float(halt)
+            carries.append(carry.detach())
+            logits.append(out.logits.detach())
+            parts.append(out.metrics)
+            slots.append(sl.stop - sl.start)
+            cells.append(int((carry.labels != PAD).sum()))
+        metrics = merge_chunk_metrics(parts, slots, cells)
+        metrics.update(loss=(lm_total + 0.5 * halt_total) * poison, lm_loss=lm_total, halt_loss=halt_total)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)  # the finite chunks' gradients go with the step
+        return cat_carries(carries), torch.cat(logits), metrics, finite
+
+    def back_off(self, reason: str) -> bool:
+        """Halve the micro-batch (twice the chunks; the effective batch is unchanged), with an alert that
+        records the old and new micro-batch. Returns False when the chunks are already one slot each."""
+        B = self.cfg.train.batch_size
+        old = self.micro_batches
+        if old >= B:
+            return False
+        self.micro_batches = min(B, 2 * old)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the failed attempt's cached blocks back before the retry
+        old_size, new_size = math.ceil(B / old), math.ceil(B / self.micro_batches)
+        self.emit_event("alert", {
+            "level": "warning", "fault": "oom_backoff", "reason": reason,
+            "old_micro_batch": old_size, "new_micro_batch": new_size, "micro_batches": self.micro_batches,
+            "message": f"{reason} at step {self.step + 1}: micro-batch {old_size} -> {new_size} slots, "
+                       f"{self.micro_batches} accumulated chunks keep the batch at {B}"})
+        if self.output == "human":
+            print(f"[warning] {reason}: micro-batch {old_size} -> {new_size}", file=sys.stderr, flush=True)
+        return True
+
+    def _check_memory_pressure(self) -> None:
+        """Back off before an out-of-memory error when the card is fuller than train.vram_limit."""
+        limit = self.cfg.train.vram_limit
+        if limit >= 1.0 or self.step < self._pressure_quiet_until:
+            return
+        used = self.vram_fraction()
+        if used is None or used <= limit:
+            return
+        if self.back_off(f"VRAM at {used:.0%} of the card (limit {limit:.0%})"):
+            self._pressure_quiet_until = self.step + PRESSURE_COOLDOWN_STEPS
+
+    def _take_fault(self, kind: str, step: int) -> bool:
+        """True once per injected `kind@step` entry (FAULTS_ENV)."""
+        steps = self.faults.get(kind)
+        if steps and step in steps:
+            steps.remove(step)
+            return True
+        return False
 
     def sleep_step(self) -> StepResult:
         """One step of sleep: the consolidation source replaces the task stream; the carry waits for wake."""
@@ -441,6 +633,10 @@ class Trainer:
         exit_code = EXIT_OK
         try:
             exit_code = self._loop()
+        except OutOfMemoryAtOneSlot as exc:
+            self.alert("error", f"{exc}; the run failed")
+            self.set_status("failed")
+            exit_code = EXIT_FAILED
         except Exception as exc:  # a crash: recorded, reported, exit 1
             self.alert("error", f"the engine crashed: {exc.__class__.__name__}: {exc}")
             self.set_status("failed")
@@ -490,6 +686,8 @@ class Trainer:
                 continue
             if self.rollbacks and self.step > self._diverged_at:
                 self.rollbacks = 0  # past the step that blew up: the next NaN starts a new count
+            if self.sleep is None or not self.sleep.sleeping:
+                self._check_memory_pressure()
             if cfg.eval.every and self.step % cfg.eval.every == 0:
                 self._eval()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:

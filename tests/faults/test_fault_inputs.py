@@ -1,0 +1,29 @@
+"""Cases 10 and 12: bad configs through `lab run`, hostile programs in the sandbox.
+(tests/test_config.py checks the schema with hypothesis; here the whole CLI path is driven.)"""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.faults import _leaves, bad_values, case_bad_configs, case_sandbox, config_refusal
+
+LEAVES = list(_leaves())
+KINDS = ["wrong type", "negative", "NaN", "empty string", "huge"]
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(leaf=st.sampled_from(LEAVES), kind=st.sampled_from(KINDS))
+def test_a_bad_value_anywhere_exits_2_naming_the_key(tmp_path_factory, leaf, kind):
+    key, tp = leaf
+    assert config_refusal(tmp_path_factory.mktemp("cfg"), key, bad_values(tp)[kind]) is None
+
+
+@pytest.mark.slow
+def test_every_field_with_every_kind_of_bad_value(tmp_path):
+    outcome = case_bad_configs(tmp_path, examples=200)
+    assert outcome.ok, outcome.happened
+
+
+def test_hostile_programs_stop_within_their_limits(tmp_path):
+    outcome = case_sandbox(tmp_path)
+    assert outcome.ok, outcome.happened
