@@ -2,8 +2,9 @@
 
 One thread multiplexes every client with `selectors`. Commands are validated here and queued
 for the trainer, which applies them only at step boundaries and acknowledges each with the
-step where it took effect. Events are broadcast to every client through a bounded outbox:
-a slow client loses messages (counted), it never slows the engine.
+step where it took effect. Events are sent to every client from the trainer thread with a
+non-blocking send; what a client cannot take at once waits in its bounded outbox for the
+server thread, and a slow client loses messages (counted), it never slows the engine.
 
 We use selectors rather than asyncio because the trainer is synchronous: one small thread
 with explicit buffers is easier to reason about than an event loop living beside it.
@@ -115,9 +116,9 @@ class ControlServer:
             return
         data = protocol.encode(message)
         with self._lock:
-            for c in self._clients.values():
-                self._enqueue(c, data)
-        self._wakeup()
+            wake = [self._deliver(c, data) for c in self._clients.values()]
+        if any(wake):
+            self._wakeup()
 
     def reply(self, client: str, message: dict, settles_command: bool = True) -> None:
         data = protocol.encode(message)
@@ -127,10 +128,29 @@ class ControlServer:
                 return
             if settles_command:
                 c.pending = max(0, c.pending - 1)
-            self._enqueue(c, data, force=True)
-        self._wakeup()
+            wake = self._deliver(c, data, force=True)
+        if wake:
+            self._wakeup()
 
     # ---- internals ----------------------------------------------------------------------------
+
+    def _deliver(self, c: _Client, data: bytes, force: bool = False) -> bool:
+        """Send now when nothing waits before it, else queue it; True when the server thread has
+        queued data to write. Sending at once (a non-blocking send) is the usual case and spares
+        the trainer a hand-off of the interpreter lock to the server thread at every step."""
+        if not c.outbox:
+            try:
+                sent = c.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # a client gone: queued, so the server thread meets the error and drops it
+            if sent == len(data):
+                return False
+            if sent:
+                data, force = data[sent:], True  # the rest of a line already begun must follow
+        self._enqueue(c, data, force)
+        return bool(c.outbox)
 
     def _enqueue(self, c: _Client, data: bytes, force: bool = False) -> None:
         if not force and (len(c.outbox) >= OUTBOX_MESSAGES or c.out_bytes + len(data) > OUTBOX_BYTES):
@@ -251,22 +271,25 @@ class ControlServer:
             self._enqueue(c, protocol.encode(protocol.ack(cid, False, None, message)), force=True)
 
     def _write(self, c: _Client) -> None:
-        while c.outbox:
-            data = c.outbox[0]
-            try:
-                sent = c.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._drop_client(c)
-                return
-            with self._lock:
+        # under the lock, so a send from the trainer thread never slips between queued lines
+        with self._lock:
+            while c.outbox:
+                data = c.outbox[0]
+                try:
+                    sent = c.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    break
                 if sent < len(data):
                     c.outbox[0] = data[sent:]
                     c.out_bytes -= sent
                     return
                 c.outbox.popleft()
                 c.out_bytes -= len(data)
+            else:
+                return
+        self._drop_client(c)  # the send failed: the client is gone
 
     def _reap(self) -> None:
         for c in list(self._clients.values()):

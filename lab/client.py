@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import secrets
 import socket
 import threading
 import time
@@ -104,7 +105,7 @@ class EngineClient:
         self._inbox: deque[dict] = deque()
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._tag = f"c{os.getpid()}-{int(time.time() * 1000) % 100000}"
+        self._tag = f"c{os.getpid()}-{secrets.token_hex(3)}"  # unique even for two clients made in the same millisecond
 
     @property
     def connected(self) -> bool:

@@ -60,11 +60,22 @@ def heatmap(matrix: list[list[float]], width: int, label: str) -> Text:
         for v in _squeeze(row, cells_w):
             text.append(cell, _RAMP[min(len(_RAMP) - 1, int((v - lo) / span * len(_RAMP)))])
         text.append("\n")
-    text.append(" " * (len(label) + 3) + f"{lo:.5g} ", style="grey50")
-    for s in _RAMP:
-        text.append("█", s)
-    text.append(f" {hi:.5g}   positions 1–{max(len(r) for r in matrix)}", style="grey50")
+    text.append(" " * (len(label) + 3), style="grey50")
+    if hi == lo:  # a ramp from 8 to 8 says nothing
+        text.append(f"every cell {lo:.5g}", style="grey50")
+    else:
+        text.append(f"{lo:.5g} ", style="grey50")
+        for s in _RAMP:
+            text.append("█", s)
+        text.append(f" {hi:.5g}", style="grey50")
+    text.append(f"   positions 1–{max(len(r) for r in matrix)}", style="grey50")
     return text
+
+
+def _readable(key: str) -> str:
+    """z_H_position_change -> "z_H position change": the state's own name stays as the code spells it."""
+    head = key[:3] if key[:3] in ("z_H", "z_L") else ""
+    return head + key[len(head):].replace("_", " ")
 
 
 def sparkline(values: list[float]) -> Text:
@@ -136,10 +147,10 @@ def render_carry(snapshot: dict | None, width: int):
     for key in [k for k in snapshot if k.endswith("_change") or k == "cycle_deltas"]:
         m = _matrix(snapshot[key])
         if m is not None:
-            parts.append(Text(f"\n{key.replace('_', ' ')}, per position", style="bold"))
+            parts.append(Text(f"\n{_readable(key)}, per position", style="bold"))
             parts.append(heatmap(m, width, "Δ c"))
         else:
-            table.add_row(f"{key.replace('_', ' ')} between cycles", _figures(snapshot[key]))
+            table.add_row(f"{_readable(key)} between cycles", _figures(snapshot[key]))
     for key, label in (("q_halt", "q_halt (halt logit) now"), ("next_q_halt", "q_halt after the next step")):
         if snapshot.get(key) is not None:
             table.add_row(label, _figures(snapshot[key]))

@@ -46,7 +46,7 @@ class CurriculumHistory:
                 if s.last_step is None or step > s.last_step:
                     s.append(step, float(v))
                 elif step == s.last_step:
-                    s.values[-1] = float(v)  # the last change in a step wins
+                    s.set_last(float(v))  # the last change in a step wins
         item = data.get("item")
         if isinstance(item, dict):
             self.items.append({"step": step, "level": self.level, **item})

@@ -9,8 +9,7 @@ about n / BLOCK summaries instead of every point.
 
 from __future__ import annotations
 
-import itertools
-
+import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
@@ -61,6 +60,21 @@ class Series:
         if self._ema is not None:
             prev = self._ema.values[-1] if self._ema.values else value
             self._ema.append(step, prev + (1.0 - self._ema_weight) * (value - prev))
+
+    def set_last(self, value: float) -> None:
+        """Replace the last value (a later report of the same step wins), keeping summaries true."""
+        step = self._drop_last()
+        self.append(step, value)
+
+    def _drop_last(self) -> int:
+        step = self.steps.pop()
+        self.values.pop()
+        if len(self._min_at) * BLOCK > len(self.values):  # the last block lost its end
+            for summary in (self._min_at, self._min_of, self._max_at, self._max_of):
+                summary.pop()
+        if self._ema is not None:
+            self._ema._drop_last()
+        return step
 
     def extend(self, steps, values) -> None:
         steps, values = list(steps), list(values)
@@ -116,11 +130,42 @@ class Series:
 
 
 def _ema(values: list[float], weight: float, start: float | None) -> list[float]:
+    """m[k] = weight * m[k-1] + (1 - weight) * values[k], from m[-1] = start (or the first value).
+
+    Vectorised as a prefix scan by doubling: after the pass with stride d, every point holds the
+    sum of its last 2d weighted inputs; strides stop once weight**d is below a float's resolution.
+    Every factor is <= 1, so nothing overflows (a closed form with weight**-k would).
+    """
     if not values:
         return []
     alpha = 1.0 - weight
-    first = values[0] if start is None else start + alpha * (values[0] - start)
-    return list(itertools.accumulate(values[1:], lambda m, y: m + alpha * (y - m), initial=first))
+    x = np.fromiter(values, np.float64, len(values))
+    m = alpha * x  # (n,)
+    if start is None:
+        m[0] = x[0]
+    else:
+        m[0] += weight * start
+    decay, d = weight, 1
+    while d < len(m) and decay > 1e-18:
+        m[d:] = m[d:] + decay * m[:-d]  # the right side is read before it is written
+        decay, d = decay * decay, d * 2
+    return m.tolist()
+
+
+def bucket_bounds(n: int, buckets: int) -> list[tuple[int, int]]:
+    """The [lo, hi) index ranges that split points 1 .. n-2 into at most `buckets` buckets.
+
+    Over long series a bucket is a whole run of blocks (the last one also takes the unfinished
+    tail), so its extremes come from block summaries alone and stay put as points arrive.
+    """
+    blocks = n // BLOCK
+    if blocks >= 2 * buckets:
+        step = -(-blocks // buckets) * BLOCK  # points per bucket, whole blocks
+        edges = list(range(0, blocks * BLOCK, step))[1:]
+        return list(zip([1] + edges, edges + [n - 1]))
+    width = (n - 2) / buckets
+    bounds = ((1 + int(b * width), 1 + int((b + 1) * width)) for b in range(buckets))
+    return [(lo, hi) for lo, hi in bounds if hi > lo]
 
 
 def downsample_minmax(series: Series, buckets: int) -> tuple[list[int], list[float]]:
@@ -130,12 +175,9 @@ def downsample_minmax(series: Series, buckets: int) -> tuple[list[int], list[flo
         return list(series.steps), list(series.values)
     xs, ys = series.steps, series.values
     keep = [0]
-    width = (n - 2) / buckets
-    for b in range(buckets):
-        lo, hi = 1 + int(b * width), 1 + int((b + 1) * width)
-        if hi > lo:
-            i_min, i_max = series.extremes(lo, hi)
-            keep.extend((i_min, i_max) if i_min <= i_max else (i_max, i_min))
+    for lo, hi in bucket_bounds(n, buckets):
+        i_min, i_max = series.extremes(lo, hi)
+        keep.extend(sorted({i_min, i_max}))  # step order; one point when both are the same
     keep.append(n - 1)
     return [xs[i] for i in keep], [ys[i] for i in keep]
 
@@ -207,8 +249,10 @@ def render_curves(runs: list[RunSeries], keys: list[str], width: int, height: in
             if connected:
                 xs, ys = drop_flat_runs(xs, ys, lo, hi, levels)
             plot.line(sub, xs, ys, color, label, lines=connected)
-        if hi > lo:
-            sub.ruler("y").lim(lo, hi)
+        if hi == lo:  # a flat series: plotext would centre it on a made-up range, below 0 for a zero accuracy
+            pad = abs(lo) / 2 or 1.0
+            lo, hi = (max(0.0, lo - pad) if lo >= 0 else lo - pad), hi + pad
+        sub.ruler("y").lim(lo, hi)
         sub.title(title)
         plot.step_ticks(sub, min(xs[0] for xs, *_ in lines), max(xs[-1] for xs, *_ in lines), max(2, width // 14))
     text = plot.to_text(fig)

@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 
 import plotext
+from plotext._signal.signal import signal_class
 from rich.style import Style
 from rich.text import Span, Text
 
@@ -37,12 +38,18 @@ def figure(width: int, height: int, rows: int = 1):
 
 def line(plot, xs: list, ys: list, color: int, label: str | None = None, lines: bool = True) -> None:
     """A braille polyline in one color on `plot` (the figure or a subplot)."""
-    sig = plot.signal(xs, ys, marker=plotext.marker("braille", plotext.pixel(foreground=color)))
+    marker = plotext.marker("braille", plotext.pixel(foreground=color))
+    # Built by hand, every point sharing the one marker: plot.signal() would copy the marker per
+    # point and plot.draw() would scan every point's colors for its default-color cycle, which we
+    # never use (colors are always named); together that was three quarters of a curves redraw.
+    sig = signal_class(len(xs))  # the length reserves the kernel's capacity
+    sig._append_points(xs, ys, [marker] * len(xs))
+    sig._set_marker(marker)._set_xside(0)._set_yside(0)  # lower x axis, left y axis
     if lines:
         sig.lines()
     if label:
         sig.label(label)
-    plot.draw(sig)
+    plot._signals._add(sig)
 
 
 def step_ticks(plot, lo: float, hi: float, count: int) -> None:
@@ -84,38 +91,47 @@ def ansi_to_text(ansi: str) -> Text:
     """
     pieces: list[str] = []
     spans: list[Span] = []
-    fg = bg = None
-    bold = False
-    pos = length = 0
-    for m in _SGR.finditer(ansi + "\x1b[0m"):
-        if m.start() > pos:
-            chunk = ansi[pos : m.start()]
-            pieces.append(chunk)
-            style = _style(fg, bg, bold)
-            if style is not None:
-                if spans and spans[-1].end == length and spans[-1].style is style:
-                    spans[-1] = Span(spans[-1].start, length + len(chunk), style)
-                else:
-                    spans.append(Span(length, length + len(chunk), style))
-            length += len(chunk)
-        pos = m.end()
-        codes = m.group(1).split(";") if m.group(1) else ["0"]
-        i = 0
-        while i < len(codes):
-            c = codes[i]
-            if c in ("", "0"):
-                fg = bg = None
-                bold = False
-            elif c == "1":
-                bold = True
-            elif c in ("38", "48") and i + 2 < len(codes) and codes[i + 1] == "5":
-                if c == "38":
-                    fg = int(codes[i + 2])
-                else:
-                    bg = int(codes[i + 2])
-                i += 2
-            i += 1
+    state = (None, None, False)  # (fg, bg, bold)
+    length = 0
+    parts = _SGR.split(ansi)  # text, codes, text, codes, ..., text
+    for i in range(0, len(parts), 2):
+        if i:
+            state = _apply_sgr(parts[i - 1], state)
+        chunk = parts[i]
+        if not chunk:
+            continue
+        pieces.append(chunk)
+        style = _style(*state)
+        if style is not None:
+            if spans and spans[-1].end == length and spans[-1].style is style:
+                spans[-1] = Span(spans[-1].start, length + len(chunk), style)
+            else:
+                spans.append(Span(length, length + len(chunk), style))
+        length += len(chunk)
     return Text("".join(pieces), spans=spans, no_wrap=True, end="")
+
+
+@lru_cache(maxsize=4096)
+def _apply_sgr(codes: str, state: tuple) -> tuple:
+    """The (fg, bg, bold) after one SGR sequence; plotext repeats a few, so each is read once."""
+    fg, bg, bold = state
+    parts = codes.split(";") if codes else ["0"]
+    i = 0
+    while i < len(parts):
+        c = parts[i]
+        if c in ("", "0"):
+            fg = bg = None
+            bold = False
+        elif c == "1":
+            bold = True
+        elif c in ("38", "48") and i + 2 < len(parts) and parts[i + 1] == "5":
+            if c == "38":
+                fg = int(parts[i + 2])
+            else:
+                bg = int(parts[i + 2])
+            i += 2
+        i += 1
+    return fg, bg, bold
 
 
 @lru_cache(maxsize=512)

@@ -110,17 +110,18 @@ def commands_text(commands: list[PendingCommand], now: float) -> Text:
     if not commands:
         t.append("none yet · space pause/resume · s sleep · c checkpoint · x stop · ? help", style="grey42")
         return t
-    for p in commands[-5:]:
+    for i, p in enumerate(commands[-5:]):
+        if i:
+            t.append(" · ", style="grey42")
         state = p.state
         if state == "pending":
-            t.append(f" {p.cmd} … pending {now - p.sent_at:.1f}s ", style="bold yellow")
+            t.append(f"{p.cmd} … pending {now - p.sent_at:.1f}s", style="bold yellow")
         elif state == "ok":
-            t.append(f" {p.cmd} ✓ step {p.step:,} ", style="green")
+            t.append(f"{p.cmd} ✓ step {p.step:,}", style="green")
         elif state == "failed":
-            t.append(f" {p.cmd} ✗ {p.error or 'refused'} ", style="red")
+            t.append(f"{p.cmd} ✗ refused (why: in events)", style="red")  # the reason is a sentence: too long here
         else:
-            t.append(f" {p.cmd} ? no ack (connection lost) ", style="red")
-        t.append("·", style="grey42")
+            t.append(f"{p.cmd} ? no ack (connection lost)", style="red")
     return t
 
 
@@ -376,7 +377,7 @@ class DashboardScreen(Screen):
             self.log_pane.add("ack", f"✓ {pending.cmd} applied at step {pending.step:,}", pending.step, self.clock())
         else:
             self.log_pane.add("nack", f"✗ {pending.cmd} refused: {pending.error}", pending.step, self.clock())
-            self.notify(f"{pending.cmd}: {pending.error}", severity="warning", timeout=5)
+            self.notify(pending.error or "no reason given", title=f"{pending.cmd} refused", severity="warning", timeout=5)
         callback = self._on_ack.pop(pending.id, None)
         if callback is not None:
             callback(pending)
@@ -409,7 +410,7 @@ class DashboardScreen(Screen):
 
         self.app.push_screen(ConfirmScreen(
             f"Stop run [b]{self.state.run_id}[/b]?\nThe engine saves a checkpoint at the next step boundary and exits; "
-            f"`lab run --resume` continues it later.", yes="Stop the run"), answered)
+            f"`lab run --resume {self.state.run_id}` continues it later.", yes="Stop the run"), answered)
 
     def action_inspector(self) -> None:
         from lab.screens.inspector import CarryInspectorScreen
