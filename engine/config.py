@@ -132,6 +132,8 @@ class CurriculumConfig:
     threshold: float = 0.025  # a level ends when fewer than this share of its questions remain
     max_epochs: int = 30  # ... or after this many passes over its queue
     start_level: int = 1
+    hint_after: int = 2  # wrong answers in a row on a question before it gets a hint
+    hint_from: float = 0.5  # ... and only once this share of the level is mastered (early hints leak answers)
 
 
 @dataclass
@@ -198,6 +200,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "curriculum.threshold": (0.0, 1.0),
     "curriculum.max_epochs": (1, 1_000_000),
     "curriculum.start_level": (1, 1000),
+    "curriculum.hint_after": (1, 1000),
+    "curriculum.hint_from": (0.0, 1.0),
     "sleep.wake_steps": (1, 10**9),
     "sleep.sleep_steps": (1, 10**9),
     "sleep.buffer_size": (1, 10**7),

@@ -7,8 +7,16 @@ the model's answers and reports them (`report`):
   queue, otherwise it is replaced by a variant (same template, new values);
 - correct with a hint: replaced by a variant with one hint level less (hints fade; only
   unhinted answers count toward mastery, so "mastered" means solved alone);
-- wrong: the streak resets and the question stays, with one hint level more (a worked step,
-  then part of the answer, written into the model's input).
+- wrong: the streak resets and the question stays, unchanged, for the model to try again;
+  once `hint_from` of the level is mastered, its `hint_after`-th wrong answer in a row adds one
+  hint level (a worked step, then part of the answer, written into the model's input).
+
+Why hints wait: a model that predicts every answer position at once learns nothing from a
+revealed character but to copy it, so a hint swaps the practice a failed question needs for a
+free answer, and a hinted success retires the question to a variant before it was ever solved
+alone. While most of a level is unmastered, failures are the model not having learned yet,
+which practice fixes; hints are for the questions that keep failing once the rest is learned
+(bench/curriculum.py measured held-out accuracy falling by half with a hint at every failure).
 
 A level ends when fewer than `threshold` of its questions remain, or after `max_epochs`
 passes over its queue; the next level is harder. After the last level the queue is `done`.
@@ -30,8 +38,10 @@ from engine.tasks.base import Sample
 from engine.tasks.registry import get_task, task_params
 from engine.tasks.tokenizer import Problem, TextTask, stable_rng
 
-STATE_VERSION = 1
-ID, INDEX, VARIANT, STREAK, HINT, ATTEMPTS = range(6)  # fields of a queue entry (a plain list)
+STATE_VERSION = 2
+HINT_AFTER = 2  # wrong answers in a row on a question before it gets its first hint
+HINT_FROM = 0.5  # ... and only once at least this share of the level is mastered
+ID, INDEX, VARIANT, STREAK, HINT, ATTEMPTS, MISSES = range(7)  # fields of a queue entry (a plain list)
 
 
 class QuestionProvider(Protocol):
@@ -112,12 +122,16 @@ class Item:
 
 class CurriculumQueue:
     def __init__(self, provider: QuestionProvider, questions: int = 20_000, levels: int = 10, mastery: int = 3,
-                 threshold: float = 0.025, max_epochs: int = 30, start_level: int = 1, seed: int = 0):
+                 threshold: float = 0.025, max_epochs: int = 30, start_level: int = 1, seed: int = 0,
+                 hint_after: int | None = None, hint_from: float | None = None):
         if not 1 <= start_level <= levels:
             raise ConfigError(f"curriculum.start_level = {start_level} is out of range; allowed is 1 to "
                               f"curriculum.levels = {levels}.")
         assert questions >= 1 and mastery >= 1 and max_epochs >= 1 and 0.0 <= threshold <= 1.0
         self.provider = provider
+        self.hint_after = HINT_AFTER if hint_after is None else hint_after
+        self.hint_from = HINT_FROM if hint_from is None else hint_from
+        assert self.hint_after >= 1 and 0.0 <= self.hint_from <= 1.0
         self.questions, self.levels, self.mastery = questions, levels, mastery
         self.threshold, self.max_epochs, self.seed = threshold, max_epochs, seed
         self.events: list[dict] = []
@@ -129,7 +143,8 @@ class CurriculumQueue:
     @classmethod
     def from_config(cls, cfg: CurriculumConfig, provider: QuestionProvider, seed: int = 0) -> CurriculumQueue:
         return cls(provider, questions=cfg.questions, levels=cfg.levels, mastery=cfg.mastery,
-                   threshold=cfg.threshold, max_epochs=cfg.max_epochs, start_level=cfg.start_level, seed=seed)
+                   threshold=cfg.threshold, max_epochs=cfg.max_epochs, start_level=cfg.start_level,
+                   hint_after=cfg.hint_after, hint_from=cfg.hint_from, seed=seed)
 
     # ------------------------------------------------------------------------- levels and epochs
 
@@ -137,7 +152,7 @@ class CurriculumQueue:
         self.level, self.epoch, self.size, self.remaining = level, 0, self.questions, self.questions
         first = (level - 1) * self.questions  # each level asks new questions
         self.entries: list[list[int] | None] = [
-            [self.next_id + i, first + i, 0, 0, 0, 0] for i in range(self.questions)
+            [self.next_id + i, first + i, 0, 0, 0, 0, 0] for i in range(self.questions)
         ]
         self.next_id += self.questions
         self.slot_of = {entry[ID]: slot for slot, entry in enumerate(self.entries)}
@@ -199,7 +214,7 @@ class CurriculumQueue:
         """Grades for served items. Ids no longer in the queue (answered twice in one batch, or
         from a level that has ended) are counted as stale and change nothing."""
         assert len(item_ids) == len(correct), "one grade per item"
-        mastered, variants, hinted, stale = [], [], [], 0
+        mastered, variants, hinted, retried, stale = [], [], [], [], 0
         for item_id, ok in zip(item_ids, correct):
             slot = self.slot_of.pop(item_id, None)
             if slot is None:
@@ -209,6 +224,7 @@ class CurriculumQueue:
             problem = self._problems.pop(item_id, None)
             entry[ATTEMPTS] += 1
             if ok:
+                entry[MISSES] = 0
                 if entry[HINT] == 0:
                     entry[STREAK] += 1
                 if entry[STREAK] >= self.mastery:
@@ -221,20 +237,28 @@ class CurriculumQueue:
                 variants.append(item_id)
             else:
                 entry[STREAK] = 0
+                entry[MISSES] += 1
                 problem = problem or self.provider.question(self.level, entry[INDEX], entry[VARIANT])
-                entry[HINT] = min(entry[HINT] + 1, self.provider.max_hint(problem))
-                hinted.append(item_id)
+                if entry[MISSES] >= self.hint_after and self.mastered_share() >= self.hint_from:
+                    entry[HINT] = min(entry[HINT] + 1, self.provider.max_hint(problem))
+                    hinted.append(item_id)
+                else:
+                    retried.append(item_id)
             entry[ID] = self.next_id  # a changed question answers under a new id
             self.next_id += 1
             self.slot_of[entry[ID]] = slot
             if not ok:
                 self._problems[entry[ID]] = problem  # same question, only the hint changed
         self._emit("report", correct=sum(map(bool, correct)), total=len(correct), mastered=mastered,
-                   variants=variants, hinted=hinted, stale=stale)
+                   variants=variants, hinted=hinted, retried=retried, stale=stale)
         if self.remaining == 0 or self.remaining < self.threshold * self.size:
             self._end_level("threshold")
 
     # ------------------------------------------------------------------------- events and state
+
+    def mastered_share(self) -> float:
+        """Share of the level's questions mastered so far: has the model learned the level's basics?"""
+        return 1.0 - self.remaining / self.size
 
     def _emit(self, kind: str, **data) -> None:
         self.events.append({"kind": kind, "level": self.level, "epoch": self.epoch, "size": self.size,
@@ -259,7 +283,8 @@ class CurriculumQueue:
         return {
             "version": STATE_VERSION,
             "settings": {"questions": self.questions, "levels": self.levels, "mastery": self.mastery,
-                         "threshold": self.threshold, "max_epochs": self.max_epochs, "seed": self.seed},
+                         "threshold": self.threshold, "max_epochs": self.max_epochs, "seed": self.seed,
+                         "hint_after": self.hint_after, "hint_from": self.hint_from},
             "level": self.level, "epoch": self.epoch, "size": self.size, "remaining": self.remaining,
             "done": self.done, "next_id": self.next_id, "cursor": self.cursor,
             "order": list(self.order), "entries": [None if e is None else list(e) for e in self.entries],
@@ -267,14 +292,17 @@ class CurriculumQueue:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; its settings (sizes, mastery, threshold...) win over the constructor's."""
-        assert state.get("version") == STATE_VERSION, f"curriculum state version {state.get('version')}"
+        version = state.get("version")
+        assert version in (1, STATE_VERSION), f"curriculum state version {version}"
         settings = state["settings"]
+        # version 1 hinted at the first wrong answer and kept no count of misses
+        self.hint_after, self.hint_from = settings.get("hint_after", 1), settings.get("hint_from", 0.0)
         self.questions, self.levels, self.mastery = settings["questions"], settings["levels"], settings["mastery"]
         self.threshold, self.max_epochs, self.seed = settings["threshold"], settings["max_epochs"], settings["seed"]
         self.level, self.epoch, self.size = state["level"], state["epoch"], state["size"]
         self.remaining, self.done, self.next_id = state["remaining"], state["done"], state["next_id"]
         self.cursor, self.order = state["cursor"], list(state["order"])
-        self.entries = [None if e is None else list(e) for e in state["entries"]]
+        self.entries = [None if e is None else list(e) + [0] * (MISSES + 1 - len(e)) for e in state["entries"]]
         self.slot_of = {e[ID]: slot for slot, e in enumerate(self.entries) if e is not None}
         self._problems.clear()
         self.events = []

@@ -15,7 +15,7 @@ def provider():
 
 
 def queue(provider, **kw):
-    settings = dict(questions=20, levels=3, mastery=2, threshold=0.0, max_epochs=1000)
+    settings = dict(questions=20, levels=3, mastery=2, threshold=0.0, max_epochs=1000, hint_from=0.0)
     settings.update(kw)
     return CurriculumQueue(provider, **settings)
 
@@ -60,11 +60,15 @@ def test_success_replaces_the_question_with_a_variant(provider):
     assert again.problem == provider.question(1, 1, 1)
 
 
-def test_failure_adds_a_hint_and_keeps_the_question(provider):
+def test_failure_keeps_the_question_and_a_second_one_in_a_row_adds_a_hint(provider):
     q = queue(provider, questions=3)
     item = serve_until(q, 2)
     assert item.hint == 0 and HINT not in item.sample.inputs
     q.report([item.id], [False])
+    retry = serve_until(q, 2)  # one miss: the same question, to practise without help
+    assert retry.problem == item.problem and retry.hint == 0 and retry.sample == item.sample
+    assert any(item.id in e.get("retried", ()) for e in q.drain_events())
+    q.report([retry.id], [False])
     hinted = serve_until(q, 2)
     assert hinted.problem == item.problem and hinted.hint == 1 and hinted.variant == 0
     assert hinted.sample != item.sample and hinted.sample == provider.encode(item.problem, 1)
@@ -78,11 +82,50 @@ def test_failure_adds_a_hint_and_keeps_the_question(provider):
     assert hinted.hint == top
 
 
+def test_a_success_resets_the_misses_and_hint_after_1_hints_at_once(provider):
+    q = queue(provider, questions=3, mastery=5)
+    outcomes = [False, True, False, True, False, False]  # misses in a row: 1, 0, 1, 0, 1, 2
+    fates = []
+    for ok in outcomes:
+        item = serve_until(q, 2)
+        q.drain_events()
+        q.report([item.id], [ok])
+        (event,) = q.drain_events()
+        fates.append(next(k for k in ("retried", "hinted", "variants") if item.id in event[k]))
+    assert fates == ["retried", "variants", "retried", "variants", "retried", "hinted"]
+
+    eager = queue(provider, questions=3, hint_after=1)
+    item = serve_until(eager, 2)
+    eager.report([item.id], [False])
+    assert serve_until(eager, 2).hint == 1
+
+
+def test_no_hints_until_the_model_has_mastered_half_the_level(provider):
+    q = CurriculumQueue(provider, questions=40, levels=1, mastery=1, threshold=0.0, max_epochs=1000)
+    assert (q.hint_after, q.hint_from) == (2, 0.5)  # the defaults
+    for _ in range(10):  # everything wrong: an untrained model, to be trained, not hinted
+        batch = q.next_batch(8)
+        q.report([i.id for i in batch], [False] * 8)
+    assert q.summary()["by_hint"] == {"0": 40} and q.mastered_share() == 0.0
+
+    def next_zero():  # the others are answered right on the way, and leave (mastery = 1)
+        while (item := q.next_batch(1)[0]).index != 0:
+            q.report([item.id], [True])
+        return item
+
+    item = next_zero()
+    assert item.hint == 0 and q.mastered_share() >= 0.5
+    q.report([item.id], [False])  # question 0 keeps failing while most of the level is learned
+    assert next_zero().hint == 1
+
+
 def test_hinted_success_fades_the_hint_and_does_not_count_toward_mastery(provider):
     q = queue(provider, questions=3, mastery=1)
-    item = serve_until(q, 0)
-    q.report([item.id], [False])
+    for _ in range(2):  # two misses in a row earn the first hint
+        item = serve_until(q, 0)
+        q.report([item.id], [False])
     hinted = serve_until(q, 0)
+    assert hinted.hint == 1
     q.report([hinted.id], [True])  # right, but with help
     assert q.remaining == 3
     after = serve_until(q, 0)
@@ -93,13 +136,15 @@ def test_hinted_success_fades_the_hint_and_does_not_count_toward_mastery(provide
 
 def test_mastery_needs_k_unhinted_successes_in_a_row(provider):
     q = queue(provider, questions=2, mastery=3, levels=1)
-    outcomes = [True, True, False, True, True, True]  # the failure resets the streak; the next success is hinted
-    streaks = []
+    # a failure resets the streak; two in a row earn a hint, and a hinted success does not count
+    outcomes = [True, True, False, False, True, True, True]
+    streaks, hints = [], []
     for ok in outcomes:
         item = serve_until(q, 0)
         streaks.append(item.streak)
+        hints.append(item.hint)
         q.report([item.id], [ok])
-    assert streaks == [0, 1, 2, 0, 0, 1]
+    assert streaks == [0, 1, 2, 0, 0, 0, 1] and hints == [0, 0, 0, 0, 1, 0, 0]
     assert q.remaining == 2
     item = serve_until(q, 0)
     q.report([item.id], [True])
@@ -228,5 +273,22 @@ def test_report_events_tell_the_console_what_changed(provider):
     q.report([i.id for i in batch], [True, False, True])
     (event,) = q.drain_events()
     assert event["kind"] == "report" and event["remaining"] == 4 and event["correct"] == 2 and event["total"] == 3
-    assert event["mastered"] == [batch[0].id, batch[2].id] and event["hinted"] == [batch[1].id]
+    assert event["mastered"] == [batch[0].id, batch[2].id] and event["retried"] == [batch[1].id]
+    assert event["hinted"] == []
     assert q.drain_events() == []
+
+
+def test_a_version_1_state_loads_and_keeps_hinting_at_the_first_miss(provider):
+    q = queue(provider, questions=4, mastery=2)
+    drive(q, 3, n=2)
+    state = q.state_dict()
+    old = {**state, "version": 1, "settings": {k: v for k, v in state["settings"].items() if k != "hint_after"},
+           "entries": [None if e is None else e[:6] for e in state["entries"]]}
+    resumed = queue(provider, questions=4)
+    resumed.load_state_dict(old)
+    assert resumed.hint_after == 1
+    assert resumed.state_dict()["entries"] == [None if e is None else e[:6] + [0] for e in state["entries"]]
+    item = serve_until(resumed, 0)
+    assert item.hint == 0 < provider.max_hint(item.problem)
+    resumed.report([item.id], [False])  # the old rule: the first miss earns a hint
+    assert serve_until(resumed, 0).hint == 1

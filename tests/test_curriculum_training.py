@@ -95,12 +95,22 @@ def test_queue_is_the_batch_source_and_shrinks_until_the_run_ends(tmp_path):
 
 
 def test_wrong_answers_get_hints_and_keep_the_queue_full(tmp_path):
-    tr, events = trainer(tmp_path / "run", config(max_steps=6), grade=lambda *a, **k: False)
+    # always wrong: an untrained model, given practice, not hints
+    tr, events = trainer(tmp_path / "run", config(max_steps=12), grade=lambda *a, **k: False)
     assert tr.run() == 0
     cur = curriculum_events(events)
     assert cur and all(d["remaining"] == 20 for _, d in cur)
     assert cur[-1][1]["item"]["fail"] > 0 and cur[-1][1]["item"]["pass"] == 0
-    assert cur[-1][1]["item"]["hint"] > 0 and any(k != "0" for k in cur[-1][1]["by_hint"])
+    assert cur[-1][1]["item"]["hint"] == 0 and cur[-1][1]["by_hint"] == {"0": 20}
+
+    # right on most questions, wrong on a quarter of them every time: those get hints and stay
+    def stubborn(problem, predicted, sample=None):
+        return stable_int(problem.prompt) % 4 != 0
+
+    tr, events = trainer(tmp_path / "run2", config(max_steps=24, mastery=1), grade=stubborn)
+    assert tr.run() == 0
+    last = curriculum_events(events)[-1][1]
+    assert 0 < last["remaining"] <= 10 and last["item"]["hint"] > 0 and any(k != "0" for k in last["by_hint"])
 
 
 def test_resume_continues_the_queue_exactly(tmp_path):
