@@ -101,45 +101,52 @@ def chunk_update_coefficients(theta: torch.Tensor, eta: torch.Tensor, beta: torc
 
 
 class MemoryStep(torch.autograd.Function):
-    """One chunk of the recurrence for one memory layer, on the state stacked as [W; S] (BH, 2, d_in, d_out)
-    with W = M_0 + dW the full fast weights, so that W itself is what the next chunk multiplies with:
+    """One chunk of the recurrence for one memory layer, the gradient sums fused in: with W = M_0 + dW the full
+    fast weights (BH, d_in, d_out), so that W itself is what the next chunk multiplies with,
 
-        W' = a W + (1 - a) M_0 + m S + Gw,   S' = e S + Gu        (that is, dW' = a dW + m S + Gw)
+        W' = a W + (1 - a) M_0 + m S + Xw^T D,   S' = e S + Xu^T D        (that is, dW' = a dW + m S + Gw)
 
-    grads = [Gw; Gu] (BH, 2, d_in, d_out); decays = (a, e) as (BH, 2, 1, 1); m (BH, 1, 1); initial = M_0
-    (H, d_in, d_out). Written by hand because autograd would materialise a weight-sized product per gate to
-    get each gate's gradient; here they come from one batched matmul, and each weight-sized tensor is read or
+    Xw, Xu (BH, L, d_in): the layer's inputs scaled by each token's weight in the sum; D (BH, L, d_out): its
+    per-token output gradients; a, e (BH, 1, 1); m (BH, 1, 1); initial = M_0 (H, d_in, d_out).
+    Written by hand because autograd would keep the weight-sized gradient sums Gw, Gu alive and materialise a
+    weight-sized product per gate to get each gate's gradient; here every weight-sized tensor is read or
     written a few times per chunk, which is what bounds the speed at large d_mem.
     """
 
     @staticmethod
-    def forward(ctx, state, grads, decays, m, initial):
+    def forward(ctx, weights, momentum, Xw, Xu, D, a, e, m, initial):
         ctx.set_materialize_grads(False)
         H = initial.shape[0]
-        new = torch.addcmul(grads, decays, state)
-        new_weights = new[:, 0]
-        new_weights.addcmul_(m, state[:, 1])
-        new_weights.view(-1, *initial.shape).addcmul_((1.0 - decays[:, 0]).view(-1, H, 1, 1), initial)
-        ctx.save_for_backward(state, decays, m, initial)
-        return new
+        # a W + (1 - a) M_0 + m S, in two passes over the weights
+        base = torch.lerp(initial, weights.view(-1, *initial.shape), a.view(-1, H, 1, 1)).view_as(weights)
+        base.addcmul_(m, momentum)
+        new_weights = base.baddbmm_(Xw.transpose(1, 2), D)  # in place: an out-of-place baddbmm copies its input
+        new_momentum = (momentum * e).baddbmm_(Xu.transpose(1, 2), D)
+        ctx.save_for_backward(weights, momentum, Xw, Xu, D, a, e, m, initial)
+        return new_weights, new_momentum
 
     @staticmethod
-    def backward(ctx, g_new):
-        if g_new is None:
-            return None, None, None, None, None
-        state, decays, m, initial = ctx.saved_tensors
-        BH, H = state.shape[0], initial.shape[0]
-        g_state = g_new * decays
-        g_state[:, 1].addcmul_(m, g_new[:, 0])
-        # the gate gradients at once: <g_W', W>, <g_W', S>, <g_S', W>, <g_S', S>, one batched matmul
-        dots = torch.bmm(g_new.view(BH, 2, -1), state.view(BH, 2, -1).transpose(1, 2))  # (BH, 2, 2)
-        # the (1 - a) M_0 term's share (these layouts are the fast ones for a batched reduction and a dot)
-        g_weights = g_new[:, 0].reshape(BH // H, H, -1)  # (B, H, d_in d_out)
-        one_minus_a = (1.0 - decays[:, 0]).view(BH // H, H)
-        g_a = dots[:, 0, 0] - torch.linalg.vecdot(g_weights, initial.view(1, H, -1)).reshape(BH)
-        g_initial = (one_minus_a.t().unsqueeze(1) @ g_weights.transpose(0, 1)).view_as(initial)
-        g_decays = torch.stack([g_a, dots[:, 1, 1]], 1).view_as(decays)
-        return g_state, g_new, g_decays, dots[:, 0, 1].view_as(m), g_initial
+    def backward(ctx, g_weights, g_momentum):
+        weights, momentum, Xw, Xu, D, a, e, m, initial = ctx.saved_tensors
+        BH, H = weights.shape[0], initial.shape[0]
+        if g_weights is None:
+            g_weights = torch.zeros_like(weights)
+        if g_momentum is None:
+            g_momentum = torch.zeros_like(momentum)
+        g_W = g_weights * a
+        g_S = torch.addcmul(g_momentum * e, m, g_weights)
+        g_Xw = torch.bmm(D, g_weights.transpose(1, 2))  # (BH, L, d_in)
+        g_Xu = torch.bmm(D, g_momentum.transpose(1, 2))
+        g_D = torch.baddbmm(torch.bmm(Xw, g_weights), Xu, g_momentum)  # (BH, L, d_out)
+        # the gate gradients: <g_W', W - M_0>, <g_S', S>, <g_W', S>
+        flat_gw = g_weights.view(BH // H, H, -1)  # (B, H, d_in d_out)
+        g_a = (torch.linalg.vecdot(g_weights.flatten(1), weights.flatten(1))
+               - torch.linalg.vecdot(flat_gw, initial.view(1, H, -1)).reshape(BH))
+        g_e = torch.linalg.vecdot(g_momentum.flatten(1), momentum.flatten(1))
+        g_m = torch.linalg.vecdot(g_weights.flatten(1), momentum.flatten(1))
+        one_minus_a = (1.0 - a).view(BH // H, H)
+        g_initial = (one_minus_a.t().unsqueeze(1) @ flat_gw.transpose(0, 1)).view_as(initial)
+        return (g_W, g_S, g_Xw, g_Xu, g_D, g_a.view_as(a), g_e.view_as(e), g_m.view_as(m), g_initial)
 
 
 def _logit(p: float) -> float:
@@ -247,59 +254,60 @@ class NeuralMemory(nn.Module):
             means.append(x[:, n_full * C:].mean(1, keepdim=True))
         theta, eta, alpha = (g.reshape(B * H, -1) for g in self.gates(torch.cat(means, 1)))  # (BH, N)
         beta = 1.0 - alpha
-        # per chunk: -2 (w, u) as (BH, 2, 1, L); (a, e) as (BH, 2, 1, 1); m as (BH, 1, 1)
+        # per chunk: -2 (w, u) as (BH, L, 1) each; a, e, m as (BH, 1, 1) each
         coefficients = []
         groups = ([(0, n_full, C)] if n_full else []) + ([(n_full, n_full + 1, tail)] if tail else [])
         for first, last, length in groups:
             rate = (1.0 - eta[:, first:last]) * theta[:, first:last] / length  # each token's step
             w, u, a, m, e = chunk_update_coefficients(rate, eta[:, first:last], beta[:, first:last], length)
-            token_weights = -2.0 * torch.stack([w, u], 2).unsqueeze(-2)  # (BH, n, 2, 1, L)
-            decays = torch.stack([a, e], 2)[..., None, None]  # (BH, n, 2, 1, 1)
-            coefficients += zip(token_weights.unbind(1), decays.unbind(1), m[..., None, None].unbind(1))
+            token_weights = (-2.0 * torch.stack([w, u], 0)).unsqueeze(-1)  # (2, BH, n, L, 1)
+            gates = torch.stack([a, e, m], 0)[..., None, None]  # (3, BH, n, 1, 1)
+            coefficients += zip(token_weights.unbind(2), gates.unbind(2))
 
-        # per layer: the state stacked as [W; S] (BH, 2, d_in, d_out), W = M_0 + dW the chunk-start weights
-        memory = [torch.stack([state[f"dW{i}"] + w0, state[f"S{i}"]], 2).view(B * H, 2, *w0.shape[1:])
-                  for i, w0 in enumerate(self.initial_weights, start=1)]
+        # per layer: the fast weights W = M_0 + dW of the chunk start and the momentum S, each (BH, d_in, d_out)
+        weights = [(state[f"dW{i}"] + w0).view(B * H, *w0.shape[1:])
+                   for i, w0 in enumerate(self.initial_weights, start=1)]
+        momenta = [state[f"S{i}"].reshape(B * H, *w0.shape[1:]) for i, w0 in enumerate(self.initial_weights, start=1)]
 
         retrieved = []
-        for (keys, values, queries), (token_weights, decays, momentum_to_weights) in zip(
+        for (keys, values, queries), ((token_w, token_u), (a, e, m)) in zip(
                 zip(k.split(C, 1), v.split(C, 1), q.split(C, 1)), coefficients):
             L = keys.shape[1]
             # keys and queries go through the chunk-start memory together; keep what the gradient needs
-            weights = [stacked[:, 0] for stacked in memory]  # (BH, d_in, d_out) views
             inputs, pre_activations, activations = [], [], []
             h = torch.cat([keys, queries], 1)  # (BH, 2L, hd)
             for i, (W, scale) in enumerate(zip(weights, self.layer_scales)):
-                inputs.append(h.split(L, 1)[0])
+                inputs.append(h[:, :L])
                 h = h @ W
                 if scale != 1.0:
                     h = h * scale
                 if i < self.depth - 1:
-                    pre_activations.append(h.split(L, 1)[0])
+                    pre_activations.append(h[:, :L])
                     h = F.silu(h)
-                    activations.append(h.split(L, 1)[0])
+                    activations.append(h[:, :L])
             predicted, read = h.split(L, 1)
             retrieved.append(read)  # queries read the memory as of the chunk start
 
-            # closed-form per-token gradients of ||M(k) - v||^2, weighted and summed per layer as X^T (w * delta);
-            # the factor 2 and the minus sign of the descent step sit in the tiny token weights
+            # closed-form per-token gradients of ||M(k) - v||^2, weighted and summed per layer as (w * X)^T delta
+            # inside MemoryStep; the factor 2 and the minus sign of the descent step sit in the token weights
             delta = predicted - values  # (BH, L, hd): half of d loss / d output
             for i in reversed(range(self.depth)):
                 if self.layer_scales[i] != 1.0:
                     delta = delta * self.layer_scales[i]  # now relative to (h @ W_i)
-                weighted_inputs = token_weights * inputs[i].transpose(1, 2).unsqueeze(1)  # (BH, 2, d_in, L)
-                grads = (weighted_inputs.flatten(1, 2) @ delta).view(-1, 2, *weights[i].shape[1:])  # [Gw; Gu]
+                layer_delta = delta
                 if i > 0:  # back through silu, at the chunk-start weights: silu'(z) = sig + silu(z) (1 - sig)
                     sig = torch.sigmoid(pre_activations[i - 1])
                     silu_grad = torch.addcmul(sig, activations[i - 1], 1.0 - sig)
                     delta = (delta @ weights[i].transpose(1, 2)) * silu_grad
-                memory[i] = MemoryStep.apply(memory[i], grads, decays, momentum_to_weights, self.initial_weights[i])
+                weights[i], momenta[i] = MemoryStep.apply(weights[i], momenta[i], token_w * inputs[i],
+                                                          token_u * inputs[i], layer_delta, a, e, m,
+                                                          self.initial_weights[i])
 
         out = torch.cat(retrieved, 1).view(B, H, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
         new_state = MemoryState()
-        for i, (stacked, w0) in enumerate(zip(memory, self.initial_weights), start=1):
-            stacked = stacked.view(B, H, *stacked.shape[1:])
-            new_state[f"dW{i}"], new_state[f"S{i}"] = stacked[:, :, 0] - w0, stacked[:, :, 1]
+        for i, (W, S, w0) in enumerate(zip(weights, momenta, self.initial_weights), start=1):
+            new_state[f"dW{i}"] = W.view(B, H, *w0.shape[1:]) - w0
+            new_state[f"S{i}"] = S.view(B, H, *w0.shape[1:])
         return self.out_proj(out), new_state
 
 
