@@ -55,14 +55,16 @@ class EpisodicBuffer:
         return self.importance.shape[0]
 
     def add(self, inputs: torch.Tensor, labels: torch.Tensor, importance: torch.Tensor, step: int) -> None:
-        for x, y, imp in zip(inputs.cpu(), labels.cpu(), importance.detach().float().cpu()):
-            if len(self) < self.capacity:
-                self.inputs = torch.cat([self.inputs, x[None]])
-                self.labels = torch.cat([self.labels, y[None]])
-                self.importance = torch.cat([self.importance, imp[None]])
-                self.usage = torch.cat([self.usage, torch.zeros(1, dtype=torch.long)])
-                self.born = torch.cat([self.born, torch.tensor([step])])
-                continue
+        inputs, labels, importance = inputs.cpu(), labels.cpu(), importance.detach().float().cpu()
+        free = min(self.capacity - len(self), len(importance))
+        if free > 0:  # the free places take the first samples at once: one copy per batch, not per sample
+            self.inputs = torch.cat([self.inputs, inputs[:free]])
+            self.labels = torch.cat([self.labels, labels[:free]])
+            self.importance = torch.cat([self.importance, importance[:free]])
+            self.usage = torch.cat([self.usage, torch.zeros(free, dtype=torch.long)])
+            self.born = torch.cat([self.born, torch.full((free,), step, dtype=torch.long)])
+            inputs, labels, importance = inputs[free:], labels[free:], importance[free:]
+        for x, y, imp in zip(inputs, labels, importance):  # the rest, in order, each against the kept ones
             prunable = self.prunable(step).nonzero()
             i = int(prunable[0]) if len(prunable) else int(self.importance.argmin())
             if not len(prunable) and imp <= self.importance[i]:

@@ -70,6 +70,21 @@ def test_buffer_keeps_the_important_prunes_the_unimportant_unused_old():
     assert (uniform == 0).float().mean().item() == pytest.approx(0.5, abs=0.04)
 
 
+def test_buffer_adds_a_batch_as_it_would_one_sample_at_a_time():
+    g = torch.Generator().manual_seed(1)
+    whole = EpisodicBuffer(capacity=10, seq_len=3, prune_importance=0.3, prune_usage=1, prune_age=2)
+    single = EpisodicBuffer(capacity=10, seq_len=3, prune_importance=0.3, prune_usage=1, prune_age=2)
+    for step in range(6):  # batches of 4 fill the buffer mid-batch at step 2, then replace
+        x = torch.randint(100, (4, 3), generator=g)
+        imp = torch.rand(4, generator=g)
+        whole.add(x, x + 1, imp, step)
+        for i in range(4):
+            single.add(x[i:i + 1], x[i:i + 1] + 1, imp[i:i + 1], step)
+    for name, t in whole.state_dict().items():
+        assert torch.equal(t, single.state_dict()[name]), name
+    assert len(whole) == 10 and int(whole.born.max()) > 2  # later samples did replace kept ones
+
+
 def test_scheduler_wakes_sleeps_and_takes_requests():
     s = SleepScheduler(wake_steps=3, sleep_steps=2)
     phases = []
