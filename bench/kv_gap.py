@@ -1,33 +1,44 @@
 """KV-Gap AB-AC: in-context recall beyond the attention window, and sleep against interference.
 
-Episode (one sequence): facts `tag key:value _`, a gap of filler 2 to 6 attention windows long, then queries
-`tag ? key` whose label (at the key) is the value. Two parts:
+Episode (one sequence): N_FACTS facts of the form `tag <fact>`, a gap of filler 2 to 6 attention windows long,
+then one query per stated key (in another order than the facts) whose label is the key's value. Two parts,
+each with its own episode format and its own model (`Format` below):
 
-1. In-context recall: every episode draws fresh values, so only the context holds the answer. Memory on
-   (Titans-MAG) against attention alone (same model, model.memory = "none"): accuracy on held-out episodes.
-2. Continual AB-AC: five wake cycles; cycle i has its own tag and re-draws the values of the same keys.
-   Each wake is followed by a sleep of equal budget (engine/sleep.py, one mode per condition). After cycle
-   i and its sleep, R[i][j] is the closed-book accuracy on cycle j's facts: queries only, no facts in
-   context, the memory-free path, so only the slow weights can answer. `joint` trains on all cycles at once
-   for the same total budget (the ceiling). Wake episodes state 4 of the cycle's 8 facts and ask about any 4
-   keys: with every asked key stated, a model that recalls in context well never has to learn the table in
-   its slow weights, and replay (of episodes it already solves from context) has nothing to consolidate.
+1. In-context recall (RECALL format): every episode draws fresh values, so only the context holds the answer.
+   Memory on (Titans-MAG) against attention alone (same model, model.memory = "none"): accuracy on held-out
+   episodes. Facts `tag key:value _`, queries `tag ? key` labelled at the key; 16 values; memory chunk 16.
+2. Continual AB-AC (CONTINUAL format): five wake cycles; cycle i has its own tag and re-draws the values of
+   the same keys. Each wake is followed by a sleep of equal budget (engine/sleep.py, one mode per condition).
+   After cycle i and its sleep, R[i][j] is the closed-book accuracy on cycle j's facts: queries only, no
+   facts in context, the memory-free path, so only the slow weights can answer. `joint` trains on all cycles
+   at once for the same total budget (the ceiling). Facts `tag key value`, queries `tag key ?` labelled at
+   `?`; 8 values; memory chunk 8; memory_theta_max 0.5. Its starting model is its own: the same network
+   trained on in-context recall in this format (--start-steps), so the wake cycles begin from a model that
+   reads its context.
 
-Design choices, each so that the figures measure what they claim:
-- Reach: one layer, one L and one H pass, so attention's receptive field is 2 passes x (WINDOW - 1) = 6
-  tokens; the nearest fact is 12 tokens before the first query's key, out of reach. Only the neural memory,
+Why two formats:
+- Part 1 must defeat attention, so a fact is one token naming key and value together (`key:value`,
+  N_KEYS x n_values of them; its embedding learns which key and which value it names). With a separate key
+  token next to a value token, writing the pair into the memory first needs attention to copy the neighbour
+  into the value's position, which within a few hundred steps the model does not find: it settles for "which
+  values were stated" (recall ~ 1 / N_FACTS, 0.33-0.42 measured). 16 values put chance at 1/16 = 6%, below
+  the <= 10% the attention-only figure is held to (8 values put it at 12.5%, which then measured nothing).
+  Chunk 16: the facts (tokens 0-11) sit in the first chunk and every query (from token 20 on) in a later
+  one, so retrieval, which reads the state of the last complete chunk, sees all facts (chunks of 8 learnt
+  recall later: 0.66 against 0.98 at 350 steps).
+- Part 2 measures consolidation into the slow weights (closed book, memory-free path), not in-context
+  recall, and the separate key/value layout with 8 values and chunk 8 was measured to work there (replay
+  0.95 against no sleep 0.40 at --quick). The fused layout with 16 values and chunk 16 (its wake episodes
+  asking about any 4 of the 8 keys) gave replay 0.375 against no sleep 0.325. Part 2's memory_theta_max is
+  0.5: at 1.0 the fast weights of chunk-8 episodes grew without bound during the second sleep (the second
+  memory layer's input grows with the first layer's weights) and the consolidation loss went NaN; at 0.5,
+  replay 0.875 against no sleep 0.425 (seed 0).
+- Reach (both): one layer, one L and one H pass, so attention's receptive field is 2 passes x (WINDOW - 1)
+  = 6 tokens; the nearest fact is 12 tokens before the first query, out of reach. Only the neural memory,
   which the passes share, can carry a fact across the gap.
-- Chance: 16 values, so guessing scores 1/16 = 6%; attention alone must land there (with 8 values chance
-  was 12.5%, above the <= 10% the attention-only figure is held to, which then measured nothing).
-- A fact is one token naming key and value together (`key:value`, N_KEYS x N_VALUES of them; its embedding
-  learns which key and which value it names). With a separate key token next to a value token, writing the
-  pair into the memory first needs attention to copy the neighbour into the value's position, which within a
-  few hundred steps the model does not find: it settles for "which values were stated" (recall ~ 1 /
-  N_FACTS, 0.33-0.42 measured). The benchmark is about carrying a stated association across the gap, which
-  the fused fact isolates; the query names the key on its own token, where the memory is read.
 
 Prints one line per condition and seed, then the figures as one JSON object on the last line.
-Usage: python bench/kv_gap.py [--quick] [--seeds N]
+Usage: python bench/kv_gap.py [--quick] [--seeds N] [--part recall|continual|all]
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -44,30 +56,62 @@ from engine.model.trm import PAD, TinyRecursiveModel
 from engine.sleep import SleepWake
 
 QUERY, FILL = 1, 2
-N_CYCLES, N_KEYS, N_VALUES, N_FACTS = 5, 8, 16, 4
+N_CYCLES, N_KEYS, N_FACTS = 5, 8, 4
 TAG0 = 3
 KEY0 = TAG0 + N_CYCLES
 VALUE0 = KEY0 + N_KEYS
-FACT0 = VALUE0 + N_VALUES  # the fused fact tokens: FACT0 + key * N_VALUES + value
-VOCAB = FACT0 + N_KEYS * N_VALUES
 WINDOW = 4
 SEQ = 3 * N_FACTS + 6 * WINDOW + 3 * N_FACTS  # longest gap
 BATCH = 32
 CONDITIONS = ["no-sleep", "replay", "replay-surprise", "distill", "dream", "joint"]
 
 
-def model_config(memory: str) -> ModelConfig:
+@dataclass(frozen=True)
+class Format:
+    """One episode layout and its model's memory settings; token ids: QUERY, FILL, tags, keys, values, then
+    (fused only) the fact tokens."""
+    n_values: int
+    fused: bool  # a fact is one `key:value` token (`tag key:value _`, query `tag ? key`); else `tag key value`
+    memory_chunk: int
+    memory_theta_max: float = 1.0  # the neural memory's learning-rate cap
+
+    @property
+    def fact0(self) -> int:  # fused fact token for (key, value): fact0 + key * n_values + value
+        return VALUE0 + self.n_values
+
+    @property
+    def vocab(self) -> int:
+        return self.fact0 + (N_KEYS * self.n_values if self.fused else 0)
+
+    def fact(self, cycle: int, key: int, value: int) -> list[int]:
+        if self.fused:
+            return [TAG0 + cycle, self.fact0 + key * self.n_values + value, FILL]
+        return [TAG0 + cycle, KEY0 + key, VALUE0 + value]
+
+    def query(self, cycle: int, key: int) -> list[int]:
+        """Three tokens; the label sits on the last one."""
+        return [TAG0 + cycle, QUERY, KEY0 + key] if self.fused else [TAG0 + cycle, KEY0 + key, QUERY]
+
+
+# part 1 must defeat attention, so a fact is one token and chance is 1/16; part 2 measures consolidation into
+# the slow weights, where the separate key/value layout with 8 values was measured to work (module docstring)
+RECALL = Format(n_values=16, fused=True, memory_chunk=16)
+CONTINUAL = Format(n_values=8, fused=False, memory_chunk=8, memory_theta_max=0.5)  # 1.0 diverged in sleep
+
+
+def model_config(memory: str, fmt: Format) -> ModelConfig:
     # one pass of L and one of H per step: attention reaches < 2 windows, so a gap of >= 2 windows is out of
-    # its reach and only the neural memory (which the passes share) can carry a fact across it.
-    # memory_chunk 16: the facts (tokens 0-11) sit in the first chunk and every query (from token 20 on) in a
-    # later one, so retrieval, which reads the state of the last complete chunk, sees all facts; with chunks of
-    # 8 the last facts share a chunk with filler and recall was learnt later (0.66 against 0.98 at 350 steps)
+    # its reach and only the neural memory (which the passes share) can carry a fact across it
     return ModelConfig(d_model=64, n_layers=1, n_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=1,
-                       memory=memory, window=WINDOW, d_mem=32, memory_chunk=16, persistent_tokens=2,
-                       memory_theta_max=1.0)
+                       memory=memory, window=WINDOW, d_mem=32, memory_chunk=fmt.memory_chunk, persistent_tokens=2,
+                       memory_theta_max=fmt.memory_theta_max)
 
 
-def episodes(n: int, g: torch.Generator, tables: torch.Tensor | None, cycles: list[int]):
+def new_model(memory: str, fmt: Format) -> TinyRecursiveModel:
+    return TinyRecursiveModel(model_config(memory, fmt), fmt.vocab, SEQ)
+
+
+def episodes(fmt: Format, n: int, g: torch.Generator, tables: torch.Tensor | None, cycles: list[int]):
     """n episodes. tables (N_CYCLES, N_KEYS) of value ids, or None for fresh random values per episode."""
     inputs = torch.full((n, SEQ), FILL, dtype=torch.long)
     labels = torch.full((n, SEQ), PAD, dtype=torch.long)
@@ -75,32 +119,27 @@ def episodes(n: int, g: torch.Generator, tables: torch.Tensor | None, cycles: li
         cycle = cycles[int(torch.randint(len(cycles), (1,), generator=g))]
         keys = torch.randperm(N_KEYS, generator=g)[:N_FACTS]
         values = (tables[cycle, keys] if tables is not None
-                  else torch.randint(N_VALUES, (N_FACTS,), generator=g))
+                  else torch.randint(fmt.n_values, (N_FACTS,), generator=g))
         gap = WINDOW * int(torch.randint(2, 7, (1,), generator=g))
         for f, (k, v) in enumerate(zip(keys.tolist(), values.tolist())):
-            inputs[b, 3 * f: 3 * f + 3] = torch.tensor([TAG0 + cycle, FACT0 + k * N_VALUES + v, FILL])
-        if tables is None:  # in-context recall: the stated keys, in another order than the facts
-            asked = keys[torch.randperm(N_FACTS, generator=g)]
-            answers = {int(k): int(v) for k, v in zip(keys, values)}
-        else:  # continual: any keys of the cycle, stated or not, so the slow weights must learn the table too
-            asked = torch.randperm(N_KEYS, generator=g)[:N_FACTS]
-            answers = {k: int(tables[cycle, k]) for k in range(N_KEYS)}
+            inputs[b, 3 * f: 3 * f + 3] = torch.tensor(fmt.fact(cycle, k, v))
+        order = torch.randperm(N_FACTS, generator=g).tolist()  # queries in another order than the facts
         start = 3 * N_FACTS + gap
-        for q, k in enumerate(asked.tolist()):
+        for q, f in enumerate(order):
             at = start + 3 * q
-            inputs[b, at: at + 3] = torch.tensor([TAG0 + cycle, QUERY, KEY0 + k])
-            labels[b, at + 2] = VALUE0 + answers[k]
+            inputs[b, at: at + 3] = torch.tensor(fmt.query(cycle, int(keys[f])))
+            labels[b, at + 2] = VALUE0 + int(values[f])
     return inputs, labels
 
 
-def closed_book(tables: torch.Tensor, cycle: int):
+def closed_book(fmt: Format, tables: torch.Tensor, cycle: int):
     """Queries for all keys of one cycle and no facts: (1, SEQ) inputs and labels."""
     inputs = torch.full((1, SEQ), FILL, dtype=torch.long)
     labels = torch.full((1, SEQ), PAD, dtype=torch.long)
     start = SEQ - 3 * N_KEYS
     for k in range(N_KEYS):
         at = start + 3 * k
-        inputs[0, at: at + 3] = torch.tensor([TAG0 + cycle, QUERY, KEY0 + k])
+        inputs[0, at: at + 3] = torch.tensor(fmt.query(cycle, k))
         labels[0, at + 2] = VALUE0 + int(tables[cycle, k])
     return inputs, labels
 
@@ -123,27 +162,28 @@ def train_step(model, optimizer, inputs, labels) -> tuple[float, object, object]
     return float(out.loss.detach()), carry, out
 
 
-def in_context_recall(memory: str, seed: int, steps: int) -> tuple[float, TinyRecursiveModel]:
+def in_context_recall(fmt: Format, memory: str, seed: int, steps: int) -> tuple[float, TinyRecursiveModel]:
     torch.manual_seed(seed)
-    model = TinyRecursiveModel(model_config(memory), VOCAB, SEQ)
+    model = new_model(memory, fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        loss, _, _ = train_step(model, optimizer, *episodes(BATCH, g, None, [0]))
+        loss, _, _ = train_step(model, optimizer, *episodes(fmt, BATCH, g, None, [0]))
         assert math.isfinite(loss)
-    test = episodes(256, torch.Generator().manual_seed(10_000 + seed), None, [0])
+    test = episodes(fmt, 256, torch.Generator().manual_seed(10_000 + seed), None, [0])
     return accuracy(model, *test, memory_free=False), model
 
 
 def continual(condition: str, seed: int, start: dict, wake_steps: int) -> tuple[list[list[float]], list[float]]:
-    """Five wake cycles, each followed by an equal sleep; returns R (N_CYCLES x N_CYCLES) and the sleeps'
-    consolidation figures."""
+    """Five wake cycles in the CONTINUAL format, each followed by an equal sleep; returns R (N_CYCLES x
+    N_CYCLES) and the sleeps' consolidation losses."""
+    fmt = CONTINUAL
     torch.manual_seed(seed)
-    model = TinyRecursiveModel(model_config("titans-mag"), VOCAB, SEQ)
+    model = new_model("titans-mag", fmt)
     model.load_state_dict(start)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed + 1)
-    tables = torch.randint(N_VALUES, (N_CYCLES, N_KEYS), generator=torch.Generator().manual_seed(seed + 2))
+    tables = torch.randint(fmt.n_values, (N_CYCLES, N_KEYS), generator=torch.Generator().manual_seed(seed + 2))
     mode = condition if condition not in ("no-sleep", "joint") else "replay"
     sleep = SleepWake(SleepConfig(mode=mode, buffer_size=4096, prune_age=10**9), SEQ, BATCH, seed + 3,
                       "titans-mag")
@@ -153,7 +193,7 @@ def continual(condition: str, seed: int, start: dict, wake_steps: int) -> tuple[
         cycles = list(range(N_CYCLES)) if condition == "joint" else [cycle]
         budget = 2 * wake_steps if condition == "joint" else wake_steps
         for _ in range(budget):
-            loss, carry, out = train_step(model, optimizer, *episodes(BATCH, g, tables, cycles))
+            loss, carry, out = train_step(model, optimizer, *episodes(fmt, BATCH, g, tables, cycles))
             assert math.isfinite(loss), f"{condition}: non-finite loss"
             sleep.observe(carry, out.logits, step)
             step += 1
@@ -164,7 +204,7 @@ def continual(condition: str, seed: int, start: dict, wake_steps: int) -> tuple[
                 assert finite, f"{condition}: non-finite consolidation loss"
                 step += 1
             losses.append(sleep.end_sleep(model, step)["consolidation_loss"])
-        R.append([accuracy(model, *closed_book(tables, j), memory_free=True) for j in range(N_CYCLES)])
+        R.append([accuracy(model, *closed_book(fmt, tables, j), memory_free=True) for j in range(N_CYCLES)])
     return R, losses
 
 
@@ -178,8 +218,10 @@ def summarise(R: list[list[float]]) -> dict:
 
 
 def interval(xs: list[float]) -> list[float | None]:
-    """Mean and 95% interval (normal approximation) over seeds; no interval from one seed."""
+    """Mean and 95% interval (normal approximation) over seeds; no interval from one seed (or none from none)."""
     n = len(xs)
+    if n == 0:
+        return [None, None, None]
     mean = sum(xs) / n
     if n < 2:
         return [mean, None, None]
@@ -192,38 +234,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed per condition")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--recall-steps", type=int, default=350)
+    parser.add_argument("--part", choices=["recall", "continual", "all"], default="all")
+    parser.add_argument("--recall-steps", type=int, default=350, help="part 1 training steps")
+    parser.add_argument("--start-steps", type=int, default=300,
+                        help="in-context training of part 2's starting model, in its own format")
     parser.add_argument("--wake-steps", type=int, default=40)
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = 1 if args.quick else args.seeds
     extra_surprise_seeds = 1 if args.quick else 2 * args.seeds  # replay-surprise against replay: more seeds
+    seconds: dict[str, list[float]] = {c: [] for c in ["recall-memory", "recall-attention", "continual-start"]
+                                       + CONDITIONS}
 
-    recall_memory, recall_attention, starts = [], [], {}
-    seconds: dict[str, list[float]] = {c: [] for c in ["recall-memory", "recall-attention"] + CONDITIONS}
-    for seed in range(seeds):
-        t0 = time.time()
-        acc_mem, model = in_context_recall("titans-mag", seed, args.recall_steps)
-        t1 = time.time()
-        acc_attn, _ = in_context_recall("none", seed, args.recall_steps)
-        seconds["recall-memory"].append(t1 - t0)
-        seconds["recall-attention"].append(time.time() - t1)
-        starts[seed] = {k: v.clone() for k, v in model.state_dict().items()}
-        recall_memory.append(acc_mem)
-        recall_attention.append(acc_attn)
-        print(f"recall seed {seed}: memory {acc_mem:.3f} ({t1 - t0:.0f} s)  attention only {acc_attn:.3f} "
-              f"({time.time() - t1:.0f} s)", flush=True)
+    recall_memory, recall_attention = [], []
+    if args.part in ("recall", "all"):
+        for seed in range(seeds):
+            t0 = time.time()
+            acc_mem, _ = in_context_recall(RECALL, "titans-mag", seed, args.recall_steps)
+            t1 = time.time()
+            acc_attn, _ = in_context_recall(RECALL, "none", seed, args.recall_steps)
+            seconds["recall-memory"].append(t1 - t0)
+            seconds["recall-attention"].append(time.time() - t1)
+            recall_memory.append(acc_mem)
+            recall_attention.append(acc_attn)
+            print(f"recall seed {seed}: memory {acc_mem:.3f} ({t1 - t0:.0f} s)  attention only {acc_attn:.3f} "
+                  f"({time.time() - t1:.0f} s)", flush=True)
+
+    starts: dict[int, dict] = {}
+
+    def start_for(seed: int) -> dict:
+        """Part 2's starting weights for a seed: the CONTINUAL-format model after in-context recall training."""
+        if seed not in starts:
+            t0 = time.time()
+            acc, model = in_context_recall(CONTINUAL, "titans-mag", seed, args.start_steps)
+            seconds["continual-start"].append(time.time() - t0)
+            starts[seed] = {k: v.clone() for k, v in model.state_dict().items()}
+            print(f"continual start seed {seed}: in-context recall {acc:.3f} ({time.time() - t0:.0f} s)", flush=True)
+        return starts[seed]
 
     results: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
     matrices: dict[str, list] = {c: [] for c in CONDITIONS}
-    for condition in CONDITIONS:
+    for condition in CONDITIONS if args.part in ("continual", "all") else []:
         n = extra_surprise_seeds if condition in ("replay", "replay-surprise") else seeds
         for seed in range(n):
-            if seed not in starts:
-                starts[seed] = {k: v.clone() for k, v in in_context_recall("titans-mag", seed,
-                                                                            args.recall_steps)[1].state_dict().items()}
+            start = start_for(seed)
             t0 = time.time()
-            R, losses = continual(condition, seed, starts[seed], args.wake_steps)
+            R, losses = continual(condition, seed, start, args.wake_steps)
             seconds[condition].append(time.time() - t0)
             s = summarise(R)
             results[condition].append(s)
@@ -247,8 +303,8 @@ def main() -> None:
         "bwt": {c: interval([r["bwt"] for r in results[c]]) for c in CONDITIONS},
         "surprise_gain": gain[0], "surprise_gain_ci_low": gain[1], "surprise_gain_ci_high": gain[2],
         "surprise_helps": bool(gain[1] is not None and gain[0] >= 0.03 and gain[1] > 0),
-        "replay_minus_no_sleep": acc("replay")[0] - acc("no-sleep")[0],
-        "seconds_per_condition_seed": {c: max(v) for c, v in seconds.items()},
+        "replay_minus_no_sleep": (acc("replay")[0] - acc("no-sleep")[0]) if results["replay"] else None,
+        "seconds_per_condition_seed": {c: max(v) for c, v in seconds.items() if v},
         "R": {c: [[[round(x, 3) for x in row] for row in R] for R in matrices[c]] for c in CONDITIONS},
         "seeds": seeds,
     }
