@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from engine import config
+from engine.faults import faults_from_env
 from engine.trainer import EXIT_BAD_INPUT, Trainer
 
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         cfg = config.load(cfg_path)
+        faults_from_env()  # a malformed fault spec is refused here, before the run starts
     except config.ConfigError as exc:
         print(f"engine: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

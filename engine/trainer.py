@@ -29,6 +29,7 @@ from engine import checkpoint, protocol
 from engine.config import RunConfig
 from engine.control import ControlServer, Received
 from engine.curriculum import CurriculumFeed
+from engine.faults import FAULTS_ENV, faults_from_env, parse_faults  # noqa: F401 (parse_faults: re-exported)
 from engine.model.bitlinear import convert_to_bitnet
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.sleep import SleepWake
@@ -40,21 +41,7 @@ from engine.telemetry import Telemetry
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 # Fault injection for the fault suite (tests/faults, bench/faults.py), not a user setting:
-# TRM_LAB_FAULTS="oom@12,nan@30,enospc@40" makes step 12's forward raise torch.OutOfMemoryError, step 30's
-# loss NaN and the checkpoint at step 40 fail with ENOSPC. Each entry fires once; repeat it to fire again.
-FAULTS_ENV = "TRM_LAB_FAULTS"
-FAULT_KINDS = ("oom", "nan", "enospc")
 PRESSURE_COOLDOWN_STEPS = 10  # after a VRAM-pressure back-off, let the allocator settle before judging again
-
-
-def parse_faults(text: str) -> dict[str, list[int]]:
-    """`"oom@12,oom@12,nan@30"` -> {"oom": [12, 12], "nan": [30]}; malformed entries are ignored."""
-    faults: dict[str, list[int]] = {}
-    for entry in text.replace(";", ",").split(","):
-        kind, _, step = entry.strip().partition("@")
-        if kind in FAULT_KINDS and step.strip().isdigit():
-            faults.setdefault(kind, []).append(int(step))
-    return faults
 
 
 class OutOfMemoryAtOneSlot(RuntimeError):
@@ -217,7 +204,7 @@ class Trainer:
         # out-of-memory back-off: the batch runs as this many slot chunks with gradient accumulation
         self.micro_batches = 1
         self._pressure_quiet_until = 0
-        self.faults = parse_faults(os.environ.get(FAULTS_ENV, ""))
+        self.faults = faults_from_env()
 
         self.store = RunStore(self.run_dir, flush_seconds=cfg.log.flush_seconds)
         if self.store.run_row() is None:  # a folder prepared by hand rather than by `lab run`

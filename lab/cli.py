@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from engine import config, protocol
+from engine.faults import faults_from_env
 from engine.store import RunReader
 from lab import runs
 
@@ -64,6 +65,7 @@ def cmd_run(args) -> int:
         return _exec_engine(run_dir, resume=True, output=args.output)
     if not args.config:
         raise UserError("lab run needs a config file (e.g. configs/quickstart.toml) or --resume RUN.")
+    faults_from_env()  # a malformed TRM_LAB_FAULTS is refused before a run folder exists
     if not args.headless:
         from lab.app import launch
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.config import ModelConfig
-from engine.model.blocks import ReasoningNet
+from engine.model.blocks import ReasoningNet, SequenceMLP
 from engine.model.titans import MemoryState, NeuralMemory
 
 PAD = 0  # label id that is never scored
@@ -122,6 +122,11 @@ class TinyRecursiveModel(nn.Module):
         self.q_head.bias.fill_(-5.0)  # start far from halting, so early steps use the full budget
         trunc_normal_(self.H_init, 1.0)
         trunc_normal_(self.L_init, 1.0)
+        for m in self.modules():
+            # the sequence-MLP mixer starts silent: at LeCun scale it multiplied the gradient through the
+            # recursion ~14x (norm 42 at init for T=3, n=3 on 6x6) and the model collapsed to uniform answers
+            if isinstance(m, SequenceMLP):
+                m.down.weight.zero_()
         for m in self.modules():  # the memory's gate biases and initial weights have their own init
             if isinstance(m, NeuralMemory):
                 m.reset_parameters()

@@ -7,6 +7,7 @@ import torch
 
 from bench.faults import alerts, chunked_gradient_error, in_process_trainer, live_steps, resumed_trainer, same_weights
 from engine import checkpoint
+from engine.config import ConfigError
 from engine.trainer import merge_chunk_metrics, parse_faults, slot_chunks
 
 
@@ -112,5 +113,8 @@ def test_oom_with_one_slot_per_chunk_fails_the_run(tmp_path):
 
 def test_fault_spec_parsing():
     assert parse_faults("oom@12, oom@12;nan@3,enospc@40") == {"oom": [12, 12], "nan": [3], "enospc": [40]}
-    assert parse_faults("") == {} and parse_faults("bogus@1,oom@x,oom") == {}
+    assert parse_faults("") == {}
+    for bad in ("bogus@1", "oom@x", "oom", "nan@-3"):
+        with pytest.raises(ConfigError, match="TRM_LAB_FAULTS"):
+            parse_faults(bad)
     assert isinstance(torch.OutOfMemoryError("x"), RuntimeError)
