@@ -240,8 +240,8 @@ def attached_throughput_ratio(config_path: Path, pairs: int, block_s: float, cli
     pair_ratios = sorted(per_block[i + (not blocks[i][0])] / per_block[i + blocks[i][0]]
                          for i in range(0, len(blocks), 2))
     print(f"engine throughput, {client} attached vs headless, one run, {pairs} pairs of {block_s:.0f} s blocks "
-          f"alternating: {sh / wh:.2f} vs {sa / wa:.2f} steps/s, ratio {ratio:.3f} (pairs {pair_ratios[0]:.3f} .. "
-          f"{pair_ratios[-1]:.3f}; target >= 0.97); per engine CPU second {sh / ch:.2f} vs {sa / ca:.2f} steps, "
+          f"alternating: {sa / wa:.2f} vs {sh / wh:.2f} steps/s, ratio {ratio:.3f} (pairs {pair_ratios[0]:.3f} .. "
+          f"{pair_ratios[-1]:.3f}; target >= 0.97); per engine CPU second {sa / ca:.2f} vs {sh / ch:.2f} steps, "
           f"ratio {cpu_ratio:.3f}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     return {"attached_throughput_ratio": round(ratio, 4), "attached_cpu_per_step_ratio": round(cpu_ratio, 4),
             "attached_pair_ratios": [round(r, 3) for r in pair_ratios]}
