@@ -52,8 +52,10 @@ PEER_BATCH, PEER_MAX_RECURRENT_STEPS, PEER_LR, PEER_WARMUP = 16, 12, 1e-3, 100
 PEER_T, PEER_N = 3, 6  # the peer's defaults: num_refinement_blocks, num_latent_refinements
 
 # -- memory settings: the peer's NeuralMemory(dim=64, chunk_size=16, batch_size=16, heads=2) ----------------
-MEM_BATCH, MEM_LENGTH, MEM_DIM, MEM_CHUNK, MEM_HEADS = 16, 256, 64, 16, 2
-MEM_HEAD_DIM, MEM_HIDDEN = 64, 256  # titans-pytorch's defaults: dim_head = dim, a 4x memory MLP
+from bench.memory_speed import BATCH as MEM_BATCH, CHUNK as MEM_CHUNK, DIM as MEM_DIM, HEADS as MEM_HEADS  # noqa: E402
+from bench.memory_speed import LENGTH as MEM_LENGTH  # noqa: E402
+
+MEM_HEAD_DIM, MEM_HIDDEN = MEM_DIM, 4 * MEM_DIM  # titans-pytorch's defaults: dim_head = dim, a 4x memory MLP
 
 
 def peak_rss_mb() -> float:
@@ -198,37 +200,12 @@ def train_peer(budget_s: float, threads: int, n_eval: int, target_params: int) -
 
 
 def measure_memory(name: str, steps: int, threads: int) -> dict:
-    """Forward + backward `steps` times after two warm-up passes; median wall time and best CPU time."""
-    import torch
+    """Forward + backward `steps` times after two warm-up passes (bench/memory_speed.py's measurement, whose
+    contenders at the peer's sizes are exactly these arms); median wall time and best CPU time."""
+    from bench.memory_speed import measure
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    if name == "ours":
-        from engine.model.titans import NeuralMemory
-        module = NeuralMemory(MEM_DIM, d_mem=MEM_HIDDEN, chunk_size=MEM_CHUNK, n_heads=MEM_HEADS, depth=2,
-                              head_dim=MEM_HEAD_DIM)
-        run = lambda x: module(x)[0]
-    elif name == "peer":
-        from titans_pytorch import NeuralMemory as PeerMemory
-        module = PeerMemory(dim=MEM_DIM, chunk_size=MEM_CHUNK, batch_size=MEM_CHUNK, heads=MEM_HEADS)
-        run = lambda x: module(x)[0]
-    else:
-        from engine.model.blocks import Attention
-        module = Attention(MEM_DIM, MEM_HEADS, MEM_LENGTH, 10000.0, causal=True)
-        run = module
-    x = torch.randn(MEM_BATCH, MEM_LENGTH, MEM_DIM, requires_grad=True)
-    for _ in range(2):
-        run(x).square().mean().backward()
-    walls, cpus = [], []
-    for _ in range(steps):
-        wall, cpu = time.perf_counter(), time.process_time()
-        run(x).square().mean().backward()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    tokens = MEM_BATCH * MEM_LENGTH
-    return {"arm": name, "tokens_per_s": tokens / sorted(walls)[len(walls) // 2],
-            "tokens_per_cpu_s": tokens / min(cpus), "peak_mb": peak_rss_mb(),
-            "params": sum(p.numel() for p in module.parameters())}
+    contender = {"ours": "ours_peer_sizes", "peer": "peer", "attention": "attention"}[name]
+    return measure(contender, steps, threads) | {"arm": name}
 
 
 # ================================================================ the parent
