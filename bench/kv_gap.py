@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import ModelConfig, SleepConfig
+from engine.model.titans import NeuralMemory
 from engine.model.trm import PAD, TinyRecursiveModel
 from engine.sleep import SleepWake
 
@@ -153,6 +154,30 @@ def accuracy(model: TinyRecursiveModel, inputs, labels, memory_free: bool) -> fl
     return float(((logits.argmax(-1) == labels) & scored).sum() / scored.sum())
 
 
+@torch.no_grad()
+def inner_memory_loss(model: TinyRecursiveModel, inputs) -> tuple[float, float]:
+    """The neural memory's own associative loss mean_t ||M(k_t) - v_t||^2 after it has read `inputs`: every
+    memory call's keys and values scored against the state that call ends with (what the fast weights hold).
+    Returns (loss, loss / mean_t ||v_t||^2): the second is the share of the values' energy the memory misses,
+    which does not move when outer training rescales the values."""
+    losses, energies = [], []
+
+    def score(module: NeuralMemory, args, output) -> None:
+        _, keys, values = module.project(args[0])
+        losses.append(float((module.recall(output[1], keys) - values).pow(2).sum(-1).mean()))
+        energies.append(float(values.pow(2).sum(-1).mean()))
+
+    handles = [m.register_forward_hook(score) for m in model.modules() if isinstance(m, NeuralMemory)]
+    try:
+        model.eval()
+        model.predict_logits(inputs)
+    finally:
+        model.train()
+        for handle in handles:
+            handle.remove()
+    return sum(losses) / len(losses), sum(losses) / sum(energies)
+
+
 def train_step(model, optimizer, inputs, labels) -> tuple[float, object, object]:
     carry, out = model(model.initial_carry(inputs.shape[0]), inputs, labels)
     optimizer.zero_grad(set_to_none=True)
@@ -174,9 +199,10 @@ def in_context_recall(fmt: Format, memory: str, seed: int, steps: int) -> tuple[
     return accuracy(model, *test, memory_free=False), model
 
 
-def continual(condition: str, seed: int, start: dict, wake_steps: int) -> tuple[list[list[float]], list[float]]:
+def continual(condition: str, seed: int, start: dict, wake_steps: int):
     """Five wake cycles in the CONTINUAL format, each followed by an equal sleep; returns R (N_CYCLES x
-    N_CYCLES) and the sleeps' consolidation losses."""
+    N_CYCLES), the sleeps' consolidation losses and the inner memory loss after each cycle (on 64 episodes of
+    that cycle, the same ones for every condition of a seed)."""
     fmt = CONTINUAL
     torch.manual_seed(seed)
     model = new_model("titans-mag", fmt)
@@ -187,7 +213,7 @@ def continual(condition: str, seed: int, start: dict, wake_steps: int) -> tuple[
     mode = condition if condition not in ("no-sleep", "joint") else "replay"
     sleep = SleepWake(SleepConfig(mode=mode, buffer_size=4096, prune_age=10**9), SEQ, BATCH, seed + 3,
                       "titans-mag")
-    R, losses = [], []
+    R, losses, inner = [], [], []
     step = 0
     for cycle in range(N_CYCLES):
         cycles = list(range(N_CYCLES)) if condition == "joint" else [cycle]
@@ -205,7 +231,10 @@ def continual(condition: str, seed: int, start: dict, wake_steps: int) -> tuple[
                 step += 1
             losses.append(sleep.end_sleep(model, step)["consolidation_loss"])
         R.append([accuracy(model, *closed_book(fmt, tables, j), memory_free=True) for j in range(N_CYCLES)])
-    return R, losses
+        probe, _ = episodes(fmt, 64, torch.Generator().manual_seed(20_000 + 10 * seed + cycle), tables, [cycle])
+        inner.append(inner_memory_loss(model, probe))
+        assert all(map(math.isfinite, inner[-1])), f"{condition}: non-finite inner memory loss"
+    return R, losses, inner
 
 
 def summarise(R: list[list[float]]) -> dict:
@@ -274,23 +303,31 @@ def main() -> None:
 
     results: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
     matrices: dict[str, list] = {c: [] for c in CONDITIONS}
+    inner_losses: dict[str, list] = {c: [] for c in CONDITIONS}
     for condition in CONDITIONS if args.part in ("continual", "all") else []:
         n = extra_surprise_seeds if condition in ("replay", "replay-surprise") else seeds
         for seed in range(n):
             start = start_for(seed)
             t0 = time.time()
-            R, losses = continual(condition, seed, start, args.wake_steps)
+            R, losses, inner = continual(condition, seed, start, args.wake_steps)
+            inner_losses[condition].append(inner)
             seconds[condition].append(time.time() - t0)
             s = summarise(R)
             results[condition].append(s)
             matrices[condition].append(R)
             print(f"{condition:>15} seed {seed}: final acc {s['acc']:.3f}  forgetting {s['forgetting']:.3f}  "
                   f"bwt {s['bwt']:.3f}  consolidation loss {losses[-1] if losses else float('nan'):.4f}  "
+                  f"inner loss by cycle {' '.join(f'{x:.2f}' for x, _ in inner)} "
+                  f"(relative {' '.join(f'{r:.3f}' for _, r in inner)})  "
                   f"({seconds[condition][-1]:.0f} s)", flush=True)
 
     def acc(c):
         return interval([r["acc"] for r in results[c]])
 
+    # the inner memory loss per cycle (raw, and relative to the values' energy), averaged over seeds;
+    # "rising" = the last cycle's above the first's by more than 10%
+    inner_mean = {c: [[sum(run[i][part] for run in v) / len(v) for i in range(N_CYCLES)] for part in (0, 1)]
+                  for c, v in inner_losses.items() if v}
     paired = [s["acc"] - r["acc"] for s, r in zip(results["replay-surprise"], results["replay"])]
     gain = interval(paired)
     figures = {
@@ -304,6 +341,10 @@ def main() -> None:
         "surprise_gain": gain[0], "surprise_gain_ci_low": gain[1], "surprise_gain_ci_high": gain[2],
         "surprise_helps": bool(gain[1] is not None and gain[0] >= 0.03 and gain[1] > 0),
         "replay_minus_no_sleep": (acc("replay")[0] - acc("no-sleep")[0]) if results["replay"] else None,
+        "inner_loss_by_cycle": {c: [round(x, 3) for x in v[0]] for c, v in inner_mean.items()},
+        "inner_loss_relative_by_cycle": {c: [round(x, 4) for x in v[1]] for c, v in inner_mean.items()},
+        "inner_loss_rising": sorted(c for c, v in inner_mean.items() if v[0][-1] > 1.1 * v[0][0]),
+        "inner_loss_relative_rising": sorted(c for c, v in inner_mean.items() if v[1][-1] > 1.1 * v[1][0]),
         "seconds_per_condition_seed": {c: max(v) for c, v in seconds.items() if v},
         "R": {c: [[[round(x, 3) for x in row] for row in R] for R in matrices[c]] for c in CONDITIONS},
         "seeds": seeds,
