@@ -30,9 +30,10 @@ Why two formats:
   recall, and the separate key/value layout with 8 values and chunk 8 was measured to work there (replay
   0.95 against no sleep 0.40 at --quick). The fused layout with 16 values and chunk 16 (its wake episodes
   asking about any 4 of the 8 keys) gave replay 0.375 against no sleep 0.325. Part 2's memory_theta_max is
-  0.5: at 1.0 the fast weights of chunk-8 episodes grew without bound during the second sleep (the second
-  memory layer's input grows with the first layer's weights) and the consolidation loss went NaN; at 0.5,
-  replay 0.875 against no sleep 0.425 (seed 0).
+  0.5. Before the memory clipped its per-token gradients (model.memory_max_grad_norm, 30), the fast weights
+  grew without bound (at theta_max 1.0 in the second sleep of seed 0; at 0.5 in the wake after the first
+  sleep of seed 1: state entries 4 -> 42 -> inf) because the second memory layer's input grows with the
+  first layer's weights.
 - Reach (both): one layer, one L and one H pass, so attention's receptive field is 2 passes x (WINDOW - 1)
   = 6 tokens; the nearest fact is 12 tokens before the first query, out of reach. Only the neural memory,
   which the passes share, can carry a fact across the gap.
@@ -97,10 +98,10 @@ class Format:
 # part 1 must defeat attention, so a fact is one token and chance is 1/16; part 2 measures consolidation into
 # the slow weights, where the separate key/value layout with 8 values was measured to work (module docstring)
 RECALL = Format(n_values=16, fused=True, memory_chunk=16)
-CONTINUAL = Format(n_values=8, fused=False, memory_chunk=8, memory_theta_max=0.5)  # 1.0 diverged in sleep
+CONTINUAL = Format(n_values=8, fused=False, memory_chunk=8, memory_theta_max=0.5)
 
 
-def model_config(memory: str, fmt: Format) -> ModelConfig:
+def model_config(memory: str, fmt: Format) -> ModelConfig:  # memory_max_grad_norm: the default (30)
     # one pass of L and one of H per step: attention reaches < 2 windows, so a gap of >= 2 windows is out of
     # its reach and only the neural memory (which the passes share) can carry a fact across it
     return ModelConfig(d_model=64, n_layers=1, n_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=1,

@@ -27,13 +27,17 @@ PEER_TOKENS_PER_S, PEER_PEAK_MB = 4310.0, 1800.0  # titans-pytorch 0.5.5 measure
 def build(name: str):
     import torch
 
+    from engine.config import ModelConfig
+    clip = ModelConfig().memory_max_grad_norm  # the models' default per-token gradient clip
+
     if name == "ours":
         from engine.model.titans import NeuralMemory
-        module = NeuralMemory(DIM, d_mem=64, chunk_size=CHUNK, n_heads=HEADS, depth=2)
+        module = NeuralMemory(DIM, d_mem=64, chunk_size=CHUNK, n_heads=HEADS, depth=2, max_grad_norm=clip)
         return module, lambda x: module(x)[0]
     if name == "ours_peer_sizes":
         from engine.model.titans import NeuralMemory
-        module = NeuralMemory(DIM, d_mem=4 * DIM, chunk_size=CHUNK, n_heads=HEADS, depth=2, head_dim=DIM)
+        module = NeuralMemory(DIM, d_mem=4 * DIM, chunk_size=CHUNK, n_heads=HEADS, depth=2, head_dim=DIM,
+                              max_grad_norm=clip)
         return module, lambda x: module(x)[0]
     if name == "attention":
         from engine.model.blocks import Attention

@@ -41,8 +41,7 @@ PEER_PACKAGES = ("tiny_recursive_model", "titans_pytorch")
 SIZE, DIFFICULTY, TASK_SEED = 6, 1, 0
 WIDTH, LAYERS = 128, 2
 OURS = [
-    "name=peers-bench", "task.name=sudoku", f"task.size={SIZE}", f"task.difficulty={DIFFICULTY}",
-    f"task.seed={TASK_SEED}", f"model.d_model={WIDTH}", f"model.n_layers={LAYERS}", "model.mixer=mlp",
+    "name=peers-bench", "task.name=sudoku", f"task.size={SIZE}", f"task.seed={TASK_SEED}", f"model.d_model={WIDTH}", f"model.n_layers={LAYERS}", "model.mixer=mlp",
     "model.expansion=2", "model.H_cycles=3", "model.L_cycles=3", "model.halt_max_steps=4",
     "optim.preset=adamw", "optim.lr=3e-3", "optim.warmup_steps=50", "train.batch_size=32",
     "train.max_steps=100000000", "eval.every=0", "checkpoint.every=0", "log.telemetry_seconds=600",
@@ -94,16 +93,17 @@ def score(predict, inputs, labels, batch_size: int = 100) -> dict:
             "eval_s": seconds}
 
 
-def train_ours(budget_s: float, threads: int, n_eval: int, extra: list[str]) -> dict:
+def train_ours(budget_s: float, threads: int, n_eval: int, extra: list[str], difficulty: int) -> dict:
     import torch
 
     from engine import config
     from engine.tasks.sudoku import SudokuTask
     from engine.trainer import Trainer
 
-    overrides = OURS + extra + [f"train.max_minutes={budget_s / 60}", f"train.threads={threads}"]
+    overrides = OURS + extra + [f"task.difficulty={difficulty}", f"train.max_minutes={budget_s / 60}",
+                                f"train.threads={threads}"]
     cfg = config.from_dict({}, "peers-bench", overrides)
-    inputs, labels = held_out_puzzles(SudokuTask(SIZE, DIFFICULTY, TASK_SEED), n_eval)
+    inputs, labels = held_out_puzzles(SudokuTask(SIZE, difficulty, TASK_SEED), n_eval)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(run_dir, cfg, output="quiet")
         t0 = time.perf_counter()
@@ -142,7 +142,7 @@ def build_peer(token_expansion: float):
     return model
 
 
-def train_peer(budget_s: float, threads: int, n_eval: int, target_params: int) -> dict:
+def train_peer(budget_s: float, threads: int, n_eval: int, target_params: int, difficulty: int) -> dict:
     import torch
     from ema_pytorch import EMA
     from torch.optim.lr_scheduler import LambdaLR
@@ -152,7 +152,7 @@ def train_peer(budget_s: float, threads: int, n_eval: int, target_params: int) -
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    task = SudokuTask(SIZE, DIFFICULTY, TASK_SEED)
+    task = SudokuTask(SIZE, difficulty, TASK_SEED)
     inputs_eval, labels_eval = held_out_puzzles(task, n_eval)
     model = build_peer(peer_token_expansion(target_params))
     # the peer's Trainer defaults (AdamW, weight decay 1, EMA 0.999) with its lr division undone
@@ -228,6 +228,8 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=None, help="training seconds per arm (default 600)")
     parser.add_argument("--minutes", type=float, default=None, help="training minutes per arm (instead of --budget-s)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--difficulty", type=int, choices=[1, 2, 3], default=DIFFICULTY,
+                        help="the Sudoku generator's difficulty for both arms (cells given of 36: 1 -> 22, 2 -> 15, 3 -> minimal)")
     parser.add_argument("--n-eval", type=int, default=300, help="held-out puzzles (at least 300)")
     parser.add_argument("--mem-steps", type=int, default=8, help="timed forward+backward passes per memory arm")
     parser.add_argument("--skip", choices=["recursion", "memory"], help="leave one part out")
@@ -250,20 +252,22 @@ def main() -> int:
 
     if args.child:  # one arm, in this process; its JSON is the last line
         if args.child == "ours":
-            result = train_ours(budget_s, args.threads, args.n_eval, args.set)
+            result = train_ours(budget_s, args.threads, args.n_eval, args.set, args.difficulty)
         elif args.child == "peer":
-            result = train_peer(budget_s, args.threads, args.n_eval, args.target_params)
+            result = train_peer(budget_s, args.threads, args.n_eval, args.target_params, args.difficulty)
         else:
             result = measure_memory(args.child.removeprefix("mem-"), args.mem_steps, args.threads)
         print(json.dumps(result))
         return 0
 
     common = [f"--budget-s={budget_s}", f"--threads={args.threads}", f"--n-eval={args.n_eval}",
+              f"--difficulty={args.difficulty}",
               f"--mem-steps={args.mem_steps}"] + [f"--set={s}" for s in args.set]
-    summary: dict = {"budget_s": budget_s, "threads": args.threads, "n_eval": args.n_eval}
+    summary: dict = {"budget_s": budget_s, "threads": args.threads, "n_eval": args.n_eval,
+                     "difficulty": args.difficulty}
 
     if args.skip != "recursion":
-        print(f"recursion: 6x6 Sudoku difficulty {DIFFICULTY}, {budget_s:.0f} s of training per arm on "
+        print(f"recursion: 6x6 Sudoku difficulty {args.difficulty}, {budget_s:.0f} s of training per arm on "
               f"{args.threads} threads, {args.n_eval} held-out puzzles", flush=True)
         ours = run_child(["--child=ours", *common])
         peer = run_child(["--child=peer", f"--target-params={ours['params']}", *common])

@@ -41,7 +41,8 @@ class ModelConfig:
     d_mem: int = 64  # width of the neural memory MLP
     memory_chunk: int = 16
     memory_decay: float = 0.99
-    memory_theta_max: float = 1.0  # cap of the memory's inner learning rate (stable up to ~2)
+    memory_theta_max: float = 1.0  # cap of the memory's inner learning rate
+    memory_max_grad_norm: float = 30.0  # per-token clip of the memory's inner gradients (0: off)
     persistent_tokens: int = 4
     bitnet: bool = False
 
@@ -187,6 +188,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.memory_chunk": (1, 1024),
     "model.memory_decay": (0.0, 1.0),
     "model.memory_theta_max": (1e-6, 2.0),
+    "model.memory_max_grad_norm": (0.0, 1e6),
     "model.persistent_tokens": (0, 64),
     "task.size": (4, 9),
     "task.difficulty": (1, 3),

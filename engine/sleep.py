@@ -209,13 +209,14 @@ class Consolidator:
         self.loss_mean = loss if self.loss_mean is None else 0.9 * self.loss_mean + 0.1 * loss
 
     def state_dict(self) -> dict:
-        state = {"lr": self.lr, "loss_mean": self.loss_mean}
+        state = {"lr": self.lr, "loss_mean": self.loss_mean, "batch_size": self.batch_size}
         if self.teacher is not None:
             state["teacher"] = {k: v.clone() for k, v in self.teacher.state_dict().items()}
         return state
 
     def load_state_dict(self, state: dict, model: TinyRecursiveModel) -> None:
         self.lr, self.loss_mean = float(state["lr"]), state["loss_mean"]
+        self.batch_size = int(state.get("batch_size", self.batch_size))  # halved after an out-of-memory error
         self.teacher = None
         if "teacher" in state:
             self.begin(model)
@@ -324,30 +325,44 @@ class SleepWake:
 
     def consolidation_step(self, model: TinyRecursiveModel, optimizer) -> tuple[dict[str, float], bool]:
         """One step of the run's own optimizer (its clipping and schedule included) on the consolidation
-        source, every group's learning rate scaled by the consolidation rate; returns (metrics, finite)."""
+        source, every group's learning rate scaled by the consolidation rate; returns (metrics, finite).
+        An out-of-memory error propagates with the learning rates and the gradients as they were."""
         device = model.H_init.device
         batch = self.consolidator.next_batch(self.buffer, self.generator, device)
         model.train()
-        loss = self.consolidator.loss(model, batch)
-        finite = bool(torch.isfinite(loss))
-        scale = self.consolidator.lr
-        if finite:
-            loss.backward()
-            groups = optimizer.param_groups
-            saved = [(g.get("base_lr"), g["lr"]) for g in groups]
-            for g in groups:  # a schedule that sets lr from base_lr sees the scaled one for this step
-                g["lr"] *= scale
-                if "base_lr" in g:
-                    g["base_lr"] *= scale
-            optimizer.step()
-            for g, (base_lr, lr) in zip(groups, saved):
-                g["lr"] = lr
-                if base_lr is not None:
-                    g["base_lr"] = base_lr
-            self.last_loss = float(loss.detach())
-            self.consolidator.adapt(self.last_loss)
-        optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = self.consolidator.loss(model, batch)
+            finite = bool(torch.isfinite(loss))
+            scale = self.consolidator.lr
+            if finite:
+                loss.backward()
+                groups = optimizer.param_groups
+                saved = [(g.get("base_lr"), g["lr"]) for g in groups]
+                for g in groups:  # a schedule that sets lr from base_lr sees the scaled one for this step
+                    g["lr"] *= scale
+                    if "base_lr" in g:
+                        g["base_lr"] *= scale
+                try:
+                    optimizer.step()
+                finally:
+                    for g, (base_lr, lr) in zip(groups, saved):
+                        g["lr"] = lr
+                        if base_lr is not None:
+                            g["base_lr"] = base_lr
+                self.last_loss = float(loss.detach())
+                self.consolidator.adapt(self.last_loss)
+        finally:
+            optimizer.zero_grad(set_to_none=True)
         return {"consolidation_loss": float(loss.detach()), "consolidation_lr_scale": scale}, finite
+
+    def halve_batch(self) -> tuple[int, int] | None:
+        """After an out-of-memory error in sleep: halve the consolidation batch; (old, new), or None when it is
+        already one sample."""
+        old = self.consolidator.batch_size
+        if old <= 1:
+            return None
+        self.consolidator.batch_size = old // 2
+        return old, old // 2
 
     def state_dict(self) -> dict:
         before = dict(self.before)

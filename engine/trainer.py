@@ -497,7 +497,29 @@ class Trainer:
     def sleep_step(self) -> StepResult:
         """One step of sleep: the consolidation source replaces the task stream; the carry waits for wake."""
         t0 = time.perf_counter()
-        metrics, finite = self.sleep.consolidation_step(self.model, self.optimizer)
+        rng = self.sleep.generator.get_state()
+        while True:
+            try:
+                if self._take_fault("oom", self.step + 1):
+                    raise torch.OutOfMemoryError(f"injected out-of-memory at step {self.step + 1} ({FAULTS_ENV})")
+                metrics, finite = self.sleep.consolidation_step(self.model, self.optimizer)
+                break
+            except torch.OutOfMemoryError:
+                pass  # handled outside the except block, so the failed attempt's tensors can be freed
+            self.sleep.generator.set_state(rng)  # the retry starts from the same random state
+            halved = self.sleep.halve_batch()
+            if halved is None:
+                raise OutOfMemoryAtOneSlot(f"out of memory at step {self.step + 1} during sleep with a "
+                                           "consolidation batch of one sample; lower model.d_model")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            message = (f"out of memory during sleep at step {self.step + 1}: consolidation batch "
+                       f"{halved[0]} -> {halved[1]} samples")
+            self.emit_event("alert", {"level": "warning", "fault": "oom_backoff", "reason": "out of memory",
+                                      "phase": "sleep", "old_batch": halved[0], "new_batch": halved[1],
+                                      "message": message})
+            if self.output == "human":
+                print(f"[warning] {message}", file=sys.stderr, flush=True)
         if finite:
             self._update_ema()
         self.step += 1

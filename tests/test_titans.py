@@ -68,6 +68,8 @@ def reference_forward(memory: NeuralMemory, x: torch.Tensor):
                     reads[b][h].append(mlp(chunk_start, q[b, t, h]))
                     loss = (mlp(chunk_start, k[b, t, h]) - v[b, t, h]).pow(2).sum()
                     grads = torch.autograd.grad(loss, chunk_start, create_graph=True)
+                    if memory.max_grad_norm > 0:  # each layer's token gradient scaled to at most this norm
+                        grads = [g * (memory.max_grad_norm / g.norm()).clamp(max=1.0) for g in grads]
                     momentum = [eta * s - theta * g for s, g in zip(momentum, grads)]
                     weights = [w0 + (1 - alpha) * (w - w0) + s for w0, w, s in zip(initial, weights, momentum)]
             final_fast.append([w - w0 for w, w0 in zip(weights, initial)])
@@ -89,6 +91,27 @@ def test_matches_token_by_token_autograd_reference_in_float64():
                 assert torch.allclose(state[f"dW{i + 1}"][b, h], ref_fast[b * 2 + h][i], atol=1e-6, rtol=0)
                 assert torch.allclose(state[f"S{i + 1}"][b, h], ref_momentum[b * 2 + h][i], atol=1e-6, rtol=0)
     assert state["dW1"].abs().max() > 1e-2  # the memory did move: the comparison was not of zeros
+
+
+def test_gradient_clip_matches_the_reference_and_binds():
+    x = torch.randn(2, 18, 12, dtype=torch.float64) * 3
+    plain = make_memory()
+    clipped = make_memory(max_grad_norm=0.5)  # the same weights (same seed), a binding clip
+    out, state = clipped(x)
+    ref_out, ref_fast, _ = reference_forward(clipped, x)
+    assert (out - ref_out).abs().max().item() <= 1e-6
+    for b in range(2):
+        for h in range(2):
+            for i in range(2):
+                assert torch.allclose(state[f"dW{i + 1}"][b, h], ref_fast[b * 2 + h][i], atol=1e-6, rtol=0)
+    # it did bind: the clipped memory moved less than the plain one
+    assert state.change_norm().max() < 0.9 * plain(x)[1].change_norm().max()
+    params = [p for p in clipped.parameters() if p.numel() and p is not clipped.persistent_tokens]
+    probe = torch.randn_like(out)
+    fast = torch.autograd.grad((clipped(x)[0] * probe).sum(), params)
+    ref = torch.autograd.grad((ref_out * probe).sum(), params)
+    for g, r in zip(fast, ref):
+        assert torch.allclose(g, r, atol=1e-8, rtol=1e-6)
 
 
 def test_outer_gradients_match_reference():

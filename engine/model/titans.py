@@ -17,7 +17,9 @@ Two rescalings of the paper's data-dependent theta_t keep the inner step bounded
 theta is the rate of the chunk's mean gradient (each of its L tokens steps by theta / L), so a chunk of alike
 tokens, whose gradients point the same way, does not overshoot; and momentum is a moving average of surprise
 (the 1 - eta), so a token's total push on the weights is theta / L G whatever eta (undampened, a learned eta
-near 1 multiplies it by 1 / (1 - eta) and the memory diverges on repeated inputs). Stable for theta <~ 2.
+near 1 multiplies it by 1 / (1 - eta) and the memory diverges on repeated inputs). A per-token gradient clip
+(max_grad_norm) bounds every step; without it a depth-2 memory can still diverge, since the second layer's
+curvature grows with the first layer's weights.
 
 Every gradient of a chunk is taken at the chunk-start weights (the paper's chunk-parallel form), so the
 momentum and decay recurrences over the chunk's tokens are linear in the gradients and their result is one
@@ -162,13 +164,21 @@ class NeuralMemory(nn.Module):
     layers (>= 1); theta_max: cap of the inner learning rate (per chunk mean gradient); memory_decay: default
     retention 1 - alpha per token;
     momentum: default eta; theta_init: default theta as a fraction of theta_max; persistent_tokens: learned
-    tokens (persistent memory) for the attention branch of a MAG block to prepend.
+    tokens (persistent memory) for the attention branch of a MAG block to prepend; max_grad_norm: each token's
+    gradient of each memory layer is scaled down to at most this Frobenius norm before it enters the momentum
+    (0: no clipping, the plain rule). The clip is what keeps a deep memory bounded: the second layer's input
+    grows with the first layer's weights, so its curvature, and with it the step that overshoots, is not
+    bounded by theta alone; kv_gap's continual part diverged at theta_max 0.5 without it (state entries
+    4 -> 42 -> inf over one sleep and the next wake) and stays finite with a clip of 30, where typical
+    per-token norms are 1-3 (99th percentile about 25).
     """
 
     def __init__(self, dim: int, d_mem: int = 64, chunk_size: int = 16, n_heads: int = 1, depth: int = 2,
                  head_dim: int | None = None, theta_max: float = 0.1, memory_decay: float = 0.99,
-                 momentum: float = 0.9, theta_init: float = 0.5, persistent_tokens: int = 0):
+                 momentum: float = 0.9, theta_init: float = 0.5, persistent_tokens: int = 0,
+                 max_grad_norm: float = 0.0):
         super().__init__()
+        self.max_grad_norm = max_grad_norm
         assert depth >= 1 and chunk_size >= 1 and n_heads >= 1
         self.dim, self.d_mem, self.chunk_size, self.n_heads, self.depth = dim, d_mem, chunk_size, n_heads, depth
         self.head_dim = head_dim or dim // n_heads
@@ -295,12 +305,17 @@ class NeuralMemory(nn.Module):
                 if self.layer_scales[i] != 1.0:
                     delta = delta * self.layer_scales[i]  # now relative to (h @ W_i)
                 layer_delta = delta
+                token_scale_w, token_scale_u = token_w, token_u
+                if self.max_grad_norm > 0:  # clip each token's gradient 2 x^T delta, whose norm is 2 |x| |delta|
+                    norm = 2.0 * inputs[i].norm(dim=-1, keepdim=True) * layer_delta.norm(dim=-1, keepdim=True)
+                    clip = (self.max_grad_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
+                    token_scale_w, token_scale_u = token_w * clip, token_u * clip
                 if i > 0:  # back through silu, at the chunk-start weights: silu'(z) = sig + silu(z) (1 - sig)
                     sig = torch.sigmoid(pre_activations[i - 1])
                     silu_grad = torch.addcmul(sig, activations[i - 1], 1.0 - sig)
                     delta = (delta @ weights[i].transpose(1, 2)) * silu_grad
-                weights[i], momenta[i] = MemoryStep.apply(weights[i], momenta[i], token_w * inputs[i],
-                                                          token_u * inputs[i], layer_delta, a, e, m,
+                weights[i], momenta[i] = MemoryStep.apply(weights[i], momenta[i], token_scale_w * inputs[i],
+                                                          token_scale_u * inputs[i], layer_delta, a, e, m,
                                                           self.initial_weights[i])
 
         out = torch.cat(retrieved, 1).view(B, H, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
@@ -325,11 +340,13 @@ class MAGMixer(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, seq_len: int, rope_theta: float = 10000.0, window: int = 0,
                  d_mem: int = 64, chunk_size: int = 16, memory_decay: float = 0.99, theta_max: float = 0.1,
-                 persistent_tokens: int = 4, norm_eps: float = 1e-5, causal: bool = False):
+                 persistent_tokens: int = 4, norm_eps: float = 1e-5, causal: bool = False,
+                 max_grad_norm: float = 0.0):
         super().__init__()
         self.eps = norm_eps
         self.memory = NeuralMemory(d_model, d_mem, chunk_size, n_heads=n_heads, depth=2, theta_max=theta_max,
-                                   memory_decay=memory_decay, persistent_tokens=persistent_tokens)
+                                   memory_decay=memory_decay, persistent_tokens=persistent_tokens,
+                                   max_grad_norm=max_grad_norm)
         n_persistent = persistent_tokens
         self.attention = Attention(d_model, n_heads, seq_len + n_persistent, rope_theta, window=window,
                                    causal=causal)
@@ -342,7 +359,8 @@ class MAGMixer(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig, seq_len: int) -> "MAGMixer":
         return cls(cfg.d_model, cfg.n_heads, seq_len, cfg.rope_theta, cfg.window, cfg.d_mem, cfg.memory_chunk,
-                   cfg.memory_decay, cfg.memory_theta_max, cfg.persistent_tokens, cfg.norm_eps)
+                   cfg.memory_decay, cfg.memory_theta_max, cfg.persistent_tokens, cfg.norm_eps,
+                   max_grad_norm=cfg.memory_max_grad_norm)
 
     def init_state(self, batch: int, device=None, dtype=None) -> MemoryState:
         return self.memory.init_state(batch, device, dtype)

@@ -118,3 +118,28 @@ def test_fault_spec_parsing():
         with pytest.raises(ConfigError, match="TRM_LAB_FAULTS"):
             parse_faults(bad)
     assert isinstance(torch.OutOfMemoryError("x"), RuntimeError)
+
+
+SLEEPY = ["model.memory=titans-mag", "sleep.enabled=true", "sleep.wake_steps=4", "sleep.sleep_steps=4"]
+
+
+def test_oom_during_sleep_halves_the_consolidation_batch_and_the_run_goes_on(tmp_path):
+    # steps 1-4 wake, 5-8 sleep: the injected error hits consolidation, not a wake step
+    tr = in_process_trainer(tmp_path, "sleepy", max_steps=12, ckpt_every=0, overrides=SLEEPY, faults="oom@6")
+    assert tr.run() == 0
+    assert tr.step == 12 and tr.micro_batches == 1  # the wake split is untouched
+    assert tr.sleep.scheduler.sleeps == 1 and tr.status == "finished"
+    backoff = [a for a in alerts(tr.run_dir) if a.get("fault") == "oom_backoff"]
+    assert len(backoff) == 1 and backoff[0]["phase"] == "sleep"
+    assert (backoff[0]["old_batch"], backoff[0]["new_batch"]) == (16, 8) and "step 6" in backoff[0]["message"]
+    assert tr.sleep.consolidator.batch_size == 8
+    assert tr.sleep.consolidator.state_dict()["batch_size"] == 8
+
+
+@pytest.mark.slow
+def test_oom_during_sleep_at_one_sample_fails_the_run(tmp_path):
+    tr = in_process_trainer(tmp_path, "sleepy-floor", max_steps=12, ckpt_every=0,
+                            overrides=SLEEPY + ["train.batch_size=2"], faults="oom@6,oom@6")
+    assert tr.run() == 1
+    assert tr.status == "failed"
+    assert any("consolidation batch of one sample" in a["message"] for a in alerts(tr.run_dir))
