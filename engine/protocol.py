@@ -62,8 +62,13 @@ class Command:
 
 
 def encode(message: dict) -> bytes:
-    """One JSON line; non-finite floats become null so every line is strict JSON."""
-    return (json.dumps(_finite(message), separators=(",", ":"), allow_nan=False) + "\n").encode()
+    """One JSON line; non-finite floats become null so every line is strict JSON. The walk that replaces them
+    runs only when the fast path refuses a non-finite float (one metrics event a step goes through here)."""
+    try:
+        text = json.dumps(message, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(message), separators=(",", ":"), allow_nan=False)
+    return (text + "\n").encode()
 
 
 def _finite(v: Any) -> Any:

@@ -239,6 +239,12 @@ class RunReader:
     def close(self) -> None:
         self.conn.close()
 
+    def _tuples(self, sql: str, params: list) -> list[tuple]:
+        """Rows as plain tuples: a console polls up to 200k of them, and sqlite3.Row -> tuple costs ~2x."""
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        return cursor.execute(sql, params).fetchall()
+
     def run(self) -> dict | None:
         row = self.conn.execute("SELECT * FROM runs LIMIT 1").fetchone()
         return dict(row) if row else None
@@ -251,13 +257,13 @@ class RunReader:
         sql = "SELECT id, step, value FROM metrics WHERE key = ? AND id > ?"
         if not include_superseded:
             sql += " AND superseded = 0"
-        return [tuple(r) for r in self.conn.execute(sql + " ORDER BY id", [key, since_id])]
+        return self._tuples(sql + " ORDER BY id", [key, since_id])
 
     def metrics_since(self, since_id: int = 0, limit: int = 200_000) -> list[tuple[int, str, int, float | None]]:
         """New live rows (id, key, step, value) of every series after `since_id`: a console's poll."""
-        return [tuple(r) for r in self.conn.execute(
+        return self._tuples(
             "SELECT id, key, step, value FROM metrics WHERE id > ? AND superseded = 0 ORDER BY id LIMIT ?",
-            [since_id, limit])]
+            [since_id, limit])
 
     def latest(self, keys: Iterable[str] | None = None) -> dict[str, tuple[int, float | None]]:
         """The newest (step, value) of every series (or of `keys`)."""

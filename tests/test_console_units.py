@@ -158,6 +158,18 @@ def test_render_curves_100k_points_draws_the_series_and_the_latest_value():
     assert "80k" in plain  # step ticks as short integers
 
 
+def test_compare_mode_names_the_runs_in_a_line_above_the_plot_not_on_the_curves():
+    n = 400
+    runs = [(name, {"loss": Series(range(n), [k + math.exp(-i / 80) for i in range(n)])})
+            for k, name in enumerate(["alpha-run", "beta-run"])]
+    text = render_curves(runs, ["loss"], 80, 20)
+    lines = text.plain.splitlines()
+    assert len(lines) == 20 and "alpha-run" in lines[0] and "beta-run" in lines[0]
+    assert not any("alpha-run" in line or "beta-run" in line for line in lines[1:])  # nothing drawn over the plot
+    colors = {span.style for span in text.spans if "color(" in str(span.style)}
+    assert {"color(45)", "color(214)"} <= {str(c) for c in colors}
+
+
 def test_a_flat_zero_accuracy_is_drawn_on_zero_to_one_not_below_zero():
     text = render_curves([("run", {"exact_acc": Series(range(50), [0.0] * 50)})], ["exact_acc"], 60, 12)
     ticks = [line.split("┤")[0].strip() for line in text.plain.splitlines() if "┤" in line]

@@ -123,3 +123,14 @@ def test_random_bytes_never_break_the_server(server, data):
         if msg["type"] == "ack" and msg["ack"] == "probe-after":
             break
     s.close()
+
+
+def test_encode_writes_strict_json_lines_with_null_for_non_finite_floats():
+    import json
+
+    line = protocol.encode({"kind": "metrics", "data": {"loss": float("nan"), "lr": 1e-3,
+                                                         "hist": [1.0, float("inf"), (2, float("-inf"))]}})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {"kind": "metrics", "data": {"loss": None, "lr": 1e-3, "hist": [1.0, None, [2, None]]}}
+    assert b"NaN" not in line and b"Infinity" not in line
+    assert json.loads(protocol.encode({"a": [1, 2.5, "x"]})) == {"a": [1, 2.5, "x"]}

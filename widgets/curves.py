@@ -220,12 +220,18 @@ def render_curves(runs: list[RunSeries], keys: list[str], width: int, height: in
     present = [k for k in keys if any(len(s.get(k, ())) for _, s in runs)]
     if not present:
         return Text("waiting for metrics…" if keys else "no series selected", style="dim")
+    compare = len(runs) > 1
+    legend = None
+    if compare:  # a legend line of our own: plotext's legend box would sit on top of the curves' start
+        legend = Text("runs ", style="bold", no_wrap=True, overflow="ellipsis")
+        for i, (label, _) in enumerate(runs):
+            legend.append(f" ━ {label}", style=f"color({plot.RUN_COLORS[i % len(plot.RUN_COLORS)][0]})")
+        height -= 1
     rows = max(1, min(len(present), height // 7))
     shown = present[:rows]
     fig = plot.figure(width, height, rows)
     buckets = max(8, width - 12)  # ~ one per canvas column; braille draws two dots per column
     levels = 4 * (height // rows)  # braille dot rows, a little generous
-    compare = len(runs) > 1
     for r, key in enumerate(shown):
         sub = fig.subplot(r + 1, 1) if rows > 1 else fig
         title = key
@@ -240,7 +246,7 @@ def render_curves(runs: list[RunSeries], keys: list[str], width: int, height: in
                 # the raw series as a dim cloud of its extremes under the smooth line; dots, not
                 # strokes, so the spikes stay visible and the plot costs half as much
                 lines.append((*downsample_minmax(s, buckets), dim, None, False))
-            lines.append((*downsample_minmax(smooth, buckets), bright, label if compare else None, True))
+            lines.append((*downsample_minmax(smooth, buckets), bright, None, True))
             if not compare:
                 title = f"{key}  {plot.fmt(s.last)}" + (f"  (ema {plot.fmt(smooth.last)})" if smoothing > 0 else "")
         lo = min(min(ys) for _, ys, *_ in lines)
@@ -256,6 +262,8 @@ def render_curves(runs: list[RunSeries], keys: list[str], width: int, height: in
         sub.title(title)
         plot.step_ticks(sub, min(xs[0] for xs, *_ in lines), max(xs[-1] for xs, *_ in lines), max(2, width // 14))
     text = plot.to_text(fig)
+    if legend is not None:
+        text = Text("\n").join([legend, text])
     if len(present) > rows:
         text.append(f"\n+{len(present) - rows} more selected; enlarge the pane to see them", style="dim")
     return text
