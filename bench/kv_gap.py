@@ -45,6 +45,7 @@ Usage: python bench/kv_gap.py [--quick] [--seeds N] [--part recall|continual|all
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -261,6 +262,7 @@ def interval(xs: list[float]) -> list[float | None]:
 
 
 def main() -> None:
+    global CONTINUAL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed per condition")
     parser.add_argument("--seeds", type=int, default=5)
@@ -269,7 +271,12 @@ def main() -> None:
     parser.add_argument("--start-steps", type=int, default=300,
                         help="in-context training of part 2's starting model, in its own format")
     parser.add_argument("--wake-steps", type=int, default=40)
+    parser.add_argument("--continual-theta-max", type=float, default=CONTINUAL.memory_theta_max,
+                        help="the continual part's memory_theta_max (the inner learning-rate cap)")
     args = parser.parse_args()
+    if not 0 < args.continual_theta_max <= 2:
+        parser.error("--continual-theta-max must be in (0, 2]")
+    CONTINUAL = dataclasses.replace(CONTINUAL, memory_theta_max=args.continual_theta_max)
     torch.set_num_threads(1)
     seeds = 1 if args.quick else args.seeds
     extra_surprise_seeds = 1 if args.quick else 2 * args.seeds  # replay-surprise against replay: more seeds
@@ -348,7 +355,7 @@ def main() -> None:
         "inner_loss_relative_rising": sorted(c for c, v in inner_mean.items() if v[1][-1] > 1.1 * v[1][0]),
         "seconds_per_condition_seed": {c: max(v) for c, v in seconds.items() if v},
         "R": {c: [[[round(x, 3) for x in row] for row in R] for R in matrices[c]] for c in CONDITIONS},
-        "seeds": seeds,
+        "seeds": seeds, "continual_theta_max": CONTINUAL.memory_theta_max,
     }
     print(json.dumps(figures))
 
