@@ -38,8 +38,11 @@ Why two formats:
   = 6 tokens; the nearest fact is 12 tokens before the first query, out of reach. Only the neural memory,
   which the passes share, can carry a fact across the gap.
 
+After each cycle the bench also scores the memory's own associative loss on 64 episodes of that cycle (raw,
+and relative to the values' energy) and reports whether it rose over the five cycles.
+
 Prints one line per condition and seed, then the figures as one JSON object on the last line.
-Usage: python bench/kv_gap.py [--quick] [--seeds N] [--part recall|continual|all]
+Usage: python bench/kv_gap.py [--quick] [--seeds N] [--part recall|continual|all] [--continual-theta-max X]
 """
 
 from __future__ import annotations
