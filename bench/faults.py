@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import pickle
 import pty
@@ -48,7 +47,8 @@ import torch  # noqa: E402
 
 from engine import checkpoint, config, protocol  # noqa: E402
 from engine.store import RunReader  # noqa: E402
-from engine.trainer import FAULTS_ENV, Trainer, parse_faults  # noqa: E402
+from engine.faults import FAULTS_ENV, parse_faults  # noqa: E402
+from engine.trainer import Trainer  # noqa: E402
 from tests.helpers import env, kill9, tiny_config, wait_for  # noqa: E402
 
 

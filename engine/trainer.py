@@ -29,7 +29,7 @@ from engine import checkpoint, protocol
 from engine.config import RunConfig
 from engine.control import ControlServer, Received
 from engine.curriculum import CurriculumFeed
-from engine.faults import FAULTS_ENV, faults_from_env, parse_faults  # noqa: F401 (parse_faults: re-exported)
+from engine.faults import FAULTS_ENV, faults_from_env
 from engine.model.bitlinear import convert_to_bitnet
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.sleep import SleepWake
@@ -418,8 +418,7 @@ class Trainer:
         accumulate to the full batch's. Returns (new carry, logits (B, S, V), figures, finite).
         Halting's exploration draws come chunk by chunk, so a split run is reproducible for its split (which
         the checkpoint keeps), not bitwise equal to the unsplit run."""
-        if self._take_fault("oom", self.step + 1):
-            raise torch.OutOfMemoryError(f"injected out-of-memory at step {self.step + 1} ({FAULTS_ENV})")
+        self._inject_oom()
         poison = float("nan") if self._take_fault("nan", self.step + 1) else 1.0
         if self.micro_batches == 1:  # the plain step, unchanged
             carry, out = self.model(self.carry, inputs, labels, generator=self.generator)
@@ -463,17 +462,25 @@ class Trainer:
         if old >= B:
             return False
         self.micro_batches = min(B, 2 * old)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()  # hand the failed attempt's cached blocks back before the retry
         old_size, new_size = math.ceil(B / old), math.ceil(B / self.micro_batches)
-        self.emit_event("alert", {
-            "level": "warning", "fault": "oom_backoff", "reason": reason,
-            "old_micro_batch": old_size, "new_micro_batch": new_size, "micro_batches": self.micro_batches,
-            "message": f"{reason} at step {self.step + 1}: micro-batch {old_size} -> {new_size} slots, "
-                       f"{self.micro_batches} accumulated chunks keep the batch at {B}"})
-        if self.output == "human":
-            print(f"[warning] {reason}: micro-batch {old_size} -> {new_size}", file=sys.stderr, flush=True)
+        self._backoff_alert(f"{reason} at step {self.step + 1}: micro-batch {old_size} -> {new_size} slots, "
+                            f"{self.micro_batches} accumulated chunks keep the batch at {B}",
+                            reason=reason, old_micro_batch=old_size, new_micro_batch=new_size,
+                            micro_batches=self.micro_batches)
         return True
+
+    def _backoff_alert(self, message: str, **fields) -> None:
+        """After a back-off: hand the failed attempt's cached blocks back before the retry, and say so."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.emit_event("alert", {"level": "warning", "fault": "oom_backoff", **fields, "message": message})
+        if self.output == "human":
+            print(f"[warning] {message}", file=sys.stderr, flush=True)
+
+    def _inject_oom(self) -> None:
+        """Raise the injected out-of-memory error of this step, if one is due (FAULTS_ENV)."""
+        if self._take_fault("oom", self.step + 1):
+            raise torch.OutOfMemoryError(f"injected out-of-memory at step {self.step + 1} ({FAULTS_ENV})")
 
     def _check_memory_pressure(self) -> None:
         """Back off before an out-of-memory error when the card is fuller than train.vram_limit."""
@@ -500,8 +507,7 @@ class Trainer:
         rng = self.sleep.generator.get_state()
         while True:
             try:
-                if self._take_fault("oom", self.step + 1):
-                    raise torch.OutOfMemoryError(f"injected out-of-memory at step {self.step + 1} ({FAULTS_ENV})")
+                self._inject_oom()
                 metrics, finite = self.sleep.consolidation_step(self.model, self.optimizer)
                 break
             except torch.OutOfMemoryError:
@@ -511,15 +517,9 @@ class Trainer:
             if halved is None:
                 raise OutOfMemoryAtOneSlot(f"out of memory at step {self.step + 1} during sleep with a "
                                            "consolidation batch of one sample; lower model.d_model")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            message = (f"out of memory during sleep at step {self.step + 1}: consolidation batch "
-                       f"{halved[0]} -> {halved[1]} samples")
-            self.emit_event("alert", {"level": "warning", "fault": "oom_backoff", "reason": "out of memory",
-                                      "phase": "sleep", "old_batch": halved[0], "new_batch": halved[1],
-                                      "message": message})
-            if self.output == "human":
-                print(f"[warning] {message}", file=sys.stderr, flush=True)
+            self._backoff_alert(f"out of memory during sleep at step {self.step + 1}: consolidation batch "
+                                f"{halved[0]} -> {halved[1]} samples", reason="out of memory", phase="sleep",
+                                old_batch=halved[0], new_batch=halved[1])
         if finite:
             self._update_ema()
         self.step += 1

@@ -79,17 +79,22 @@ def reference_forward(memory: NeuralMemory, x: torch.Tensor):
     return out, final_fast, final_momentum
 
 
+def assert_states_match(state, ref_fast, ref_momentum, n_batch: int = 2, n_heads: int = 2) -> None:
+    """Every layer's fast weights and momentum equal the reference's, per batch element and head (1e-6)."""
+    for b in range(n_batch):
+        for h in range(n_heads):
+            for i, (fast, momentum) in enumerate(zip(ref_fast[b * n_heads + h], ref_momentum[b * n_heads + h])):
+                assert torch.allclose(state[f"dW{i + 1}"][b, h], fast, atol=1e-6, rtol=0)
+                assert torch.allclose(state[f"S{i + 1}"][b, h], momentum, atol=1e-6, rtol=0)
+
+
 def test_matches_token_by_token_autograd_reference_in_float64():
     memory = make_memory()
     x = torch.randn(2, 18, 12, dtype=torch.float64)  # 4 full chunks of 4 and a tail of 2
     out, state = memory(x)
     ref_out, ref_fast, ref_momentum = reference_forward(memory, x)
     assert (out - ref_out).abs().max().item() <= 1e-6
-    for b in range(2):
-        for h in range(2):
-            for i in range(2):
-                assert torch.allclose(state[f"dW{i + 1}"][b, h], ref_fast[b * 2 + h][i], atol=1e-6, rtol=0)
-                assert torch.allclose(state[f"S{i + 1}"][b, h], ref_momentum[b * 2 + h][i], atol=1e-6, rtol=0)
+    assert_states_match(state, ref_fast, ref_momentum)
     assert state["dW1"].abs().max() > 1e-2  # the memory did move: the comparison was not of zeros
 
 
@@ -98,12 +103,9 @@ def test_gradient_clip_matches_the_reference_and_binds():
     plain = make_memory()
     clipped = make_memory(max_grad_norm=0.5)  # the same weights (same seed), a binding clip
     out, state = clipped(x)
-    ref_out, ref_fast, _ = reference_forward(clipped, x)
+    ref_out, ref_fast, ref_momentum = reference_forward(clipped, x)
     assert (out - ref_out).abs().max().item() <= 1e-6
-    for b in range(2):
-        for h in range(2):
-            for i in range(2):
-                assert torch.allclose(state[f"dW{i + 1}"][b, h], ref_fast[b * 2 + h][i], atol=1e-6, rtol=0)
+    assert_states_match(state, ref_fast, ref_momentum)
     # it did bind: the clipped memory moved less than the plain one
     assert state.change_norm().max() < 0.9 * plain(x)[1].change_norm().max()
     params = [p for p in clipped.parameters() if p.numel() and p is not clipped.persistent_tokens]

@@ -8,7 +8,8 @@ import torch
 from bench.faults import alerts, chunked_gradient_error, in_process_trainer, live_steps, resumed_trainer, same_weights
 from engine import checkpoint
 from engine.config import ConfigError
-from engine.trainer import merge_chunk_metrics, parse_faults, slot_chunks
+from engine.faults import parse_faults
+from engine.trainer import merge_chunk_metrics, slot_chunks
 
 
 def test_slot_chunks_cover_every_slot_once():
