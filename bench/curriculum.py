@@ -33,7 +33,8 @@ import torch  # noqa: E402
 
 from engine import config  # noqa: E402
 from engine.tasks.program import ProgramTask  # noqa: E402
-from engine.trainer import Trainer, evaluate  # noqa: E402
+from engine.evaluate import evaluate  # noqa: E402
+from engine.trainer import Trainer  # noqa: E402
 
 # small and shallow on purpose: the bench measures the queue, not the reasoner, on 2 shared cores
 BASE = [

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from engine import config  # noqa: E402
-from engine.trainer import Trainer, evaluate  # noqa: E402
+from engine.evaluate import evaluate  # noqa: E402
+from engine.trainer import Trainer  # noqa: E402
 
 BASE = [
     # difficulty 2 (15 of 36 cells given) needs several rounds of constraint propagation, more than one pass

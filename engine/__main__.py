@@ -12,7 +12,8 @@ from pathlib import Path
 
 from engine import config
 from engine.faults import faults_from_env
-from engine.trainer import EXIT_BAD_INPUT, Trainer
+from engine.protocol import EXIT_BAD_INPUT
+from engine.trainer import Trainer
 
 
 class _Parser(argparse.ArgumentParser):

@@ -7,11 +7,10 @@ import json
 import sys
 
 from engine import config
+from engine.build import build_model, make_task
 
 
 def describe(cfg: config.RunConfig) -> dict:
-    from engine.trainer import build_model, make_task
-
     task = make_task(cfg)
     model = build_model(cfg, task)
     n_params = sum(p.numel() for p in model.parameters())

@@ -1,4 +1,9 @@
-"""Evaluate a run's newest good checkpoint (EMA weights) on a puzzle file."""
+"""The one evaluator: every accuracy the lab reports (the training curve, `lab eval --puzzles`,
+`lab eval --task`, the benches) is graded here, the same way.
+
+A sample is exact when every scored position (label != PAD) is right, unless its task grades its own
+answers (a program task runs the predicted program on its test cases): then the task decides.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,62 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint, config
+from engine.build import build_model, make_task
+from engine.model.trm import PAD
+from engine.tasks.base import Task, batch
 
 
 class EvalError(ValueError):
     """Bad evaluation input; the message is one sentence."""
 
 
+def score(preds: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exact (B,) bool, correct cells (B,) int) of predictions against labels, both (B, S); PAD is not scored."""
+    scored = labels != PAD
+    right = preds == labels
+    return (right | ~scored).all(-1), (right & scored).sum(-1)
+
+
+def grades_itself(task) -> bool:
+    return hasattr(task, "problem") and hasattr(task, "grade")
+
+
+def grade(task, split: str, indices: list[int], preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: each sample's answer right as a whole, graded by the task when it grades its own."""
+    if not grades_itself(task):
+        return score(preds, labels)[0]
+    rows = preds.tolist()
+    return torch.tensor([bool(task.grade(task.problem(split, i), row, task.sample(split, i)))
+                         for i, row in zip(indices, rows)], dtype=torch.bool)
+
+
+def held_out(task: Task, n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` held-out samples, stacked once: drawing them again at every evaluation is wasted work."""
+    inputs, labels = batch(task, "test", list(range(n)))
+    return inputs.to(device), labels.to(device)
+
+
+@torch.no_grad()
+def evaluate(model, task: Task, n: int, batch_size: int, device: torch.device | str = "cpu",
+             data: tuple[torch.Tensor, torch.Tensor] | None = None, split: str = "test") -> dict[str, float]:
+    """Exact (graded by the task) and cell accuracy on the first `n` samples of `split` (`data`: those
+    samples, already stacked on the device)."""
+    all_inputs, all_labels = data if data is not None else held_out(task, n, device)
+    was_training = model.training
+    model.eval()
+    exact = cells = total_cells = 0
+    for start in range(0, n, batch_size):
+        inputs, labels = all_inputs[start:start + batch_size], all_labels[start:start + batch_size]
+        preds, _ = model.predict(inputs)
+        exact += int(grade(task, split, list(range(start, start + len(inputs))), preds, labels).sum())
+        cells += int(score(preds, labels)[1].sum())
+        total_cells += int((labels != PAD).sum())
+    model.train(was_training)
+    return {"eval_exact": exact / n, "eval_cell": cells / max(1, total_cells)}
+
+
 def load_run_model(run_dir: Path, use_ema: bool = True):
     """(cfg, task, model, step) from the run's config and newest checkpoint that verifies."""
-    from engine.trainer import build_model, make_task
-
     try:
         cfg = config.load(run_dir / "config.toml")
     except config.ConfigError as exc:
@@ -58,18 +109,12 @@ def evaluate_run(run_dir: Path, puzzles: str | Path, limit: int | None = None, b
         inputs = torch.tensor([p.inputs for p in chunk], dtype=torch.long)
         labels = torch.tensor([p.solution for p in chunk], dtype=torch.long)
         preds, _ = model.predict(inputs)
-        exact += int((preds == labels).all(dim=1).sum())
-        cells += int((preds == labels).sum())
-        total += labels.numel()
+        right, n_cells = score(preds, labels)
+        exact += int(right.sum())
+        cells += int(n_cells.sum())
+        total += int((labels != PAD).sum())
     n = len(items)
     return {"exact": exact / n, "n": n, "n_exact": exact, "cell": cells / total, "step": step}
-
-
-def _exact(task, split: str, index: int, sample, predicted: list[int]) -> bool:
-    """A generated task grades its own answers (a program is run on its test cases); others match labels."""
-    if hasattr(task, "problem") and hasattr(task, "grade"):
-        return bool(task.grade(task.problem(split, index), predicted, sample))
-    return all(p == t for t, p in zip(sample.labels, predicted) if t != 0)
 
 
 @torch.no_grad()
@@ -106,9 +151,10 @@ def evaluate_task(run_dir: Path, task_name: str, n: int = 1000, difficulty: int 
                             f"and {task.vocab_size} tokens, so the model cannot read it.")
         marks: list[bool] = []
         for start in range(0, n, batch_size):
-            samples = [task.sample("test", i) for i in range(start, min(n, start + batch_size))]
-            preds, _ = model.predict(torch.tensor([s.inputs for s in samples], dtype=torch.long))  # (b, S)
-            marks += [_exact(task, "test", start + j, s, p) for j, (s, p) in enumerate(zip(samples, preds.tolist()))]
+            indices = list(range(start, min(n, start + batch_size)))
+            inputs, labels = batch(task, "test", indices)
+            preds, _ = model.predict(inputs)  # (b, S)
+            marks += grade(task, "test", indices, preds, labels).tolist()
         correct[d] = marks
 
     total = [m for marks in correct.values() for m in marks]

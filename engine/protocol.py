@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
+
+# Exit codes of every process the lab starts (the engine, `lab run`, `lab ...`).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2  # done (finished or stopped) | the run failed | bad input
 MAX_LINE_BYTES = 64 * 1024  # a command line longer than this is refused, not buffered
 
 # Commands a client may send, with the argument names each accepts.

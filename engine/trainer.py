@@ -30,15 +30,16 @@ from engine.config import RunConfig
 from engine.control import ControlServer, Received
 from engine.curriculum import CurriculumFeed
 from engine.faults import FAULTS_ENV, faults_from_env
-from engine.model.bitlinear import convert_to_bitnet
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.sleep import SleepWake
-from engine.optim import bitnet_enabled, build_optimizer
+from engine.build import build_model, make_task, pick_device
+from engine.evaluate import evaluate, held_out
+from engine.optim import build_optimizer
+from engine.protocol import EXIT_FAILED, EXIT_OK
 from engine.store import RunStore
-from engine.tasks.base import Task, batch
+from engine.tasks.base import batch
 from engine.telemetry import Telemetry
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 # Fault injection for the fault suite (tests/faults, bench/faults.py), not a user setting:
 PRESSURE_COOLDOWN_STEPS = 10  # after a VRAM-pressure back-off, let the allocator settle before judging again
@@ -111,51 +112,6 @@ def merge_chunk_metrics(parts: list[dict[str, float]], slots: list[int], cells: 
         weighted = sum(p["halted_steps"] * p["n_halted"] for p in parts if p["n_halted"])
         merged["halted_steps"] = weighted / n_halted if n_halted else float("nan")
     return merged
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def make_task(cfg: RunConfig) -> Task:
-    from engine.tasks.registry import task_from_config
-
-    return task_from_config(cfg.task)
-
-
-def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
-    model = TinyRecursiveModel(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len)
-    if bitnet_enabled(cfg):  # b1.58 STE: hidden linears ternary in the forward, latent weights full precision
-        convert_to_bitnet(model)
-    return model
-
-
-def held_out(task: Task, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `n` held-out samples, stacked once: drawing them again at every evaluation is wasted work."""
-    inputs, labels = batch(task, "test", list(range(n)))
-    return inputs.to(device), labels.to(device)
-
-
-@torch.no_grad()
-def evaluate(model: TinyRecursiveModel, task: Task, n: int, batch_size: int, device: torch.device,
-             data: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
-    """Exact (whole answer) and cell accuracy on the first `n` held-out samples (`data` if given)."""
-    all_inputs, all_labels = data if data is not None else held_out(task, n, device)
-    was_training = model.training
-    model.eval()
-    exact = cells = total_cells = 0
-    for start in range(0, n, batch_size):
-        inputs, labels = all_inputs[start:start + batch_size], all_labels[start:start + batch_size]
-        preds, _ = model.predict(inputs)
-        mask = labels != 0
-        correct = (preds == labels) | ~mask
-        exact += int(correct.all(dim=1).sum())
-        cells += int(((preds == labels) & mask).sum())
-        total_cells += int(mask.sum())
-    model.train(was_training)
-    return {"eval_exact": exact / n, "eval_cell": cells / max(1, total_cells)}
 
 
 @dataclass

@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 from engine import config, protocol
+from engine.protocol import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from engine.faults import faults_from_env
 from engine.store import RunReader
 from lab import runs
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class UserError(Exception):

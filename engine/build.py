@@ -1,0 +1,33 @@
+"""What a run is made of, built from its config: the device, the task and the model.
+
+Every caller that needs a run's model (the trainer, `lab eval`, `lab config show`, the benches) builds it
+here, so a checkpoint always loads into the network it was trained as.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.config import RunConfig
+from engine.model.bitlinear import convert_to_bitnet
+from engine.model.trm import TinyRecursiveModel
+from engine.optim import bitnet_enabled
+from engine.tasks.base import Task
+from engine.tasks.registry import task_from_config
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_task(cfg: RunConfig) -> Task:
+    return task_from_config(cfg.task)
+
+
+def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
+    model = TinyRecursiveModel(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len)
+    if bitnet_enabled(cfg):  # b1.58 STE: hidden linears ternary in the forward, latent weights full precision
+        convert_to_bitnet(model)
+    return model
