@@ -12,6 +12,7 @@ from engine.config import RunConfig
 from engine.model.bitlinear import convert_to_bitnet
 from engine.model.trm import TinyRecursiveModel
 from engine.optim import bitnet_enabled
+from engine.stages import Phase, Schedule
 from engine.tasks.base import Task
 from engine.tasks.registry import task_from_config
 
@@ -31,3 +32,10 @@ def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
     if bitnet_enabled(cfg):  # b1.58 STE: hidden linears ternary in the forward, latent weights full precision
         convert_to_bitnet(model)
     return model
+
+
+def build_schedule(cfg: RunConfig) -> Schedule:
+    """Which stage runs when: wake alone, or wake and sleep alternating by step counts."""
+    if not cfg.sleep.enabled:
+        return Schedule([Phase("wake", 0)])
+    return Schedule([Phase("wake", cfg.sleep.wake_steps), Phase("sleep", cfg.sleep.sleep_steps)])

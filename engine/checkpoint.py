@@ -161,12 +161,19 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoi
     return Checkpoint(path=path, step=meta["step"], tensors=tensors, state=state, meta=meta)
 
 
-def load_latest(ckpt_root: str | Path, map_location: str | torch.device = "cpu") -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint that verifies, and a warning for each newer one that did not."""
+def load_latest(ckpt_root: str | Path, map_location: str | torch.device = "cpu",
+                check=None) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint that verifies (and passes `check`, which raises ValueError with a reason when
+    the contents do not fit), and a warning for each newer one that did not."""
     warnings: list[str] = []
     for path in reversed(list_checkpoints(ckpt_root)):
         try:
-            return load(path, map_location), warnings
+            ckpt = load(path, map_location)
+            if check is not None:
+                check(ckpt)
+            return ckpt, warnings
         except CheckpointError as exc:
             warnings.append(str(exc))
+        except ValueError as exc:
+            warnings.append(f"{path.name}: {exc}")
     return None, warnings

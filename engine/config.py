@@ -98,7 +98,8 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # float16 needs CUDA (and gets a gradient scaler)
+    ema_decay: float = 0.999
     vram_limit: float = 0.85  # used/total VRAM above which the micro-batch is halved before an OOM; 1 = off
 
 
@@ -235,6 +236,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.seed": (0, 2**31 - 1),
     "train.threads": (0, 1024),
     "train.vram_limit": (0.05, 1.0),
+    "train.ema_decay": (0.0, 1.0),
     "eval.every": (0, 10**9),
     "eval.n_puzzles": (1, 10**6),
     "eval.batch_size": (1, 65536),
@@ -364,6 +366,9 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: task.p = {t.p} is not allowed; the modulus must be a prime.")
     if t.name == "maze" and t.side % 2 == 0:
         raise ConfigError(f"{where}: task.side = {t.side} is not allowed; a maze side must be odd (7 to 31).")
+    if cfg.train.dtype == "float16" and cfg.train.device == "cpu":
+        raise ConfigError(f"{where}: train.dtype = 'float16' needs a CUDA device; on the CPU use 'bfloat16' or "
+                          "'float32'.")
     m = cfg.model
     if m.d_model % m.n_heads:
         raise ConfigError(

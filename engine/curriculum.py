@@ -16,7 +16,7 @@ revealed character but to copy it, so a hint swaps the practice a failed questio
 free answer, and a hinted success retires the question to a variant before it was ever solved
 alone. While most of a level is unmastered, failures are the model not having learned yet,
 which practice fixes; hints are for the questions that keep failing once the rest is learned
-(bench/curriculum.py measured held-out accuracy falling by half with a hint at every failure).
+(docs/decisions.md, "curriculum hints").
 
 A level ends when fewer than `threshold` of its questions remain, or after `max_epochs`
 passes over its queue; the next level is harder. After the last level the queue is `done`.

@@ -31,3 +31,28 @@ def parse_faults(text: str) -> dict[str, list[int]]:
 
 def faults_from_env() -> dict[str, list[int]]:
     return parse_faults(os.environ.get(FAULTS_ENV, ""))
+
+
+class Faults:
+    """The injected faults of one run, each entry fired once (FAULTS_ENV)."""
+
+    def __init__(self, faults: dict[str, list[int]] | None = None):
+        self.pending = faults if faults is not None else faults_from_env()
+
+    def take(self, kind: str, step: int) -> bool:
+        """True once per `kind@step` entry."""
+        steps = self.pending.get(kind)
+        if steps and step in steps:
+            steps.remove(step)
+            return True
+        return False
+
+    def raise_oom(self, step: int) -> None:
+        if self.take("oom", step):
+            import torch  # here, not at the top: the CLI checks the variable without loading torch
+
+            raise torch.OutOfMemoryError(f"injected out-of-memory at step {step} ({FAULTS_ENV})")
+
+    def loss_factor(self, step: int) -> float:
+        """NaN when a non-finite loss is due at `step`, else 1."""
+        return float("nan") if self.take("nan", step) else 1.0

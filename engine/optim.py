@@ -200,11 +200,8 @@ class MuGrokfast:
         groups = [g for g in groups if g["params"]]
         self.adamw = torch.optim.AdamW(groups, lr=adamw_lr, betas=(s.beta1, s.beta2)) if groups else None
 
-        # Default scope "aux": Grokfast filters the AdamW-routed parameters only. Its slow-gradient boost
-        # suits Adam (the seeds measured it helping Adam a lot on a small model), but Muon orthogonalises
-        # whatever it is given, and tilting its input toward the slow component made Muon slower: on
-        # bench/grokking.py, 600 steps to 95% with scope "all" against 425 without (seed 0), and the
-        # seeds saw the same. Under "adamw", aux and all are the same set.
+        # Default scope "aux": Grokfast filters the AdamW-routed parameters only. Muon orthogonalises whatever
+        # it is given, so tilting its input toward the slow component only slows it (docs/decisions.md).
         if s.grokfast_scope == "off":
             filtered = []
         elif s.grokfast_scope == "all":
@@ -219,6 +216,7 @@ class MuGrokfast:
             m.record_max_logit = True
 
         self.steps_done = 0
+        self.lr_scale = 1.0  # lasting multiple of every group's lr (a rollback halves it)
         self._figures: dict[str, float] = {}
 
     # ---- the optimizer interface ----
@@ -245,16 +243,22 @@ class MuGrokfast:
             return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
 
-    def schedule(self, step: int) -> float:
-        """Set every group's lr for `step` (step() calls it with its own count); returns the factor."""
-        factor = self.lr_factor(step)
+    def schedule(self, step: int, scale: float = 1.0) -> float:
+        """Set every group's lr for `step` (step() calls it with its own count); returns the factor.
+        The only place a group's lr is written: rollbacks and sleep ask for a scale instead."""
+        factor = self.lr_factor(step) * self.lr_scale * scale
         for group in self.param_groups:
             group["lr"] = group["base_lr"] * factor
         return factor
 
+    def set_lr_scale(self, scale: float) -> None:
+        """A lasting multiple of every learning rate from the next step on (kept in the state dict)."""
+        self.lr_scale = scale
+
     @torch.no_grad()
-    def step(self) -> None:
-        self.schedule(self.steps_done)
+    def step(self, lr_scale: float = 1.0) -> None:
+        """One step; `lr_scale` multiplies every lr for this step only (sleep's consolidation rate)."""
+        self.schedule(self.steps_done, lr_scale)
         with_grad = [p for p in self.params if p.grad is not None]
         max_norm = self.settings.grad_clip if self.settings.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm) if with_grad else torch.zeros(())
@@ -306,6 +310,7 @@ class MuGrokfast:
             "preset": self.settings.preset,
             "routes": dict(self.routes),
             "steps_done": self.steps_done,
+            "lr_scale": self.lr_scale,
             "muon": self.muon.state_dict() if self.muon else None,
             "adamw": self.adamw.state_dict() if self.adamw else None,
             "grokfast": self.grokfast.state_dict(),
@@ -323,6 +328,7 @@ class MuGrokfast:
             self.adamw.load_state_dict(state["adamw"])
         self.grokfast.load_state_dict(state["grokfast"])
         self.steps_done = int(state["steps_done"])
+        self.lr_scale = float(state.get("lr_scale", 1.0))
         # the config's learning rates win over the saved ones, as for every other setting
         adamw_lr = self.settings.adamw_lr if self.settings.use_muon else self.settings.lr
         for name, group in self._named_groups():

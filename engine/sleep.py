@@ -7,9 +7,7 @@
            a frozen pre-sleep copy, so the knowledge survives a memory reset) or dream (the pre-sleep copy's
            own high-temperature samples, distilled the same way)
 
-The SleepScheduler switches phases by step count (wake_steps, sleep_steps) or on request. SleepWake ties the
-three together for the trainer and keeps all of it in one state dict, so a run resumed at any step, asleep
-or awake, continues exactly.
+The pieces live here; engine/stages/sleep.py runs them as the sleep stage of a run's schedule.
 
 "Memory-free path": the model run with no carried memory state, so every pass through the network starts
 from an empty neural memory (`Carry.memory = None`); "memory-assisted": the memory carried across passes.
@@ -103,50 +101,15 @@ class EpisodicBuffer:
             setattr(self, name, t.cpu().clone())
 
 
-class SleepScheduler:
-    """Wake for wake_steps, sleep for sleep_steps, or sleep at the next step boundary on request."""
-
-    def __init__(self, wake_steps: int, sleep_steps: int):
-        self.wake_steps, self.sleep_steps = wake_steps, sleep_steps
-        self.phase = "wake"
-        self.since = 0  # step at which the current phase began
-        self.requested = False
-        self.manual = False  # the current sleep was requested by hand
-        self.sleeps = 0  # sleeps begun
-
-    @property
-    def sleeping(self) -> bool:
-        return self.phase == "sleep"
-
-    def request(self) -> None:
-        self.requested = True
-
-    def update(self, step: int) -> str | None:
-        """At a step boundary: the phase to switch to now, or None."""
-        if self.phase == "wake" and (self.requested or step - self.since >= self.wake_steps):
-            self.phase, self.since, self.manual = "sleep", step, self.requested
-            self.requested = False
-            self.sleeps += 1
-            return "sleep"
-        if self.phase == "sleep" and step - self.since >= self.sleep_steps:
-            self.phase, self.since, self.manual = "wake", step, False
-            return "wake"
-        return None
-
-    def state_dict(self) -> dict:
-        return {"phase": self.phase, "since": self.since, "requested": self.requested, "manual": self.manual,
-                "sleeps": self.sleeps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.phase, self.since = state["phase"], int(state["since"])
-        self.requested, self.manual, self.sleeps = bool(state["requested"]), bool(state["manual"]), int(state["sleeps"])
-
-
 @dataclass
 class ConsolidationBatch:
     inputs: torch.Tensor  # (B, S)
     labels: torch.Tensor  # (B, S) the buffer's labels (replay) or the teacher's answers (distill, dream)
     teacher_logits: torch.Tensor | None  # (B, S, V): the pre-sleep copy's memory-assisted outputs
+
+    def __getitem__(self, sl: slice) -> ConsolidationBatch:
+        teacher = None if self.teacher_logits is None else self.teacher_logits[sl]
+        return ConsolidationBatch(self.inputs[sl], self.labels[sl], teacher)
 
 
 class Consolidator:
@@ -186,19 +149,21 @@ class Consolidator:
         answers = teacher_logits.argmax(-1).masked_fill(labels == PAD, PAD)
         return ConsolidationBatch(inputs, answers, teacher_logits)
 
-    def loss(self, model: TinyRecursiveModel, batch: ConsolidationBatch) -> torch.Tensor:
+    def loss(self, model: TinyRecursiveModel, batch: ConsolidationBatch,
+             norm: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
         """One supervision step from fresh latents. Replay: the model's own loss; distill and dream: KL from
-        the teacher's distribution to the memory-free path's, over the scored positions."""
+        the teacher's distribution to the memory-free path's, over the scored positions. `norm`: the whole
+        batch's (scored cells, samples) when `batch` is one chunk of it (see engine/accumulate.py)."""
         carry = model.initial_carry(batch.inputs.shape[0], batch.inputs.device)
         if batch.teacher_logits is None:
-            _, out = model(carry, batch.inputs, batch.labels)
+            _, out = model(carry, batch.inputs, batch.labels, norm=norm)
             return out.loss
         carry.memory = None  # the memory-free path: every pass through f starts from an empty memory
-        _, out = model(carry, batch.inputs, batch.labels)
+        _, out = model(carry, batch.inputs, batch.labels, norm=norm)
         scored = batch.labels != PAD  # (B, S)
         kl = F.kl_div(F.log_softmax(out.logits, -1), F.log_softmax(batch.teacher_logits.float(), -1),
                       log_target=True, reduction="none").sum(-1)  # (B, S)
-        return (kl * scored).sum() / scored.sum().clamp_min(1)
+        return (kl * scored).sum() / (norm[0] if norm is not None else scored.sum().clamp_min(1))
 
     def adapt(self, loss: float) -> None:
         """The safeguard: halve the rate on a loss spike; raise it x1.2 when the loss is already tiny."""
@@ -209,173 +174,15 @@ class Consolidator:
         self.loss_mean = loss if self.loss_mean is None else 0.9 * self.loss_mean + 0.1 * loss
 
     def state_dict(self) -> dict:
-        state = {"lr": self.lr, "loss_mean": self.loss_mean, "batch_size": self.batch_size}
+        state = {"lr": self.lr, "loss_mean": self.loss_mean}
         if self.teacher is not None:
             state["teacher"] = {k: v.clone() for k, v in self.teacher.state_dict().items()}
         return state
 
     def load_state_dict(self, state: dict, model: TinyRecursiveModel) -> None:
         self.lr, self.loss_mean = float(state["lr"]), state["loss_mean"]
-        self.batch_size = int(state.get("batch_size", self.batch_size))  # halved after an out-of-memory error
         self.teacher = None
         if "teacher" in state:
             self.begin(model)
             self.lr, self.loss_mean = float(state["lr"]), state["loss_mean"]
             self.teacher.load_state_dict(state["teacher"])
-
-
-class SleepWake:
-    """The trainer's one handle on sleep: observe wake steps, switch phases, run consolidation steps."""
-
-    def __init__(self, cfg: SleepConfig, seq_len: int, batch_size: int, seed: int, memory: str):
-        self.cfg = cfg
-        self.memory = memory  # the model's memory kind: "none" or "titans-mag"
-        self.buffer = EpisodicBuffer(cfg.buffer_size, seq_len, cfg.prune_importance, cfg.prune_usage,
-                                     cfg.prune_age)
-        self.scheduler = SleepScheduler(cfg.wake_steps, cfg.sleep_steps)
-        self.consolidator = Consolidator(cfg, batch_size)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.before: dict = {}  # figures taken as the current sleep began
-        self.last_loss = float("nan")
-
-    @property
-    def sleeping(self) -> bool:
-        return self.scheduler.sleeping
-
-    def request(self) -> str | None:
-        """A manual sleep request: None if accepted (it starts at the next step boundary), else the reason."""
-        if self.memory == "none":
-            return "sleep needs a neural memory to consolidate; this run has model.memory = 'none'."
-        if self.sleeping:
-            return "the run is already asleep; it wakes by itself after sleep.sleep_steps steps."
-        if self.scheduler.requested:
-            return "a sleep is already requested; it starts at the next step."
-        if not len(self.buffer):
-            return "the episodic buffer is empty; train a few steps first so there is something to consolidate."
-        self.scheduler.request()
-        return None
-
-    @torch.no_grad()
-    def observe(self, carry, logits: torch.Tensor, step: int) -> None:
-        """After a wake step: samples on their first step enter the buffer, their loss as importance."""
-        fresh = carry.steps == 1  # (B,)
-        if fresh.any():
-            loss = per_sample_loss(logits[fresh], carry.labels[fresh])
-            self.buffer.add(carry.inputs[fresh], carry.labels[fresh], loss, step)
-
-    def boundary(self, step: int, model: TinyRecursiveModel, carry) -> list[tuple[str, dict]]:
-        """At a step boundary: switch phase if due; returns the events to emit, as (kind, data)."""
-        if self.scheduler.phase == "wake" and not len(self.buffer):
-            return []  # nothing to consolidate yet: stay awake
-        change = self.scheduler.update(step)
-        if change == "sleep":
-            self.begin_sleep(model, carry)
-            return [("phase", {"phase": "sleep", "manual": self.scheduler.manual})]
-        if change == "wake":
-            figures = self.end_sleep(model, step)
-            return [("consolidation", figures), ("phase", {"phase": "wake", "manual": False})]
-        return []
-
-    def _probe_indices(self) -> torch.Tensor:
-        # the most important samples: what consolidation should keep
-        n = min(self.cfg.probe_size, len(self.buffer))
-        return self.buffer.importance.argsort(descending=True, stable=True)[:n]
-
-    @torch.no_grad()
-    def retention(self, model: TinyRecursiveModel, idx: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """Closed-book cell accuracy (memory-free path, eval semantics) on buffer samples, and their losses."""
-        device = model.H_init.device
-        inputs, labels = self.buffer.inputs[idx].to(device), self.buffer.labels[idx].to(device)
-        was_training = model.training
-        model.eval()
-        logits, _ = model.predict_logits(inputs, memory_free=True)
-        model.train(was_training)
-        scored = labels != PAD
-        accuracy = float(((logits.argmax(-1) == labels) & scored).sum() / scored.sum().clamp_min(1))
-        return accuracy, per_sample_loss(logits, labels).cpu()
-
-    def begin_sleep(self, model: TinyRecursiveModel, carry) -> None:
-        idx = self._probe_indices()
-        accuracy, _ = self.retention(model, idx)
-        memory_norm = 0.0 if carry.memory is None else float(carry.memory.change_norm().mean())
-        self.before = {"probe": idx, "retention": accuracy, "importance": float(self.buffer.importance.mean()),
-                       "memory_norm": memory_norm}
-        self.consolidator.begin(model)
-
-    def end_sleep(self, model: TinyRecursiveModel, step: int) -> dict:
-        before = self.before
-        idx = before["probe"]
-        idx = idx[idx < len(self.buffer)]
-        accuracy, losses = self.retention(model, idx)
-        self.buffer.importance[idx] = losses  # the probe's surprise as it stands now
-        figures = {
-            "sleep": self.scheduler.sleeps,
-            "mode": self.cfg.mode,
-            "memory_change": before["memory_norm"],  # how far the fast memory had moved: what there was to keep
-            "importance_change": float(self.buffer.importance.mean()) - before["importance"],
-            "consolidation_loss": self.last_loss,
-            "retention_before": before["retention"],
-            "retention_after": accuracy,
-            "pruned": self.buffer.prune(step),
-            "buffer": len(self.buffer),
-        }
-        self.consolidator.end()
-        self.before = {}
-        return figures
-
-    def consolidation_step(self, model: TinyRecursiveModel, optimizer) -> tuple[dict[str, float], bool]:
-        """One step of the run's own optimizer (its clipping and schedule included) on the consolidation
-        source, every group's learning rate scaled by the consolidation rate; returns (metrics, finite).
-        An out-of-memory error propagates with the learning rates and the gradients as they were."""
-        device = model.H_init.device
-        batch = self.consolidator.next_batch(self.buffer, self.generator, device)
-        model.train()
-        try:
-            loss = self.consolidator.loss(model, batch)
-            finite = bool(torch.isfinite(loss))
-            scale = self.consolidator.lr
-            if finite:
-                loss.backward()
-                groups = optimizer.param_groups
-                saved = [(g.get("base_lr"), g["lr"]) for g in groups]
-                for g in groups:  # a schedule that sets lr from base_lr sees the scaled one for this step
-                    g["lr"] *= scale
-                    if "base_lr" in g:
-                        g["base_lr"] *= scale
-                try:
-                    optimizer.step()
-                finally:
-                    for g, (base_lr, lr) in zip(groups, saved):
-                        g["lr"] = lr
-                        if base_lr is not None:
-                            g["base_lr"] = base_lr
-                self.last_loss = float(loss.detach())
-                self.consolidator.adapt(self.last_loss)
-        finally:
-            optimizer.zero_grad(set_to_none=True)
-        return {"consolidation_loss": float(loss.detach()), "consolidation_lr_scale": scale}, finite
-
-    def halve_batch(self) -> tuple[int, int] | None:
-        """After an out-of-memory error in sleep: halve the consolidation batch; (old, new), or None when it is
-        already one sample."""
-        old = self.consolidator.batch_size
-        if old <= 1:
-            return None
-        self.consolidator.batch_size = old // 2
-        return old, old // 2
-
-    def state_dict(self) -> dict:
-        before = dict(self.before)
-        return {"buffer": self.buffer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "consolidator": self.consolidator.state_dict(), "generator": self.generator.get_state(),
-                "before": before, "last_loss": self.last_loss}
-
-    def load_state_dict(self, state: dict, model: TinyRecursiveModel) -> None:
-        self.buffer.load_state_dict(state["buffer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.consolidator.load_state_dict(state["consolidator"], model)
-        self.generator.set_state(state["generator"].cpu())
-        self.before = dict(state["before"])
-        if "probe" in self.before:
-            self.before["probe"] = self.before["probe"].cpu()
-        self.last_loss = float(state["last_loss"])

@@ -37,7 +37,7 @@ def trainer(run_dir, cfg, grade=None):
     events = []
     tr = Trainer(run_dir, cfg, output="quiet", emit=events.append)
     if grade is not None:
-        tr.curriculum.provider.grade = grade
+        tr.wake.feed.provider.grade = grade
     return tr, events
 
 
@@ -58,13 +58,13 @@ def model_dependent(problem, predicted, sample=None):
 def test_queue_is_the_batch_source_and_shrinks_until_the_run_ends(tmp_path):
     tr, events = trainer(tmp_path / "run", config(max_steps=200), grade=always_right)
     served = []
-    fill = tr.curriculum.fill
-    tr.curriculum.fill = lambda need: served.append(fill(need)) or served[-1]
+    fill = tr.wake.feed.fill
+    tr.wake.feed.fill = lambda need: served.append(fill(need)) or served[-1]
     assert tr.run() == 0
     # every slot halts within halt_max_steps = 2, so 20 questions x 2 masteries take about 40/8 x 2 steps
-    assert tr.curriculum.done and tr.step < 20
+    assert tr.wake.feed.done and tr.step < 20
     # the slots were fed the queue's questions, not the task stream
-    assert served[0] and all(len(s.inputs) == tr.task.seq_len for s in served[0].values()) and tr.data_index == 0
+    assert served[0] and all(len(s.inputs) == tr.task.seq_len for s in served[0].values()) and tr.wake.data_index == 0
     assert tr.carry.inputs[0].tolist() in [s.inputs for batch in served for s in batch.values()]
 
     cur = curriculum_events(events)
@@ -117,7 +117,7 @@ def test_resume_continues_the_queue_exactly(tmp_path):
     cfg = config(max_steps=12, questions=12, mastery=1, ckpt_every=6)
     full, full_events = trainer(tmp_path / "full", cfg, grade=model_dependent)
     assert full.run() == 0
-    state = full.curriculum.state_dict()
+    state = full.wake.feed.state_dict()
     assert 0 < state["queue"]["remaining"] < 12 or state["queue"]["level"] > 1 or state["queue"]["done"]
 
     # the same run killed after its step-6 checkpoint, then resumed
@@ -125,12 +125,12 @@ def test_resume_continues_the_queue_exactly(tmp_path):
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-00000012")
     (tmp_path / "resumed" / "engine.sock").unlink(missing_ok=True)
     saved = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "step-00000006")
-    assert saved.state["curriculum"]["queue"]["cursor"] >= 0  # the queue is in the checkpoint (weights_only load)
+    assert saved.state["wake"]["curriculum"]["queue"]["cursor"] >= 0  # the queue is in the checkpoint (weights_only load)
     resumed, resumed_events = trainer(tmp_path / "resumed", cfg, grade=model_dependent)
     resumed.resume()
     assert resumed.step == 6
     assert resumed.run() == 0
-    assert resumed.curriculum.state_dict() == state
+    assert resumed.wake.feed.state_dict() == state
     after = [(s, d) for s, d in curriculum_events(full_events) if s > 6]
     assert after and curriculum_events(resumed_events) == after
 

@@ -227,7 +227,7 @@ def _poisoned_trainer(tmp_path, poison_steps, max_steps=30):
 def test_nan_loss_rolls_back_halves_the_lr_and_recovers(tmp_path):
     tr, run = _poisoned_trainer(tmp_path, [13])
     assert tr.run() == 0
-    assert tr.step == 30 and tr.lr_scale == 0.5
+    assert tr.step == 30 and tr.optimizer.lr_scale == 0.5
     alerts = [e["data"]["message"] for e in RunReader(run).events(kinds=["alert"])]
     assert any("rolled back to step 10" in a and "x0.5" in a for a in alerts)
     assert [r[1] for r in RunReader(run).metric("loss")] == list(range(1, 31))  # the NaN row is superseded
@@ -237,4 +237,4 @@ def test_three_rollbacks_in_a_row_end_the_run_as_diverged(tmp_path):
     tr, run = _poisoned_trainer(tmp_path, [13, 13, 13, 13])
     assert tr.run() == 1
     assert tr.status == "diverged"
-    assert tr.lr_scale == 0.125
+    assert tr.optimizer.lr_scale == 0.125

@@ -11,7 +11,8 @@ from engine import checkpoint
 from engine.config import ModelConfig, SleepConfig, from_dict
 from engine.model.trm import TinyRecursiveModel
 from engine.protocol import Command
-from engine.sleep import Consolidator, EpisodicBuffer, SleepScheduler, SleepWake
+from engine.sleep import Consolidator, EpisodicBuffer
+from engine.stages import Phase, Schedule
 from engine.trainer import Trainer
 
 torch.set_num_threads(1)
@@ -85,17 +86,37 @@ def test_buffer_adds_a_batch_as_it_would_one_sample_at_a_time():
     assert len(whole) == 10 and int(whole.born.max()) > 2  # later samples did replace kept ones
 
 
-def test_scheduler_wakes_sleeps_and_takes_requests():
-    s = SleepScheduler(wake_steps=3, sleep_steps=2)
+class _Ready:
+    def __init__(self, ready=True):
+        self.is_ready = ready
+
+    def ready(self):
+        return self.is_ready
+
+    def done(self):
+        return False
+
+
+def test_schedule_wakes_sleeps_and_takes_requests():
+    stages = {"wake": _Ready(), "sleep": _Ready()}
+    s = Schedule([Phase("wake", 3), Phase("sleep", 2)])
     phases = []
     for step in range(8):
-        phases.append(s.update(step))
+        target = s.due(step, stages)
+        if target is not None:
+            s.switch(step, target)
+        phases.append(s.current if target is not None else None)
     assert phases == [None, None, None, "sleep", None, "wake", None, None]
-    s.request()
-    assert s.update(8) == "sleep" and s.manual and s.sleeps == 2
-    s2 = SleepScheduler(3, 2)
+    s.request("sleep")
+    assert s.due(8, stages) == 1
+    s.switch(8, 1)
+    assert s.manual and s.begun == {"sleep": 2, "wake": 1}
+    s2 = Schedule([Phase("wake", 3), Phase("sleep", 2)])
     s2.load_state_dict(s.state_dict())
     assert s2.state_dict() == s.state_dict()
+    stages["sleep"].is_ready = False  # nothing to consolidate: wake goes on past its steps
+    s3 = Schedule([Phase("wake", 3), Phase("sleep", 2)])
+    assert s3.due(5, stages) is None and s3.current == "wake"
 
 
 def test_lr_safeguard_halves_on_spike_and_raises_when_tiny():
@@ -114,13 +135,22 @@ def test_distill_teaches_the_memory_free_path_the_memory_assisted_answer():
                       memory="titans-mag", window=4, d_mem=16, memory_chunk=4, persistent_tokens=2,
                       memory_theta_max=2.0)
     model = TinyRecursiveModel(cfg, vocab_size=6, seq_len=12)
-    sleep = SleepWake(SleepConfig(mode="distill", buffer_size=64, tiny_loss=0.0), seq_len=12, batch_size=32,
-                      seed=0, memory="titans-mag")
+    buffer = EpisodicBuffer(64, 12, prune_importance=0.0, prune_usage=0, prune_age=0)
+    consolidator = Consolidator(SleepConfig(mode="distill", buffer_size=64, tiny_loss=0.0), batch_size=32)
     x = torch.randint(1, 6, (64, 12), generator=torch.Generator().manual_seed(1))
-    sleep.buffer.add(x, x, torch.ones(64), step=0)
-    sleep.consolidator.begin(model)
-    teacher = sleep.consolidator.teacher
+    buffer.add(x, x, torch.ones(64), step=0)
+    consolidator.begin(model)
+    teacher = consolidator.teacher
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(2)
+
+    def consolidation_step() -> float:
+        model.train()
+        loss = consolidator.loss(model, consolidator.next_batch(buffer, g, "cpu"))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return float(loss.detach())
 
     def gap():  # KL from the memory-assisted teacher to the memory-free student
         t, _ = teacher.predict_logits(x, n_steps=1)
@@ -131,7 +161,7 @@ def test_distill_teaches_the_memory_free_path_the_memory_assisted_answer():
     model.eval()
     before = gap()
     assert before > 1e-4  # the memory does change the answer
-    losses = [sleep.consolidation_step(model, opt)[0]["consolidation_loss"] for _ in range(50)]
+    losses = [consolidation_step() for _ in range(50)]
     model.eval()
     assert gap() < 0.25 * before and losses[-1] < 0.5 * losses[0]
     assert all(not p.requires_grad for p in teacher.parameters())
@@ -140,30 +170,38 @@ def test_distill_teaches_the_memory_free_path_the_memory_assisted_answer():
 # ---- in the trainer ----
 
 def test_a_sleep_phase_consolidates_into_the_slow_weights(tmp_path):
-    cfg = config(max_steps=12, ckpt_every=6)
+    cfg = config(max_steps=12, ckpt_every=1)
     trainer, events = run(tmp_path / "a", cfg)
     phases = [(e["step"], e["data"]) for e in events if e["event"] == "phase"]
     assert phases == [(6, {"phase": "sleep", "manual": False}), (10, {"phase": "wake", "manual": False})]
     [consolidation] = [e["data"] for e in events if e["event"] == "consolidation"]
-    for key in ("memory_change", "importance_change", "consolidation_loss", "retention_before", "retention_after"):
+    for key in ("memory_change", "weights_change", "importance_change", "consolidation_loss", "retention_before",
+                "retention_after"):
         assert math.isfinite(consolidation[key]), key
-    assert consolidation["memory_change"] > 0  # the fast memory had written something
-    asleep, awake = ckpt(tmp_path / "a", 6), ckpt(tmp_path / "a", 12)
-    # during sleep the task stream stands still and the carry waits; the slow weights move
-    rows = [ckpt(tmp_path / "a", 6).state, ckpt(tmp_path / "a", 12).state]
-    assert rows[0]["data_index"] < rows[1]["data_index"]
-    moved = [k for k in asleep.tensors if k.startswith("model.")
-             and not torch.equal(asleep.tensors[k], awake.tensors[k])]
+    asleep, awake = ckpt(tmp_path / "a", 6), ckpt(tmp_path / "a", 10)  # just before the sleep, at its last step
+    assert asleep.state["schedule"]["stage"] == "wake" and awake.state["schedule"]["stage"] == "sleep"
+    # only sleep steps lie between the two: the task stream stood still, the slow weights moved
+    assert asleep.state["wake"]["data_index"] == awake.state["wake"]["data_index"]
+    moved = {k for k in asleep.tensors if k.startswith("model.") and not torch.equal(asleep.tensors[k], awake.tensors[k])}
     assert moved
-    assert len(trainer.sleep.buffer) > 0
+    # the event's figures are the change between those two checkpoints
+    names = trainer.stages["sleep"].memory_names
+    memory_sq = sum(float((awake.tensors[f"model.{n}"] - asleep.tensors[f"model.{n}"]).square().sum()) for n in names)
+    slow_sq = sum(float((awake.tensors[k] - asleep.tensors[k]).square().sum()) for k in asleep.tensors
+                  if k.startswith("model.") and k[6:] not in names and asleep.tensors[k].is_floating_point()
+                  and not k.endswith(("H_init", "L_init")))
+    assert consolidation["memory_change"] == pytest.approx(math.sqrt(memory_sq), rel=1e-4)
+    assert consolidation["weights_change"] == pytest.approx(math.sqrt(slow_sq), rel=1e-4)
+    assert consolidation["memory_change"] > 0 and consolidation["weights_change"] > 0
+    assert len(trainer.stages["sleep"].buffer) > 0
 
 
 def test_sleep_leaves_the_stream_and_carry_alone(tmp_path):
     cfg = config(max_steps=10, wake=6, sleep=4, ckpt_every=1)
     run(tmp_path / "a", cfg)
     s6, s10 = ckpt(tmp_path / "a", 6), ckpt(tmp_path / "a", 10)
-    assert s6.state["data_index"] == s10.state["data_index"]  # no task samples drawn while asleep
-    assert all(torch.equal(v, s10.state["carry"][k]) for k, v in s6.state["carry"].items())
+    assert s6.state["wake"]["data_index"] == s10.state["wake"]["data_index"]  # no task samples drawn while asleep
+    assert all(torch.equal(v, s10.state["wake"]["carry"][k]) for k, v in s6.state["wake"]["carry"].items())
     assert any(not torch.equal(s6.tensors[k], s10.tensors[k]) for k in s6.tensors if k.startswith("model."))
 
 
@@ -171,38 +209,43 @@ def test_sleep_leaves_the_stream_and_carry_alone(tmp_path):
 def test_resume_mid_sleep_continues_identically(tmp_path, mode):
     straight, _ = run(tmp_path / "a", config(max_steps=12, mode=mode))
     run(tmp_path / "b", config(max_steps=8, mode=mode))  # stops (and checkpoints) at step 8, asleep
-    assert ckpt(tmp_path / "b", 8).state["sleep"]["scheduler"]["phase"] == "sleep"
+    assert ckpt(tmp_path / "b", 8).state["schedule"]["stage"] == "sleep"
     resumed, events = run(tmp_path / "b", config(max_steps=12, mode=mode), resume=True)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [e["data"]["phase"] for e in events if e["event"] == "phase"] == ["wake"]
-    assert torch.equal(straight.sleep.buffer.importance, resumed.sleep.buffer.importance)
+    assert torch.equal(straight.stages["sleep"].buffer.importance, resumed.stages["sleep"].buffer.importance)
 
 
 def test_bad_sleep_commands_are_refused_and_change_nothing(tmp_path):
-    sleep_cmd = Command(id="1", cmd="sleep")
+    def sleep(trainer):
+        return trainer.commands.handlers["sleep"]({})
+
     off = make_trainer(tmp_path / "off", config(enabled=False))
-    ok, error, _ = off._execute(sleep_cmd)
+    ok, error, _ = sleep(off)
     assert not ok and "not available" in error
 
     no_memory = make_trainer(tmp_path / "none", config(memory="none"))
-    no_memory.train_step()
-    ok, error, _ = no_memory._execute(sleep_cmd)
-    assert not ok and "model.memory" in error and not no_memory.sleep.scheduler.requested
+    no_memory.wake.step(1)
+    ok, error, _ = sleep(no_memory)
+    assert not ok and "model.memory" in error and no_memory.schedule.requested is None
 
     t = make_trainer(tmp_path / "t", config())
-    before = t.sleep.state_dict()
-    ok, error, _ = t._execute(sleep_cmd)  # nothing seen yet
+    before = t.schedule.state_dict()
+    ok, error, _ = sleep(t)  # nothing seen yet
     assert not ok and "buffer is empty" in error
-    assert t.sleep.scheduler.state_dict() == before["scheduler"]
+    assert t.schedule.state_dict() == before
 
-    t.train_step()
-    ok, error, _ = t._execute(sleep_cmd)
+    t.wake.step(1)
+    t.step = 1
+    ok, error, _ = sleep(t)
     assert ok and error is None
-    ok, error, _ = t._execute(sleep_cmd)
+    ok, error, _ = sleep(t)
     assert not ok and "already requested" in error
-    [(kind, data)] = t.sleep.boundary(t.step, t.model, t.carry)
-    assert kind == "phase" and data == {"phase": "sleep", "manual": True}
-    state = t.sleep.scheduler.state_dict()
-    ok, error, _ = t._execute(sleep_cmd)
-    assert not ok and "already asleep" in error and t.sleep.scheduler.state_dict() == state
+    events = []
+    t.recorder.extra_emit = events.append
+    t._advance_schedule()
+    assert [(e["event"], e["data"]) for e in events] == [("phase", {"phase": "sleep", "manual": True})]
+    state = t.schedule.state_dict()
+    ok, error, _ = sleep(t)
+    assert not ok and "already asleep" in error and t.schedule.state_dict() == state

@@ -168,9 +168,7 @@ class NeuralMemory(nn.Module):
     gradient of each memory layer is scaled down to at most this Frobenius norm before it enters the momentum
     (0: no clipping, the plain rule). The clip is what keeps a deep memory bounded: the second layer's input
     grows with the first layer's weights, so its curvature, and with it the step that overshoots, is not
-    bounded by theta alone; kv_gap's continual part diverged at theta_max 0.5 without it (state entries
-    4 -> 42 -> inf over one sleep and the next wake) and stays finite with a clip of 30, where typical
-    per-token norms are 1-3 (99th percentile about 25).
+    bounded by theta alone (docs/decisions.md, "memory gradient clip").
     """
 
     def __init__(self, dim: int, d_mem: int = 64, chunk_size: int = 16, n_heads: int = 1, depth: int = 2,

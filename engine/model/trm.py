@@ -52,15 +52,32 @@ class Carry:
     labels: torch.Tensor  # (B, S) long
     memory: MemoryState | None = None  # neural-memory state (fast weights, momentum), when the model has one
 
-    def detach(self) -> Carry:
+    TENSORS = ("z_H", "z_L", "steps", "halted", "inputs", "labels")  # every per-slot field but the memory
+
+    def map(self, fn) -> Carry:
+        """The same carry with `fn` applied to every tensor, the memory's included."""
         # type(...) keeps a dict subclass (a memory's own state class) intact
-        memory = None if self.memory is None else type(self.memory)({k: v.detach() for k, v in self.memory.items()})
-        return dataclasses.replace(self, z_H=self.z_H.detach(), z_L=self.z_L.detach(), memory=memory)
+        memory = None if self.memory is None else type(self.memory)({k: fn(v) for k, v in self.memory.items()})
+        return Carry(**{name: fn(getattr(self, name)) for name in self.TENSORS}, memory=memory)
+
+    def detach(self) -> Carry:
+        return self.map(torch.Tensor.detach)
+
+    def slots(self, sl: slice) -> Carry:
+        """The carry of a contiguous range of slots."""
+        return self.map(lambda t: t[sl])
+
+    @classmethod
+    def cat(cls, parts: list[Carry]) -> Carry:
+        """Slot ranges joined back into one carry, in order."""
+        first = parts[0]
+        memory = None if first.memory is None else type(first.memory)(
+            {k: torch.cat([p.memory[k] for p in parts]) for k in first.memory})
+        return cls(**{name: torch.cat([getattr(p, name) for p in parts]) for name in cls.TENSORS}, memory=memory)
 
     def to_state(self) -> dict[str, torch.Tensor]:
         """Flat dict of contiguous tensors (for safetensors); memory entries are keyed `memory.<name>`."""
-        state = {name: getattr(self, name).detach().contiguous()
-                 for name in ("z_H", "z_L", "steps", "halted", "inputs", "labels")}
+        state = {name: getattr(self, name).detach().contiguous() for name in self.TENSORS}
         for k, v in (self.memory or {}).items():
             state[f"memory.{k}"] = v.detach().contiguous()
         return state
@@ -76,7 +93,7 @@ class Carry:
 class StepOutput:
     logits: torch.Tensor  # (B, S, V) answer after the last cycle
     q_halt_logits: torch.Tensor  # (B,) float32
-    loss: torch.Tensor  # scalar: lm_loss + 0.5 * halt_loss
+    loss: torch.Tensor  # scalar: TinyRecursiveModel.loss
     metrics: dict[str, float]
     all_logits: list[torch.Tensor] | None = None  # Cognate form: answers y0..yT, each (B, S, V)
 
@@ -123,8 +140,8 @@ class TinyRecursiveModel(nn.Module):
         trunc_normal_(self.H_init, 1.0)
         trunc_normal_(self.L_init, 1.0)
         for m in self.modules():
-            # the sequence-MLP mixer starts silent: at LeCun scale it multiplied the gradient through the
-            # recursion ~14x (norm 42 at init for T=3, n=3 on 6x6) and the model collapsed to uniform answers
+            # the sequence-MLP mixer starts silent: at LeCun scale it blows up the gradient through the
+            # recursion (docs/decisions.md, "silent sequence mixer")
             if isinstance(m, SequenceMLP):
                 m.down.weight.zero_()
         for m in self.modules():  # the memory's gate biases and initial weights have their own init
@@ -222,28 +239,24 @@ class TinyRecursiveModel(nn.Module):
     # ---- one supervision step ----
 
     def forward(self, carry: Carry, new_inputs: torch.Tensor, new_labels: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[Carry, StepOutput]:
+                generator: torch.Generator | None = None,
+                norm: tuple[torch.Tensor, int] | None = None) -> tuple[Carry, StepOutput]:
+        """One supervision step. `norm` = (scored cells, slots) of the whole batch when this call sees one slot
+        chunk of it: the loss and the figures are then the chunk's shares, and the chunks' sum is the batch's."""
         carry = self.reset_halted(carry, new_inputs, new_labels)
         x = self.input_embedding(carry.inputs)  # (B, L, D)
         z_H, z_L, answers, memory = self.deep_recursion(carry.z_H, carry.z_L, x, memory=carry.memory)
         logits, q_halt = self.readout(z_H)  # (B, S, V), (B,)
         labels = carry.labels
 
-        # loss: mean cross-entropy over scored positions (+ the Cognate history) and the halting BCE
+        # loss: cross-entropy over scored positions (+ the Cognate history) and the halting BCE
         mask = labels != PAD  # (B, S)
-        n_cells = mask.sum().clamp_min(1)
-        if self.cognate:
-            all_logits = [logits if y is z_H else self.readout(y)[0] for y in answers]
-            lm_loss = sum(w * self._lm_loss(lg, labels, n_cells)
-                          for w, lg in zip(self.cfg.step_loss_weights, all_logits))
-        else:
-            all_logits = None
-            lm_loss = self._lm_loss(logits, labels, n_cells)
+        n_cells, n_slots = norm if norm is not None else (mask.sum().clamp_min(1), labels.shape[0])
+        all_logits = [logits if y is z_H else self.readout(y)[0] for y in answers] if self.cognate else None
         with torch.no_grad():
             correct = (logits.argmax(-1) == labels) & mask  # (B, S)
             seq_correct = correct.sum(-1) == mask.sum(-1)  # (B,) whole answer right
-        halt_loss = F.binary_cross_entropy_with_logits(q_halt, seq_correct.float())
-        loss = lm_loss + 0.5 * halt_loss
+        loss, lm_loss, halt_loss = self.loss(logits, q_halt, labels, seq_correct, n_cells, n_slots, all_logits)
 
         with torch.no_grad():
             steps = carry.steps + 1
@@ -251,9 +264,9 @@ class TinyRecursiveModel(nn.Module):
             n_halted = halted.sum()
             figures = torch.stack([
                 loss.detach(), lm_loss.detach(), halt_loss.detach(),
-                correct.sum() / n_cells, seq_correct.float().mean(),
+                correct.sum() / n_cells, seq_correct.sum() / n_slots,
                 n_halted.float(), (seq_correct & halted).sum().float(),
-                (steps * halted).sum().float(), steps.float().mean(),
+                (steps * halted).sum().float(), steps.sum() / n_slots,
             ]).tolist()  # one device sync for all figures
         (loss_v, lm_v, halt_v, cell_acc, exact_acc, n_halt, n_halt_exact, halt_steps, mean_steps) = figures
         metrics = {
@@ -268,6 +281,19 @@ class TinyRecursiveModel(nn.Module):
                           inputs=carry.inputs, labels=labels, memory=memory).detach()
         return new_carry, StepOutput(logits=logits, q_halt_logits=q_halt, loss=loss, metrics=metrics,
                                      all_logits=all_logits)
+
+    def loss(self, logits: torch.Tensor, q_halt: torch.Tensor, labels: torch.Tensor, seq_correct: torch.Tensor,
+             n_cells: torch.Tensor, n_slots: int, all_logits: list[torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training loss, written once: cross-entropy summed over scored cells / n_cells (weighted over the
+        answers y0..yT in the Cognate form) + 0.5 x halting BCE summed over slots / n_slots.
+        Returns (loss, lm_loss, halt_loss)."""
+        if all_logits is not None:
+            lm_loss = sum(w * self._lm_loss(lg, labels, n_cells) for w, lg in zip(self.cfg.step_loss_weights, all_logits))
+        else:
+            lm_loss = self._lm_loss(logits, labels, n_cells)
+        halt_loss = F.binary_cross_entropy_with_logits(q_halt, seq_correct.float(), reduction="sum") / n_slots
+        return lm_loss + 0.5 * halt_loss, lm_loss, halt_loss
 
     @staticmethod
     def _lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_cells: torch.Tensor) -> torch.Tensor:

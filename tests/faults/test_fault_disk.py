@@ -3,7 +3,7 @@ no temporary folder is left, an alert is raised and training goes on."""
 
 import errno
 
-from bench.faults import alerts, case_disk_full, in_process_trainer
+from tests.faults.scenarios import alerts, case_disk_full, in_process_trainer
 from engine import checkpoint
 
 
@@ -24,9 +24,9 @@ def test_enospc_on_the_second_file_of_a_save(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "_write", fills_up_at_step_8)
     assert tr.run() == 0 and tr.step == 12 and tr.status == "finished"
-    names = [p.name for p in checkpoint.list_checkpoints(tr.ckpt_root)]
+    names = [p.name for p in checkpoint.list_checkpoints(tr.state.root)]
     assert names == ["step-00000000", "step-00000004", "step-00000012"]
-    assert not [p for p in tr.ckpt_root.iterdir() if p.name.startswith(".")]  # the temp folder is gone
-    assert checkpoint.load(tr.ckpt_root / "step-00000004").step == 4  # checksums verify
+    assert not [p for p in tr.state.root.iterdir() if p.name.startswith(".")]  # the temp folder is gone
+    assert checkpoint.load(tr.state.root / "step-00000004").step == 4  # checksums verify
     assert [a["level"] for a in alerts(tr.run_dir) if "step 8 failed" in a["message"]] == ["error"]
     assert tr.last_checkpoint_step == 12

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.faults import _leaves, bad_values, case_bad_configs, case_sandbox, config_refusal
+from tests.faults.scenarios import _leaves, bad_values, case_bad_configs, case_sandbox, config_refusal
 
 LEAVES = list(_leaves())
 KINDS = ["wrong type", "negative", "NaN", "empty string", "huge"]

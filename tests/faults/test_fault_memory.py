@@ -5,11 +5,11 @@ resumes with the same split."""
 import pytest
 import torch
 
-from bench.faults import alerts, chunked_gradient_error, in_process_trainer, live_steps, resumed_trainer, same_weights
+from tests.faults.scenarios import alerts, chunked_gradient_error, in_process_trainer, live_steps, resumed_trainer, same_weights
 from engine import checkpoint
 from engine.config import ConfigError
 from engine.faults import parse_faults
-from engine.trainer import merge_chunk_metrics, slot_chunks
+from engine.accumulate import GROW_AFTER_STEPS, merge_chunk_metrics, slot_chunks
 
 
 def test_slot_chunks_cover_every_slot_once():
@@ -33,28 +33,42 @@ def test_accumulated_gradient_with_memory_and_ragged_answers(tmp_path):
     assert err < 1e-5
 
 
-def test_merged_figures_are_the_full_batch_figures():
-    parts = [{"loss": 1.0, "cell_acc": 0.5, "exact_acc": 0.0, "n_halted": 2.0, "n_halted_exact": 1.0,
-              "halted_exact_acc": 0.5, "halted_steps": 3.0, "mean_steps": 2.0},
-             {"loss": 3.0, "cell_acc": 1.0, "exact_acc": 1.0, "n_halted": 0.0, "n_halted_exact": 0.0,
-              "halted_exact_acc": float("nan"), "halted_steps": float("nan"), "mean_steps": 4.0}]
-    m = merge_chunk_metrics(parts, slots=[3, 1], cells=[30, 10])
-    assert m["cell_acc"] == (0.5 * 30 + 1.0 * 10) / 40
-    assert m["exact_acc"] == 0.25 and m["mean_steps"] == 2.5
-    assert m["n_halted"] == 2.0 and m["halted_exact_acc"] == 0.5 and m["halted_steps"] == 3.0
+def test_merged_figures_are_the_full_batch_figures(tmp_path):
+    # the same carry and data as one batch and as 4 chunks scored against the whole batch: the same figures
+    figures = []
+    for m in (1, 4):
+        tr = in_process_trainer(tmp_path, f"merge-{m}", max_steps=10, ckpt_every=0)
+        for step in range(1, 4):
+            tr.wake.step(step)
+        tr.micro.chunks = m
+        inputs, labels = tr.wake.next_data(tr.carry.halted)
+        figures.append(tr.wake.forward_backward(inputs, labels, 4)[2])
+        tr.recorder.close()
+    whole, merged = figures
+    assert whole.keys() == merged.keys()
+    for key, value in whole.items():
+        assert merged[key] == pytest.approx(value, rel=1e-5, nan_ok=True), key
+
+
+def test_merge_rebuilds_the_ratios_over_halted_slots():
+    parts = [{"loss": 0.25, "n_halted": 2.0, "n_halted_exact": 1.0, "halted_exact_acc": 0.5, "halted_steps": 3.0},
+             {"loss": 0.75, "n_halted": 0.0, "n_halted_exact": 0.0, "halted_exact_acc": float("nan"),
+              "halted_steps": float("nan")}]
+    m = merge_chunk_metrics(parts)
+    assert m == {"loss": 1.0, "n_halted": 2.0, "n_halted_exact": 1.0, "halted_exact_acc": 0.5, "halted_steps": 3.0}
 
 
 def test_injected_oom_halves_the_micro_batch_and_the_run_goes_on(tmp_path):
     tr = in_process_trainer(tmp_path, "oom", max_steps=20, ckpt_every=10, faults="oom@5")
     assert tr.run() == 0
-    assert tr.step == 20 and tr.micro_batches == 2
+    assert tr.step == 20 and tr.micro.chunks == 2
     assert live_steps(tr.run_dir) == list(range(1, 21))  # step 5 ran once, after the back-off
     backoff = [a for a in alerts(tr.run_dir) if a.get("fault") == "oom_backoff"]
     assert len(backoff) == 1
     assert (backoff[0]["old_micro_batch"], backoff[0]["new_micro_batch"]) == (16, 8)
     assert "step 5" in backoff[0]["message"]
-    saved = checkpoint.load(tr.ckpt_root / checkpoint.step_dir_name(20))
-    assert saved.state["micro_batches"] == 2
+    saved = checkpoint.load(tr.state.root / checkpoint.step_dir_name(20))
+    assert saved.state["micro_batches"]["chunks"] == 2
 
 
 def test_resume_after_a_backoff_keeps_the_split_and_is_bit_identical(tmp_path):
@@ -72,10 +86,10 @@ def test_resume_after_a_backoff_keeps_the_split_and_is_bit_identical(tmp_path):
     broken.model.forward = crash_at_13
     assert broken.run() == 1
     again = resumed_trainer(broken)
-    assert again.step == 10 and again.micro_batches == 2  # the split came back with the checkpoint
+    assert again.step == 10 and again.micro.chunks == 2  # the split came back with the checkpoint
     assert again.run() == 0
-    want = checkpoint.load(straight.ckpt_root / checkpoint.step_dir_name(20)).tensors
-    got = checkpoint.load(again.ckpt_root / checkpoint.step_dir_name(20)).tensors
+    want = checkpoint.load(straight.state.root / checkpoint.step_dir_name(20)).tensors
+    got = checkpoint.load(again.state.root / checkpoint.step_dir_name(20)).tensors
     assert same_weights(want, got)
 
 
@@ -92,24 +106,24 @@ def test_vram_pressure_backs_off_before_oom_with_a_cooldown(tmp_path):
     backoffs = [a for a in alerts(tr.run_dir) if a.get("fault") == "oom_backoff"]
     assert [a["new_micro_batch"] for a in backoffs] == [8, 4, 2]  # at steps 3, 13 and 23
     assert all("VRAM at 95%" in a["reason"] for a in backoffs)
-    assert tr.micro_batches == 8 and readings == [1, 2, 3, 13, 23]  # no reading while cooling down
+    assert tr.micro.chunks == 8 and readings == [1, 2, 3, 13, 23]  # no reading while cooling down
 
 
 def test_no_reading_or_limit_off_means_no_backoff(tmp_path):
     tr = in_process_trainer(tmp_path, "cpu", max_steps=6, ckpt_every=0)
     tr.vram_fraction = lambda: None  # a CPU run: telemetry has no VRAM figure
-    assert tr.run() == 0 and tr.micro_batches == 1
+    assert tr.run() == 0 and tr.micro.chunks == 1
     off = in_process_trainer(tmp_path, "off", max_steps=6, ckpt_every=0, overrides=["train.vram_limit=1.0"])
     off.vram_fraction = lambda: 0.99
-    assert off.run() == 0 and off.micro_batches == 1
+    assert off.run() == 0 and off.micro.chunks == 1
 
 
 def test_oom_with_one_slot_per_chunk_fails_the_run(tmp_path):
     tr = in_process_trainer(tmp_path, "floor", max_steps=10, ckpt_every=0, overrides=["train.batch_size=2"],
                             faults="oom@3,oom@3")
     assert tr.run() == 1
-    assert tr.status == "failed" and tr.micro_batches == 2
-    assert any("micro-batch of one slot" in a["message"] for a in alerts(tr.run_dir))
+    assert tr.status == "failed" and tr.micro.chunks == 2
+    assert any("chunks of one slot" in a["message"] for a in alerts(tr.run_dir))
 
 
 def test_fault_spec_parsing():
@@ -124,17 +138,16 @@ def test_fault_spec_parsing():
 SLEEPY = ["model.memory=titans-mag", "sleep.enabled=true", "sleep.wake_steps=4", "sleep.sleep_steps=4"]
 
 
-def test_oom_during_sleep_halves_the_consolidation_batch_and_the_run_goes_on(tmp_path):
+def test_oom_during_sleep_backs_off_like_wake_and_the_run_goes_on(tmp_path):
     # steps 1-4 wake, 5-8 sleep: the injected error hits consolidation, not a wake step
     tr = in_process_trainer(tmp_path, "sleepy", max_steps=12, ckpt_every=0, overrides=SLEEPY, faults="oom@6")
     assert tr.run() == 0
-    assert tr.step == 12 and tr.micro_batches == 1  # the wake split is untouched
-    assert tr.sleep.scheduler.sleeps == 1 and tr.status == "finished"
+    assert tr.step == 12 and tr.micro.chunks == 2  # one split for wake and sleep alike
+    assert tr.stages["sleep"].sleeps == 1 and tr.status == "finished"
     backoff = [a for a in alerts(tr.run_dir) if a.get("fault") == "oom_backoff"]
     assert len(backoff) == 1 and backoff[0]["phase"] == "sleep"
-    assert (backoff[0]["old_batch"], backoff[0]["new_batch"]) == (16, 8) and "step 6" in backoff[0]["message"]
-    assert tr.sleep.consolidator.batch_size == 8
-    assert tr.sleep.consolidator.state_dict()["batch_size"] == 8
+    assert (backoff[0]["old_micro_batch"], backoff[0]["new_micro_batch"]) == (16, 8)
+    assert "step 6" in backoff[0]["message"]
 
 
 @pytest.mark.slow
@@ -143,4 +156,12 @@ def test_oom_during_sleep_at_one_sample_fails_the_run(tmp_path):
                             overrides=SLEEPY + ["train.batch_size=2"], faults="oom@6,oom@6")
     assert tr.run() == 1
     assert tr.status == "failed"
-    assert any("consolidation batch of one sample" in a["message"] for a in alerts(tr.run_dir))
+    assert any("chunks of one slot" in a["message"] for a in alerts(tr.run_dir))
+
+
+def test_the_micro_batch_grows_back_after_a_quiet_spell(tmp_path):
+    tr = in_process_trainer(tmp_path, "grow", max_steps=GROW_AFTER_STEPS + 6, ckpt_every=0, faults="oom@3")
+    tr.vram_fraction = lambda: None
+    assert tr.run() == 0
+    changes = [(a["old_micro_batch"], a["new_micro_batch"]) for a in alerts(tr.run_dir) if a.get("fault") == "oom_backoff"]
+    assert changes == [(16, 8), (8, 16)] and tr.micro.chunks == 1

@@ -3,7 +3,7 @@ clients, garbage on a live socket, a NaN run through the CLI, the store polled d
 
 import pytest
 
-from bench.faults import (case_concurrent_commands, case_console_killed, case_kill_resume, case_nan_rollback,
+from tests.faults.scenarios import (case_concurrent_commands, case_console_killed, case_kill_resume, case_nan_rollback,
                           case_socket_garbage, case_store_polling)
 
 pytestmark = pytest.mark.slow

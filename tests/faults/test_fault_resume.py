@@ -2,7 +2,7 @@
 the process-level SIGTERM and kill -9 checks in tests/test_engine.py):
 a signal in the middle of a step, a damaged newest checkpoint, a checkpoint carrying a code-running pickle."""
 
-from bench.faults import case_damaged_checkpoint, case_pickle_checkpoint, case_sigterm_mid_step
+from tests.faults.scenarios import case_damaged_checkpoint, case_pickle_checkpoint, case_sigterm_mid_step
 
 
 def test_sigterm_in_the_middle_of_a_step_checkpoints_that_step_and_stops(tmp_path):

@@ -1,0 +1,109 @@
+"""A run is a schedule of stages. The trainer's loop asks the schedule which stage runs, takes that stage's
+step, and at a boundary ends one stage and begins the next; which stage runs when is data (a list of
+phases built from the config), not code in the loop.
+
+Every stage speaks the same small interface:
+
+    ready()            may it begin now? (sleep: only once there is something to consolidate)
+    begin(step)        it becomes the running stage
+    step(step)         one optimizer step -> StepResult (figures, finite, events to emit)
+    end(step)          it stops running -> events to emit (sleep: the consolidation figures)
+    done()             it has nothing left to do (the curriculum's last level ended)
+    state_dict() / load_state_dict(state)   everything it needs to continue exactly after a resume
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    finite: bool
+    events: list[tuple[str, dict]] = field(default_factory=list)  # (kind, data) for the recorder
+
+
+class Stage(Protocol):
+    name: str
+
+    def ready(self) -> bool: ...
+
+    def begin(self, step: int) -> None: ...
+
+    def step(self, step: int) -> StepResult: ...
+
+    def end(self, step: int) -> list[tuple[str, dict]]: ...
+
+    def done(self) -> bool: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class Phase:
+    stage: str  # the name of a stage of the run
+    steps: int  # how many steps it runs before the next phase; 0 = until the stage is done
+
+
+class Schedule:
+    """Which stage runs at each step: `phases` in order, over and over when `repeat`. A stage can be asked
+    for by hand (the `sleep` command); it then begins at the next step boundary."""
+
+    def __init__(self, phases: list[Phase], repeat: bool = True):
+        assert phases, "a schedule has at least one phase"
+        self.phases, self.repeat = phases, repeat
+        self.index = 0
+        self.since = 0  # step at which the current phase began
+        self.requested: str | None = None
+        self.manual = False  # the current phase began on request
+        self.begun: dict[str, int] = {}  # how many times each stage has begun
+        self.finished = False
+
+    @property
+    def current(self) -> str:
+        return self.phases[self.index].stage
+
+    def request(self, stage: str) -> None:
+        self.requested = stage
+
+    def due(self, step: int, stages: dict[str, Stage]) -> int | None:
+        """At a step boundary: the index of the phase to switch to now, or None. Sets `finished` when the
+        running stage is done and nothing follows it."""
+        phase = self.phases[self.index]
+        if stages[phase.stage].done():
+            last = self.index == len(self.phases) - 1
+            if self.repeat or last:
+                self.finished = True
+                return None
+            return self.index + 1
+        if self.requested is not None and self.requested != phase.stage:
+            target = next(i for i, p in enumerate(self.phases) if p.stage == self.requested)
+        elif phase.steps and step - self.since >= phase.steps:
+            target = self.index + 1
+            if target == len(self.phases):
+                if not self.repeat:
+                    self.finished = True
+                    return None
+                target = 0
+        else:
+            return None
+        return target if stages[self.phases[target].stage].ready() else None
+
+    def switch(self, step: int, target: int) -> None:
+        self.manual = self.requested is not None
+        self.requested = None
+        self.index, self.since = target, step
+        self.begun[self.current] = self.begun.get(self.current, 0) + 1
+
+    def state_dict(self) -> dict:
+        return {"index": self.index, "stage": self.current, "since": self.since, "requested": self.requested,
+                "manual": self.manual, "begun": dict(self.begun), "finished": self.finished}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.index, self.since = int(state["index"]), int(state["since"])
+        self.requested, self.manual = state["requested"], bool(state["manual"])
+        self.begun, self.finished = dict(state["begun"]), bool(state.get("finished", False))

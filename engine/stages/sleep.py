@@ -1,0 +1,186 @@
+"""Sleep: consolidation steps on the episodic buffer instead of the task stream; the carry and the stream wait.
+
+Wake steps feed the buffer (`observe`). A sleep begins with a retention probe (closed-book accuracy on the
+buffer's most important samples) and a copy of the weights; it ends with the probe again and the figures the
+console plots: how far the neural memory's parameters and the slow weights moved, retention before and after.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+
+from engine.accumulate import BackOff, MicroBatches
+from engine.config import SleepConfig
+from engine.evaluate import score
+from engine.faults import Faults
+from engine.model.titans import NeuralMemory
+from engine.model.trm import PAD, Carry, TinyRecursiveModel
+from engine.optim import MuGrokfast
+from engine.precision import Precision
+from engine.sleep import Consolidator, EpisodicBuffer, per_sample_loss
+from engine.stages import StepResult
+
+
+def memory_parameter_names(model: TinyRecursiveModel) -> set[str]:
+    """Names of the neural memory modules' own parameters (the rest are the slow weights)."""
+    return {f"{prefix}.{name}" for prefix, m in model.named_modules() if isinstance(m, NeuralMemory)
+            for name, _ in m.named_parameters()}
+
+
+def change_norms(before: dict[str, torch.Tensor], model: TinyRecursiveModel, memory: set[str]) -> tuple[float, float]:
+    """(norm of the memory parameters' change, norm of the slow weights' change) since `before`."""
+    sums = [0.0, 0.0]
+    for name, p in model.named_parameters():
+        if name in before:
+            sums[name not in memory] += float((p.detach().float() - before[name]).square().sum())
+    return math.sqrt(sums[0]), math.sqrt(sums[1])
+
+
+class SleepStage:
+    name = "sleep"
+
+    def __init__(self, cfg: SleepConfig, model: TinyRecursiveModel, optimizer: MuGrokfast, seq_len: int,
+                 batch_size: int, seed: int, has_memory: bool, micro: MicroBatches, precision: Precision,
+                 faults: Faults, on_back_off: Callable[[BackOff], None]):
+        self.cfg, self.model, self.optimizer, self.has_memory = cfg, model, optimizer, has_memory
+        self.micro, self.precision, self.faults, self.on_back_off = micro, precision, faults, on_back_off
+        self.buffer = EpisodicBuffer(cfg.buffer_size, seq_len, cfg.prune_importance, cfg.prune_usage,
+                                     cfg.prune_age)
+        self.consolidator = Consolidator(cfg, batch_size)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.memory_names = memory_parameter_names(model)
+        self.before: dict = {}  # taken as the current sleep began
+        self.last_loss = float("nan")
+        self.sleeps = 0  # sleeps begun
+
+    # ---- what wake hands over ----
+
+    @torch.no_grad()
+    def observe(self, carry: Carry, logits: torch.Tensor, step: int) -> None:
+        """After a wake step: samples on their first step enter the buffer, their loss as importance."""
+        fresh = carry.steps == 1  # (B,)
+        if fresh.any():
+            loss = per_sample_loss(logits[fresh], carry.labels[fresh])
+            self.buffer.add(carry.inputs[fresh], carry.labels[fresh], loss, step)
+
+    def refusal(self, sleeping: bool, requested: bool) -> str | None:
+        """Why a manual sleep cannot be taken now, or None."""
+        if not self.has_memory:
+            return "sleep needs a neural memory to consolidate; this run has model.memory = 'none'."
+        if sleeping:
+            return "the run is already asleep; it wakes by itself after sleep.sleep_steps steps."
+        if requested:
+            return "a sleep is already requested; it starts at the next step."
+        if not len(self.buffer):
+            return "the episodic buffer is empty; train a few steps first so there is something to consolidate."
+        return None
+
+    # ---- the stage ----
+
+    def ready(self) -> bool:
+        return len(self.buffer) > 0  # nothing to consolidate yet: stay awake
+
+    def done(self) -> bool:
+        return False
+
+    def _probe_indices(self) -> torch.Tensor:
+        # the most important samples: what consolidation should keep
+        n = min(self.cfg.probe_size, len(self.buffer))
+        return self.buffer.importance.argsort(descending=True, stable=True)[:n]
+
+    @torch.no_grad()
+    def retention(self, idx: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Closed-book cell accuracy (memory-free path, eval semantics) on buffer samples, and their losses."""
+        device = self.model.H_init.device
+        inputs, labels = self.buffer.inputs[idx].to(device), self.buffer.labels[idx].to(device)
+        was_training = self.model.training
+        self.model.eval()
+        logits, _ = self.model.predict_logits(inputs, memory_free=True)
+        self.model.train(was_training)
+        cells = float(score(logits.argmax(-1), labels)[1].sum()) / max(1, int((labels != PAD).sum()))
+        return cells, per_sample_loss(logits, labels).cpu()
+
+    def begin(self, step: int) -> None:
+        self.sleeps += 1
+        idx = self._probe_indices()
+        accuracy, _ = self.retention(idx)
+        self.before = {"probe": idx, "retention": accuracy, "importance": float(self.buffer.importance.mean()),
+                       "weights": {n: p.detach().float().clone() for n, p in self.model.named_parameters()}}
+        self.consolidator.begin(self.model)
+
+    def end(self, step: int) -> list[tuple[str, dict]]:
+        before = self.before
+        idx = before["probe"]
+        idx = idx[idx < len(self.buffer)]
+        accuracy, losses = self.retention(idx)
+        self.buffer.importance[idx] = losses  # the probe's surprise as it stands now
+        memory_change, weights_change = change_norms(before["weights"], self.model, self.memory_names)
+        figures = {
+            "sleep": self.sleeps,
+            "mode": self.cfg.mode,
+            "memory_change": memory_change,  # the neural memory's own parameters, after minus before
+            "weights_change": weights_change,  # every other (slow) weight
+            "importance_change": float(self.buffer.importance.mean()) - before["importance"],
+            "consolidation_loss": self.last_loss,
+            "retention_before": before["retention"],
+            "retention_after": accuracy,
+            "pruned": self.buffer.prune(step),
+            "buffer": len(self.buffer),
+        }
+        self.consolidator.end()
+        self.before = {}
+        return [("consolidation", figures)]
+
+    def step(self, step: int) -> StepResult:
+        """One step of the run's own optimizer (its clipping and schedule included) on the consolidation source,
+        every learning rate scaled by the consolidation rate for this step."""
+        t0 = time.perf_counter()
+        device = self.model.H_init.device
+        batch = self.consolidator.next_batch(self.buffer, self.generator, device)
+        self.model.train()
+        loss, finite = self.micro.attempt(step, lambda: self._forward_backward(batch), [self.generator],
+                                          self.on_back_off, inject=lambda: self.faults.raise_oom(step))
+        scale = self.consolidator.lr
+        if finite and self.precision.unscale(self.optimizer):
+            self.optimizer.step(lr_scale=scale)
+            self.last_loss = loss
+            self.consolidator.adapt(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = {"consolidation_loss": loss, "consolidation_lr_scale": scale}
+        if self.micro.chunks > 1:
+            metrics["micro_batches"] = float(self.micro.chunks)
+        metrics["step_time"] = time.perf_counter() - t0
+        return StepResult(metrics, finite)
+
+    def _forward_backward(self, batch) -> tuple[float, bool]:
+        self.optimizer.zero_grad(set_to_none=True)  # a retry after an out-of-memory error starts clean
+        B = batch.inputs.shape[0]
+        norm = ((batch.labels != PAD).sum().clamp_min(1), B)
+        total, finite = 0.0, True
+        for sl in self.micro.split(B):
+            with self.precision.autocast():
+                loss = self.consolidator.loss(self.model, batch[sl], norm=norm)
+            if finite and bool(torch.isfinite(loss)):
+                self.precision.backward(loss)
+            else:
+                finite = False
+            total += float(loss.detach())
+        return total, finite
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict(), "consolidator": self.consolidator.state_dict(),
+                "generator": self.generator.get_state(), "before": dict(self.before), "last_loss": self.last_loss, "sleeps": self.sleeps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+        self.consolidator.load_state_dict(state["consolidator"], self.model)
+        self.generator.set_state(state["generator"].cpu())
+        self.before = dict(state["before"])
+        if "probe" in self.before:
+            self.before["probe"] = self.before["probe"].cpu()
+        self.last_loss = float(state["last_loss"])
+        self.sleeps = int(state["sleeps"])
