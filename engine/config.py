@@ -35,7 +35,6 @@ class ModelConfig:
     norm_eps: float = 1e-5
     # per-step loss weights over the answer history y0..yT ("Cognate" form); empty = last only
     step_loss_weights: list[float] = field(default_factory=list)
-    ema_decay: float = 0.999
     memory: Literal["none", "titans-mag"] = "none"
     window: int = 0  # sliding attention window (0 = full attention)
     d_mem: int = 64  # width of the neural memory MLP
@@ -100,6 +99,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     dtype: Literal["float32", "bfloat16"] = "float32"
     vram_limit: float = 0.85  # used/total VRAM above which the micro-batch is halved before an OOM; 1 = off
+    ema_decay: float = 0.999  # of the weights' moving average that evaluation uses (eval.use_ema)
 
 
 @dataclass
@@ -182,7 +182,6 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.puzzle_prefix": (0, 256),
     "model.rope_theta": (1.0, 1e7),
     "model.norm_eps": (1e-12, 1e-2),
-    "model.ema_decay": (0.0, 1.0),
     "model.window": (0, 65536),
     "model.d_mem": (4, 4096),
     "model.memory_chunk": (1, 1024),
@@ -235,6 +234,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.seed": (0, 2**31 - 1),
     "train.threads": (0, 1024),
     "train.vram_limit": (0.05, 1.0),
+    "train.ema_decay": (0.0, 1.0),
     "eval.every": (0, 10**9),
     "eval.n_puzzles": (1, 10**6),
     "eval.batch_size": (1, 65536),
@@ -248,6 +248,11 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 # Choices that are not expressible as a Literal type.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "task.size": (4, 6, 9),
+}
+
+# Keys that have moved: a config that still sets one is told where it went.
+MOVED: dict[str, str] = {
+    "model.ema_decay": "train.ema_decay",
 }
 
 
@@ -347,6 +352,8 @@ def _build(cls, data: dict, prefix: str, where: str):
     kwargs = {}
     for key, value in data.items():
         full = prefix + key
+        if full in MOVED:
+            raise _moved(full, where)
         if key not in fields:
             allowed = ", ".join(sorted(fields))
             raise ConfigError(f"{where}: unknown key {full!r}; allowed here: {allowed}.")
@@ -356,6 +363,10 @@ def _build(cls, data: dict, prefix: str, where: str):
         else:
             kwargs[key] = _coerce(full, tp, value, where)
     return cls(**kwargs)
+
+
+def _moved(key: str, where: str) -> ConfigError:
+    return ConfigError(f"{where}: {key} has moved to {MOVED[key]}; set {MOVED[key]} instead.")
 
 
 def _check_cross(cfg: RunConfig, where: str) -> None:
@@ -400,6 +411,8 @@ def _apply_override(data: dict, key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: {key!r} is not a valid key.")
     node = data
     cls = RunConfig
+    if key in MOVED:
+        raise _moved(key, where)
     for i, part in enumerate(parts):
         fields = _fields(cls)
         if part not in fields:

@@ -530,7 +530,7 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = self.cfg.model.ema_decay
+        decay = self.cfg.train.ema_decay
         ema_p = list(self.ema.parameters())
         model_p = [p.detach() for p in self.model.parameters()]
         torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)

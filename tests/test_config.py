@@ -95,6 +95,23 @@ def test_task_names_match_the_registry():
     assert set(get_args(get_type_hints(config.TaskConfig)["name"])) == set(TASKS)
 
 
+@pytest.mark.parametrize("text, overrides, old, new", [
+    ("[model]\nema_decay = 0.99\n", [], "model.ema_decay", "train.ema_decay"),
+    ("", ["model.ema_decay=0.99"], "model.ema_decay", "train.ema_decay"),
+])
+def test_a_moved_key_is_refused_naming_where_it_went(tmp_path, text, overrides, old, new):
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, text), overrides)
+    msg = str(e.value)
+    assert f"{old} has moved to {new}; set {new} instead." in msg and "\n" not in msg
+
+
+def test_ema_decay_is_a_train_setting(tmp_path):
+    assert config.load(write(tmp_path, "[train]\nema_decay = 0.9\n")).train.ema_decay == 0.9
+    assert config.RunConfig().train.ema_decay == 0.999
+    with pytest.raises(ConfigError, match="train.ema_decay"):
+        config.load(write(tmp_path, "[train]\nema_decay = 1.5\n"))
+
 def test_every_task_builds_from_its_default_config():
     from typing import get_args, get_type_hints
 
