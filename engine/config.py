@@ -43,7 +43,7 @@ class ModelConfig:
     memory_theta_max: float = 1.0  # cap of the memory's inner learning rate
     memory_max_grad_norm: float = 30.0  # per-token clip of the memory's inner gradients (0: off)
     persistent_tokens: int = 4
-    bitnet: bool = False
+    bitnet: bool = False  # BitNet b1.58 ternary hidden linears (STE); no optim preset turns it on
 
 
 @dataclass
@@ -86,7 +86,6 @@ class OptimConfig:
     grokfast_lambda: float | None = None  # amplification of the slow gradient; 0 = off
     grokfast_scope: Literal["all", "aux", "off"] = "aux"  # aux = AdamW-routed parameters only (see optim.py)
     qk_clip_tau: float | None = None  # largest allowed attention logit; 0 = off
-    ste: bool | None = None  # BitNet b1.58 ternary training of hidden linears (on when model.bitnet too)
 
 
 @dataclass
@@ -252,6 +251,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 
 # Keys that have moved: a config that still sets one is told where it went.
 MOVED: dict[str, str] = {
+    "optim.ste": "model.bitnet",
     "model.ema_decay": "train.ema_decay",
 }
 

@@ -33,7 +33,7 @@ from engine.faults import FAULTS_ENV, faults_from_env
 from engine.model.bitlinear import convert_to_bitnet
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.sleep import SleepWake
-from engine.optim import bitnet_enabled, build_optimizer
+from engine.optim import build_optimizer
 from engine.store import RunStore
 from engine.tasks.base import Task, batch
 from engine.telemetry import Telemetry
@@ -127,7 +127,7 @@ def make_task(cfg: RunConfig) -> Task:
 
 def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
     model = TinyRecursiveModel(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len)
-    if bitnet_enabled(cfg):  # b1.58 STE: hidden linears ternary in the forward, latent weights full precision
+    if cfg.model.bitnet:  # b1.58 STE: hidden linears ternary in the forward, latent weights full precision
         convert_to_bitnet(model)
     return model
 

@@ -96,6 +96,8 @@ def test_task_names_match_the_registry():
 
 
 @pytest.mark.parametrize("text, overrides, old, new", [
+    ("[optim]\nste = true\n", [], "optim.ste", "model.bitnet"),
+    ("", ["optim.ste=true"], "optim.ste", "model.bitnet"),
     ("[model]\nema_decay = 0.99\n", [], "model.ema_decay", "train.ema_decay"),
     ("", ["model.ema_decay=0.99"], "model.ema_decay", "train.ema_decay"),
 ])
@@ -111,6 +113,14 @@ def test_ema_decay_is_a_train_setting(tmp_path):
     assert config.RunConfig().train.ema_decay == 0.999
     with pytest.raises(ConfigError, match="train.ema_decay"):
         config.load(write(tmp_path, "[train]\nema_decay = 1.5\n"))
+
+
+def test_bitnet_is_a_model_switch_that_no_preset_sets(tmp_path):
+    from engine.optim import PRESETS
+
+    assert config.load(write(tmp_path, "[model]\nbitnet = true\n[optim]\npreset = 'phase5'\n")).model.bitnet
+    assert not config.load(write(tmp_path, "[optim]\npreset = 'phase5'\n")).model.bitnet
+    assert not any("ste" in preset for preset in PRESETS.values())
 
 def test_every_task_builds_from_its_default_config():
     from typing import get_args, get_type_hints
