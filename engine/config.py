@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 from dataclasses import dataclass, field
@@ -249,6 +250,12 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "task.size": (4, 6, 9),
 }
 
+# Strings that must match a pattern, with what is allowed in words: the run folder is named after `name`.
+PATTERNS: dict[str, tuple[re.Pattern, str]] = {
+    "name": (re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"),
+             "1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"),
+}
+
 # Keys that have moved: a config that still sets one is told where it went.
 MOVED: dict[str, str] = {
     "optim.ste": "model.bitnet",
@@ -290,10 +297,11 @@ def _describe(tp) -> str:
 def _coerce(key: str, tp, value: Any, where: str) -> Any:
     """Check one leaf value against its declared type; return it in canonical form."""
 
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+
     def bad(extra: str = "") -> ConfigError:
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
         return ConfigError(f"{where}: {key} = {shown} is not allowed; expected {_describe(tp)}{extra}.")
 
     tp = _unwrap_optional(tp)
@@ -324,6 +332,8 @@ def _coerce(key: str, tp, value: Any, where: str) -> Any:
     elif tp is str:
         if not isinstance(value, str) or not value.strip() or len(value) > 200:
             raise bad(" of at most 200 characters")
+        if key in PATTERNS and not PATTERNS[key][0].fullmatch(value):
+            raise ConfigError(f"{where}: {key} = {shown} is not allowed; allowed is {PATTERNS[key][1]}.")
         return value
     elif get_origin(tp) is list:
         if not isinstance(value, list) or len(value) > 64:
@@ -345,7 +355,7 @@ def _coerce(key: str, tp, value: Any, where: str) -> Any:
     return value
 
 
-def _build(cls, data: dict, prefix: str, where: str):
+def _build(cls, data: dict, prefix: str, where: str, overridden: frozenset[str] = frozenset()):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: [{prefix.rstrip('.')}] must be a table of settings.")
     fields = _fields(cls)
@@ -359,9 +369,10 @@ def _build(cls, data: dict, prefix: str, where: str):
             raise ConfigError(f"{where}: unknown key {full!r}; allowed here: {allowed}.")
         tp = fields[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, full + ".", where)
+            kwargs[key] = _build(tp, value, full + ".", where, overridden)
         else:
-            kwargs[key] = _coerce(full, tp, value, where)
+            # a value from the command line is blamed on --set, not on a file that does not hold it
+            kwargs[key] = _coerce(full, tp, value, f"--set {full}" if full in overridden else where)
     return cls(**kwargs)
 
 
@@ -437,10 +448,12 @@ def _apply_override(data: dict, key: str, value: Any, where: str) -> None:
 
 def from_dict(data: dict, where: str = "config", overrides: list[str] | None = None) -> RunConfig:
     data = _deepcopy(data)
+    overridden = set()
     for text in overrides or []:
         key, value = parse_override(text)
         _apply_override(data, key, value, f"--set {key}")
-    cfg = _build(RunConfig, data, "", where)
+        overridden.add(key)
+    cfg = _build(RunConfig, data, "", where, frozenset(overridden))
     _check_cross(cfg, where)
     return cfg
 

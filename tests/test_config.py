@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -121,6 +122,30 @@ def test_bitnet_is_a_model_switch_that_no_preset_sets(tmp_path):
     assert config.load(write(tmp_path, "[model]\nbitnet = true\n[optim]\npreset = 'phase5'\n")).model.bitnet
     assert not config.load(write(tmp_path, "[optim]\npreset = 'phase5'\n")).model.bitnet
     assert not any("ste" in preset for preset in PRESETS.values())
+
+
+@pytest.mark.parametrize("name", ["a/b", "a\nb", ".hidden", "x" * 65, "a b", "..", "run:1", "ü"])
+def test_a_run_name_outside_letters_digits_dot_underscore_dash_is_refused(tmp_path, name):
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, ""), ["name=" + json.dumps(name)])
+    msg = str(e.value)
+    assert msg.startswith("--set name: name = ") and "1 to 64 letters, digits" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("name", ["run", "run-1.2_x", "A" * 64, "_x", "-x", "7"])
+def test_a_run_name_of_letters_digits_dot_underscore_dash_loads(tmp_path, name):
+    assert config.load(write(tmp_path, f'name = "{name}"\n')).name == name
+
+
+def test_the_cli_refuses_a_bad_run_name_without_a_traceback_and_writes_nothing(tmp_path):
+    from tests.helpers import lab, tiny_config
+
+    runs_dir = tmp_path / "runs"
+    for name in ('"a/b"', '"a\\nb"'):
+        out = lab("run", str(tiny_config(tmp_path)), "--headless", "--set", f"name={name}", "--runs-dir", str(runs_dir))
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith("lab: --set name") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+        assert not runs_dir.exists()
 
 def test_every_task_builds_from_its_default_config():
     from typing import get_args, get_type_hints
