@@ -63,6 +63,25 @@ class TaskConfig:
     side: int = 11  # maze: grid side (odd)
 
 
+# The [task] keys each task takes (a test keeps this equal to what engine/tasks/registry.py's tasks take);
+# seed and difficulty are taken by every task, since other tasks are built from them (lab eval --task, curriculum).
+TASK_KEYS: dict[str, tuple[str, ...]] = {
+    "sudoku": ("size", "difficulty", "seed", "augment"),
+    "modular": ("p", "op", "train_fraction", "seed"),
+    "math": ("difficulty", "seed", "steps"),
+    "arithmetic": ("difficulty", "seed", "steps"),
+    "algebra": ("difficulty", "seed", "steps"),
+    "sequence": ("difficulty", "seed", "steps"),
+    "word": ("difficulty", "seed", "steps"),
+    "recall": ("difficulty", "seed"),
+    "gap": ("difficulty", "seed"),
+    "surprise": ("difficulty", "seed"),
+    "maze": ("difficulty", "seed", "side"),
+    "program": ("difficulty", "seed"),
+}
+TASK_KEYS_ANY_TASK = ("name", "seed", "difficulty")
+
+
 @dataclass
 class OptimConfig:
     # A preset fills every field left unset (None); a field set in the file or by --set wins.
@@ -380,6 +399,29 @@ def _moved(key: str, where: str) -> ConfigError:
     return ConfigError(f"{where}: {key} has moved to {MOVED[key]}; set {MOVED[key]} instead.")
 
 
+def _check_task_keys(cfg: RunConfig, data: dict, file_task: str | None, overridden: set[str], where: str) -> RunConfig:
+    """A [task] key set explicitly must be one its task takes; defaults are never refused.
+
+    A key from --set is checked against the task that runs, one from the file against the file's task; a file key
+    that only the file's task takes goes back to its default when --set task.name picks another task."""
+    task = cfg.task.name
+    file_task = file_task if file_task in TASK_KEYS else task
+    left_out = {}
+    for key in data.get("task", {}):
+        if key in TASK_KEYS_ANY_TASK:
+            continue
+        if f"task.{key}" in overridden:
+            if key not in TASK_KEYS[task]:
+                raise ConfigError(f"--set task.{key}: task {task!r} does not take task.{key}; "
+                                  f"it takes: {', '.join(TASK_KEYS[task])}.")
+        elif key not in TASK_KEYS[file_task]:
+            raise ConfigError(f"{where}: task {file_task!r} does not take task.{key}; "
+                              f"it takes: {', '.join(TASK_KEYS[file_task])}.")
+        elif key not in TASK_KEYS[task]:
+            left_out[key] = getattr(TaskConfig(), key)
+    return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, **left_out))
+
+
 def _check_cross(cfg: RunConfig, where: str) -> None:
     t = cfg.task
     if t.name == "modular" and (t.p < 2 or any(t.p % d == 0 for d in range(2, int(t.p**0.5) + 1))):
@@ -448,12 +490,14 @@ def _apply_override(data: dict, key: str, value: Any, where: str) -> None:
 
 def from_dict(data: dict, where: str = "config", overrides: list[str] | None = None) -> RunConfig:
     data = _deepcopy(data)
+    file_task = data["task"].get("name", TaskConfig().name) if isinstance(data.get("task"), dict) else None
     overridden = set()
     for text in overrides or []:
         key, value = parse_override(text)
         _apply_override(data, key, value, f"--set {key}")
         overridden.add(key)
     cfg = _build(RunConfig, data, "", where, frozenset(overridden))
+    cfg = _check_task_keys(cfg, data, file_task, overridden, where)
     _check_cross(cfg, where)
     return cfg
 
@@ -501,6 +545,8 @@ def to_toml(cfg: RunConfig) -> str:
             for kk, vv in v.items():
                 if vv is None:  # unset: TOML has no null, and leaving it out keeps it unset on reload
                     continue
+                if k == "task" and kk not in TASK_KEYS[cfg.task.name] + TASK_KEYS_ANY_TASK:
+                    continue  # a key the task does not take would be refused on reload
                 lines.append(f"{kk} = {_toml_value(vv)}")
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,6 @@
 import json
 import math
+import tomllib
 
 import pytest
 from hypothesis import given, settings
@@ -88,12 +89,46 @@ def test_any_value_is_accepted_or_refused_with_a_sentence(tmp_path_factory, key,
     assert lo <= got <= hi
 
 
-def test_task_names_match_the_registry():
+def test_task_names_and_keys_match_the_registry():
+    import dataclasses
     from typing import get_args, get_type_hints
 
-    from engine.tasks.registry import TASKS
+    from engine.tasks.registry import TASKS, task_params
 
-    assert set(get_args(get_type_hints(config.TaskConfig)["name"])) == set(TASKS)
+    assert set(get_args(get_type_hints(config.TaskConfig)["name"])) == set(TASKS) == set(config.TASK_KEYS)
+    fields = {f.name for f in dataclasses.fields(config.TaskConfig)}
+    for name in TASKS:
+        assert set(config.TASK_KEYS[name]) == set(task_params(name)) & fields, name
+
+
+def test_a_task_key_the_task_does_not_take_is_refused_naming_what_it_takes(tmp_path):
+    p = write(tmp_path, "[task]\nname = 'sudoku'\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p, ["task.side=13"])
+    msg = str(e.value)
+    assert msg.startswith("--set task.side:") and "'sudoku'" in msg and "size, difficulty, seed, augment" in msg
+    assert "\n" not in msg
+    p = write(tmp_path, "[task]\nname = 'modular'\nsize = 6\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: task 'modular' does not take task\.size; it takes: p, op,"):
+        config.load(p)
+
+
+def test_defaults_seed_and_difficulty_of_any_task_are_not_refused(tmp_path):
+    cfg = config.load(write(tmp_path, "[task]\nname = 'modular'\nseed = 3\ndifficulty = 2\n"))
+    assert (cfg.task.seed, cfg.task.difficulty, cfg.task.size, cfg.task.side) == (3, 2, 4, 11)
+    cfg = config.load(write(tmp_path, "[task]\nname = 'maze'\nside = 9\n"), ["task.seed=1"])
+    assert (cfg.task.side, cfg.task.seed) == (9, 1)
+
+
+def test_switching_the_task_by_set_leaves_out_the_file_keys_only_its_task_took(tmp_path):
+    p = write(tmp_path, "[task]\nname = 'sudoku'\nsize = 6\ndifficulty = 2\n")
+    cfg = config.load(p, ["task.name=arithmetic"])
+    assert (cfg.task.name, cfg.task.size, cfg.task.difficulty) == ("arithmetic", 4, 2)
+    assert "size" not in tomllib.loads(config.to_toml(cfg))["task"]
+    with pytest.raises(ConfigError, match="task 'arithmetic' does not take task.size"):
+        config.load(p, ["task.name=arithmetic", "task.size=6"])
+    for preset in ("configs/quickstart.toml", "configs/grokking.toml"):
+        config.load(preset, ["task.name=maze"])
 
 
 @pytest.mark.parametrize("text, overrides, old, new", [
@@ -146,6 +181,7 @@ def test_the_cli_refuses_a_bad_run_name_without_a_traceback_and_writes_nothing(t
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith("lab: --set name") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
         assert not runs_dir.exists()
+
 
 def test_every_task_builds_from_its_default_config():
     from typing import get_args, get_type_hints
