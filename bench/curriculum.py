@@ -39,7 +39,7 @@ from engine.trainer import Trainer  # noqa: E402
 # small and shallow on purpose: the bench measures the queue, not the reasoner, on 2 shared cores
 BASE = [
     "model.d_model=64", "model.n_layers=1", "model.n_heads=4", "model.H_cycles=1", "model.L_cycles=2",
-    "model.halt_max_steps=1", "model.ema_decay=0.9", "optim.preset=adamw", "optim.lr=0.003",
+    "model.halt_max_steps=1", "train.ema_decay=0.9", "optim.preset=adamw", "optim.lr=0.003",
     "optim.warmup_steps=20", "train.device=cpu", "eval.every=0", "checkpoint.every=0",
     "log.print_seconds=1000", "log.telemetry_seconds=1000",
 ]

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.config import OptimConfig  # noqa: E402
 from engine.model.bitlinear import convert_to_bitnet  # noqa: E402
 from engine.model.blocks import Attention, SwiGLU, rms_norm  # noqa: E402
-from engine.optim import build_optimizer, resolve  # noqa: E402
+from engine.optim import build_optimizer  # noqa: E402
 from engine.tasks.modular import ModularTask  # noqa: E402
 
 TARGET = 0.95
@@ -67,7 +67,8 @@ class GrokNet(nn.Module):
 class Variant:
     key: str
     label: str
-    optim: OptimConfig  # as a user would write it in [optim]; `ste` there turns BitLinear on
+    optim: OptimConfig  # as a user would write it in [optim]
+    bitnet: bool = False  # model.bitnet: BitLinear hidden layers (b1.58 STE)
 
 
 def variants() -> list[Variant]:
@@ -88,7 +89,7 @@ def variants() -> list[Variant]:
         Variant("phase5", "phase5 preset as shipped",
                 OptimConfig(preset="phase5")),
         Variant("ste_muon", "Muon + AdamW, BitNet b1.58 STE",
-                OptimConfig(**muon, ste=True)),
+                OptimConfig(**muon), bitnet=True),
     ]
 
 
@@ -97,7 +98,7 @@ def train(variant: Variant, seed: int, task: ModularTask, max_steps: int, batch_
     """Returns (first step with test accuracy >= 95% or None, last test accuracy, steps run)."""
     torch.manual_seed(seed)
     model = GrokNet(task.vocab_size, task.seq_len)
-    if resolve(variant.optim).ste:
+    if variant.bitnet:
         convert_to_bitnet(model)
     opt = build_optimizer(model, variant.optim, total_steps=max_steps)
     x_train, y_train = task.tensors("train")

@@ -11,7 +11,6 @@ import torch
 from engine.config import RunConfig
 from engine.model.bitlinear import convert_to_bitnet
 from engine.model.trm import TinyRecursiveModel
-from engine.optim import bitnet_enabled
 from engine.stages import Phase, Schedule
 from engine.tasks.base import Task
 from engine.tasks.registry import task_from_config
@@ -29,7 +28,7 @@ def make_task(cfg: RunConfig) -> Task:
 
 def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
     model = TinyRecursiveModel(cfg.model, vocab_size=task.vocab_size, seq_len=task.seq_len)
-    if bitnet_enabled(cfg):  # b1.58 STE: hidden linears ternary in the forward, latent weights full precision
+    if cfg.model.bitnet:  # b1.58 STE: hidden linears ternary in the forward, latent weights full precision
         convert_to_bitnet(model)
     return model
 

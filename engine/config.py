@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 from dataclasses import dataclass, field
@@ -35,7 +36,6 @@ class ModelConfig:
     norm_eps: float = 1e-5
     # per-step loss weights over the answer history y0..yT ("Cognate" form); empty = last only
     step_loss_weights: list[float] = field(default_factory=list)
-    ema_decay: float = 0.999
     memory: Literal["none", "titans-mag"] = "none"
     window: int = 0  # sliding attention window (0 = full attention)
     d_mem: int = 64  # width of the neural memory MLP
@@ -44,7 +44,7 @@ class ModelConfig:
     memory_theta_max: float = 1.0  # cap of the memory's inner learning rate
     memory_max_grad_norm: float = 30.0  # per-token clip of the memory's inner gradients (0: off)
     persistent_tokens: int = 4
-    bitnet: bool = False
+    bitnet: bool = False  # BitNet b1.58 ternary hidden linears (STE); no optim preset turns it on
 
 
 @dataclass
@@ -61,6 +61,25 @@ class TaskConfig:
     op: Literal["add", "sub", "mul", "div"] = "mul"  # modular: the operation
     train_fraction: float = 0.5  # modular: share of the table used for training
     side: int = 11  # maze: grid side (odd)
+
+
+# The [task] keys each task takes (a test keeps this equal to what engine/tasks/registry.py's tasks take);
+# seed and difficulty are taken by every task, since other tasks are built from them (lab eval --task, curriculum).
+TASK_KEYS: dict[str, tuple[str, ...]] = {
+    "sudoku": ("size", "difficulty", "seed", "augment"),
+    "modular": ("p", "op", "train_fraction", "seed"),
+    "math": ("difficulty", "seed", "steps"),
+    "arithmetic": ("difficulty", "seed", "steps"),
+    "algebra": ("difficulty", "seed", "steps"),
+    "sequence": ("difficulty", "seed", "steps"),
+    "word": ("difficulty", "seed", "steps"),
+    "recall": ("difficulty", "seed"),
+    "gap": ("difficulty", "seed"),
+    "surprise": ("difficulty", "seed"),
+    "maze": ("difficulty", "seed", "side"),
+    "program": ("difficulty", "seed"),
+}
+TASK_KEYS_ANY_TASK = ("name", "seed", "difficulty")
 
 
 @dataclass
@@ -87,7 +106,6 @@ class OptimConfig:
     grokfast_lambda: float | None = None  # amplification of the slow gradient; 0 = off
     grokfast_scope: Literal["all", "aux", "off"] = "aux"  # aux = AdamW-routed parameters only (see optim.py)
     qk_clip_tau: float | None = None  # largest allowed attention logit; 0 = off
-    ste: bool | None = None  # BitNet b1.58 ternary training of hidden linears (on when model.bitnet too)
 
 
 @dataclass
@@ -99,8 +117,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # float16 needs CUDA (and gets a gradient scaler)
-    ema_decay: float = 0.999
     vram_limit: float = 0.85  # used/total VRAM above which the micro-batch is halved before an OOM; 1 = off
+    ema_decay: float = 0.999  # of the weights' moving average that evaluation uses (eval.use_ema)
 
 
 @dataclass
@@ -183,7 +201,6 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.puzzle_prefix": (0, 256),
     "model.rope_theta": (1.0, 1e7),
     "model.norm_eps": (1e-12, 1e-2),
-    "model.ema_decay": (0.0, 1.0),
     "model.window": (0, 65536),
     "model.d_mem": (4, 4096),
     "model.memory_chunk": (1, 1024),
@@ -252,6 +269,18 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "task.size": (4, 6, 9),
 }
 
+# Strings that must match a pattern, with what is allowed in words: the run folder is named after `name`.
+PATTERNS: dict[str, tuple[re.Pattern, str]] = {
+    "name": (re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"),
+             "1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"),
+}
+
+# Keys that have moved: a config that still sets one is told where it went.
+MOVED: dict[str, str] = {
+    "optim.ste": "model.bitnet",
+    "model.ema_decay": "train.ema_decay",
+}
+
 
 def _fields(cls) -> dict[str, Any]:
     hints = get_type_hints(cls)
@@ -287,10 +316,11 @@ def _describe(tp) -> str:
 def _coerce(key: str, tp, value: Any, where: str) -> Any:
     """Check one leaf value against its declared type; return it in canonical form."""
 
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+
     def bad(extra: str = "") -> ConfigError:
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
         return ConfigError(f"{where}: {key} = {shown} is not allowed; expected {_describe(tp)}{extra}.")
 
     tp = _unwrap_optional(tp)
@@ -321,6 +351,8 @@ def _coerce(key: str, tp, value: Any, where: str) -> Any:
     elif tp is str:
         if not isinstance(value, str) or not value.strip() or len(value) > 200:
             raise bad(" of at most 200 characters")
+        if key in PATTERNS and not PATTERNS[key][0].fullmatch(value):
+            raise ConfigError(f"{where}: {key} = {shown} is not allowed; allowed is {PATTERNS[key][1]}.")
         return value
     elif get_origin(tp) is list:
         if not isinstance(value, list) or len(value) > 64:
@@ -342,22 +374,52 @@ def _coerce(key: str, tp, value: Any, where: str) -> Any:
     return value
 
 
-def _build(cls, data: dict, prefix: str, where: str):
+def _build(cls, data: dict, prefix: str, where: str, overridden: frozenset[str] = frozenset()):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: [{prefix.rstrip('.')}] must be a table of settings.")
     fields = _fields(cls)
     kwargs = {}
     for key, value in data.items():
         full = prefix + key
+        if full in MOVED:
+            raise _moved(full, where)
         if key not in fields:
             allowed = ", ".join(sorted(fields))
             raise ConfigError(f"{where}: unknown key {full!r}; allowed here: {allowed}.")
         tp = fields[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, full + ".", where)
+            kwargs[key] = _build(tp, value, full + ".", where, overridden)
         else:
-            kwargs[key] = _coerce(full, tp, value, where)
+            # a value from the command line is blamed on --set, not on a file that does not hold it
+            kwargs[key] = _coerce(full, tp, value, f"--set {full}" if full in overridden else where)
     return cls(**kwargs)
+
+
+def _moved(key: str, where: str) -> ConfigError:
+    return ConfigError(f"{where}: {key} has moved to {MOVED[key]}; set {MOVED[key]} instead.")
+
+
+def _check_task_keys(cfg: RunConfig, data: dict, file_task: str | None, overridden: set[str], where: str) -> RunConfig:
+    """A [task] key set explicitly must be one its task takes; defaults are never refused.
+
+    A key from --set is checked against the task that runs, one from the file against the file's task; a file key
+    that only the file's task takes goes back to its default when --set task.name picks another task."""
+    task = cfg.task.name
+    file_task = file_task if file_task in TASK_KEYS else task
+    left_out = {}
+    for key in data.get("task", {}):
+        if key in TASK_KEYS_ANY_TASK:
+            continue
+        if f"task.{key}" in overridden:
+            if key not in TASK_KEYS[task]:
+                raise ConfigError(f"--set task.{key}: task {task!r} does not take task.{key}; "
+                                  f"it takes: {', '.join(TASK_KEYS[task])}.")
+        elif key not in TASK_KEYS[file_task]:
+            raise ConfigError(f"{where}: task {file_task!r} does not take task.{key}; "
+                              f"it takes: {', '.join(TASK_KEYS[file_task])}.")
+        elif key not in TASK_KEYS[task]:
+            left_out[key] = getattr(TaskConfig(), key)
+    return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, **left_out))
 
 
 def _check_cross(cfg: RunConfig, where: str) -> None:
@@ -405,6 +467,8 @@ def _apply_override(data: dict, key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: {key!r} is not a valid key.")
     node = data
     cls = RunConfig
+    if key in MOVED:
+        raise _moved(key, where)
     for i, part in enumerate(parts):
         fields = _fields(cls)
         if part not in fields:
@@ -429,10 +493,14 @@ def _apply_override(data: dict, key: str, value: Any, where: str) -> None:
 
 def from_dict(data: dict, where: str = "config", overrides: list[str] | None = None) -> RunConfig:
     data = _deepcopy(data)
+    file_task = data["task"].get("name", TaskConfig().name) if isinstance(data.get("task"), dict) else None
+    overridden = set()
     for text in overrides or []:
         key, value = parse_override(text)
         _apply_override(data, key, value, f"--set {key}")
-    cfg = _build(RunConfig, data, "", where)
+        overridden.add(key)
+    cfg = _build(RunConfig, data, "", where, frozenset(overridden))
+    cfg = _check_task_keys(cfg, data, file_task, overridden, where)
     _check_cross(cfg, where)
     return cfg
 
@@ -480,6 +548,8 @@ def to_toml(cfg: RunConfig) -> str:
             for kk, vv in v.items():
                 if vv is None:  # unset: TOML has no null, and leaving it out keeps it unset on reload
                     continue
+                if k == "task" and kk not in TASK_KEYS[cfg.task.name] + TASK_KEYS_ANY_TASK:
+                    continue  # a key the task does not take would be refused on reload
                 lines.append(f"{kk} = {_toml_value(vv)}")
     return "\n".join(lines) + "\n"
 

@@ -20,19 +20,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from engine.config import OptimConfig, RunConfig
+from engine.config import OptimConfig
 
 # Every preset fills the OptimConfig fields left unset (None). "lr" is Muon's lr under a Muon preset and
 # AdamW's under "adamw"; "adamw_lr" is the fallback group's lr and only matters when Muon is on.
 PRESETS: dict[str, dict] = {
     "adamw": dict(use_muon=False, lr=1e-3, adamw_lr=1e-3, momentum=0.95, nesterov=True, ns_steps=5,
-                  grokfast_alpha=0.98, grokfast_lambda=0.0, qk_clip_tau=0.0, ste=False),
+                  grokfast_alpha=0.98, grokfast_lambda=0.0, qk_clip_tau=0.0),
     "muon": dict(use_muon=True, lr=0.02, adamw_lr=1e-3, momentum=0.95, nesterov=True, ns_steps=5,
-                 grokfast_alpha=0.98, grokfast_lambda=0.0, qk_clip_tau=0.0, ste=False),
+                 grokfast_alpha=0.98, grokfast_lambda=0.0, qk_clip_tau=0.0),
     "phase1": dict(use_muon=True, lr=1e-3, adamw_lr=1e-3, momentum=0.95, nesterov=True, ns_steps=5,
-                   grokfast_alpha=0.98, grokfast_lambda=0.3, qk_clip_tau=30.0, ste=False),
+                   grokfast_alpha=0.98, grokfast_lambda=0.3, qk_clip_tau=30.0),
     "phase5": dict(use_muon=True, lr=5e-4, adamw_lr=1e-4, momentum=0.95, nesterov=True, ns_steps=5,
-                   grokfast_alpha=0.98, grokfast_lambda=2.0, qk_clip_tau=25.0, ste=True),
+                   grokfast_alpha=0.98, grokfast_lambda=2.0, qk_clip_tau=25.0),
 }
 
 # Modules whose weights stay on AdamW whatever their shape: token/puzzle embeddings and the output and
@@ -69,7 +69,6 @@ class OptimSettings:
     grokfast_lambda: float
     grokfast_scope: str
     qk_clip_tau: float
-    ste: bool
 
 
 def resolve(cfg: OptimConfig) -> OptimSettings:
@@ -85,12 +84,6 @@ def resolve(cfg: OptimConfig) -> OptimSettings:
         values[f.name] = preset[f.name] if value is None else value
     values["muon_exclude"] = tuple(values["muon_exclude"])
     return OptimSettings(**values)
-
-
-def bitnet_enabled(cfg: RunConfig) -> bool:
-    """Ternary (b1.58 STE) training is on when the model asks for it or the optimizer preset does (phase5);
-    `optim.ste = false` turns the preset's choice off."""
-    return cfg.model.bitnet or resolve(cfg.optim).ste
 
 
 def route_parameters(model: nn.Module, use_muon: bool, exclude: tuple[str, ...] = ()) -> dict[str, str]:

@@ -1,4 +1,6 @@
+import json
 import math
+import tomllib
 
 import pytest
 from hypothesis import given, settings
@@ -87,12 +89,98 @@ def test_any_value_is_accepted_or_refused_with_a_sentence(tmp_path_factory, key,
     assert lo <= got <= hi
 
 
-def test_task_names_match_the_registry():
+def test_task_names_and_keys_match_the_registry():
+    import dataclasses
     from typing import get_args, get_type_hints
 
-    from engine.tasks.registry import TASKS
+    from engine.tasks.registry import TASKS, task_params
 
-    assert set(get_args(get_type_hints(config.TaskConfig)["name"])) == set(TASKS)
+    assert set(get_args(get_type_hints(config.TaskConfig)["name"])) == set(TASKS) == set(config.TASK_KEYS)
+    fields = {f.name for f in dataclasses.fields(config.TaskConfig)}
+    for name in TASKS:
+        assert set(config.TASK_KEYS[name]) == set(task_params(name)) & fields, name
+
+
+def test_a_task_key_the_task_does_not_take_is_refused_naming_what_it_takes(tmp_path):
+    p = write(tmp_path, "[task]\nname = 'sudoku'\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p, ["task.side=13"])
+    msg = str(e.value)
+    assert msg.startswith("--set task.side:") and "'sudoku'" in msg and "size, difficulty, seed, augment" in msg
+    assert "\n" not in msg
+    p = write(tmp_path, "[task]\nname = 'modular'\nsize = 6\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: task 'modular' does not take task\.size; it takes: p, op,"):
+        config.load(p)
+
+
+def test_defaults_seed_and_difficulty_of_any_task_are_not_refused(tmp_path):
+    cfg = config.load(write(tmp_path, "[task]\nname = 'modular'\nseed = 3\ndifficulty = 2\n"))
+    assert (cfg.task.seed, cfg.task.difficulty, cfg.task.size, cfg.task.side) == (3, 2, 4, 11)
+    cfg = config.load(write(tmp_path, "[task]\nname = 'maze'\nside = 9\n"), ["task.seed=1"])
+    assert (cfg.task.side, cfg.task.seed) == (9, 1)
+
+
+def test_switching_the_task_by_set_leaves_out_the_file_keys_only_its_task_took(tmp_path):
+    p = write(tmp_path, "[task]\nname = 'sudoku'\nsize = 6\ndifficulty = 2\n")
+    cfg = config.load(p, ["task.name=arithmetic"])
+    assert (cfg.task.name, cfg.task.size, cfg.task.difficulty) == ("arithmetic", 4, 2)
+    assert "size" not in tomllib.loads(config.to_toml(cfg))["task"]
+    with pytest.raises(ConfigError, match="task 'arithmetic' does not take task.size"):
+        config.load(p, ["task.name=arithmetic", "task.size=6"])
+    for preset in ("configs/quickstart.toml", "configs/grokking.toml"):
+        config.load(preset, ["task.name=maze"])
+
+
+@pytest.mark.parametrize("text, overrides, old, new", [
+    ("[optim]\nste = true\n", [], "optim.ste", "model.bitnet"),
+    ("", ["optim.ste=true"], "optim.ste", "model.bitnet"),
+    ("[model]\nema_decay = 0.99\n", [], "model.ema_decay", "train.ema_decay"),
+    ("", ["model.ema_decay=0.99"], "model.ema_decay", "train.ema_decay"),
+])
+def test_a_moved_key_is_refused_naming_where_it_went(tmp_path, text, overrides, old, new):
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, text), overrides)
+    msg = str(e.value)
+    assert f"{old} has moved to {new}; set {new} instead." in msg and "\n" not in msg
+
+
+def test_ema_decay_is_a_train_setting(tmp_path):
+    assert config.load(write(tmp_path, "[train]\nema_decay = 0.9\n")).train.ema_decay == 0.9
+    assert config.RunConfig().train.ema_decay == 0.999
+    with pytest.raises(ConfigError, match="train.ema_decay"):
+        config.load(write(tmp_path, "[train]\nema_decay = 1.5\n"))
+
+
+def test_bitnet_is_a_model_switch_that_no_preset_sets(tmp_path):
+    from engine.optim import PRESETS
+
+    assert config.load(write(tmp_path, "[model]\nbitnet = true\n[optim]\npreset = 'phase5'\n")).model.bitnet
+    assert not config.load(write(tmp_path, "[optim]\npreset = 'phase5'\n")).model.bitnet
+    assert not any("ste" in preset for preset in PRESETS.values())
+
+
+@pytest.mark.parametrize("name", ["a/b", "a\nb", ".hidden", "x" * 65, "a b", "..", "run:1", "ü"])
+def test_a_run_name_outside_letters_digits_dot_underscore_dash_is_refused(tmp_path, name):
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, ""), ["name=" + json.dumps(name)])
+    msg = str(e.value)
+    assert msg.startswith("--set name: name = ") and "1 to 64 letters, digits" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("name", ["run", "run-1.2_x", "A" * 64, "_x", "-x", "7"])
+def test_a_run_name_of_letters_digits_dot_underscore_dash_loads(tmp_path, name):
+    assert config.load(write(tmp_path, f'name = "{name}"\n')).name == name
+
+
+def test_the_cli_refuses_a_bad_run_name_without_a_traceback_and_writes_nothing(tmp_path):
+    from tests.helpers import lab, tiny_config
+
+    runs_dir = tmp_path / "runs"
+    for name in ('"a/b"', '"a\\nb"'):
+        out = lab("run", str(tiny_config(tmp_path)), "--headless", "--set", f"name={name}", "--runs-dir", str(runs_dir))
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith("lab: --set name") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+        assert not runs_dir.exists()
 
 
 def test_every_task_builds_from_its_default_config():

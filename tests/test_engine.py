@@ -224,6 +224,25 @@ def _poisoned_trainer(tmp_path, poison_steps, max_steps=30):
     return tr, run
 
 
+@pytest.mark.parametrize("decay, follows", [(0.0, True), (1.0, False)])
+def test_train_ema_decay_sets_how_closely_the_evaluation_weights_follow(tmp_path, decay, follows):
+    import torch
+
+    from engine import config
+    from engine.trainer import Trainer
+
+    cfg = config.load(tiny_config(tmp_path, max_steps=2, ckpt_every=0), [f"train.ema_decay={decay}"])
+    (tmp_path / "run").mkdir()
+    tr = Trainer(tmp_path / "run", cfg, output="quiet")
+    start = [p.detach().clone() for p in tr.ema.parameters()]
+    tr.train_step()
+    tr.server.close()
+    tr.store.close()
+    same = [torch.equal(e, m) for e, m in zip(tr.ema.parameters(), tr.model.parameters())]
+    kept = [torch.equal(e, s) for e, s in zip(tr.ema.parameters(), start)]
+    assert all(same) if follows else (all(kept) and not all(same))
+
+
 def test_nan_loss_rolls_back_halves_the_lr_and_recovers(tmp_path):
     tr, run = _poisoned_trainer(tmp_path, [13])
     assert tr.run() == 0

@@ -195,16 +195,27 @@ def test_stats_report_the_step_that_ran():
 
 def test_presets_fill_unset_fields_and_explicit_fields_win():
     p5 = resolve(OptimConfig(preset="phase5"))
-    assert (p5.use_muon, p5.lr, p5.adamw_lr, p5.grokfast_lambda, p5.qk_clip_tau, p5.ste) == \
-        (True, 5e-4, 1e-4, 2.0, 25.0, True)
+    assert (p5.use_muon, p5.lr, p5.adamw_lr, p5.grokfast_lambda, p5.qk_clip_tau) == (True, 5e-4, 1e-4, 2.0, 25.0)
     assert (p5.momentum, p5.nesterov, p5.ns_steps, p5.grokfast_scope) == (0.95, True, 5, "aux")
     p1 = resolve(OptimConfig(preset="phase1"))
-    assert (p1.lr, p1.grokfast_lambda, p1.ste) == (1e-3, 0.3, False)
-    cfg = from_dict({"optim": {"preset": "phase5", "lr": 0.01, "grokfast_lambda": 0.0, "ste": False}})
+    assert (p1.lr, p1.grokfast_lambda) == (1e-3, 0.3)
+    cfg = from_dict({"optim": {"preset": "phase5", "lr": 0.01, "grokfast_lambda": 0.0}})
     mine = resolve(cfg.optim)
-    assert (mine.lr, mine.adamw_lr, mine.grokfast_lambda, mine.ste) == (0.01, 1e-4, 0.0, False)
+    assert (mine.lr, mine.adamw_lr, mine.grokfast_lambda) == (0.01, 1e-4, 0.0)
     plain = resolve(OptimConfig())
     assert (plain.preset, plain.use_muon, plain.lr, plain.grokfast_lambda) == ("adamw", False, 1e-3, 0.0)
+
+
+def test_model_bitnet_alone_makes_the_weights_ternary_whatever_the_preset():
+    from engine.model.bitlinear import BitLinear
+    from engine.build import build_model, make_task
+
+    def ternary_layers(overrides):
+        cfg = from_dict({"model": {"d_model": 32, "n_layers": 1, "n_heads": 2}, "task": {"size": 4}}, overrides=overrides)
+        return sum(isinstance(m, BitLinear) for m in build_model(cfg, make_task(cfg)).modules())
+
+    assert ternary_layers(["optim.preset=phase5"]) == 0
+    assert ternary_layers(["model.bitnet=true"]) == ternary_layers(["model.bitnet=true", "optim.preset=phase5"]) > 0
 
 
 @pytest.mark.parametrize("optim, key", [

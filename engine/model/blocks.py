@@ -1,9 +1,7 @@
-"""The pieces of the shared reasoning network f.
+"""The pieces of the shared reasoning network f (assembled into Block and ReasoningNet in engine/model/trm.py).
 
-    ReasoningNet(hidden, injection) = Block_k(...Block_1(hidden + injection))
-    Block: h = rms_norm(h + mixer(h)); h = rms_norm(h + mlp(h))       (post-norm, no learnable scale)
     mixer: Attention (RoPE, non-causal, optional sliding window), SequenceMLP (SwiGLU across positions),
-           or the Titans MAGMixer (engine/model/titans.py), which also carries a neural memory state
+           or the Titans MAGMixer (engine/model/titans.py, built on this module's Attention)
     mlp:   SwiGLU across channels
 
 No Linear here has a bias. Weights are initialised by the model that owns the network.
@@ -16,8 +14,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from engine.config import ModelConfig
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -139,55 +135,3 @@ class Attention(nn.Module):
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
         return logits.amax(dim=(0, 2, 3)).detach()  # (H,)
-
-
-class Block(nn.Module):
-    """Post-norm block: h = rms_norm(h + mixer(h)); h = rms_norm(h + mlp(h)).
-
-    With `memory = "titans-mag"` the mixer is a MAGMixer, whose neural memory state goes in and comes out:
-    forward(h, memory) -> (h, memory); without one, memory passes through untouched (None).
-    """
-
-    def __init__(self, cfg: ModelConfig, seq_len: int):
-        super().__init__()
-        self.eps = cfg.norm_eps
-        self.has_memory = cfg.memory == "titans-mag"
-        if self.has_memory:
-            from engine.model.titans import MAGMixer  # titans builds on this module: a top-level import is circular
-
-            self.mixer = MAGMixer.from_config(cfg, seq_len)
-        elif cfg.mixer == "attention":
-            self.mixer = Attention(cfg.d_model, cfg.n_heads, seq_len, cfg.rope_theta, window=cfg.window)
-        else:
-            self.mixer = SequenceMLP(seq_len, cfg.expansion)
-        self.mlp = SwiGLU(cfg.d_model, cfg.expansion)
-
-    def forward(self, h: torch.Tensor, memory=None):  # (B, L, D)
-        if self.has_memory:
-            mixed, memory = self.mixer(h, memory)
-        else:
-            mixed = self.mixer(h)
-        h = rms_norm(h + mixed, self.eps)
-        return rms_norm(h + self.mlp(h), self.eps), memory
-
-
-class ReasoningNet(nn.Module):
-    """The one shared network f of TRM: f(hidden, injection) = blocks(hidden + injection).
-
-    forward(hidden, injection, memory) -> (h, memory); memory is a MemoryState joined over the blocks (or None).
-    """
-
-    def __init__(self, cfg: ModelConfig, seq_len: int):
-        super().__init__()
-        self.blocks = nn.ModuleList(Block(cfg, seq_len) for _ in range(cfg.n_layers))
-
-    def forward(self, hidden: torch.Tensor, injection: torch.Tensor, memory=None):  # (B, L, D) each
-        h = hidden + injection
-        if memory is None:
-            for block in self.blocks:
-                h, _ = block(h)
-            return h, None
-        states = memory.split(len(self.blocks))
-        for j, block in enumerate(self.blocks):
-            h, states[j] = block(h, states[j])
-        return h, type(memory).join(states)

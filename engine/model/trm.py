@@ -7,6 +7,9 @@ T = H_cycles cycles; each cycle updates z n = L_cycles times and then y once:
     for n:  z_L = f(z_L, z_H + x)
             z_H = f(z_H, z_L)
 
+f is a ReasoningNet: Block_k(...Block_1(hidden + injection)), each Block a post-norm mixer (Attention or
+SequenceMLP from blocks.py, or titans.py's MAGMixer) followed by a SwiGLU.
+
 The first T-1 cycles run without gradient, the last with. The carry is detached and survives up to N_sup
 (halt_max_steps) optimizer steps ("deep supervision"); a slot that halts is reset to the fixed initial latents
 and takes a fresh sample at the next step. A halting head q_head reads position 0 of y and is trained with
@@ -27,8 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.config import ModelConfig
-from engine.model.blocks import ReasoningNet, SequenceMLP
-from engine.model.titans import MemoryState, NeuralMemory
+from engine.model.blocks import Attention, SequenceMLP, SwiGLU, rms_norm
+from engine.model.titans import MAGMixer, MemoryState, NeuralMemory
 
 PAD = 0  # label id that is never scored
 
@@ -38,6 +41,56 @@ def trunc_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
     (torch's trunc_normal_ alone would leave them at 0.88 std)."""
     sigma = std / 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
     return nn.init.trunc_normal_(t, mean=0.0, std=sigma, a=-2 * sigma, b=2 * sigma)
+
+
+class Block(nn.Module):
+    """Post-norm block: h = rms_norm(h + mixer(h)); h = rms_norm(h + mlp(h)).
+
+    With `memory = "titans-mag"` the mixer is a MAGMixer, whose neural memory state goes in and comes out:
+    forward(h, memory) -> (h, memory); without one, memory passes through untouched (None).
+    """
+
+    def __init__(self, cfg: ModelConfig, seq_len: int):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.has_memory = cfg.memory == "titans-mag"
+        if self.has_memory:
+            self.mixer = MAGMixer.from_config(cfg, seq_len)
+        elif cfg.mixer == "attention":
+            self.mixer = Attention(cfg.d_model, cfg.n_heads, seq_len, cfg.rope_theta, window=cfg.window)
+        else:
+            self.mixer = SequenceMLP(seq_len, cfg.expansion)
+        self.mlp = SwiGLU(cfg.d_model, cfg.expansion)
+
+    def forward(self, h: torch.Tensor, memory=None):  # (B, L, D)
+        if self.has_memory:
+            mixed, memory = self.mixer(h, memory)
+        else:
+            mixed = self.mixer(h)
+        h = rms_norm(h + mixed, self.eps)
+        return rms_norm(h + self.mlp(h), self.eps), memory
+
+
+class ReasoningNet(nn.Module):
+    """The one shared network f of TRM: f(hidden, injection) = blocks(hidden + injection).
+
+    forward(hidden, injection, memory) -> (h, memory); memory is a MemoryState joined over the blocks (or None).
+    """
+
+    def __init__(self, cfg: ModelConfig, seq_len: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(cfg, seq_len) for _ in range(cfg.n_layers))
+
+    def forward(self, hidden: torch.Tensor, injection: torch.Tensor, memory=None):  # (B, L, D) each
+        h = hidden + injection
+        if memory is None:
+            for block in self.blocks:
+                h, _ = block(h)
+            return h, None
+        states = memory.split(len(self.blocks))
+        for j, block in enumerate(self.blocks):
+            h, states[j] = block(h, states[j])
+        return h, type(memory).join(states)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from lab import runs
 from lab.client import (AlertRules, ConnectionLost, EngineClient, EngineUnreachable, PendingCommand, RunState,
                         StoreFollower, StoreUpdate, has_store)
 from lab.screens.dialogs import ConfirmScreen, HelpScreen
+from lab.screens.runs import STATUS_STYLES, RunsBrowserScreen
 from widgets.consolidation import ConsolidationPlot
 from widgets.curriculum import CurriculumQueue
 from widgets.curves import CurvesPane
@@ -64,8 +65,6 @@ class LinkChanged(Message):
 
 # ---- the header lines ---------------------------------------------------------------------------
 
-STATUS_STYLES = {"running": "bold green", "paused": "bold yellow", "starting": "bold cyan", "finished": "bold blue",
-                 "stopped": "bold blue", "failed": "bold red", "diverged": "bold red", "stale": "bold red"}
 MODE_STYLES = {"live": "bold green", "connecting": "bold cyan", "read-only": "bold yellow"}
 
 
@@ -418,8 +417,6 @@ class DashboardScreen(Screen):
         self.app.push_screen(CarryInspectorScreen(self))
 
     def action_runs(self) -> None:
-        from lab.screens.runs import RunsBrowserScreen
-
         self.app.push_screen(RunsBrowserScreen(self.app.runs_dir, current=self.run_dir))
 
     def action_smoothing(self) -> None:
