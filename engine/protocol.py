@@ -53,6 +53,168 @@ EVENTS = (
 STATUSES = ("starting", "running", "paused", "stopped", "finished", "failed", "diverged")
 
 
+# ---- event data schemas -----------------------------------------------------------------------
+# What each event kind's `data` carries. A type is a JSON type name, a tuple of alternatives, a one-element
+# list [T] for a list of T, or an Obj. Checked on messages as built (before encode): a non-finite float is
+# a number there, and arrives as null on the wire.
+
+NUMBER, INTEGER, STRING, BOOLEAN, NULL, OBJECT = "number", "integer", "string", "boolean", "null", "object"
+
+
+@dataclass(frozen=True)
+class Obj:
+    """A JSON object: keys it must carry, keys it may carry, the type of any other key (None: no others
+    allowed), and the values some string keys are limited to."""
+
+    required: dict[str, Any]
+    optional: dict[str, Any] = field(default_factory=dict)
+    others: Any = None
+    choices: dict[str, tuple] = field(default_factory=dict)
+
+
+FIGURES = Obj({}, others=NUMBER)  # figures by name
+
+EVENT_DATA: dict[str, Obj] = {
+    "metrics": FIGURES,  # one step's figures
+    "phase": Obj({"phase": STRING, "manual": BOOLEAN}, choices={"phase": ("wake", "sleep")}),
+    "consolidation": Obj({  # one per sleep, sent as it ends
+        "sleep": INTEGER,  # sleeps begun so far, this one included
+        "mode": STRING,
+        "memory_change": NUMBER,  # norm of the neural memory modules' parameters after the sleep minus before
+        "weights_change": NUMBER,  # norm of the change of every other parameter (the slow weights) over the sleep
+        "importance_change": NUMBER,  # mean importance of the episodic buffer after minus before
+        "consolidation_loss": NUMBER,  # the last consolidation step's loss
+        "retention_before": NUMBER,  # memory-free cell accuracy on the probe samples, before and after
+        "retention_after": NUMBER,
+        "pruned": INTEGER,  # buffer samples dropped at the end of the sleep
+        "buffer": INTEGER,  # samples left in the buffer
+    }, choices={"mode": ("replay", "replay-surprise", "distill", "dream")}),
+    "curriculum": Obj({  # the question queue after a graded batch
+        "level": INTEGER, "levels": INTEGER, "epoch": INTEGER, "size": INTEGER, "remaining": INTEGER,
+        "done": BOOLEAN,
+        "by_streak": [INTEGER],  # live questions by correct answers in a row, 0 .. mastery - 1
+        "by_hint": Obj({}, others=INTEGER),  # live questions by hint level ("0": none)
+        "changes": [STRING],  # what happened to the queue (kinds), besides the report
+        "mastered": INTEGER,
+        "item": Obj({"id": STRING, "pass": INTEGER, "fail": INTEGER, "hint": INTEGER}),  # the graded batch
+    }),
+    "checkpoint": Obj({"path": STRING, "step": INTEGER}, {"reason": STRING, "loaded": BOOLEAN}),
+    "carry": Obj({  # one slot's carry, and a replay of its next supervision step (T = H_cycles cycles)
+        "slot": INTEGER,
+        "shapes": Obj({"z_H": [INTEGER], "z_L": [INTEGER], "inputs": [INTEGER]}),
+        "prefix": INTEGER, "H_cycles": INTEGER, "L_cycles": INTEGER,
+        "steps": INTEGER, "max_steps": INTEGER, "halted": BOOLEAN,
+        "q_halt": NUMBER,  # the carried answer's halting logit
+        "next_q_halt": NUMBER,  # ... and the replayed step's
+        "inputs": [INTEGER], "labels": [INTEGER], "preds": [INTEGER], "next_preds": [INTEGER],
+        "z_H_norms": [[NUMBER]], "z_L_norms": [[NUMBER]],  # T + 1 rows (the start, then each cycle) x L positions
+        "z_H_change": [NUMBER], "z_L_change": [NUMBER],  # T: mean over positions of |after - before| per cycle
+        "z_H_position_change": [[NUMBER]], "z_L_position_change": [[NUMBER]],  # T rows x L positions
+    }, {  # with a neural memory: T rows (cycles of the replayed step) x one entry per block
+        "memory_change": [[NUMBER]],  # norm of the change of the block's fast weights over the cycle
+        "memory_surprise": [[NUMBER]],  # norm of the block's momentum (surprise) state after the cycle
+    }),
+    "alert": Obj({"level": STRING, "message": STRING}, {
+        "fault": STRING, "reason": STRING, "phase": STRING,  # an out-of-memory back-off: what and where
+        "old_micro_batch": INTEGER, "new_micro_batch": INTEGER, "micro_batches": INTEGER,
+        "old_batch": INTEGER, "new_batch": INTEGER,
+    }, choices={"level": ("warning", "error")}),
+    "status": Obj({"status": STRING}, choices={"status": STATUSES}),
+    "telemetry": Obj({
+        "rss_mb": NUMBER,  # the engine and its children
+        "cpu_percent": NUMBER,  # the engine and its children; 100 = one core busy
+        "cpu_count": INTEGER,  # the cores the engine may use
+        "sys_ram_used_mb": NUMBER, "sys_ram_total_mb": NUMBER,
+        "gpu_name": (STRING, NULL), "vram_used_mb": (NUMBER, NULL), "vram_total_mb": (NUMBER, NULL),
+        "torch_alloc_mb": (NUMBER, NULL), "torch_peak_mb": (NUMBER, NULL),
+    }),
+    "eval": Obj({"eval_exact": NUMBER, "eval_cell": NUMBER}, others=NUMBER),
+    "command": Obj({"id": STRING, "cmd": STRING, "ok": BOOLEAN, "error": (STRING, NULL), "client": STRING},
+                   choices={"cmd": tuple(COMMANDS)}),
+}
+
+
+ENVELOPE = Obj({"type": STRING, "event": STRING, "step": INTEGER, "time": NUMBER})  # and "data"
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_type_name(x) for x in t)
+    if isinstance(t, list):
+        return f"a list of {_type_name(t[0])}"
+    if isinstance(t, Obj):
+        return OBJECT
+    return t
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return NULL
+    if isinstance(v, bool):
+        return BOOLEAN
+    if isinstance(v, int):
+        return INTEGER
+    if isinstance(v, float):
+        return NUMBER
+    if isinstance(v, str):
+        return STRING
+    if isinstance(v, (list, tuple)):
+        return "list"
+    if isinstance(v, dict):
+        return OBJECT
+    return type(v).__name__
+
+
+def check_value(t: Any, v: Any, where: str) -> list[str]:
+    """Problems of value `v` against type `t`, each naming where it was found."""
+    if isinstance(t, tuple):
+        if any(not check_value(x, v, where) for x in t):
+            return []
+        return [f"{where}: expected {_type_name(t)}, got {_json_type(v)}"]
+    if isinstance(t, list):
+        if not isinstance(v, (list, tuple)):
+            return [f"{where}: expected {_type_name(t)}, got {_json_type(v)}"]
+        for i, x in enumerate(v):
+            problems = check_value(t[0], x, f"{where}[{i}]")
+            if problems:
+                return problems  # the first bad element speaks for the rest
+        return []
+    if isinstance(t, Obj):
+        if not isinstance(v, dict):
+            return [f"{where}: expected an object, got {_json_type(v)}"]
+        problems = [f"{where}: missing {k!r}" for k in t.required if k not in v]
+        for k, x in v.items():
+            kt = t.required.get(k, t.optional.get(k, t.others))
+            if kt is None:
+                problems.append(f"{where}: unexpected key {k!r}")
+                continue
+            problems += check_value(kt, x, f"{where}.{k}")
+            if k in t.choices and x not in t.choices[k]:
+                problems.append(f"{where}.{k}: {x!r} is not one of {', '.join(map(str, t.choices[k]))}")
+        return problems
+    kind = _json_type(v)
+    return [] if kind == t or (t == NUMBER and kind == INTEGER) else [f"{where}: expected {t}, got {kind}"]
+
+
+def check_data(kind: str, data: Any) -> list[str]:
+    """Problems of one event kind's data against EVENT_DATA."""
+    if kind not in EVENT_DATA:
+        return [f"unknown event kind {kind!r}"]
+    return check_value(EVENT_DATA[kind], data, kind)
+
+
+def check_event(message: Any) -> list[str]:
+    """Problems found in one event message (envelope and data); [] when it matches the protocol."""
+    if not isinstance(message, dict):
+        return [f"an event is an object, got {_json_type(message)}"]
+    if message.get("type") != "event":
+        return [f"not an event message (type {message.get('type')!r})"]
+    problems = check_value(ENVELOPE, {k: v for k, v in message.items() if k != "data"}, "message")
+    if "data" not in message:
+        return problems + ["message: missing 'data'"]
+    return problems + check_data(message.get("event"), message["data"])
+
+
 class ProtocolError(ValueError):
     """A malformed message; its text is the one-sentence reason sent back to the client."""
 

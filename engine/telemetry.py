@@ -13,6 +13,14 @@ import torch
 MB = 1024 * 1024
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one, else every core. At 100 per
+    busy core, cpu_percent reaches 100 x this when all of them are busy."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return psutil.cpu_count(logical=True) or 1
+
+
 class Telemetry:
     def __init__(self, device: torch.device, pid: int | None = None):
         self.device = device
@@ -54,6 +62,7 @@ class Telemetry:
         out: dict[str, Any] = {
             "rss_mb": rss / MB,
             "cpu_percent": cpu,
+            "cpu_count": usable_cores(),
             "sys_ram_used_mb": (vm.total - vm.available) / MB,
             "sys_ram_total_mb": vm.total / MB,
             "gpu_name": self.gpu_name,

@@ -5,7 +5,7 @@
 - `StoreFollower`: the run's history from `run.db`, and new rows since the last poll; this is
   all a console has when the socket is gone or silent (read-only mode).
 - `RunState`: the console's copy of the run, fed by both, with duplicates dropped.
-- `AlertRules`: NaN or inf loss, an engine silent for 30 s, VRAM above 0.85 of the card.
+- `AlertRules`: NaN or inf loss, an engine silent for 30 s, VRAM (or RAM) above the run's own limit.
 
 Plain Python (no Textual, no torch): the screens run these in worker threads.
 """
@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from engine import protocol
+from engine.config import TrainConfig
 from engine.store import DB_NAME, RunReader
 from widgets.curriculum import CurriculumHistory
 from widgets.curves import Series
 
 FINAL_STATUSES = ("stopped", "finished", "failed", "diverged")
 SILENT_AFTER_S = 30.0
-VRAM_ALERT_FRACTION = 0.85
 
 
 class EngineUnreachable(Exception):
@@ -304,6 +304,16 @@ def has_store(run_dir: str | Path) -> bool:
 # ---- the console's copy of a run --------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RunLimits:
+    """The run's own resource limits, as fractions: `vram` of the card (train.vram_limit, where the engine
+    starts backing off), `ram` of system RAM (train.ram_limit, None while the config has none); 1 is off.
+    Until the run's config is read, and for a config without the key, the engine's default."""
+
+    vram: float = TrainConfig.vram_limit
+    ram: float | None = None
+
+
 class RunState:
     """Everything the panes draw, fed by store updates and socket messages (main thread only)."""
 
@@ -314,6 +324,8 @@ class RunState:
         self.status = "unknown"
         self.step = 0
         self.max_steps: int | None = None
+        self.limits = RunLimits()
+        self._config_read = False
         self.pid: int | None = None  # the engine's, from the run row
         self.series: dict[str, Series] = {}
         self.phases: list[tuple[int, str, bool]] = []  # (step, "wake"|"sleep", manual)
@@ -362,8 +374,9 @@ class RunState:
         self.pid = run.get("pid") or self.pid
         if isinstance(run.get("step"), int):
             self.step = max(self.step, run["step"])
-        if self.max_steps is None and run.get("config"):
-            self.max_steps = _max_steps(run["config"])
+        if not self._config_read and run.get("config"):  # written once, when the run was created
+            self._config_read = True
+            self.max_steps, self.limits = _from_config(run["config"])
 
     def _extend(self, key: str, steps: list[int], values: list[float]) -> None:
         s = self.series.setdefault(key, Series())
@@ -449,13 +462,22 @@ class RunState:
         return self.status in FINAL_STATUSES
 
 
-def _max_steps(config_toml: str) -> int | None:
+def _from_config(config_toml: str) -> tuple[int | None, RunLimits]:
+    """max_steps and the limits from the run's resolved config; whatever cannot be read stays unknown."""
     import tomllib
 
     try:
-        return int(tomllib.loads(config_toml).get("train", {}).get("max_steps"))
-    except (tomllib.TOMLDecodeError, TypeError, ValueError):
-        return None
+        train = tomllib.loads(config_toml).get("train", {})
+    except tomllib.TOMLDecodeError:
+        return None, RunLimits()
+
+    def fraction(key: str, default):
+        v = train.get(key, default)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else default
+
+    steps = train.get("max_steps")
+    return (steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
+            RunLimits(vram=fraction("vram_limit", RunLimits.vram), ram=fraction("ram_limit", None)))
 
 
 # ---- alerts -----------------------------------------------------------------------------------
@@ -464,9 +486,8 @@ def _max_steps(config_toml: str) -> int | None:
 class AlertRules:
     """Turns what the run says into alerts, each raised once until its condition clears."""
 
-    def __init__(self, silent_after: float = SILENT_AFTER_S, vram_fraction: float = VRAM_ALERT_FRACTION):
+    def __init__(self, silent_after: float = SILENT_AFTER_S):
         self.silent_after = silent_after
-        self.vram_fraction = vram_fraction
         self._active: set[str] = set()
 
     def _edge(self, name: str, on: bool) -> bool:
@@ -493,12 +514,17 @@ class AlertRules:
             return [f"non-finite {key} at step {step:,}."]
         return []
 
-    def telemetry(self, data: dict) -> list[str]:
-        used, total = data.get("vram_used_mb"), data.get("vram_total_mb")
-        frac = used / total if isinstance(used, (int, float)) and isinstance(total, (int, float)) and total else 0.0
-        if self._edge("vram", frac > self.vram_fraction):
-            return [f"VRAM at {frac:.0%} of the card (alert above {self.vram_fraction:.0%})."]
-        return []
+    def telemetry(self, data: dict, limits: RunLimits) -> list[str]:
+        """VRAM or system RAM past the run's own limit (a limit of 1 or more is off)."""
+        out = []
+        for name, used, total, limit, what, key in (
+                ("vram", "vram_used_mb", "vram_total_mb", limits.vram, "VRAM", "of the card"),
+                ("ram", "sys_ram_used_mb", "sys_ram_total_mb", limits.ram, "system RAM", "in use")):
+            u, t = data.get(used), data.get(total)
+            frac = u / t if isinstance(u, (int, float)) and isinstance(t, (int, float)) and t else 0.0
+            if self._edge(name, limit is not None and limit < 1.0 and frac > limit):
+                out.append(f"{what} at {frac:.0%} {key}, past this run's limit of {limit:.0%} (train.{name}_limit).")
+        return out
 
     def silence(self, silent_for: float, status: str) -> list[str]:
         quiet = silent_for >= self.silent_after and status not in FINAL_STATUSES

@@ -25,33 +25,66 @@ from engine.store import RunStore
 CONFIG_TOML = 'name = "fake"\n\n[train]\nmax_steps = 5000\n'
 
 
-def carry_snapshot(slot: int = 0, positions: int = 16, cycles: int = 4) -> dict:
-    """Shaped like the real engine's `inspect` result, deterministic in the slot."""
+class SchemaDrift(AssertionError):
+    """The fake was about to send a message that engine.protocol's schemas refuse."""
+
+
+def checked(message: dict) -> dict:
+    problems = protocol.check_event(message)
+    if problems:
+        raise SchemaDrift("; ".join(problems))
+    return message
+
+
+def carry_snapshot(slot: int = 0, positions: int = 16, cycles: int = 3, blocks: int = 2) -> dict:
+    """Shaped like the real engine's `inspect` result (a titans-mag model; the keys of
+    protocol.EVENT_DATA["carry"]), deterministic in the slot. `cycles` = H_cycles."""
     rnd = random.Random(slot)
     side = int(math.isqrt(positions))
     labels = [2 + (r * side + (r // 2) + c) % side for r in range(side) for c in range(side)]
     inputs = [t if rnd.random() < 0.5 else 1 for t in labels]
     preds = [t if rnd.random() < 0.85 else 2 + (t - 1) % side for t in labels]
+
+    def rows(n, base, step, jitter):
+        return [[round(base + c * step + rnd.random() * jitter, 4) for _ in range(positions)] for c in range(n)]
+
     return {
         "slot": slot, "shapes": {"z_H": [64, positions, 64], "z_L": [64, positions, 64], "inputs": [64, positions]},
-        "prefix": 0, "H_cycles": cycles - 1, "L_cycles": 4, "steps": 3, "max_steps": 8, "halted": False,
+        "prefix": 0, "H_cycles": cycles, "L_cycles": 4, "steps": 3, "max_steps": 8, "halted": False,
         "q_halt": -1.25, "next_q_halt": 0.5,
-        "inputs": inputs, "labels": labels, "preds": preds,
-        "z_H_norms": [[round(1 + c * 0.3 + rnd.random() * 0.5, 4) for _ in range(positions)] for c in range(cycles)],
-        "z_L_norms": [[round(2 + c * 0.1 + rnd.random(), 4) for _ in range(positions)] for c in range(cycles)],
-        "z_H_change": [round(0.5 / (c + 1), 4) for c in range(cycles - 1)],
-        "z_L_change": [round(0.8 / (c + 1), 4) for c in range(cycles - 1)],
-        "memory": {"fast_weight_norms": [0.4, 0.55, 0.61], "surprise": 0.12},
+        "inputs": inputs, "labels": labels, "preds": preds, "next_preds": [t if rnd.random() < 0.9 else 1 for t in labels],
+        "z_H_norms": rows(cycles + 1, 1.0, 0.3, 0.5), "z_L_norms": rows(cycles + 1, 2.0, 0.1, 1.0),
+        "z_H_change": [round(0.5 / (c + 1), 4) for c in range(cycles)],
+        "z_L_change": [round(0.8 / (c + 1), 4) for c in range(cycles)],
+        "z_H_position_change": rows(cycles, 0.5, -0.1, 0.2), "z_L_position_change": rows(cycles, 0.8, -0.2, 0.2),
+        "memory_change": [[round((0.3 + 0.1 * b) / (c + 1), 4) for b in range(blocks)] for c in range(cycles)],
+        "memory_surprise": [[round(0.1 + 0.05 * c + 0.02 * b, 4) for b in range(blocks)] for c in range(cycles)],
     }
 
 
 def telemetry(gpu: bool, vram_fraction: float = 0.4) -> dict:
-    out = {"rss_mb": 812.0, "cpu_percent": 97.0, "sys_ram_used_mb": 6144.0, "sys_ram_total_mb": 16384.0,
+    out = {"rss_mb": 812.0, "cpu_percent": 97.0, "cpu_count": 4, "sys_ram_used_mb": 6144.0, "sys_ram_total_mb": 16384.0,
            "gpu_name": None, "vram_used_mb": None, "vram_total_mb": None, "torch_alloc_mb": None, "torch_peak_mb": None}
     if gpu:
         out.update(gpu_name="NVIDIA GeForce RTX 3080 Ti", vram_total_mb=12288.0, vram_used_mb=12288.0 * vram_fraction,
                    torch_alloc_mb=2100.0, torch_peak_mb=3350.0)
     return out
+
+
+def consolidation(sleep: int, step: int) -> dict:
+    """One sleep's figures, drifting a little with the step."""
+    return {"sleep": sleep, "mode": "replay", "memory_change": round(-0.02 + step / 1e5, 5),
+            "weights_change": round(0.4 + step / 1e4, 5), "importance_change": -0.02, "consolidation_loss": 0.3,
+            "retention_before": 0.7, "retention_after": round(0.78 + step / 1e5, 5), "pruned": 3, "buffer": 509}
+
+
+def curriculum_change(step: int, steps: int) -> dict:
+    """The queue after a graded batch, as the engine's CurriculumFeed reports it."""
+    level, remaining = 1 + step * 2 // max(1, steps), 200 - step * 150 // max(1, steps)
+    return {"level": level, "levels": 3, "epoch": 1, "size": 200, "remaining": remaining, "done": False,
+            "by_streak": [remaining // 2, remaining - remaining // 2, 0], "by_hint": {"0": remaining - 3, "1": 3},
+            "changes": [], "mastered": step % 4,
+            "item": {"id": f"L{level} batch of 8", "pass": step % 5, "fail": step % 3, "hint": step % 2}}
 
 
 def metrics_at(step: int) -> dict:
@@ -63,8 +96,10 @@ def metrics_at(step: int) -> dict:
 
 class FakeEngine:
     def __init__(self, run_dir: str | Path, *, run_id: str = "fake-run", step: int = 0, status: str = "running",
-                 gpu: bool = True, hold_acks: bool = False, clock: float | None = None):
+                 gpu: bool = True, hold_acks: bool = False, clock: float | None = None,
+                 config_toml: str = CONFIG_TOML):
         self.run_dir = Path(run_dir)
+        self.config_toml = config_toml
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_id, self.step, self.status, self.gpu = run_id, step, status, gpu
         self.clock = clock  # a fixed event time (for stable screenshots); None: real time
@@ -82,30 +117,31 @@ class FakeEngine:
 
     def write_history(self, steps: int, every: int = 1, phases: bool = True, curriculum: bool = True) -> None:
         """A run's past in run.db: metrics for `steps` steps, a few events, telemetry as sys/ metrics."""
-        (self.run_dir / "config.toml").write_text(CONFIG_TOML)
+        (self.run_dir / "config.toml").write_text(self.config_toml)
         store = RunStore(self.run_dir, flush_seconds=0.05)
-        store.create_run(self.run_id, "fake", CONFIG_TOML)
+        store.create_run(self.run_id, "fake", self.config_toml)
         t0 = self.clock or time.time() - steps * 0.05
+
+        def log_event(step: int, kind: str, data: dict, at: float) -> None:
+            checked(protocol.event(kind, step, at, data))
+            store.log_event(step, kind, data, at=at)
+
         for s in range(every, steps + 1, every):
             store.log_metrics(s, metrics_at(s), at=t0 + s * 0.05)
-        tele = {k: v for k, v in telemetry(self.gpu).items() if isinstance(v, float)}
+        tele = {k: v for k, v in telemetry(self.gpu).items() if isinstance(v, (int, float))}  # as the engine stores it
         store.log_metrics(steps, {f"sys/{k}": v for k, v in tele.items()}, at=t0 + steps * 0.05)
-        store.log_event(0, "status", {"status": "running"}, at=t0)
+        log_event(0, "status", {"status": "running"}, at=t0)
         if phases:
-            store.log_event(0, "phase", {"phase": "wake", "manual": False}, at=t0)
-            for s in range(steps // 3, steps, steps // 3 or 1):
-                store.log_event(s, "phase", {"phase": "sleep", "manual": False}, at=t0 + s * 0.05)
-                store.log_event(s + 20, "consolidation", {"memory_change": 0.1 + s / 1e4, "importance_change": 0.02,
-                                                          "consolidation_loss": 0.3, "retention_before": 0.7,
-                                                          "retention_after": 0.78 + s / 1e5}, at=t0 + s * 0.05 + 1)
-                store.log_event(s + 20, "phase", {"phase": "wake", "manual": False}, at=t0 + s * 0.05 + 1)
+            log_event(0, "phase", {"phase": "wake", "manual": False}, at=t0)
+            for n, s in enumerate(range(steps // 3, steps, steps // 3 or 1), start=1):
+                log_event(s, "phase", {"phase": "sleep", "manual": False}, at=t0 + s * 0.05)
+                log_event(s + 20, "consolidation", consolidation(n, s), at=t0 + s * 0.05 + 1)
+                log_event(s + 20, "phase", {"phase": "wake", "manual": False}, at=t0 + s * 0.05 + 1)
         if curriculum:
             for s in range(0, steps, max(1, steps // 20)):
-                store.log_event(s, "curriculum", {"level": 1 + s * 2 // max(1, steps), "remaining": 200 - s * 150 // max(1, steps),
-                                                  "item": {"id": f"q{s}", "pass": s % 5, "fail": s % 3, "hints": s % 2}},
-                                at=t0 + s * 0.05)
-        store.log_event(steps // 2, "checkpoint", {"path": str(self.run_dir / "checkpoints" / f"step-{steps // 2:08d}"),
-                                                  "step": steps // 2, "reason": "scheduled"}, at=t0 + steps * 0.025)
+                log_event(s, "curriculum", curriculum_change(s, steps), at=t0 + s * 0.05)
+        log_event(steps // 2, "checkpoint", {"path": str(self.run_dir / "checkpoints" / f"step-{steps // 2:08d}"),
+                                            "step": steps // 2, "reason": "periodic"}, at=t0 + steps * 0.025)
         store.update_run(status=self.status, step=steps, pid=os.getpid())
         store.flush()
         store.close()
@@ -197,6 +233,7 @@ class FakeEngine:
             self.set_status("stopped")
         elif cmd.cmd == "inspect":
             result = carry_snapshot(int(cmd.args.get("slot", 0)))
+            self.emit("carry", result)  # as the engine does: other consoles see the snapshot too
         elif cmd.cmd == "probe":
             if cmd.args.get("input"):
                 result = {"answer": "1234341221434321", "steps": 2}
@@ -216,7 +253,8 @@ class FakeEngine:
             pass
 
     def emit(self, kind: str, data, step: int | None = None) -> None:
-        msg = protocol.event(kind, self.step if step is None else step, self.clock or time.time(), data)
+        """Send one event to every client; raises SchemaDrift when the protocol's schema refuses it."""
+        msg = checked(protocol.event(kind, self.step if step is None else step, self.clock or time.time(), data))
         with self._lock:
             clients = list(self._clients)
         for c in clients:
@@ -242,14 +280,11 @@ class FakeEngine:
                     self.advance(1)
                     if self.step % 500 == 0:
                         self.emit("phase", {"phase": "sleep", "manual": False})
-                        self.emit("consolidation", {"memory_change": 0.1, "importance_change": 0.02,
-                                                    "consolidation_loss": 0.3, "retention_before": 0.7,
-                                                    "retention_after": 0.8})
                     if self.step % 500 == 50:
+                        self.emit("consolidation", consolidation(self.step // 500, self.step))
                         self.emit("phase", {"phase": "wake", "manual": False})
                     if self.step % 25 == 0:
-                        self.emit("curriculum", {"level": 1 + self.step // 1000, "remaining": 1000 - self.step % 1000,
-                                                 "item": {"id": f"q{self.step}", "pass": 2, "fail": 1, "hints": 1}})
+                        self.emit("curriculum", curriculum_change(self.step % 1000, 1000))
                 time.sleep(1.0 / steps_per_second)
         self._spawn(loop)
 

@@ -17,7 +17,7 @@ from lab.screens.dialogs import ConfirmScreen, HelpScreen
 from lab.screens.inspector import CarryInspectorScreen
 from lab.screens.launch import LaunchScreen
 from lab.screens.runs import RunsBrowserScreen
-from tests.fake_engine import FakeEngine, carry_snapshot
+from tests.fake_engine import CONFIG_TOML, FakeEngine, carry_snapshot
 from widgets.carry import CarryView
 from widgets.curves import CurvesPane
 from widgets.eventlog import EventLog
@@ -195,6 +195,28 @@ def test_no_gpu_shows_no_gpu(runs):
         eng.stop()
 
 
+def test_vram_alert_and_pane_follow_the_runs_own_limit(runs):
+    eng = FakeEngine(runs / "tight-run", config_toml=CONFIG_TOML + "vram_limit = 0.6\n")
+    eng.write_history(50)
+    eng.start()
+    try:
+        async def go():
+            app = app_for(runs, eng.run_dir)
+            async with app.run_test(size=(160, 48)) as pilot:
+                dash = app.screen
+                await until(pilot, lambda: dash.mode == "live" and dash.state.limits.vram == 0.6, what="config read")
+                eng.advance(10, vram_fraction=0.7)  # under the seeds' 0.85, over this run's 0.6
+                await until(pilot, lambda: any("⚠" in line for line in log_lines(app)), what="alert")
+                assert [line for line in log_lines(app) if "⚠" in line][0].endswith(
+                    "VRAM at 70% of the card, past this run's limit of 60% (train.vram_limit).")
+                await until(pilot, lambda: "limits  VRAM 60% (train.vram_limit)"
+                            in str(dash.query_one(ResourcesPane).render()), what="limit shown")
+
+        run(go())
+    finally:
+        eng.stop()
+
+
 def test_engine_silent_raises_an_alert(runs, fake):
     async def go():
         app = app_for(runs, fake.run_dir, silent_after=0.6)
@@ -329,6 +351,8 @@ def test_carry_inspector_shows_the_snapshot_and_probes(runs, fake):
             await until(pilot, lambda: isinstance(app.screen, CarryInspectorScreen), what="inspector")
             view = app.screen.query_one(CarryView)
             await until(pilot, lambda: view.snapshot == carry_snapshot(0), what="snapshot")
+            shown = app.export_screenshot().replace("&#160;", " ")
+            assert "memory, per cycle of the replayed step" in shown and "‖ΔW‖ fast weights moved" in shown
             assert [c.cmd for c in fake.commands] == ["inspect"] and fake.commands[0].args == {"slot": 0}
             await pilot.press(*"1.3..2.4...1.2.3", "enter")
             answer = app.screen.query_one("#probe-answer")

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine import protocol
-from lab.client import AlertRules, EngineClient, EngineUnreachable, RunState, StoreFollower
-from tests.fake_engine import FakeEngine, carry_snapshot
+from lab.client import AlertRules, EngineClient, EngineUnreachable, RunLimits, RunState, StoreFollower
+from tests.fake_engine import CONFIG_TOML, FakeEngine, carry_snapshot, consolidation, telemetry
 from widgets.curves import BLOCK, Series, _ema, bucket_bounds, downsample_minmax, drop_flat_runs, render_curves
 from widgets.plot import ansi_to_text
 
@@ -189,20 +189,104 @@ def test_ansi_reader_matches_rich():
 
 
 def test_alert_rules_fire_once_per_episode():
-    rules = AlertRules(silent_after=30, vram_fraction=0.85)
+    rules = AlertRules(silent_after=30)
     assert rules.metrics(10, {"loss": 1.0}) == []
     assert "non-finite loss" in rules.metrics(11, {"loss": None, "exact_acc": 0.5})[0]
     assert rules.metrics(12, {"loss": float("inf")}) == []  # still the same episode
     assert rules.metrics(13, {"loss": 0.9}) == []
     assert rules.metrics(14, {"halt_loss": float("nan")}) != []  # a new one
     assert rules.metrics(15, {"halted_exact_acc": None}) == []  # only losses count
-    assert rules.telemetry({"vram_used_mb": 8000, "vram_total_mb": 10000}) == []
-    assert "VRAM at 90%" in rules.telemetry({"vram_used_mb": 9000, "vram_total_mb": 10000})[0]
-    assert rules.telemetry({"vram_used_mb": None, "vram_total_mb": None}) == []  # no GPU: no alert
+    limits = RunLimits(vram=0.85)
+    assert rules.telemetry({"vram_used_mb": 8000, "vram_total_mb": 10000}, limits) == []
+    assert "VRAM at 90%" in rules.telemetry({"vram_used_mb": 9000, "vram_total_mb": 10000}, limits)[0]
+    assert rules.telemetry({"vram_used_mb": None, "vram_total_mb": None}, limits) == []  # no GPU: no alert
     assert rules.silence(29, "running") == []
     assert "silent for 31 s" in rules.silence(31, "running")[0]
     assert rules.silence(90, "running") == []
     assert rules.silence(90, "finished") == []
+
+
+def test_resource_alerts_use_the_runs_own_limits(tmp_path):
+    fake = FakeEngine(tmp_path / "run", config_toml=CONFIG_TOML + "vram_limit = 0.6\nram_limit = 0.5\n")
+    fake.write_history(10)
+    state = RunState(fake.run_dir)
+    assert state.limits == RunLimits()  # the engine's default until the config is read
+    follower = StoreFollower(fake.run_dir)
+    state.apply_store(follower.poll())
+    follower.close()
+    assert state.limits == RunLimits(vram=0.6, ram=0.5)
+    at_70 = dict(telemetry(gpu=True, vram_fraction=0.7), sys_ram_used_mb=4000.0, sys_ram_total_mb=10000.0)
+    assert AlertRules().telemetry(at_70, RunLimits()) == []  # under the default 0.85
+    assert AlertRules().telemetry(at_70, state.limits) == [
+        "VRAM at 70% of the card, past this run's limit of 60% (train.vram_limit)."]
+    assert AlertRules().telemetry(dict(at_70, sys_ram_used_mb=6000.0), state.limits)[1] == (
+        "system RAM at 60% in use, past this run's limit of 50% (train.ram_limit).")
+    full = telemetry(gpu=True, vram_fraction=0.99)
+    assert AlertRules().telemetry(full, RunLimits(vram=1.0)) == []  # 1: the engine's back-off is off, so is ours
+
+
+def test_resources_pane_shows_cpu_against_the_cores_and_the_runs_limits():
+    from widgets.resources import bar, resources_table
+
+    t = dict(telemetry(gpu=True, vram_fraction=0.7), cpu_percent=200.0, cpu_count=4)
+    text = resources_table(t, 60, vram_limit=0.6).plain
+    cpu = next(line for line in text.splitlines() if line.startswith("CPU"))
+    assert "2.0 of 4 cores" in cpu and abs(cpu.count("█") - cpu.count("░")) <= 1  # two cores of four: half
+    assert "limits  VRAM 60% (train.vram_limit)" in text
+    vram = next(line for line in text.splitlines() if line.startswith("VRAM"))
+    width = vram.count("█") + vram.count("░") + vram.count("┃")
+    assert vram.index("┃") - 8 == int(0.6 * width)  # the limit's tick
+    assert [span.style for span in bar(0.7, 20, alert=0.6).spans][0] == "red"
+    assert [span.style for span in bar(0.7, 20, alert=0.85).spans][0] == "green"  # under both thresholds
+    assert "VRAM off" in resources_table(t, 60, vram_limit=1.0).plain
+
+
+# ---- panes --------------------------------------------------------------------------------------
+
+
+def plain(renderable, width: int) -> str:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_carry_view_shows_the_memory_per_cycle_of_the_replay():
+    from widgets.carry import render_carry
+
+    snap = carry_snapshot(cycles=3, blocks=2)
+    text = plain(render_carry(snap, 100), 100)
+    assert "memory, per cycle of the replayed step (one figure per block)" in text
+    rows = text.split("‖ΔW‖ fast weights moved")[1].splitlines()[1:4]
+    for c, row in enumerate(rows):
+        assert row.split() == [str(c + 1), *[f"{v:.4g}" for v in snap["memory_change"][c] + snap["memory_surprise"][c]]]
+    assert "memory change" not in text  # not drawn as one more latent change by position
+
+
+def test_consolidation_pane_shows_the_memory_and_slow_weight_change_per_sleep():
+    from widgets.consolidation import render_consolidation
+
+    sleeps = [{"step": 100 * n, **consolidation(n, 100 * n)} for n in (1, 2, 3)]
+    older = {"step": 400, "memory_change": 0.75, "importance_change": 0.0, "retention_after": 0.8}  # before weights_change
+    text = plain(render_consolidation(sleeps + [older], 70, 30), 70)
+    header = next(line for line in text.splitlines() if "sleep at" in line)
+    assert header.split()[2:4] == ["Δ‖mem‖", "‖Δslow‖"]
+    row = next(line for line in text.splitlines() if line.split()[:1] == ["300"])
+    assert row.split()[1:3] == [f"{sleeps[2]['memory_change']:.3g}", f"{sleeps[2]['weights_change']:.3g}"]
+    old = next(line for line in text.splitlines() if line.split()[:1] == ["400"])
+    assert old.split()[1:3] == ["—", "—"] and "0.75" not in old  # a fast-weight norm is not a change
+    assert "‖Δslow‖ ‖change of the slow weights‖" in text
+    narrow = plain(render_consolidation(sleeps, 40, 12), 40)
+    assert "‖Δslow‖" in narrow and "loss" not in narrow.split("sleep at")[1].splitlines()[0]
+
+
+def test_the_event_log_line_of_a_sleep_names_both_changes():
+    from lab.screens.dashboard import event_line
+
+    msg = protocol.event("consolidation", 120, 1.0, consolidation(1, 120))
+    kind, text = event_line(msg, set())
+    assert text == "sleep consolidated: retention 0.7 → 0.7812, Δ‖mem‖ -0.0188, ‖Δslow‖ 0.412"
 
 
 # ---- run state --------------------------------------------------------------------------------

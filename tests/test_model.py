@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from engine.config import ModelConfig
 from engine.model.blocks import Attention, Rotary, SequenceMLP, SwiGLU, swiglu_hidden
+from engine.model.titans import MemoryState
 from engine.model.trm import Carry, TinyRecursiveModel
 
 torch.set_num_threads(1)
@@ -514,10 +515,20 @@ def test_memory_gates_survive_the_model_init_and_inspect_reports_the_memory():
     assert alpha.mean().item() == pytest.approx(0.01)  # retention = memory_decay
     inputs, labels = data(2)
     carry, _ = model(model.initial_carry(2), inputs, labels)
+    carry = dataclasses.replace(carry, halted=torch.zeros(2, dtype=torch.bool))  # the replay keeps slot 1's memory
     snap = json.loads(json.dumps(model.inspect(carry, 1)))
-    assert snap["memory_change"] == [pytest.approx(carry.memory.change_norm()[1].item(), abs=1e-4)]
-    surprise = math.sqrt(sum(float(v[1].pow(2).sum()) for k, v in carry.memory.items() if ".S" in k))
-    assert snap["memory_surprise"] == [pytest.approx(surprise, abs=1e-4)]
+    # the replayed step cycle by cycle: per cycle (one block here), the fast weights' move and the surprise after it
+    z_H, z_L, memory = carry.z_H[1:2], carry.z_L[1:2], MemoryState({k: v[1:2] for k, v in carry.memory.items()})
+    x = model.input_embedding(inputs[1:2])
+    moves, surprises = [], []
+    for _ in range(model.cfg.H_cycles):
+        before = memory
+        z_H, z_L, memory = model.latent_recursion(z_H, z_L, x, memory)
+        moves.append([math.sqrt(sum(float((memory[k] - before[k]).pow(2).sum()) for k in memory if ".dW" in k))])
+        surprises.append([math.sqrt(sum(float(v.pow(2).sum()) for k, v in memory.items() if ".S" in k))])
+    assert snap["memory_change"] == [[pytest.approx(v, abs=1e-4)] for [v] in moves]
+    assert snap["memory_surprise"] == [[pytest.approx(v, abs=1e-4)] for [v] in surprises]
+    assert all(v > 1e-4 for [v] in moves)  # every cycle writes
 
 
 def test_tiny_titans_mag_model_learns_without_nan():

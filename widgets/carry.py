@@ -1,8 +1,10 @@
 """Carry view: what the recursive state of one slot looks like right now.
 
 Per-cycle norms of z_H and z_L by position as heatmaps (rows: cycles, columns: positions),
-the change between cycles, q_halt per supervision step, steps used, and the memory's
-fast-weight norms and surprise when the model has one. Input: the engine's carry snapshot.
+the change between cycles, q_halt per supervision step, steps used, and, when the model has a
+neural memory, how far each block's fast weights moved in each cycle and the surprise
+(momentum) they carry after it. Input: the engine's carry snapshot (engine.protocol's
+EVENT_DATA["carry"] names its keys).
 """
 
 from __future__ import annotations
@@ -96,6 +98,29 @@ def _figures(v) -> Text:
     return Text(fmt(v) if _is_num(v) else str(v))
 
 
+MEMORY_KEYS = {"memory_change": "‖ΔW‖ fast weights moved", "memory_surprise": "‖S‖ surprise after"}
+
+
+def memory_table(snapshot: dict) -> Table | None:
+    """One row per cycle: how far each block's fast weights moved in it, and its momentum (surprise) after it."""
+    rows = {k: _matrix(snapshot.get(k)) for k in MEMORY_KEYS}
+    n = max((len(m) for m in rows.values() if m is not None), default=0)
+    if not n:
+        return None
+    table = Table(box=None, padding=(0, 2), pad_edge=False, show_edge=False, header_style="grey70")
+    table.add_column("cycle", style="grey70", no_wrap=True)
+    for key, header in MEMORY_KEYS.items():
+        table.add_column(header, no_wrap=True)
+    for c in range(n):
+        cells = []
+        for key in MEMORY_KEYS:
+            m = rows[key]
+            row = m[c] if m is not None and c < len(m) else []
+            cells.append(" ".join(f"{fmt(v):>7}" for v in row[:8]) + (" …" if len(row) > 8 else "") if row else "—")
+        table.add_row(str(c + 1), *cells)
+    return table
+
+
 def _grid(snapshot: dict) -> Text | None:
     """Inputs, prediction and target side by side when the task is a square grid of digit tokens
     (token 1 is a blank, token t >= 2 is the digit t - 1); wrong predicted cells in red."""
@@ -144,7 +169,7 @@ def render_carry(snapshot: dict | None, width: int):
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold grey70", no_wrap=True)
     table.add_column()
-    for key in [k for k in snapshot if k.endswith("_change") or k == "cycle_deltas"]:
+    for key in [k for k in snapshot if (k.endswith("_change") or k == "cycle_deltas") and k not in MEMORY_KEYS]:
         m = _matrix(snapshot[key])
         if m is not None:
             parts.append(Text(f"\n{_readable(key)}, per position", style="bold"))
@@ -154,13 +179,12 @@ def render_carry(snapshot: dict | None, width: int):
     for key, label in (("q_halt", "q_halt (halt logit) now"), ("next_q_halt", "q_halt after the next step")):
         if snapshot.get(key) is not None:
             table.add_row(label, _figures(snapshot[key]))
-    memory = snapshot.get("memory")
-    if isinstance(memory, dict):
-        for k, v in memory.items():
-            table.add_row(f"memory {k.replace('_', ' ')}", _figures(v))
     if table.row_count:
         parts.append(Text(""))
         parts.append(table)
+    memory = memory_table(snapshot)
+    if memory is not None:
+        parts += [Text("\nmemory, per cycle of the replayed step (one figure per block)", style="bold"), memory]
     grid = _grid(snapshot)
     if grid is not None:
         parts.append(grid)

@@ -248,7 +248,7 @@ class TinyRecursiveModel(nn.Module):
 
     def deep_recursion(self, z_H, z_L, x, record: list | None = None, memory=None):
         """T cycles. Returns (z_H, z_L, answers, memory): answers = [y0, ..., yT] in the Cognate form, else [yT].
-        `record`, if given, receives (z_H, z_L) after every cycle."""
+        `record`, if given, receives (z_H, z_L, memory) after every cycle."""
         T = self.cfg.H_cycles
         if self.cognate:  # every cycle is scored, so every cycle carries gradient
             answers = [z_H]
@@ -256,16 +256,16 @@ class TinyRecursiveModel(nn.Module):
                 z_H, z_L, memory = self.latent_recursion(z_H, z_L, x, memory)
                 answers.append(z_H)
                 if record is not None:
-                    record.append((z_H, z_L))
+                    record.append((z_H, z_L, memory))
             return z_H, z_L, answers, memory
         with torch.no_grad():  # improve the latents for free; only the last cycle is backpropagated
             for _ in range(T - 1):
                 z_H, z_L, memory = self.latent_recursion(z_H, z_L, x, memory)
                 if record is not None:
-                    record.append((z_H, z_L))
+                    record.append((z_H, z_L, memory))
         z_H, z_L, memory = self.latent_recursion(z_H, z_L, x, memory)
         if record is not None:
-            record.append((z_H, z_L))
+            record.append((z_H, z_L, memory))
         return z_H, z_L, [z_H], memory
 
     def readout(self, z_H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -415,10 +415,11 @@ class TinyRecursiveModel(nn.Module):
 
     @torch.no_grad()
     def inspect(self, carry: Carry, slot: int) -> dict:
-        """JSON-able snapshot of one slot. Reports the carried state as it is (preds, q_halt, steps) and replays
-        the slot's next supervision step (from its latents, or from the initial latents if it has halted)
-        without changing the carry, recording per-cycle norms. Norm lists: one entry per cycle, the first being
-        the starting state; each entry is a list over the L positions."""
+        """JSON-able snapshot of one slot (engine.protocol.EVENT_DATA["carry"] names every key). Reports the
+        carried state as it is (preds, q_halt, steps) and replays the slot's next supervision step (from its
+        latents, or from the initial latents if it has halted) without changing the carry, recording per-cycle
+        norms. Latent norm lists: one entry per cycle, the first being the starting state; each entry is a list
+        over the L positions. Memory lists (with a neural memory): one entry per cycle, each a list over blocks."""
         B = carry.z_H.shape[0]
         if not 0 <= slot < B:
             raise IndexError(f"slot {slot} is out of range; the carry has slots 0 to {B - 1}")
@@ -429,7 +430,7 @@ class TinyRecursiveModel(nn.Module):
                     labels=carry.labels[slot:slot + 1], memory=memory)
         logits, q_halt = self.readout(one.z_H)
         start = self.reset_halted(one, one.inputs, one.labels)
-        history = [(start.z_H, start.z_L)]
+        history = [(start.z_H, start.z_L, start.memory)]
         self.deep_recursion(start.z_H, start.z_L, self.input_embedding(start.inputs), record=history,
                             memory=start.memory)
         next_logits, next_q = self.readout(history[-1][0])
@@ -440,6 +441,7 @@ class TinyRecursiveModel(nn.Module):
         def change(a, b):  # mean over positions of |b - a|
             return round((b[0] - a[0]).float().norm(dim=-1).mean().item(), 5)
 
+        cycles = list(zip(history, history[1:]))
         snapshot = {
             "slot": slot,
             "shapes": {"z_H": list(carry.z_H.shape), "z_L": list(carry.z_L.shape), "inputs": list(carry.inputs.shape)},
@@ -448,20 +450,27 @@ class TinyRecursiveModel(nn.Module):
             "q_halt": float(q_halt[0]),
             "inputs": one.inputs[0].tolist(), "labels": one.labels[0].tolist(),
             "preds": logits[0].argmax(-1).tolist(),
-            "z_H_norms": [norms(h) for h, _ in history],
-            "z_L_norms": [norms(l) for _, l in history],
-            "z_H_change": [change(a[0], b[0]) for a, b in zip(history, history[1:])],
-            "z_L_change": [change(a[1], b[1]) for a, b in zip(history, history[1:])],
+            "z_H_norms": [norms(h) for h, _, _ in history],
+            "z_L_norms": [norms(l) for _, l, _ in history],
+            "z_H_change": [change(a[0], b[0]) for a, b in cycles],
+            "z_L_change": [change(a[1], b[1]) for a, b in cycles],
             # post-norm keeps every position's norm at sqrt(D); where the latents move is the informative map
-            "z_H_position_change": [norms(b[0] - a[0]) for a, b in zip(history, history[1:])],
-            "z_L_position_change": [norms(b[1] - a[1]) for a, b in zip(history, history[1:])],
+            "z_H_position_change": [norms(b[0] - a[0]) for a, b in cycles],
+            "z_L_position_change": [norms(b[1] - a[1]) for a, b in cycles],
             "next_q_halt": float(next_q[0]),
             "next_preds": next_logits[0].argmax(-1).tolist(),
         }
-        if memory is not None:  # per block: how far the fast weights moved, and the carried surprise (momentum)
-            layers = memory.split(len(self.net.blocks))
-            snapshot["memory_change"] = [round(float(layer.change_norm()[0]), 5) for layer in layers]
-            snapshot["memory_surprise"] = [
-                round(math.sqrt(sum(float(t[0].pow(2).sum()) for k, t in layer.items() if k.startswith("S"))), 5)
-                for layer in layers]
+        if memory is not None:  # per cycle and block: how far the fast weights moved, and the surprise after it
+            n = len(self.net.blocks)
+
+            def moved(before: MemoryState, after: MemoryState) -> list[float]:
+                delta = MemoryState({k: after[k] - before[k] for k in after})
+                return [round(float(layer.change_norm()[0]), 5) for layer in delta.split(n)]
+
+            def surprise(state: MemoryState) -> list[float]:
+                return [round(math.sqrt(sum(float(t[0].pow(2).sum()) for k, t in layer.items() if k.startswith("S"))), 5)
+                        for layer in state.split(n)]
+
+            snapshot["memory_change"] = [moved(a[2], b[2]) for a, b in cycles]
+            snapshot["memory_surprise"] = [surprise(b[2]) for _, b in cycles]
         return snapshot

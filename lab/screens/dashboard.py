@@ -142,8 +142,10 @@ def event_line(msg: dict, own_ids: set[str]) -> tuple[str, str] | None:
         figures = ", ".join(f"{k} {fmt(v)}" for k, v in data.items() if isinstance(v, (int, float)))
         return "info", f"eval: {figures}"
     if kind == "consolidation":
-        return "phase", (f"sleep consolidated: retention {fmt(data.get('retention_before'))} → "
-                         f"{fmt(data.get('retention_after'))}, memory Δ {fmt(data.get('memory_change'))}")
+        text = f"sleep consolidated: retention {fmt(data.get('retention_before'))} → {fmt(data.get('retention_after'))}"
+        if "weights_change" in data:  # older engines sent a fast-weight norm as memory_change: not a change
+            text += f", Δ‖mem‖ {fmt(data.get('memory_change'))}, ‖Δslow‖ {fmt(data.get('weights_change'))}"
+        return "phase", text
     if kind == "command" and data.get("id") not in own_ids:
         ok = "applied" if data.get("ok") else f"refused ({data.get('error')})"
         return "command", f"{data.get('cmd')} from {data.get('client', 'another client')}: {ok}"
@@ -323,7 +325,7 @@ class DashboardScreen(Screen):
                     for text in self.alerts.metrics(msg.get("step") or 0, data):
                         self._alert(text, msg.get("step"))
                 elif event == "telemetry" and isinstance(data, dict):
-                    for text in self.alerts.telemetry(data):
+                    for text in self.alerts.telemetry(data, self.state.limits):
                         self._alert(text, msg.get("step"))
                 else:
                     self._log_event(msg, notify=True)
@@ -468,7 +470,7 @@ class DashboardScreen(Screen):
             self.curves.refresh_if_dirty()
         resources = self.query_one(ResourcesPane)
         if resources.display:
-            resources.show(s.telemetry)
+            resources.show(s.telemetry, s.limits.vram, s.limits.ram)
         if self._ticks % 2:
             return  # the slower panes redraw once a second
         timeline, curriculum, consolidation = (self.query_one(PhaseTimeline), self.query_one(CurriculumQueue),
