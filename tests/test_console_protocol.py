@@ -12,9 +12,6 @@ from engine.protocol import EVENT_DATA, EVENTS, check_data, check_event
 from lab.client import ConnectionLost, EngineClient
 from tests.fake_engine import FakeEngine, SchemaDrift, carry_snapshot
 
-# What the real engine does not send yet. An entry goes as soon as the engine sends it: the strict xfail
-# below then fails and says so.
-NOT_YET_SENT = {"consolidation: missing 'weights_change'"}
 
 
 def layout(value):
@@ -159,14 +156,8 @@ def real_problems(events) -> set[str]:
 
 def test_the_real_engine_sends_only_what_the_schema_allows(real_run):
     events, _, _ = real_run
-    assert real_problems(events) - NOT_YET_SENT == set()
+    assert real_problems(events) == set()
     assert {m["event"] for m in events} == set(EVENTS)  # every kind was exercised
-
-
-@pytest.mark.xfail(strict=True, reason="the engine's consolidation event does not carry weights_change yet")
-def test_the_real_engine_sends_what_the_console_waits_for(real_run):
-    events, _, _ = real_run
-    assert real_problems(events) & NOT_YET_SENT == set()
 
 
 def test_the_fake_carry_snapshot_has_the_real_ones_shape(real_run):
