@@ -47,7 +47,7 @@ EVENTS = (
     "status",  # data: {"status": "running"|"paused"|"stopped"|"finished"|"failed"|"diverged"}
     "telemetry",  # data: resource figures
     "eval",  # data: evaluation figures
-    "command",  # data: a command as received, before it is applied
+    "command",  # data: a command as applied, sent after its acknowledgement
 )
 
 STATUSES = ("starting", "running", "paused", "stopped", "finished", "failed", "diverged")
