@@ -5,6 +5,7 @@ for the trainer, which applies them only at step boundaries and acknowledges eac
 step where it took effect. Events are sent to every client from the trainer thread with a
 non-blocking send; what a client cannot take at once waits in its bounded outbox for the
 server thread, and a slow client loses messages (counted), it never slows the engine.
+Any exception while serving one client drops that client (counted), never the server thread.
 
 We use selectors rather than asyncio because the trainer is synchronous: one small thread
 with explicit buffers is easier to reason about than an event loop living beside it.
@@ -66,7 +67,8 @@ class ControlServer:
         self._wake_w.setblocking(False)
         self._stop = threading.Event()
         self._ids = itertools.count(1)
-        self.dropped_total = 0
+        self.dropped_total = 0  # messages a client could not take in time
+        self.clients_dropped = 0  # clients cut off because serving them failed
         self._listener = self._bind()
         self._thread = threading.Thread(target=self._serve, name="control-server", daemon=True)
 
@@ -187,10 +189,13 @@ class ControlServer:
                     c = self._clients.get(key.data)
                     if c is None:
                         continue
-                    if mask & selectors.EVENT_READ:
-                        self._read(c)
-                    if mask & selectors.EVENT_WRITE and c.name in self._clients:
-                        self._write(c)
+                    try:
+                        if mask & selectors.EVENT_READ:
+                            self._read(c)
+                        if mask & selectors.EVENT_WRITE and c.name in self._clients:
+                            self._write(c)
+                    except Exception:  # whatever one client caused costs that client, never the server
+                        self._cut_off(c)
             self._reap()
 
     def _modify(self, c: _Client, events: int) -> None:
@@ -219,9 +224,14 @@ class ControlServer:
             return
         sock.setblocking(False)
         c = _Client(name=f"client-{next(self._ids)}", sock=sock)
+        try:
+            hello = protocol.encode(self.hello())
+        except Exception:  # a hello that cannot be built refuses this client, the server goes on
+            sock.close()
+            return
         with self._lock:
             self._clients[c.name] = c
-            self._enqueue(c, protocol.encode(self.hello()), force=True)
+            self._enqueue(c, hello, force=True)
             self._sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c.name)
             c.registered = True
 
@@ -259,8 +269,10 @@ class ControlServer:
         try:
             cmd = protocol.decode_command(line)
         except ProtocolError as exc:
-            cid = None
-            self._error(c, cid, str(exc))
+            self._error(c, None, str(exc))
+            return
+        except Exception as exc:  # decode_command's contract is ProtocolError; a bug costs only this line
+            self._error(c, None, f"the engine could not read this command ({exc.__class__.__name__}); it was discarded.")
             return
         with self._lock:
             c.pending += 1
@@ -295,6 +307,11 @@ class ControlServer:
         for c in list(self._clients.values()):
             if c.read_closed and not c.outbox and c.pending == 0:
                 self._drop_client(c)
+
+    def _cut_off(self, c: _Client) -> None:
+        """Drop a client that misbehaved (stopped reading, or made serving it fail), counted."""
+        self.clients_dropped += 1
+        self._drop_client(c)
 
     def _drop_client(self, c: _Client) -> None:
         with self._lock:

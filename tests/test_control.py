@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from engine import protocol
 from engine.control import ControlServer
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -134,3 +135,101 @@ def test_encode_writes_strict_json_lines_with_null_for_non_finite_floats():
     assert json.loads(line) == {"kind": "metrics", "data": {"loss": None, "lr": 1e-3, "hist": [1.0, None, [2, None]]}}
     assert b"NaN" not in line and b"Infinity" not in line
     assert json.loads(protocol.encode({"a": [1, 2.5, "x"]})) == {"a": [1, 2.5, "x"]}
+
+
+# ---- hostile clients: nothing one client sends stops the server or costs unbounded memory ----
+
+
+def test_deep_nesting_is_a_protocol_error_not_a_recursion_error():
+    for line in (b"[" * 5000, b'{"id": 1, "cmd": "pause", "args": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+                 b'{"a":' * 2000):
+        with pytest.raises(protocol.ProtocolError, match="32 levels"):
+            protocol.decode_command(line)
+    # brackets inside strings do not count, and nesting up to the limit still parses
+    assert protocol.decode_command(b'{"id": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "cmd": "status"}').cmd == "status"
+    with pytest.raises(protocol.ProtocolError, match="not take"):
+        protocol.decode_command(b'{"id": 1, "cmd": "status", "args": {"x": ' + b"[" * 30 + b"]" * 30 + b"}}")
+
+
+def _nested(depth_and_kinds):
+    depth, kinds, tail = depth_and_kinds
+    opening = b"".join(b"[" if k else b'{"k":' for k in (kinds * depth)[:depth])
+    return opening + tail
+
+
+# depths around the limit and far past the parser's recursion limit, under the 64 KB line limit
+nested_lines = st.tuples(st.one_of(st.integers(0, 40), st.integers(900, 6000)), st.lists(st.booleans(), min_size=1, max_size=8),
+                         st.binary(max_size=50)).map(_nested)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(nested_lines, st.binary(max_size=3000)))
+def test_decode_command_raises_only_protocol_errors(line):
+    try:
+        protocol.decode_command(line)
+    except protocol.ProtocolError:
+        pass
+
+
+def test_a_deeply_nested_line_leaves_the_server_serving_other_clients(server):
+    a, fa = connect(server)
+    a.sendall(b"[" * 5000 + b"\n")
+    ack = read_until_ack(fa)
+    assert ack["ok"] is False and "levels" in ack["error"]
+    b, fb = connect(server)  # a second client can still pause
+    b.sendall(protocol.encode(protocol.command("p", "pause")))
+    assert read_until_ack(fb) == protocol.ack("p", True, 1, None, {"cmd": "pause"})
+    a.close()
+    b.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(nested_lines, st.binary(max_size=2000)), min_size=1, max_size=4))
+def test_fuzzed_lines_on_one_client_never_stop_a_second_clients_pause(server, lines):
+    a, _ = connect(server)  # sends and never reads
+    a.sendall(b"\n".join(line.replace(b"\n", b" ") for line in lines) + b"\n")
+    b, fb = connect(server)
+    b.sendall(protocol.encode(protocol.command("p", "pause")))
+    ack = read_until_ack(fb)
+    assert ack["ack"] == "p" and ack["ok"]
+    a.close()
+    b.close()
+
+
+def closed_by_server(f) -> bool:
+    try:
+        while f.readline():
+            pass
+    except ConnectionResetError:
+        pass  # closed with our line unread
+    return True
+
+
+def test_a_failure_while_serving_one_client_drops_only_that_client(server, monkeypatch):
+    a, fa = connect(server)
+
+    def broken(line):
+        raise MemoryError("synthetic")
+
+    monkeypatch.setattr(protocol, "decode_command", broken)
+    a.sendall(b"anything\n")
+    ack = read_until_ack(fa)  # decode_command's contract is ProtocolError; anything else is still answered
+    assert ack["ok"] is False and "MemoryError" in ack["error"]
+    monkeypatch.undo()
+
+    original_read = server._read
+
+    def read_raises(c):
+        if c.name == "client-1":
+            raise RuntimeError("synthetic")
+        original_read(c)
+
+    monkeypatch.setattr(server, "_read", read_raises)
+    a.sendall(b"x\n")
+    assert closed_by_server(fa)  # client-1 was cut off ...
+    b, fb = connect(server)  # ... and the server still serves others
+    b.sendall(protocol.encode(protocol.command("p", "pause")))
+    assert read_until_ack(fb)["ok"]
+    assert server.clients_dropped == 1
+    a.close()
+    b.close()
