@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import protocol
+from engine import control, protocol
 from engine.control import ControlServer
 from tests.helpers import wait_for
 
@@ -233,3 +233,116 @@ def test_a_failure_while_serving_one_client_drops_only_that_client(server, monke
     assert server.clients_dropped == 1
     a.close()
     b.close()
+
+
+@pytest.fixture
+def idle_server(tmp_path):
+    """A server whose trainer never takes a command: the queue only fills."""
+    srv = ControlServer(tmp_path / protocol.SOCKET_NAME, hello=lambda: protocol.hello("r", 0, "running"))
+    srv.start()
+    yield srv
+    srv.close()
+
+
+def acks(f, n):
+    out = []
+    while len(out) < n:
+        msg = json.loads(f.readline())
+        if msg["type"] == "ack":
+            out.append(msg)
+    return out
+
+
+def test_a_client_flooding_commands_gets_error_acks_and_leaves_room_for_others(idle_server):
+    a, fa = connect(idle_server)
+    n = control.CLIENT_PENDING + 5
+    a.sendall(b"".join(protocol.encode(protocol.command(f"a{i}", "status")) for i in range(n)))
+    refused = acks(fa, 5)
+    assert [r["ack"] for r in refused] == [f"a{i}" for i in range(control.CLIENT_PENDING, n)]
+    assert all(not r["ok"] and "wait for their acknowledgements" in r["error"] for r in refused)
+    assert idle_server.commands.qsize() == control.CLIENT_PENDING
+    b, fb = connect(idle_server)  # another client still gets its commands queued
+    b.sendall(protocol.encode(protocol.command("b0", "pause")))
+    wait_for(lambda: idle_server.commands.qsize() == control.CLIENT_PENDING + 1)
+    a.close()
+    b.close()
+
+
+def test_a_full_command_queue_refuses_with_an_error_ack(tmp_path, monkeypatch):
+    monkeypatch.setattr(control, "COMMAND_QUEUE", 8)
+    srv = ControlServer(tmp_path / protocol.SOCKET_NAME, hello=lambda: protocol.hello("r", 0, "running"))
+    srv.start()
+    try:
+        clients = [connect(srv) for _ in range(3)]
+        for i, (s, _) in enumerate(clients):
+            s.sendall(b"".join(protocol.encode(protocol.command(f"c{i}-{j}", "status")) for j in range(4)))
+            wait_for(lambda: srv.commands.qsize() == min(8, 4 * (i + 1)))
+        refused = acks(clients[2][1], 4)
+        assert all(r["error"] == "the engine's command queue is full; wait for acknowledgements." for r in refused)
+        first = srv.commands.get_nowait()  # the trainer takes one and acknowledges it: room again
+        srv.reply(first.client, protocol.ack(first.command.id, True, 1))
+        s, f = clients[2]
+        s.sendall(protocol.encode(protocol.command("again", "status")))
+        wait_for(lambda: srv.commands.qsize() == 8)
+        for s, _ in clients:
+            s.close()
+    finally:
+        srv.close()
+
+
+def test_error_acks_to_a_client_that_never_reads_stay_bounded(idle_server):
+    a, _ = connect(idle_server)  # sends garbage and never reads its error acks
+    line = b"x" * 100 + b"\n"
+    a.settimeout(10)
+    for _ in range(50):
+        a.sendall(line * 1000)
+    wait_for(lambda: idle_server.dropped_total > 0, timeout=20)
+    c = next(iter(idle_server._clients.values()))
+    assert len(c.outbox) <= control.OUTBOX_MESSAGES and c.out_bytes <= control.OUTBOX_BYTES
+    a.close()
+
+
+def test_a_client_that_never_reads_is_dropped_and_counted(idle_server, monkeypatch):
+    monkeypatch.setattr(control, "STALLED_SECONDS", 0.5)
+    reader, fr = connect(idle_server)
+    stuck, _ = connect(idle_server)  # never reads
+    stop = threading.Event()
+
+    def drain():  # a console that keeps up
+        while not stop.is_set():
+            if not fr.readline():
+                return
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    pad = "x" * 2000
+    deadline = time.time() + 20
+    while idle_server.n_clients > 1 and time.time() < deadline:
+        for i in range(200):
+            idle_server.broadcast(protocol.event("metrics", i, 0.0, {"pad": pad}))
+        time.sleep(0.01)
+    assert idle_server.n_clients == 1 and idle_server.clients_dropped == 1
+    name = next(iter(idle_server._clients))
+    assert name == "client-1"  # the reader stays
+    stop.set()
+    reader.close()
+    stuck.close()
+
+
+def test_acks_owed_past_the_hard_limit_drop_the_client(idle_server, monkeypatch):
+    monkeypatch.setattr(control, "OUTBOX_MESSAGES", 4)
+    monkeypatch.setattr(control, "OUTBOX_HARD_BYTES", 0)  # any ack beyond the soft limit is one too many
+    stuck, _ = connect(idle_server)  # never reads
+    wait_for(lambda: idle_server.n_clients == 1)
+    name = next(iter(idle_server._clients))
+    c = idle_server._clients[name]
+    with idle_server._lock:
+        c.pending = 100
+    pad = "x" * 4000
+    for i in range(2000):  # fill the socket buffer, then the outbox
+        idle_server.reply(name, protocol.ack(str(i), True, i, None, {"pad": pad}))
+        if idle_server.n_clients == 0:
+            break
+    wait_for(lambda: idle_server.n_clients == 0, timeout=10)
+    assert idle_server.clients_dropped == 1
+    stuck.close()
