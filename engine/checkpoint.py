@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load as st_load
@@ -161,12 +161,47 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoi
     return Checkpoint(path=path, step=meta["step"], tensors=tensors, state=state, meta=meta)
 
 
-def load_latest(ckpt_root: str | Path, map_location: str | torch.device = "cpu") -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint that verifies, and a warning for each newer one that did not."""
+def check_tensors(ckpt: Checkpoint, expected: dict[str, torch.Tensor]) -> None:
+    """Raise CheckpointError unless `ckpt` holds exactly the tensors of `expected` (names and shapes):
+    a `check` for load_latest, so weights that verify but do not fit the model are skipped."""
+    missing = sorted(set(expected) - set(ckpt.tensors))
+    extra = sorted(set(ckpt.tensors) - set(expected))
+    wrong = [k for k in sorted(set(expected) & set(ckpt.tensors))
+             if tuple(ckpt.tensors[k].shape) != tuple(expected[k].shape)]
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt.path.name}: tensors the model needs are missing "
+                              f"({len(missing)}, first: {missing[0]}).")
+    if extra:
+        raise CheckpointError(f"checkpoint {ckpt.path.name}: it holds tensors the model does not have "
+                              f"({len(extra)}, first: {extra[0]}).")
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"checkpoint {ckpt.path.name}: tensors have the wrong shape ({len(wrong)}, first: "
+                              f"{k} is {tuple(ckpt.tensors[k].shape)}, the model's is {tuple(expected[k].shape)}).")
+
+
+def load_latest(ckpt_root: str | Path, map_location: str | torch.device = "cpu",
+                check: Callable[[Checkpoint], None] | None = None) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint that verifies and passes `check`, and a warning for each newer one that did not.
+
+    `check` sees a loaded checkpoint and raises (one sentence) when its contents do not fit the
+    run, e.g. `check_tensors` against the model; such a checkpoint is skipped like a damaged one."""
     warnings: list[str] = []
     for path in reversed(list_checkpoints(ckpt_root)):
         try:
-            return load(path, map_location), warnings
+            ckpt = load(path, map_location)
         except CheckpointError as exc:
             warnings.append(str(exc))
+            continue
+        if check is None:
+            return ckpt, warnings
+        try:
+            check(ckpt)
+        except CheckpointError as exc:
+            warnings.append(str(exc))
+        except Exception as exc:  # a check may fail any way; the sentence names the checkpoint and why
+            warnings.append(f"checkpoint {path.name}: its contents do not fit this run "
+                            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no reason'}).")
+        else:
+            return ckpt, warnings
     return None, warnings
