@@ -8,6 +8,9 @@ Layout: `checkpoints/step-00001200/{model.safetensors, state.pt, meta.json}`.
   without a valid meta.json is incomplete by construction.
 A save writes into a temporary folder, fsyncs every file, renames the folder into place
 and fsyncs the parent: a crash at any moment leaves either the old set or the new one.
+What a killed save leaves behind (`.tmp-*`, or a replaced step parked as `.old-*`) is named
+with the saver's pid and tidied by the next save or load once that process is gone: a parked
+step whose replacement never arrived is put back.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def save(ckpt_root: str | Path, step: int, tensors: dict[str, torch.Tensor], sta
     raise OSError(inject_errno) the way a disk that fills up mid-save would."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(root)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
     if tmp.exists():
@@ -110,8 +114,43 @@ def rotate(ckpt_root: Path, keep: int) -> None:
     found = list_checkpoints(ckpt_root)
     for path in found[:-keep] if keep > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
-    for stale in ckpt_root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    clean_leftovers(ckpt_root)
+
+
+def _saver_gone(leftover: Path) -> bool:
+    """Whether the process named at the end of a `.tmp-`/`.old-` folder is this one or no longer runs."""
+    pid = leftover.name.rsplit("-", 1)[-1]
+    if not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return True  # never mid-save while this process saves or loads
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive under another user
+    return False
+
+
+def clean_leftovers(ckpt_root: str | Path) -> None:
+    """Tidy what killed saves left: temporary folders go; a step parked as `.old-` while its
+    replacement was being renamed in is put back when the replacement never arrived."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return
+    for leftover in sorted(root.glob(".old-*")) + sorted(root.glob(".tmp-*")):
+        if not _saver_gone(leftover):
+            continue  # a live process (the engine) is saving right now
+        step_name = leftover.name[len(".old-"):].rsplit("-", 1)[0]
+        try:
+            if leftover.name.startswith(".old-") and step_name.startswith(PREFIX) and not (root / step_name).exists():
+                os.rename(leftover, root / step_name)
+                _fsync_dir(root)
+            else:
+                shutil.rmtree(leftover)
+        except OSError:
+            pass  # a read-only folder (e.g. `lab eval` on someone else's run): left for the engine
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
@@ -187,6 +226,7 @@ def load_latest(ckpt_root: str | Path, map_location: str | torch.device = "cpu",
     `check` sees a loaded checkpoint and raises (one sentence) when its contents do not fit the
     run, e.g. `check_tensors` against the model; such a checkpoint is skipped like a damaged one."""
     warnings: list[str] = []
+    clean_leftovers(ckpt_root)
     for path in reversed(list_checkpoints(ckpt_root)):
         try:
             ckpt = load(path, map_location)
