@@ -1,7 +1,8 @@
 """`python -m engine RUN_DIR [--resume] [--output human|json|quiet]`: the engine process.
 
 The console spawns this in its own session, so closing the console never stops training.
-Exit codes: 0 finished or stopped, 1 failed or diverged, 2 bad input.
+Exit codes: 0 finished or stopped, 1 failed or diverged, 2 bad input (a run that already has
+a live engine included: this process holds the run's lock for its whole life).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine import config
+from engine import config, runlock
 from engine.faults import faults_from_env
 from engine.protocol import EXIT_BAD_INPUT
 from engine.trainer import Trainer
@@ -32,6 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg_path.is_file():
         print(f"engine: {args.run_dir} is not a run folder (it has no config.toml).", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        lock = runlock.hold_run_lock(args.run_dir)  # before the store or the socket is touched
+    except runlock.RunLockError as exc:
+        print(f"engine: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return _run(args, cfg_path)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, cfg_path: Path) -> int:
     try:
         cfg = config.load(cfg_path)
         faults_from_env()  # a malformed fault spec is refused here, before the run starts

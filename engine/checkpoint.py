@@ -8,6 +8,9 @@ Layout: `checkpoints/step-00001200/{model.safetensors, state.pt, meta.json}`.
   without a valid meta.json is incomplete by construction.
 A save writes into a temporary folder, fsyncs every file, renames the folder into place
 and fsyncs the parent: a crash at any moment leaves either the old set or the new one.
+What a killed save leaves behind (`.tmp-*`, or a replaced step parked as `.old-*`) is named
+with the saver's pid and tidied by the next save or load once that process is gone: a parked
+step whose replacement never arrived is put back.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load as st_load
@@ -75,6 +78,7 @@ def save(ckpt_root: str | Path, step: int, tensors: dict[str, torch.Tensor], sta
     raise OSError(inject_errno) the way a disk that fills up mid-save would."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(root)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
     if tmp.exists():
@@ -110,8 +114,43 @@ def rotate(ckpt_root: Path, keep: int) -> None:
     found = list_checkpoints(ckpt_root)
     for path in found[:-keep] if keep > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
-    for stale in ckpt_root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    clean_leftovers(ckpt_root)
+
+
+def _saver_gone(leftover: Path) -> bool:
+    """Whether the process named at the end of a `.tmp-`/`.old-` folder is this one or no longer runs."""
+    pid = leftover.name.rsplit("-", 1)[-1]
+    if not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return True  # never mid-save while this process saves or loads
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive under another user
+    return False
+
+
+def clean_leftovers(ckpt_root: str | Path) -> None:
+    """Tidy what killed saves left: temporary folders go; a step parked as `.old-` while its
+    replacement was being renamed in is put back when the replacement never arrived."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return
+    for leftover in sorted(root.glob(".old-*")) + sorted(root.glob(".tmp-*")):
+        if not _saver_gone(leftover):
+            continue  # a live process (the engine) is saving right now
+        step_name = leftover.name[len(".old-"):].rsplit("-", 1)[0]
+        try:
+            if leftover.name.startswith(".old-") and step_name.startswith(PREFIX) and not (root / step_name).exists():
+                os.rename(leftover, root / step_name)
+                _fsync_dir(root)
+            else:
+                shutil.rmtree(leftover)
+        except OSError:
+            pass  # a read-only folder (e.g. `lab eval` on someone else's run): left for the engine
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
@@ -161,19 +200,48 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoi
     return Checkpoint(path=path, step=meta["step"], tensors=tensors, state=state, meta=meta)
 
 
+def check_tensors(ckpt: Checkpoint, expected: dict[str, torch.Tensor]) -> None:
+    """Raise CheckpointError unless `ckpt` holds exactly the tensors of `expected` (names and shapes):
+    a `check` for load_latest, so weights that verify but do not fit the model are skipped."""
+    missing = sorted(set(expected) - set(ckpt.tensors))
+    extra = sorted(set(ckpt.tensors) - set(expected))
+    wrong = [k for k in sorted(set(expected) & set(ckpt.tensors))
+             if tuple(ckpt.tensors[k].shape) != tuple(expected[k].shape)]
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt.path.name}: tensors the model needs are missing "
+                              f"({len(missing)}, first: {missing[0]}).")
+    if extra:
+        raise CheckpointError(f"checkpoint {ckpt.path.name}: it holds tensors the model does not have "
+                              f"({len(extra)}, first: {extra[0]}).")
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"checkpoint {ckpt.path.name}: tensors have the wrong shape ({len(wrong)}, first: "
+                              f"{k} is {tuple(ckpt.tensors[k].shape)}, the model's is {tuple(expected[k].shape)}).")
+
+
 def load_latest(ckpt_root: str | Path, map_location: str | torch.device = "cpu",
-                check=None) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint that verifies (and passes `check`, which raises ValueError with a reason when
-    the contents do not fit), and a warning for each newer one that did not."""
+                check: Callable[[Checkpoint], None] | None = None) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint that verifies and passes `check`, and a warning for each newer one that did not.
+
+    `check` sees a loaded checkpoint and raises (one sentence) when its contents do not fit the
+    run, e.g. `check_tensors` against the model; such a checkpoint is skipped like a damaged one."""
     warnings: list[str] = []
+    clean_leftovers(ckpt_root)
     for path in reversed(list_checkpoints(ckpt_root)):
         try:
             ckpt = load(path, map_location)
-            if check is not None:
-                check(ckpt)
-            return ckpt, warnings
         except CheckpointError as exc:
             warnings.append(str(exc))
-        except ValueError as exc:
-            warnings.append(f"{path.name}: {exc}")
+            continue
+        if check is None:
+            return ckpt, warnings
+        try:
+            check(ckpt)
+        except CheckpointError as exc:
+            warnings.append(str(exc))
+        except Exception as exc:  # a check may fail any way; the sentence names the checkpoint and why
+            warnings.append(f"checkpoint {path.name}: its contents do not fit this run "
+                            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no reason'}).")
+        else:
+            return ckpt, warnings
     return None, warnings

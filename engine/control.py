@@ -6,6 +6,12 @@ step where it took effect. Events are sent to every client from the trainer thre
 non-blocking send; what a client cannot take at once waits in its bounded outbox for the
 server thread, and a slow client loses messages (counted), it never slows the engine.
 
+Nothing one client sends can cost unbounded memory or stop the server: the command queue and
+each client's share of it are capped (a command over the cap gets an error ack), error acks
+wait in the same bounded outbox as events, a client that stops reading is dropped (counted)
+once its outbox stays full for STALLED_SECONDS, and any exception while serving one client
+drops that client, never the server thread.
+
 We use selectors rather than asyncio because the trainer is synchronous: one small thread
 with explicit buffers is easier to reason about than an event loop living beside it.
 """
@@ -29,7 +35,12 @@ from engine.protocol import Command, ProtocolError
 
 OUTBOX_MESSAGES = 4096
 OUTBOX_BYTES = 16 * 1024 * 1024
+# acks a client is owed may pass OUTBOX_BYTES by this much; past it the client is dropped
+OUTBOX_HARD_BYTES = OUTBOX_BYTES + 4 * 1024 * 1024
+STALLED_SECONDS = 10.0  # a client whose outbox stays full this long without reading is dropped
 MAX_CLIENTS = 64
+COMMAND_QUEUE = 256  # commands waiting for the trainer, all clients together
+CLIENT_PENDING = 32  # one client's commands waiting for their acks: one client cannot fill the queue
 
 
 @dataclass
@@ -51,13 +62,15 @@ class _Client:
     read_closed: bool = False
     pending: int = 0  # commands queued but not yet acknowledged
     registered: bool = False
+    full_since: float | None = None  # monotonic time the outbox first refused a message, until it drains
+    doomed: bool = False  # over its hard outbox limit: the server thread drops it
 
 
 class ControlServer:
     def __init__(self, sock_path: str | Path, hello: Callable[[], dict]):
         self.path = str(sock_path)
         self.hello = hello
-        self.commands: "queue.Queue[Received]" = queue.Queue()
+        self.commands: "queue.Queue[Received]" = queue.Queue(maxsize=COMMAND_QUEUE)
         self._clients: dict[str, _Client] = {}
         self._lock = threading.Lock()
         self._sel = selectors.DefaultSelector()
@@ -66,7 +79,8 @@ class ControlServer:
         self._wake_w.setblocking(False)
         self._stop = threading.Event()
         self._ids = itertools.count(1)
-        self.dropped_total = 0
+        self.dropped_total = 0  # messages a client could not take in time
+        self.clients_dropped = 0  # clients cut off for not reading or for an error while serving them
         self._listener = self._bind()
         self._thread = threading.Thread(target=self._serve, name="control-server", daemon=True)
 
@@ -138,6 +152,8 @@ class ControlServer:
         """Send now when nothing waits before it, else queue it; True when the server thread has
         queued data to write. Sending at once (a non-blocking send) is the usual case and spares
         the trainer a hand-off of the interpreter lock to the server thread at every step."""
+        if c.doomed:
+            return True
         if not c.outbox:
             try:
                 sent = c.sock.send(data)
@@ -150,13 +166,19 @@ class ControlServer:
             if sent:
                 data, force = data[sent:], True  # the rest of a line already begun must follow
         self._enqueue(c, data, force)
-        return bool(c.outbox)
+        return bool(c.outbox) or c.doomed
 
     def _enqueue(self, c: _Client, data: bytes, force: bool = False) -> None:
-        if not force and (len(c.outbox) >= OUTBOX_MESSAGES or c.out_bytes + len(data) > OUTBOX_BYTES):
-            c.dropped += 1
-            self.dropped_total += 1
-            return
+        """Queue `data` unless the outbox is full; `force` (acks owed, the rest of a line begun) may
+        pass the soft limits up to OUTBOX_HARD_BYTES, past which the client is doomed."""
+        if len(c.outbox) >= OUTBOX_MESSAGES or c.out_bytes + len(data) > OUTBOX_BYTES:
+            if c.full_since is None:
+                c.full_since = time.monotonic()
+            if not force or c.out_bytes + len(data) > OUTBOX_HARD_BYTES:
+                c.dropped += 1
+                self.dropped_total += 1
+                c.doomed = c.doomed or force
+                return
         c.outbox.append(data)
         c.out_bytes += len(data)
 
@@ -187,10 +209,13 @@ class ControlServer:
                     c = self._clients.get(key.data)
                     if c is None:
                         continue
-                    if mask & selectors.EVENT_READ:
-                        self._read(c)
-                    if mask & selectors.EVENT_WRITE and c.name in self._clients:
-                        self._write(c)
+                    try:
+                        if mask & selectors.EVENT_READ:
+                            self._read(c)
+                        if mask & selectors.EVENT_WRITE and c.name in self._clients:
+                            self._write(c)
+                    except Exception:  # whatever one client caused costs that client, never the server
+                        self._cut_off(c)
             self._reap()
 
     def _modify(self, c: _Client, events: int) -> None:
@@ -219,9 +244,14 @@ class ControlServer:
             return
         sock.setblocking(False)
         c = _Client(name=f"client-{next(self._ids)}", sock=sock)
+        try:
+            hello = protocol.encode(self.hello())
+        except Exception:  # a hello that cannot be built refuses this client, the server goes on
+            sock.close()
+            return
         with self._lock:
             self._clients[c.name] = c
-            self._enqueue(c, protocol.encode(self.hello()), force=True)
+            self._enqueue(c, hello, force=True)
             self._sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c.name)
             c.registered = True
 
@@ -259,16 +289,33 @@ class ControlServer:
         try:
             cmd = protocol.decode_command(line)
         except ProtocolError as exc:
-            cid = None
-            self._error(c, cid, str(exc))
+            self._error(c, None, str(exc))
+            return
+        except Exception as exc:  # decode_command's contract is ProtocolError; a bug costs only this line
+            self._error(c, None, f"the engine could not read this command ({exc.__class__.__name__}); it was discarded.")
             return
         with self._lock:
-            c.pending += 1
-        self.commands.put(Received(client=c.name, command=cmd, at=time.time()))
+            if c.pending >= CLIENT_PENDING:
+                full = (f"this connection already has {CLIENT_PENDING} commands waiting; "
+                        "wait for their acknowledgements before sending more.")
+            else:
+                full = None
+                c.pending += 1  # before the put: the trainer may acknowledge it at once
+        if full is None:
+            try:
+                self.commands.put_nowait(Received(client=c.name, command=cmd, at=time.time()))
+                return
+            except queue.Full:
+                with self._lock:
+                    c.pending -= 1
+                full = "the engine's command queue is full; wait for acknowledgements."
+        self._error(c, cmd.id, full)
 
     def _error(self, c: _Client, cid: str | None, message: str) -> None:
+        """An error ack, through the bounded outbox like any event: a client that floods
+        errors without reading loses them (counted) instead of growing the outbox."""
         with self._lock:
-            self._enqueue(c, protocol.encode(protocol.ack(cid, False, None, message)), force=True)
+            self._enqueue(c, protocol.encode(protocol.ack(cid, False, None, message)))
 
     def _write(self, c: _Client) -> None:
         # under the lock, so a send from the trainer thread never slips between queued lines
@@ -281,6 +328,8 @@ class ControlServer:
                     return
                 except OSError:
                     break
+                if sent:
+                    c.full_since = None  # it reads: the outbox is no longer stalled
                 if sent < len(data):
                     c.outbox[0] = data[sent:]
                     c.out_bytes -= sent
@@ -292,9 +341,17 @@ class ControlServer:
         self._drop_client(c)  # the send failed: the client is gone
 
     def _reap(self) -> None:
+        now = time.monotonic()
         for c in list(self._clients.values()):
-            if c.read_closed and not c.outbox and c.pending == 0:
+            if c.doomed or (c.full_since is not None and now - c.full_since > STALLED_SECONDS):
+                self._cut_off(c)
+            elif c.read_closed and not c.outbox and c.pending == 0:
                 self._drop_client(c)
+
+    def _cut_off(self, c: _Client) -> None:
+        """Drop a client that misbehaved (stopped reading, or made serving it fail), counted."""
+        self.clients_dropped += 1
+        self._drop_client(c)
 
     def _drop_client(self, c: _Client) -> None:
         with self._lock:

@@ -22,6 +22,7 @@ PROTOCOL_VERSION = 1
 # Exit codes of every process the lab starts (the engine, `lab run`, `lab ...`).
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2  # done (finished or stopped) | the run failed | bad input
 MAX_LINE_BYTES = 64 * 1024  # a command line longer than this is refused, not buffered
+MAX_NESTING = 32  # deeper JSON is refused before parsing: the parser recurses once per level
 
 # Commands a client may send, with the argument names each accepts.
 COMMANDS: dict[str, tuple[str, ...]] = {
@@ -246,13 +247,41 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def nests_deeper_than(data: bytes, limit: int) -> bool:
+    """Whether brackets in `data` nest more than `limit` deep outside JSON strings (stops at the first such)."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # the common case: too few brackets to get that deep, no scan
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte == 0x5B or byte == 0x7B:  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif (byte == 0x5D or byte == 0x7D) and depth:  # ] }
+            depth -= 1
+    return False
+
+
 def decode_command(line: bytes) -> Command:
-    """Parse and validate one command line; raise ProtocolError with the reason."""
+    """Parse and validate one command line; raise ProtocolError with the reason, whatever the bytes."""
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(f"command line is {len(line)} bytes; the limit is {MAX_LINE_BYTES}.")
+    if nests_deeper_than(line, MAX_NESTING):
+        raise ProtocolError(f"command nests JSON more than {MAX_NESTING} levels deep; send a flat "
+                            '{"id": ..., "cmd": ..., "args": {...}}.')
     try:
         msg = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except Exception:  # any parser failure (bad UTF-8, bad JSON, recursion) is the client's mistake
         raise ProtocolError('command is not a JSON object; send {"id": ..., "cmd": ..., "args": {...}}.') from None
     if not isinstance(msg, dict):
         raise ProtocolError('command is not a JSON object; send {"id": ..., "cmd": ..., "args": {...}}.')

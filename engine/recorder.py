@@ -73,6 +73,9 @@ class Recorder:
             self.store.log_metrics(self.step, metrics, at=time.time())
             self.event("metrics", metrics, store=False)
             self.store.update_run(step=self.step)
+            error = self.store.take_error()
+            if error:  # a store that cannot write must not fail silently
+                self.alert("error", error)
         self.tick()
         self.print_line(status)
 
@@ -119,9 +122,9 @@ class Recorder:
 
     # ---- the store's own health ----
 
-    def flush(self) -> None:
-        if self.enabled:
-            self.store.flush()
+    def flush(self) -> bool:
+        """Whether every row so far is on disk."""
+        return self.store.flush() if self.enabled else True
 
     def close(self) -> None:
         if self.enabled:

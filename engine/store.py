@@ -9,6 +9,14 @@ Tables: `runs` (one row: the run), `metrics` (long format: step, segment, key, v
 `events`, `commands`. A resume starts a new segment; rows of older segments past the
 resume step are marked superseded, never deleted.
 
+A write that fails (disk full, I/O error) keeps its rows queued and retries them at the next
+tick; past MAX_PENDING_ROWS waiting rows, new rows are dropped and counted. Nothing here is
+silent, but the engine has to look:
+- `take_error()` after each step: a new failure comes back once, as one sentence, for an alert;
+- `flush()` before a checkpoint returns False when a row queued before it is not on disk (or
+  was dropped since the last flush); the checkpoint's meta then records that its rows were not
+  all flushed, and the engine raises an alert instead of claiming the record is complete.
+
 Plain Python (no torch), so the console imports it.
 """
 
@@ -26,6 +34,7 @@ import sqlite_utils
 
 DB_NAME = "run.db"
 BUSY_TIMEOUT_MS = 10_000
+MAX_PENDING_ROWS = 100_000  # rows waiting for the disk (about a minute of a fast run); past it new rows are dropped
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -59,7 +68,14 @@ class RunStore:
         self._run_update: dict[str, Any] = {}
         self._flushed = threading.Condition(self._lock)
         self._generation = 0  # increments after every completed flush
-        self.write_error: str | None = None
+        self._ok_generation = 0  # the generation of the newest flush that wrote everything it took
+        self._queued = 0  # rows in _pending
+        self.dropped_rows = 0  # rows refused because MAX_PENDING_ROWS were waiting
+        self._dropped_at_flush = 0  # dropped_rows when flush() last answered
+        self._dropping = False  # rows are being dropped; reset by the next write that succeeds
+        self.write_error: str | None = None  # the failure of the newest write; None once writes succeed
+        self._unreported_failure: str | None = None  # the reason of a failure take_error() has not returned
+        self._unreported_drops = False  # rows began to be dropped and take_error() has not said so
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._writer, name="run-store-writer", daemon=True)
@@ -140,13 +156,13 @@ class RunStore:
             for k, v in values.items()
         ]
         with self._lock:
-            self._pending["metrics"].extend(rows)
+            self._queue("metrics", rows)
 
     def log_event(self, step: int, kind: str, data: Any, at: float | None = None) -> None:
         row = {"step": step, "segment": self.segment, "time": at or time.time(), "kind": kind,
                "data": json.dumps(data, default=str)}
         with self._lock:
-            self._pending["events"].append(row)
+            self._queue("events", [row])
 
     def log_command(self, cmd_id: str, client: str, cmd: str, args: dict, applied_step: int | None,
                     ok: bool, error: str | None, received: float) -> None:
@@ -154,12 +170,37 @@ class RunStore:
                "args": json.dumps(args, default=str), "applied_step": applied_step, "ok": int(ok),
                "error": error, "segment": self.segment}
         with self._lock:
-            self._pending["commands"].append(row)
+            self._queue("commands", [row])
+
+    def _queue(self, table: str, rows: list[dict]) -> None:
+        """Under the lock: queue rows, or drop them (counted) while MAX_PENDING_ROWS wait for a failing disk."""
+        if self._queued + len(rows) > MAX_PENDING_ROWS:
+            if not self._dropping:  # the first drop of this run of failures: said once
+                self._dropping = self._unreported_drops = True
+            self.dropped_rows += len(rows)
+            return
+        self._pending[table].extend(rows)
+        self._queued += len(rows)
+
+    def take_error(self) -> str | None:
+        """A write failure (or the start of dropped rows) not reported before, as one sentence; else None."""
+        with self._lock:
+            failure, drops = self._unreported_failure, self._unreported_drops
+            self._unreported_failure, self._unreported_drops = None, False
+            reason = self.write_error or failure
+            if drops:
+                return (f"the run store could not write {self.path.name} ({reason or 'its writes fall behind'}) and "
+                        f"{MAX_PENDING_ROWS} rows wait in memory, so new rows are dropped until writes succeed.")
+            if failure:
+                return (f"the run store could not write {self.path.name} ({reason}); {self._queued} rows wait in "
+                        "memory and are retried.")
+        return None
 
     def _take(self) -> tuple[dict[str, list[dict]], dict[str, Any]]:
         with self._lock:
             batch = {k: v for k, v in self._pending.items() if v}
             self._pending = {"metrics": [], "events": [], "commands": []}
+            self._queued = 0
             update, self._run_update = self._run_update, {}
         return batch, update
 
@@ -181,35 +222,52 @@ class RunStore:
             self._flush_guarded()
         self._flush_guarded()
 
-    def _flush_guarded(self) -> None:
+    def _flush_guarded(self) -> bool:
+        """One flush; a failure is recorded for take_error() (once per run of failures), never raised."""
         try:
             self._flush_once()
+        except Exception as exc:  # the writer thread must outlive any failure: the rows stay queued
+            reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            with self._lock:
+                if self.write_error is None:  # the first failure after a success: said once
+                    self._unreported_failure = reason
+                self.write_error = reason
+            return False
+        with self._lock:
             self.write_error = None
-        except sqlite3.Error as exc:
-            self.write_error = str(exc)  # the rows stay queued; the trainer raises an alert
+            self._dropping = False
+        return True
 
     def _flush_once(self) -> None:
         batch, update = self._take()
+        ok = False
         try:
             self._write(batch, update)
-        except sqlite3.OperationalError:
+            ok = True
+        except BaseException:
             # Disk full or similar: put the rows back so nothing is lost, retry on the next tick.
             with self._lock:
                 for k, rows in batch.items():
                     self._pending[k][:0] = rows
+                    self._queued += len(rows)
                 for k, v in update.items():
                     self._run_update.setdefault(k, v)
             raise
         finally:
             with self._lock:
                 self._generation += 1
+                if ok:
+                    self._ok_generation = self._generation
                 self._flushed.notify_all()
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Block until everything queued before this call is on disk."""
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued before this call has been tried; True only when all of it is
+        on disk and no row was dropped since the last flush(). A failing disk answers False after
+        its next attempt, not after `timeout`."""
         if not self._thread.is_alive():
-            self._flush_once()
-            return
+            written = self._flush_guarded()
+            with self._lock:
+                return self._settle(written)
         with self._lock:
             target = self._generation + 2  # one flush may already be mid-way with older rows
         self._wake.set()
@@ -218,6 +276,12 @@ class RunStore:
             while self._generation < target and time.time() < deadline:
                 self._wake.set()
                 self._flushed.wait(0.05)
+            return self._settle(self._ok_generation >= target)
+
+    def _settle(self, written: bool) -> bool:
+        """Under the lock: flush()'s answer, counting the rows dropped since it last answered."""
+        dropped, self._dropped_at_flush = self.dropped_rows - self._dropped_at_flush, self.dropped_rows
+        return written and dropped == 0
 
     def close(self) -> None:
         self._stop.set()

@@ -296,10 +296,15 @@ class Trainer:
     def save_checkpoint(self, reason: str = "periodic") -> Path | None:
         if not self.recorder.enabled:
             return None  # rank 0 alone writes checkpoints
-        self.recorder.flush()  # every metric row up to this step is on disk before the checkpoint exists
+        # every metric row up to this step is on disk before the checkpoint exists, or the checkpoint says not
+        rows_on_disk = self.recorder.flush()
+        if not rows_on_disk:
+            self.recorder.alert("warning", f"the run store could not write every row up to step {self.step}; "
+                                           "the checkpoint records that")
         injected = errno.ENOSPC if self.faults.take("enospc", self.step) else None
         try:
-            path = self.state.save(self.step, {"segment": self.recorder.store.segment, "reason": reason},
+            path = self.state.save(self.step, {"segment": self.recorder.store.segment, "reason": reason,
+                                               "rows_on_disk": rows_on_disk},
                                    keep=self.cfg.checkpoint.keep, inject_errno=injected)
         except OSError as exc:
             self.recorder.alert("error", f"checkpoint at step {self.step} failed ({exc.strerror or exc}); "

@@ -78,3 +78,34 @@ def test_failed_save_leaves_previous_intact(tmp_path, monkeypatch):
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-00000001"]
     assert not list(tmp_path.glob(".tmp-*"))
     assert checkpoint.load_latest(tmp_path)[0].step == 1
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_skipped_for_the_previous_good_one(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {"step": 0}
+    checkpoint.save(tmp_path, 1, good, state, keep=5)
+    checkpoint.save(tmp_path, 2, dict(good, **{"1.weight": torch.zeros(5, 3)}), state, keep=5)  # wrong shape
+    checkpoint.save(tmp_path, 3, {k: v for k, v in good.items() if k != "0.bias"}, state, keep=5)  # a key missing
+    checkpoint.save(tmp_path, 4, dict(good, extra=torch.zeros(1)), state, keep=5)  # a key the model lacks
+    assert checkpoint.load_latest(tmp_path)[0].step == 4  # checksums alone pass all of them
+
+    ck, warnings = checkpoint.load_latest(tmp_path, check=lambda c: checkpoint.check_tensors(c, model.state_dict()))
+    assert ck.step == 1
+    assert [w.split(":")[0] for w in warnings] == ["checkpoint step-00000004", "checkpoint step-00000003",
+                                                    "checkpoint step-00000002"]
+    assert "the model does not have (1, first: extra)" in warnings[0]
+    assert "missing (1, first: 0.bias)" in warnings[1]
+    assert "1.weight is (5, 3), the model's is (2, 3)" in warnings[2]
+    model.load_state_dict(ck.tensors)  # what the check let through loads
+
+
+def test_a_check_that_raises_anything_skips_with_a_sentence_and_none_left_is_none(tmp_path):
+    _save(tmp_path, 1)
+
+    def needs_carry(ck):
+        return ck.state["carry"]  # KeyError: the state lacks what this run restores
+
+    ck, warnings = checkpoint.load_latest(tmp_path, check=needs_carry)
+    assert ck is None
+    assert warnings == ["checkpoint step-00000001: its contents do not fit this run (KeyError: 'carry')."]

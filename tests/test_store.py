@@ -1,6 +1,7 @@
 import threading
 import time
 
+from engine import store as store_module
 from engine.store import RunReader, RunStore
 
 
@@ -67,3 +68,90 @@ def test_reader_polling_never_sees_locked(tmp_path):
         t.join()
     s.close()
     assert errors == []
+
+
+# ---- write failures are never silent ----------------------------------------------------------
+
+
+def failing_writes(store: RunStore) -> None:
+    """A real SQLite write failure: the store's own connection refuses to write."""
+    store.db.conn.execute("PRAGMA query_only=1")
+
+
+def working_writes(store: RunStore) -> None:
+    store.db.conn.execute("PRAGMA query_only=0")
+
+
+def test_a_failing_write_is_reported_once_and_flush_says_the_rows_are_not_on_disk(tmp_path):
+    s = RunStore(tmp_path, flush_seconds=0.05)
+    s.create_run("r", "r", "")
+    assert s.flush() is True and s.take_error() is None
+    failing_writes(s)
+    for i in range(10):
+        s.log_metrics(i, {"loss": 1.0})
+    t0 = time.monotonic()
+    assert s.flush() is False
+    assert time.monotonic() - t0 < 5  # answered at the next attempt, not after the 30 s timeout
+    error = s.take_error()
+    assert error.startswith("the run store could not write run.db (attempt to write a readonly database)")
+    assert error.endswith("are retried.") and error.count(". ") == 0
+    s.log_metrics(10, {"loss": 1.0})
+    assert s.flush() is False
+    assert s.take_error() is None  # the same run of failures is reported once
+    working_writes(s)
+    assert s.flush() is True  # the queued rows were kept and written
+    assert [row[1] for row in RunReader(tmp_path).metric("loss")] == list(range(11))
+    failing_writes(s)  # a new failure after a success is reported again
+    s.log_metrics(11, {"loss": 1.0})
+    assert s.flush() is False and "readonly" in s.take_error()
+    working_writes(s)
+    s.close()
+
+
+def test_rows_past_the_limit_are_dropped_counted_and_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "MAX_PENDING_ROWS", 100)
+    s = RunStore(tmp_path, flush_seconds=0.05)
+    s.create_run("r", "r", "")
+    failing_writes(s)
+    for i in range(150):
+        s.log_metrics(i, {"loss": 1.0})
+    assert s.dropped_rows == 50
+    assert s.flush() is False
+    error = s.take_error()
+    assert "100 rows wait in memory, so new rows are dropped until writes succeed." in error, error
+    assert s.take_error() is None
+    working_writes(s)
+    assert s.flush() is True  # the rows dropped before were already reported by the last flush
+    assert len(RunReader(tmp_path).metric("loss")) == 100
+    s.log_metrics(150, {"loss": 1.0})
+    assert s.flush() is True
+    s.close()
+
+
+def test_flush_is_false_when_rows_were_dropped_since_the_last_flush(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "MAX_PENDING_ROWS", 10)
+    s = RunStore(tmp_path, flush_seconds=60)  # the writer only writes when asked
+    s.create_run("r", "r", "")
+    for i in range(11):
+        s.log_metrics(i, {"loss": 1.0})  # the eleventh row finds ten waiting
+    assert s.dropped_rows == 1 and "writes fall behind" in s.take_error()
+    assert s.flush() is False  # ten rows are on disk, the eleventh never will be
+    assert s.flush() is True
+    s.close()
+
+
+def test_a_writer_exception_that_is_not_sqlite_keeps_the_writer_alive(tmp_path, monkeypatch):
+    s = RunStore(tmp_path, flush_seconds=0.05)
+    s.create_run("r", "r", "")
+    write = s._write
+
+    def broken(batch, update):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(s, "_write", broken)
+    s.log_metrics(1, {"loss": 1.0})
+    assert s.flush() is False and "Input/output error" in s.take_error()
+    monkeypatch.setattr(s, "_write", write)
+    assert s._thread.is_alive() and s.flush() is True
+    assert len(RunReader(tmp_path).metric("loss")) == 1
+    s.close()

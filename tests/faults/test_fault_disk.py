@@ -1,10 +1,20 @@
 """Case 6: the disk fills up while a checkpoint is written. The previous checkpoint stays intact,
-no temporary folder is left, an alert is raised and training goes on."""
+no temporary folder is left, an alert is raised and training goes on. Injected, and on a real
+small filesystem (tmpfs, mounted as root); and a save killed half-way."""
 
 import errno
+import signal
+import subprocess
+import sys
 
+import pytest
+import torch
+
+from engine import checkpoint, protocol
+from engine.store import RunReader, RunStore
+from lab import runs
 from tests.faults.scenarios import alerts, case_disk_full, in_process_trainer
-from engine import checkpoint
+from tests.helpers import ROOT, env, fill_disk, kill9, small_disk, tiny_config, wait_for
 
 
 def test_injected_enospc_keeps_the_previous_checkpoint_and_training_goes_on(tmp_path):
@@ -30,3 +40,148 @@ def test_enospc_on_the_second_file_of_a_save(tmp_path, monkeypatch):
     assert checkpoint.load(tr.state.root / "step-00000004").step == 4  # checksums verify
     assert [a["level"] for a in alerts(tr.run_dir) if "step 8 failed" in a["message"]] == ["error"]
     assert tr.last_checkpoint_step == 12
+
+
+# ---- a real full disk, and a save killed half-way ----------------------------------------------
+
+
+def _leftovers(root):
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+
+
+def test_a_save_that_does_not_fit_a_real_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    tensors = {"w": torch.randn(128, 256)}  # 128 KB of weights, as much again of state
+    state = {"step": 1, "m": torch.randn(128, 256)}
+    with small_disk(tmp_path / "checkpoints", "2m") as root:
+        checkpoint.save(root, 1, tensors, state)
+        filler = fill_disk(root, leave=64 * 1024)  # room for part of the next checkpoint, not all of it
+        with pytest.raises(OSError) as info:
+            checkpoint.save(root, 2, tensors, dict(state, step=2))
+        assert info.value.errno == errno.ENOSPC
+        assert [p.name for p in checkpoint.list_checkpoints(root)] == ["step-00000001"]
+        assert _leftovers(root) == []  # no half-written folder
+        ck, warnings = checkpoint.load_latest(root)
+        assert warnings == [] and ck.step == 1 and torch.equal(ck.tensors["w"], tensors["w"])
+        filler.unlink()
+        checkpoint.save(root, 3, tensors, dict(state, step=3))  # room again: saving works again
+        assert checkpoint.load_latest(root)[0].step == 3
+
+
+def test_the_run_store_on_a_real_full_disk_says_so_and_keeps_its_rows(tmp_path):
+    with small_disk(tmp_path / "run", "2m") as run:
+        s = RunStore(run, flush_seconds=0.05)
+        s.create_run("r", "r", "")
+        assert s.flush() is True
+        filler = fill_disk(run)
+        for i in range(1000):  # 2000 rows: a few hundred KB, room enough once the filler is gone
+            s.log_metrics(i, {"loss": 1.0, "acc": 0.5})
+        assert s.flush() is False
+        error = s.take_error()
+        assert error is not None and "full" in error, error
+        filler.unlink()
+        assert s.flush() is True
+        r = RunReader(run)
+        assert len(r.metric("loss")) == 1000
+        r.close()
+        s.close()
+
+
+KILLED_SAVE = """
+import os, sys, time
+from pathlib import Path
+import torch
+from engine import checkpoint
+
+root, where = Path(sys.argv[1]), sys.argv[2]
+
+
+def stall():
+    print("inside", flush=True)
+    time.sleep(600)
+
+
+if where == "write":  # half of state.pt is on disk when the process dies
+    write = checkpoint._write
+
+    def half_then_stall(path, data):
+        if path.name == checkpoint.STATE:
+            with open(path, "wb") as f:
+                f.write(data[: len(data) // 2])
+            stall()
+        return write(path, data)
+
+    checkpoint._write = half_then_stall
+    step = 2
+else:  # re-saving step 1: the old folder is parked, its replacement not yet renamed in
+    rename = os.rename
+
+    def park_then_stall(src, dst):
+        rename(src, dst)
+        if Path(dst).name.startswith(".old-"):
+            stall()
+
+    os.rename = park_then_stall
+    step = 1
+checkpoint.save(root, step, {"w": torch.full((64, 64), float(step) + 0.5)}, {"step": step})
+"""
+
+
+@pytest.mark.parametrize("where", ["write", "swap"])
+def test_kill9_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable(tmp_path, where):
+    root = tmp_path / "checkpoints"
+    checkpoint.save(root, 1, {"w": torch.full((64, 64), 1.0)}, {"step": 1})
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(root), where], stdout=subprocess.PIPE, text=True,
+                            env=env(), cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "inside"
+    finally:
+        kill9(proc)
+    assert _leftovers(root), "the killed save left nothing behind to clean"
+    ck, warnings = checkpoint.load_latest(root)
+    assert warnings == [] and ck.step == 1 and torch.equal(ck.tensors["w"], torch.full((64, 64), 1.0))
+    assert _leftovers(root) == []  # the load tidied what the killed save left
+    checkpoint.save(root, 3, {"w": torch.zeros(1)}, {"step": 3})
+    assert [p.name for p in checkpoint.list_checkpoints(root)] == ["step-00000001", "step-00000003"]
+    assert _leftovers(root) == []
+
+
+def test_leftovers_of_a_live_saver_are_not_touched(tmp_path):
+    root = tmp_path / "checkpoints"
+    checkpoint.save(root, 1, {"w": torch.zeros(1)}, {"step": 1})
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        live_tmp = root / f".tmp-step-00000002-{holder.pid}"
+        live_tmp.mkdir()
+        assert checkpoint.load_latest(root)[0].step == 1
+        assert live_tmp.is_dir()  # another process (a live engine) may be mid-save: left alone
+    finally:
+        kill9(holder)
+    checkpoint.load_latest(root)
+    assert not live_tmp.exists()
+
+
+@pytest.mark.slow  # a real engine process
+def test_a_live_run_whose_checkpoint_disk_fills_alerts_and_keeps_its_last_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=10**6, ckpt_every=5)
+    run = runs.create_run(cfg, [], tmp_path / "runs")
+    with small_disk(run / "checkpoints", "2m") as root:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", str(run), "--output", "quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT)
+        try:
+            wait_for(lambda: len(checkpoint.list_checkpoints(root)) >= 2 and (run / protocol.SOCKET_NAME).exists(),
+                     timeout=120)
+            fill_disk(root)
+            failed = wait_for(lambda: [a["message"] for a in alerts(run) if "No space left" in a["message"]],
+                              timeout=60)
+            assert failed[0].startswith("checkpoint at step ") and "training goes on" in failed[0]
+            proc.send_signal(signal.SIGTERM)  # its stop checkpoint cannot be written either
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                kill9(proc)
+        status = RunReader(run).run()["status"]
+        assert status == "stopped"
+        assert _leftovers(root) == []
+        ck, warnings = checkpoint.load_latest(root)
+        assert warnings == [] and ck.step >= 5
+        assert checkpoint.list_checkpoints(root)[-1].name == checkpoint.step_dir_name(ck.step)
