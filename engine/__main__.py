@@ -48,10 +48,10 @@ def _run(args: argparse.Namespace, cfg_path: Path) -> int:
     try:
         cfg = config.load(cfg_path)
         faults_from_env()  # a malformed fault spec is refused here, before the run starts
+        trainer = Trainer(args.run_dir, cfg, output=args.output)  # refuses what the device cannot do
     except config.ConfigError as exc:
         print(f"engine: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    trainer = Trainer(args.run_dir, cfg, output=args.output)
     if args.resume:
         trainer.resume()
     return trainer.run()

@@ -428,9 +428,9 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: task.p = {t.p} is not allowed; the modulus must be a prime.")
     if t.name == "maze" and t.side % 2 == 0:
         raise ConfigError(f"{where}: task.side = {t.side} is not allowed; a maze side must be odd (7 to 31).")
-    if cfg.train.dtype == "float16" and cfg.train.device == "cpu":
-        raise ConfigError(f"{where}: train.dtype = 'float16' needs a CUDA device; on the CPU use 'bfloat16' or "
-                          "'float32'.")
+    if cfg.train.dtype == "float16" and cfg.train.device != "cuda":
+        raise ConfigError(f"{where}: train.dtype = 'float16' needs train.device = 'cuda' (it is "
+                          f"{cfg.train.device!r}); on a CPU use 'bfloat16' or 'float32'.")
     m = cfg.model
     if m.d_model % m.n_heads:
         raise ConfigError(

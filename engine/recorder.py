@@ -26,9 +26,15 @@ class Recorder:
         self.enabled, self.max_steps = enabled, max_steps
         self.store = self.server = None
         if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
             self.store = RunStore(run_dir, flush_seconds=log.flush_seconds)
             if self.store.run_row() is None:  # a folder prepared by hand rather than by `lab run`
                 self.store.create_run(run_dir.name, run_name, config_toml)
+            config_file = run_dir / "config.toml"
+            if not config_file.exists():  # so `lab eval`, `lab run --resume` and the console can read it
+                tmp = config_file.with_suffix(".toml.tmp")
+                tmp.write_text(config_toml, encoding="utf-8")
+                tmp.replace(config_file)
             self.server = ControlServer(run_dir / protocol.SOCKET_NAME, hello=hello)
         self.step = 0  # the run's step, kept current by the trainer
         self.last_metrics: dict[str, float] = {}

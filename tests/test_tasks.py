@@ -17,6 +17,7 @@ from engine.config import ConfigError, TaskConfig
 from engine.tasks.arith import MathTask
 from engine.tasks.maze import MazeTask
 from engine.tasks.memory import MemoryTask
+from engine.tasks.modular import NUMBER_BASE, ModularTask
 from engine.tasks.program import ProgramTask
 from engine.tasks.registry import (
     TASKS,
@@ -402,3 +403,35 @@ def test_show_samples_prints_readable_samples():
         show_samples("modular", n=2, difficulty=2)
     with pytest.raises(ConfigError):
         show_samples("maze", n=0)
+
+
+# ---- modular arithmetic (the grokking task) ----
+
+def test_modular_task_splits_the_whole_table_in_seeded_halves():
+    task = ModularTask(p=11, op="mul", train_fraction=0.5, seed=3)
+    seen = {}
+    for split in ("train", "test"):
+        for i in range(task.size(split)):
+            s = task.sample(split, i)
+            a, b = s.inputs[0] - NUMBER_BASE, s.inputs[2] - NUMBER_BASE
+            assert s.labels[3] - NUMBER_BASE == (a * b) % 11 and s.labels[:3] == [0, 0, 0]
+            assert (a, b) not in seen
+            seen[(a, b)] = split
+    assert len(seen) == 121 and abs(task.size("train") - 60.5) <= 1  # half the table, the rest is test
+    assert all(seen[(b, a)] == split for (a, b), split in seen.items())  # a pair and its mirror share a split
+    n = task.size("train")
+    assert task.sample("train", 7) == ModularTask(p=11, seed=3).sample("train", 7 + n)  # wraps, deterministic
+    assert task.sample("train", 0) != ModularTask(p=11, seed=4).sample("train", 0) or \
+        task.sample("train", 1) != ModularTask(p=11, seed=4).sample("train", 1)
+    inputs, labels = task.tensors("test")
+    assert inputs[5].tolist() == task.sample("test", 5).inputs and labels[5].tolist() == task.sample("test", 5).labels
+
+
+def test_modular_division_uses_the_inverse_and_bad_settings_are_config_errors():
+    task = ModularTask(p=7, op="div")
+    assert all((task.answer(a, b) * b) % 7 == a for a in range(7) for b in range(1, 7))
+    assert task.size("train") + task.size("test") == 7 * 6  # no division by zero
+    with pytest.raises(ConfigError, match="task.op"):
+        ModularTask(op="pow")
+    with pytest.raises(ConfigError, match="task.p"):
+        ModularTask(p=96)
