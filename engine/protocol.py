@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
 # Event kinds the engine broadcasts.
 EVENTS = (
     "metrics",  # data: {key: value} for one step
-    "phase",  # data: {"phase": "wake"|"sleep", "manual": bool}
+    "phase",  # data: {"phase": the stage now running ("wake", "sleep", ...), "manual": bool}
     "consolidation",  # data: per-sleep figures
     "curriculum",  # data: queue change
     "checkpoint",  # data: {"path": ..., "step": ...}
@@ -77,7 +77,7 @@ FIGURES = Obj({}, others=NUMBER)  # figures by name
 
 EVENT_DATA: dict[str, Obj] = {
     "metrics": FIGURES,  # one step's figures
-    "phase": Obj({"phase": STRING, "manual": BOOLEAN}, choices={"phase": ("wake", "sleep")}),
+    "phase": Obj({"phase": STRING, "manual": BOOLEAN}),  # any stage of the run's schedule
     "consolidation": Obj({  # one per sleep, sent as it ends
         "sleep": INTEGER,  # sleeps begun so far, this one included
         "mode": STRING,

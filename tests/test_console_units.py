@@ -477,3 +477,14 @@ def test_the_console_does_not_pull_torch_into_the_process():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_timeline_shows_any_stage_by_name():
+    from widgets.timeline import render_timeline
+
+    text = render_timeline([(0, "wake", False), (10, "sleep", False), (14, "wake", False), (20, "bake", True),
+                            (25, "wake", False)], 30, 30).plain
+    bar = text.splitlines()[1]
+    assert "▆" in bar and "█" in bar and "▁" in bar  # bake, sleep and wake each have their own band
+    assert "▆ bake" in text and "█ sleep" in text and "now wake since step 25" in text
+    assert text.splitlines()[0].index("▼") == bar.index("▆")  # begun by hand: marked where it starts

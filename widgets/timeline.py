@@ -1,4 +1,5 @@
-"""Phase timeline: wake and sleep bands along the steps, manual sleeps marked."""
+"""Phase timeline: which stage of the run's schedule ran when (wake, sleep, or any stage a pipeline adds),
+as bands along the steps, phases begun by hand marked."""
 
 from __future__ import annotations
 
@@ -10,13 +11,25 @@ from textual.widget import Widget
 from widgets.plot import short_number
 
 WAKE_STYLE, SLEEP_STYLE, MANUAL_STYLE = "green4", "bold dodger_blue1", "bold magenta"
+# glyph and style per stage; a stage the console does not know gets the next free style of OTHER_STYLES
+KNOWN = {"wake": ("▁", WAKE_STYLE), "sleep": ("█", SLEEP_STYLE)}
+OTHER_STYLES = ("bold dark_orange", "bold medium_purple", "bold gold1", "bold turquoise2", "bold deep_pink2")
+
+
+def stage_look(stages: list[str]) -> dict[str, tuple[str, str]]:
+    """Glyph and style of every stage, in order of first appearance."""
+    looks, spare = {}, iter(OTHER_STYLES * 4)
+    for name in stages:
+        if name not in looks:
+            looks[name] = KNOWN.get(name) or ("▆", next(spare, "bold white"))
+    return looks
 
 
 @dataclass(frozen=True)
 class Band:
     start: int
     end: int  # exclusive; the current step for the open band
-    phase: str  # "wake" | "sleep"
+    phase: str  # the stage's name: "wake", "sleep", or one a pipeline adds
     manual: bool
 
 
@@ -38,31 +51,32 @@ def render_timeline(phases: list[tuple[int, str, bool]], current_step: int, widt
     hi = max(current_step, bs[-1].end if bs else 0, 1)
     per_col = hi / width
     marks = [" "] * width
-    cells = ["w"] * width
+    cells = ["wake"] * width
     for b in bs:
-        if b.phase != "sleep":
+        if b.phase == "wake":
             continue
         c0 = min(width - 1, int(b.start / per_col))
         c1 = min(width - 1, max(c0, int(max(b.end - 1, b.start) / per_col)))
         for c in range(c0, c1 + 1):
-            cells[c] = "s"  # a sleep anywhere in a column shows, however short
+            cells[c] = b.phase  # any other stage in a column shows, however short
         if b.manual:
             marks[c0] = "▼"
+    looks = stage_look(["wake"] + [b.phase for b in bs])
     text = Text(no_wrap=True, end="")
     text.append("".join(marks) + "\n", style=MANUAL_STYLE)
     run_start = 0
     for c in range(1, width + 1):
         if c == width or cells[c] != cells[run_start]:
-            sleep = cells[run_start] == "s"
-            text.append(("█" if sleep else "▁") * (c - run_start), style=SLEEP_STYLE if sleep else WAKE_STYLE)
+            glyph, style = looks[cells[run_start]]
+            text.append(glyph * (c - run_start), style=style)
             run_start = c
     left, right = "0", f"step {short_number(hi)}"
     text.append("\n" + left + " " * max(1, width - len(left) - len(right)) + right + "\n", style="grey50")
     sleeps = [b for b in bs if b.phase == "sleep"]
     manual = sum(b.manual for b in sleeps)
     now = bs[-1] if bs else None
-    text.append("▁ wake ", style=WAKE_STYLE)
-    text.append("█ sleep ", style=SLEEP_STYLE)
+    for name, (glyph, style) in looks.items():
+        text.append(f"{glyph} {name} ", style=style)
     text.append("▼ manual", style=MANUAL_STYLE)
     text.append(f"   {len(sleeps)} sleeps ({manual} manual)", style="grey70")
     if now is not None and phases:
