@@ -16,7 +16,6 @@ from an empty neural memory (`Carry.memory = None`); "memory-assisted": the memo
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch

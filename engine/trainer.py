@@ -17,21 +17,20 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from engine import protocol
 from engine.accumulate import BackOff, MicroBatches, OutOfMemoryAtOneSlot
 from engine.build import build_model, build_schedule, make_task, pick_device
-from engine.commands import CommandDispatch
+from engine.commands import CommandDispatch, run_handlers
 from engine.config import RunConfig, to_toml
 from engine.curriculum import CurriculumFeed
 from engine.evaluate import evaluate, held_out
 from engine.faults import Faults
 from engine.optim import build_optimizer
 from engine.precision import Precision
-from engine.probe import probe
 from engine.protocol import EXIT_FAILED, EXIT_OK
 from engine.recorder import Recorder
 from engine.stages import Stage, StepResult
@@ -90,10 +89,7 @@ class Trainer:
         self.vram_fraction: Callable[[], float | None] = self.telemetry.vram_used_fraction
         self.recorder = Recorder(self.run_dir, cfg.name, to_toml(cfg), cfg.log, self.telemetry, output, emit,
                                  hello=self._hello, enabled=rank0, max_steps=cfg.train.max_steps)
-        self.commands = CommandDispatch(self.recorder, {
-            "pause": self._pause, "resume": self._resume, "sleep": self._sleep, "checkpoint": self._checkpoint,
-            "stop": self._stop, "inspect": self._inspect, "status": lambda args: (True, None, self.status_dict()),
-            "probe": lambda args: probe(self.ema, self.task.seq_len, self.device, args)})
+        self.commands = CommandDispatch(self.recorder, run_handlers(self))
         self._eval_data: tuple[torch.Tensor, torch.Tensor] | None = None  # built at the first evaluation
 
     @property
@@ -323,46 +319,3 @@ class Trainer:
         return {"status": self.status, "step": self.step, "max_steps": self.cfg.train.max_steps,
                 "stage": self.schedule.current, "clients": server.n_clients if server else 0,
                 "dropped": server.dropped_total if server else 0, "last_checkpoint": self.last_checkpoint_step}
-
-    # ---- command handlers (engine/commands.py dispatches to these) ------------------------------
-
-    def _pause(self, args: dict) -> tuple[bool, str | None, Any]:
-        if self.paused:
-            return False, "the run is already paused.", None
-        self.paused = True
-        self.set_status("paused")
-        return True, None, None
-
-    def _resume(self, args: dict) -> tuple[bool, str | None, Any]:
-        if not self.paused:
-            return False, "the run is not paused.", None
-        self.paused = False
-        self.set_status("running")
-        return True, None, None
-
-    def _sleep(self, args: dict) -> tuple[bool, str | None, Any]:
-        sleep = self.stages.get("sleep")
-        if sleep is None:
-            return False, "sleep is not available: this run has no sleep/wake phase.", None
-        error = sleep.refusal(sleeping=self.schedule.current == "sleep", requested=self.schedule.requested == "sleep")
-        if error is None:
-            self.schedule.request("sleep")  # it starts at the next step boundary
-        return error is None, error, None
-
-    def _checkpoint(self, args: dict) -> tuple[bool, str | None, Any]:
-        path = self.save_checkpoint(reason="manual")
-        if path is None:
-            return False, "the checkpoint could not be written (see alerts).", None
-        return True, None, {"path": str(path)}
-
-    def _stop(self, args: dict) -> tuple[bool, str | None, Any]:
-        self.stop_reason = "stopped"
-        return True, None, None
-
-    def _inspect(self, args: dict) -> tuple[bool, str | None, Any]:
-        slot, B = args.get("slot", 0), self.cfg.train.batch_size
-        if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < B:
-            return False, f"slot must be an integer from 0 to {B - 1}.", None
-        snapshot = self.model.inspect(self.carry, slot)
-        self.recorder.event("carry", snapshot, store=False)
-        return True, None, snapshot

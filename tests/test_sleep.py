@@ -10,7 +10,6 @@ import torch
 from engine import checkpoint
 from engine.config import ModelConfig, SleepConfig, from_dict
 from engine.model.trm import TinyRecursiveModel
-from engine.protocol import Command
 from engine.sleep import Consolidator, EpisodicBuffer
 from engine.stages import Phase, Schedule
 from engine.trainer import Trainer

@@ -11,7 +11,7 @@ import torch
 
 from engine import config, protocol
 from engine.evaluate import evaluate_task
-from engine.stages import Phase, Schedule, StepResult
+from engine.stages import Phase, StepResult
 from engine.trainer import Trainer
 from tests.helpers import ROOT, env, tiny_config
 

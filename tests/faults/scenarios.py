@@ -20,7 +20,6 @@ The tests in tests/faults/ call the case functions here; bench/faults.py runs th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
