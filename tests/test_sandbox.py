@@ -220,7 +220,7 @@ WELL_FORMED = st.tuples(BLOCK, BLOCK, BLOCK).map(lambda t: f"{t[0]} : f {t[1]} ;
 
 
 @pytest.mark.timeout(60)
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(WELL_FORMED, st.lists(st.integers(-10, 10), max_size=6))
 def test_well_formed_random_programs_run_and_end_in_the_sandboxs_own_errors(program, inputs):
     start = time.perf_counter()
