@@ -3,7 +3,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/quickstart.toml
 
-.PHONY: run test test-slow install clean
+.PHONY: run test test-slow test-ci test-ci-slow install clean
+
+# The slow tests CI runs after the fast set: the fault cases that drive real engine processes,
+# gradient accumulation with the neural memory, the console end to end in tmux, a second engine
+# refused on a live run, a live run whose checkpoint disk fills (2 min 13 s on 2 shared cores).
+CI_SLOW = tests/faults/test_fault_processes.py \
+	tests/faults/test_fault_memory.py::test_accumulated_gradient_with_memory_and_ragged_answers \
+	tests/test_e2e_tmux.py \
+	tests/test_runlock.py \
+	tests/faults/test_fault_disk.py
 
 $(BIN)/lab: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -21,6 +30,12 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# what CI runs: the fast set, then the slow tests above
+test-ci: test test-ci-slow
+
+test-ci-slow: install
+	$(BIN)/python -m pytest -q -m slow $(CI_SLOW)
 
 clean:
 	rm -rf $(VENV)

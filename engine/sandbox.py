@@ -22,6 +22,12 @@ input deepest; what it prints with `.` is its output.
 Every value must stay within +-(2**63 - 1), so `2**huge` style blow-ups end as an error after a
 handful of steps instead of eating memory.
 
+A failed run's error is one sentence that starts with what went wrong: for the program text
+`program ...`, `word N: ...` or `the definition of ...`; for the inputs `inputs must be ...` or
+`input ...`; at run time `stack underflow`, `division by zero`, `integer overflow` or the limit
+it reached (`step limit`, `time limit`, `stack limit`, `call depth limit`, `output limit`).
+Anything else, `sandbox fault: ...`, is a bug in this interpreter, reported rather than raised.
+
     >>> run("dup * 1 + .", [6]).output
     (37,)
 """

@@ -107,7 +107,7 @@ def kill9(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def small_disk(path: Path, size: str = "2m"):
     """A real filesystem of `size` (tmpfs) mounted at `path` for the test; skips where mounting is not allowed."""
-    import pytest  # here, not at the top: bench/faults.py imports these helpers without pytest
+    import pytest  # here, not at the top: tests/faults/scenarios.py imports these helpers without pytest
 
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:

@@ -1,12 +1,15 @@
 """The stack-language sandbox: semantics, limits, and that no input makes it hang or raise."""
 
+import re
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.sandbox import BUILTINS, CheckResult, Limits, RunResult, check, run
+import itertools
+
+from engine.sandbox import BINARY, BUILTINS, STACK_WORDS, UNARY, CheckResult, Limits, RunResult, check, run
 
 # ----------------------------------------------------------------------------- semantics
 
@@ -140,17 +143,53 @@ def test_check_counts_passes_and_explains_the_first_failure():
 
 # ----------------------------------------------------------------------------- random programs
 
-WORDS = sorted(BUILTINS) + ["0", "1", "2", "-1", "3", "99", "f", "g", ": f", ": g"]
+BIG = 2**63 - 1
+WORDS = sorted(BUILTINS) + ["0", "1", "2", "-1", "3", "99", "f", "g", ": f", ": g", str(BIG), str(-BIG)]
 FAST = Limits(max_steps=3000, max_seconds=0.05, max_stack=64, max_calls=16, max_output=64)
 SLACK = 0.5  # seconds over the time limit a shared CI machine may add
+# the errors the sandbox's docstring promises; anything else ("sandbox fault: ...") is an interpreter bug
+USER_ERROR = re.compile(r"(program |word \d+: |the definition of |inputs must be |input |stack underflow: |"
+                        r"division by zero: |integer overflow: |step limit: |time limit: |stack limit: |"
+                        r"call depth limit: |output limit: )[^\n]*\.$")
 
 
-def assert_well_behaved(result, seconds):
+def assert_user_error(error):
+    assert error == "" or USER_ERROR.fullmatch(error), f"not one of the sandbox's own errors: {error!r}"
+
+
+CASE = re.compile(r"case \d+ \[[-\d, ]*\]: ")
+
+
+def assert_check_error(first_error):
+    """check()'s first error: a program error as is, or `case N [inputs]: ` and a run's error or a wrong answer."""
+    case = CASE.match(first_error)
+    rest = first_error[case.end():] if case else first_error
+    if not (case and rest.startswith("expected ")):
+        assert_user_error(rest)
+
+
+def assert_well_behaved(result, seconds, limits=FAST):
     assert isinstance(result, RunResult)
     assert result.ok == (result.error == "")
-    assert result.steps <= FAST.max_steps and len(result.output) <= FAST.max_output
-    assert all(isinstance(v, int) and abs(v) <= FAST.max_int for v in result.output)
-    assert seconds < FAST.max_seconds + SLACK
+    assert_user_error(result.error)
+    assert result.steps <= limits.max_steps and len(result.output) <= limits.max_output
+    assert all(isinstance(v, int) and abs(v) <= limits.max_int for v in result.output)
+    assert seconds < limits.max_seconds + SLACK
+
+
+def test_an_interpreter_bug_is_not_a_well_behaved_outcome(monkeypatch):
+    from engine import sandbox
+
+    def broken(program, inputs, limits):
+        return [][0]  # the kind of slip the fuzz tests exist to catch
+
+    monkeypatch.setattr(sandbox, "_execute", broken)
+    result = run("1 .")
+    assert result.error == "sandbox fault: IndexError."  # reported, never raised, so the engine lives ...
+    with pytest.raises(AssertionError, match="not one of the sandbox's own errors"):
+        assert_well_behaved(result, 0.0)  # ... but the fuzz tests fail on it
+    with pytest.raises(AssertionError, match="not one of the sandbox's own errors"):
+        assert_check_error(check("1 .", [((), (1,))]).first_error)
 
 
 @pytest.mark.timeout(60)
@@ -160,6 +199,64 @@ def test_random_word_programs_never_hang_or_raise(words, inputs):
     start = time.perf_counter()
     result = run(" ".join(words), inputs, FAST)
     assert_well_behaved(result, time.perf_counter() - start)
+    assert_check_error(check(" ".join(words), [(tuple(inputs), (1,))], FAST).first_error)
+
+
+# Programs of random words rarely compile (an 'if' without its 'end'), so the interpreter is also
+# fuzzed with well-formed programs: blocks nested in if/else/while, two words that call each other.
+PUSH = st.sampled_from(["0", "1", "2", "3", "-1", "99", str(BIG), str(-BIG)])
+OPS = sorted(BINARY + UNARY + STACK_WORDS + (".",))
+OP = st.sampled_from(OPS + ["f", "g"])
+
+
+def _nested(inner):
+    seq = st.lists(inner, max_size=6).map(" ".join)
+    return st.one_of(seq, seq.map(lambda b: f"while {b} end"), seq.map(lambda b: f"if {b} end"),
+                     st.tuples(seq, seq).map(lambda t: f"if {t[0]} else {t[1]} end"))
+
+
+BLOCK = st.recursive(st.one_of(PUSH, OP), _nested, max_leaves=30)
+WELL_FORMED = st.tuples(BLOCK, BLOCK, BLOCK).map(lambda t: f"{t[0]} : f {t[1]} ; : g {t[2]} ;")
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(WELL_FORMED, st.lists(st.integers(-10, 10), max_size=6))
+def test_well_formed_random_programs_run_and_end_in_the_sandboxs_own_errors(program, inputs):
+    start = time.perf_counter()
+    result = run(program, inputs, FAST)
+    assert_well_behaved(result, time.perf_counter() - start)
+    assert result.steps > 0  # it compiled: the interpreter itself was exercised
+
+
+@pytest.mark.timeout(60)
+def test_every_pair_of_words_on_every_small_stack_ends_in_the_sandboxs_own_errors():
+    """Exhaustive where fuzzing is thin: each word at exactly the depth it needs, next to the bound,
+    in sequence and as the test or body of an if/else/while."""
+    values = [BIG, -BIG, 0, 1, -1]
+    short = Limits(max_steps=200, max_seconds=0.05, max_stack=8, max_calls=4, max_output=8)
+    shapes = ("{} {}", "{} if {} end", "if {} else {} end", "{} while {} end")
+    for (first, second), shape in itertools.product(itertools.product(OPS + [""], OPS), shapes):
+        for depth in range(5):
+            for inputs in (values[:depth], values[::-1][:depth]):
+                result = run(shape.format(first, second), inputs, short)
+                assert result.steps > 0 and result.ok == (result.error == ""), (shape, first, second, inputs)
+                assert_user_error(result.error)
+
+
+limits_near_zero = st.builds(Limits, max_steps=st.integers(0, 3000), max_seconds=st.sampled_from([0.0, 0.05]),
+                             max_stack=st.integers(0, 64), max_calls=st.integers(0, 16),
+                             max_output=st.integers(0, 64), max_chars=st.integers(0, 400))
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(WORDS), max_size=60),
+       st.lists(st.one_of(st.integers(-3, 3), st.sampled_from([BIG, -BIG, BIG + 1])), max_size=5), limits_near_zero)
+def test_random_programs_under_tiny_limits_end_in_the_sandboxs_own_errors(words, inputs, limits):
+    start = time.perf_counter()
+    result = run(" ".join(words), inputs, limits)
+    assert_well_behaved(result, time.perf_counter() - start, limits)
 
 
 @pytest.mark.timeout(60)
@@ -181,3 +278,4 @@ def test_random_text_and_inputs_never_hang_or_raise(text, inputs):
     start = time.perf_counter()
     checked = check(text, [(tuple(inputs), (1,))], FAST)
     assert checked.passed + checked.failed == 1 and time.perf_counter() - start < FAST.max_seconds + SLACK
+    assert_check_error(checked.first_error)

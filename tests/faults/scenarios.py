@@ -670,8 +670,9 @@ SANDBOX_PROGRAMS = {
     "recurses without end": (": f 1 f ; f", "call depth"),
     "grows an integer": ("2 dup while dup * dup end", "integer overflow"),
     "opens a file": ("open /etc/passwd read .", "unknown word"),
-    "calls Python": ("__import__('os').system('touch {marker}')", "unknown word"),
-    "runs a shell": ("import os os.system touch {marker}", "unknown word"),
+    # the next two parse, so they reach the interpreter: words named after Python's and the shell's ways out
+    "calls Python": (": eval exec ; : exec eval ; eval", "call depth"),
+    "runs a shell": (": fork dup dup ; 1 dup while fork end", "stack limit"),  # a fork bomb
 }
 
 

@@ -1,6 +1,8 @@
 """Cases 10 and 12: bad configs through `lab run`, hostile programs in the sandbox.
 (tests/test_config.py checks the schema with hypothesis; here the whole CLI path is driven.)"""
 
+import functools
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,3 +29,13 @@ def test_every_field_with_every_kind_of_bad_value(tmp_path):
 def test_hostile_programs_stop_within_their_limits(tmp_path):
     outcome = case_sandbox(tmp_path, slack=30.0)  # the bench holds it to 3x; a test must not time a busy machine
     assert outcome.ok, outcome.happened
+
+
+@pytest.mark.parametrize("case, limit_off", [("calls Python", {"max_calls": 10**9}),
+                                             ("runs a shell", {"max_stack": 10**9})])
+def test_a_hostile_program_fails_its_case_when_its_limit_is_off(tmp_path, monkeypatch, case, limit_off):
+    from engine import sandbox
+
+    monkeypatch.setattr(sandbox, "Limits", functools.partial(sandbox.Limits, **limit_off))  # a broken build
+    outcome = case_sandbox(tmp_path, slack=30.0)
+    assert not outcome.ok and f"{case}: ok=False 'step limit" in outcome.happened, outcome.happened
