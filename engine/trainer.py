@@ -105,7 +105,7 @@ class Trainer:
         """Continue from the newest checkpoint that verifies and fits; warn about the newer ones skipped."""
         ckpt, warnings = self.state.load_latest(self.device)
         for w in warnings:
-            self.recorder.alert("warning", f"skipped a damaged checkpoint: {w}")
+            self.recorder.alert("warning", f"skipped checkpoint: {w}")
         segment_start = 0
         if ckpt is None:
             self.recorder.alert("warning", "no usable checkpoint; starting from step 0")
@@ -231,7 +231,7 @@ class Trainer:
                                   "the run diverged")
         ckpt, warnings = self.state.load_latest(self.device)
         for w in warnings:
-            self.recorder.alert("warning", f"skipped a damaged checkpoint: {w}")
+            self.recorder.alert("warning", f"skipped checkpoint: {w}")
         if ckpt is None:
             return self._diverged(f"non-finite loss at step {bad_step} and no checkpoint to roll back to; "
                                   "the run diverged")
@@ -318,4 +318,6 @@ class Trainer:
         server = self.recorder.server
         return {"status": self.status, "step": self.step, "max_steps": self.cfg.train.max_steps,
                 "stage": self.schedule.current, "clients": server.n_clients if server else 0,
-                "dropped": server.dropped_total if server else 0, "last_checkpoint": self.last_checkpoint_step}
+                "dropped": server.dropped_total if server else 0, "last_checkpoint": self.last_checkpoint_step,
+                "clients_dropped": server.clients_dropped if server else 0,
+                "dropped_rows": self.recorder.store.dropped_rows if self.recorder.store else 0}
