@@ -45,8 +45,9 @@ Why two formats:
   = 6 tokens; the nearest fact is 12 tokens before the first query, out of reach. Only the neural memory,
   which the passes share, can carry a fact across the gap.
 
-After each cycle the bench also scores the memory's own associative loss on 64 episodes of that cycle (raw,
-and relative to the values' energy) and reports whether it rose over the five cycles.
+After each cycle the bench also scores the memory's own associative loss on 2 x BATCH = 64 episodes of that
+cycle (raw, and relative to the values' energy) and reports whether it rose over the five cycles; sleep's
+retention probe holds as many buffer samples.
 
 Every accuracy is reported as its mean over seeds with a Student t interval (bench/stats.py), and replay's
 paired (same seed) differences from no-sleep and from both controls likewise.
@@ -242,7 +243,7 @@ def continual(condition: str, seed: int, start: dict, wake_steps: int):
     """Five wake cycles in the CONTINUAL format, each followed by an equal sleep (sleep modes), by as many more wake
     steps (no-sleep-extra-steps) or by nothing (no-sleep, interleaved-replay, whose wake batches carry replayed
     samples); returns R (N_CYCLES x N_CYCLES), the sleeps' consolidation losses and the inner memory loss after
-    each cycle (on 64 episodes of that cycle, the same ones for every condition of a seed)."""
+    each cycle (on 2 x BATCH episodes of that cycle, the same ones for every condition of a seed)."""
     fmt = CONTINUAL
     torch.manual_seed(seed)
     model = new_model("titans-mag", fmt)
@@ -251,8 +252,8 @@ def continual(condition: str, seed: int, start: dict, wake_steps: int):
     g = torch.Generator().manual_seed(seed + 1)
     tables = torch.randint(fmt.n_values, (N_CYCLES, N_KEYS), generator=torch.Generator().manual_seed(seed + 2))
     mode = condition if condition in SLEEP_MODES else "replay"
-    sleep = SleepWake(SleepConfig(mode=mode, buffer_size=4096, prune_age=10**9), SEQ, BATCH, seed + 3,
-                      "titans-mag")
+    sleep = SleepWake(SleepConfig(mode=mode, buffer_size=4096, prune_age=10**9, probe_size=2 * BATCH), SEQ, BATCH,
+                      seed + 3, "titans-mag")
     R, losses, inner = [], [], []
     step = 0
     replay_due = 0  # interleaved-replay: replayed samples owed to the wake batches so far
@@ -279,7 +280,7 @@ def continual(condition: str, seed: int, start: dict, wake_steps: int):
                 step += 1
             losses.append(sleep.end_sleep(model, step)["consolidation_loss"])
         R.append(closed_book_row(model, fmt, tables))
-        probe, _ = episodes(fmt, 64, torch.Generator().manual_seed(20_000 + 10 * seed + cycle), tables, [cycle])
+        probe, _ = episodes(fmt, 2 * BATCH, torch.Generator().manual_seed(20_000 + 10 * seed + cycle), tables, [cycle])
         inner.append(inner_memory_loss(model, probe))
         assert all(map(math.isfinite, inner[-1])), f"{condition}: non-finite inner memory loss"
     return R, losses, inner
