@@ -320,7 +320,8 @@ def main() -> None:
     if args.smoke:
         BATCH = 4  # every condition's path in seconds
     seeds = 1 if args.smoke else 2 if args.quick else args.seeds
-    extra_surprise_seeds = seeds if args.quick or args.smoke else 2 * seeds  # replay-surprise against replay: more seeds
+    # replay-surprise against replay: more seeds
+    extra_surprise_seeds = seeds if args.quick or args.smoke else 2 * seeds
     seconds: dict[str, list[float]] = {c: [] for c in ["recall-memory", "recall-attention", "continual-start"]
                                        + CONDITIONS}
 
@@ -405,7 +406,8 @@ def main() -> None:
         "inner_loss_relative_rising": sorted(c for c, v in inner_mean.items() if v[1][-1] > 1.1 * v[1][0]),
         "seconds_per_condition_seed": {c: max(v) for c, v in seconds.items() if v},
         "R": {c: [[[round(x, 3) for x in row] for row in R] for R in matrices[c]] for c in CONDITIONS},
-        "seeds": seeds, "wake_steps": args.wake_steps, "batch": BATCH, "continual_theta_max": CONTINUAL.memory_theta_max,
+        "seeds": seeds, "wake_steps": args.wake_steps, "batch": BATCH,
+        "continual_theta_max": CONTINUAL.memory_theta_max,
         "smoke": args.smoke,
     }
     print(json.dumps(figures))

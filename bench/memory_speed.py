@@ -149,7 +149,8 @@ def main() -> None:
         r = results[name]
         summary[f"{name}_speedup"] = ratio(r["tokens_per_cpu_s"], peer and peer["tokens_per_cpu_s"])
         summary[f"{name}_memory_ratio"] = ratio(r["peak_over_imports_mb"], peer and peer["peak_over_imports_mb"])
-        summary[f"{name}_speed_vs_attention"] = ratio(r["tokens_per_cpu_s"], attention and attention["tokens_per_cpu_s"])
+        summary[f"{name}_speed_vs_attention"] = ratio(r["tokens_per_cpu_s"],
+                                                      attention and attention["tokens_per_cpu_s"])
         summary[f"{name}_memory_vs_attention"] = ratio(r["peak_over_imports_mb"],
                                                       attention and attention["peak_over_imports_mb"])
     summary["peer_measured"] = peer is not None

@@ -208,7 +208,8 @@ def train_peer(a) -> dict:
 
     def predict(net, threshold: float):
         # threshold above 1: no sample ever halts early, so every one runs the full max_recurrent_steps
-        return lambda x: net.predict(x, halt_prob_thres=threshold, max_deep_refinement_steps=PEER_MAX_RECURRENT_STEPS)[0]
+        return lambda x: net.predict(x, halt_prob_thres=threshold,
+                                     max_deep_refinement_steps=PEER_MAX_RECURRENT_STEPS)[0]
 
     model.eval()
     smoothed = ema.ema_model.eval()
@@ -292,10 +293,13 @@ def recursion(difficulty: int, seeds: int, grid: list, common: list[str], summar
     summary["peer_exact_by_difficulty"][key] = over_seeds(peer_exact)
     summary["exact_by_variant"][key] = {arm: {v: over_seeds([r["variants"][v]["test"] for r in per_seed[arm]])
                                               for v in per_seed[arm][0]["variants"]} for arm in runs}
+    def exact(result: dict, split: str) -> dict:
+        return {v: round(f[split], 4) for v, f in result["variants"].items()}
+
     summary["sweep"][key] = {arm: [{"lr": lr, "weight_decay": wd, "chosen": (lr, wd) == chosen[arm],
-                                    "val": {v: round(f["val"], 4) for v, f in runs[arm][(lr, wd, 0)]["variants"].items()},
-                                    "test": {v: round(f["test"], 4) for v, f in runs[arm][(lr, wd, 0)]["variants"].items()}}
-                                   for lr, wd in grid] for arm in runs}
+                                    "val": exact(runs[arm][(lr, wd, 0)], "val"),
+                                    "test": exact(runs[arm][(lr, wd, 0)], "test")} for lr, wd in grid]
+                             for arm in runs}
     summary["steps_per_s_by_difficulty"][key] = {arm: round(mean(r["steps_per_s"] for r in per_seed[arm]), 3)
                                                  for arm in runs}
     summary["peak_over_imports_mb_by_difficulty"][key] = {
@@ -305,7 +309,8 @@ def recursion(difficulty: int, seeds: int, grid: list, common: list[str], summar
 
 def memory(common: list[str], summary: dict) -> None:
     print(f"\nmemory: forward + backward on {MEM_BATCH} x {MEM_LENGTH} tokens, width {MEM_DIM}, chunk {MEM_CHUNK}, "
-          f"{MEM_HEADS} heads of width {MEM_HEAD_DIM}, memory MLP {MEM_HEAD_DIM}-{MEM_HIDDEN}-{MEM_HEAD_DIM}", flush=True)
+          f"{MEM_HEADS} heads of width {MEM_HEAD_DIM}, memory MLP {MEM_HEAD_DIM}-{MEM_HIDDEN}-{MEM_HEAD_DIM}",
+          flush=True)
     results = {name: run_child([f"--child=mem-{name}", *common]) for name in ("ours", "peer", "attention")}
     peer = results["peer"]
     print(f"{'':>10} {'tokens/s':>9} {'tok/cpu-s':>9} {'peak MB':>8} {'over imports':>12} {'params':>7}  vs peer")
