@@ -414,7 +414,7 @@ def main() -> int:
     if args.skip != "memory":
         memory(common, summary)
 
-    # the keys the issue names first, then the rest
+    # the headline keys first, then the rest
     keys = ["gap_points_by_difficulty", "gap_ci_low_by_difficulty"]
     print(json.dumps({**{k: summary[k] for k in keys}, **summary}))
     return 0
