@@ -4,16 +4,20 @@
   rate) at its size in a 160x48 terminal, 100,000 points per series; median of repeated
   redraws with the data changed in between. Target <= 30 ms. Also with EMA smoothing on.
 - downsample_ms_100k, backfill_s_100k: min/max reduction of one series; opening a run of
-  100,000 steps from its store.
-- console_cpu_percent, ack_latency_ms: the console attached to an engine streaming metrics
-  (by default a fake engine in its own process that speaks the protocol; --run RUN_DIR
-  attaches to a live run instead). Targets <= 10% of one core; <= one step + 200 ms.
+  100,000 steps from its store (--quick: 20,000 steps, reported as backfill_s_20k; every key
+  names the size it measured, nothing is scaled).
+- console_cpu_percent, ack_latency_ms: the console attached to a real engine: a run folder
+  prepared and the engine spawned as `lab run` / the console do (lab.runs.create_run,
+  lab.runs.spawn_engine: `python -m engine RUN_DIR` in its own process) on --engine-config
+  (default configs/quickstart.toml, run length unbounded), then stopped; --run RUN_DIR
+  attaches to a live run instead. Targets <= 10% of one core; <= one step + 200 ms.
 - attached_throughput_ratio: engine steps/s with a console attached over headless, on a real
   engine (--throughput-config CONFIG), in one run with attached and headless blocks alternating;
   null when not asked for. Target >= 0.97. Beside it attached_cpu_per_step_ratio, the same
   ratio per engine CPU second: what a client costs inside the engine, whatever the machine's load.
 
-    .venv/bin/python bench/console.py [--quick] [--run RUN_DIR] [--throughput-config configs/quickstart.toml]
+    .venv/bin/python bench/console.py [--quick | --smoke] [--run RUN_DIR] [--engine-config CONFIG]
+                                      [--throughput-config configs/quickstart.toml]
 
 The last line printed is a JSON object of the figures.
 """
@@ -45,6 +49,11 @@ from widgets.curves import CurvesPlot, Series, downsample_minmax, render_curves 
 from widgets.eventlog import EventLog  # noqa: E402
 
 N = 100_000
+
+
+def size_key(n: int) -> str:
+    """The size a figure was measured at, for its key: 100000 -> "100k", 2500 -> "2500"."""
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
 def curve_series(n: int, seed: int = 0) -> dict[str, Series]:
@@ -79,8 +88,8 @@ def pane_size() -> tuple[int, int]:
     return asyncio.run(go())
 
 
-def bench_render(repeats: int) -> dict:
-    series = curve_series(N)
+def bench_render(n: int, repeats: int) -> dict:
+    series = curve_series(n)
     width, height = pane_size()
     keys = ["loss", "exact_acc", "lr"]
     def redraw(smoothing: float):
@@ -94,11 +103,13 @@ def bench_render(repeats: int) -> dict:
     wall, cpu = timed(redraw(0.0), repeats)
     wall_s, cpu_s = timed(redraw(0.9), repeats)
     ds_wall, _ = timed(lambda: downsample_minmax(series["loss"], width), repeats)
-    print(f"curves pane {width}x{height}, 3 series x {N:,} points: {wall:.1f} ms (cpu {cpu:.1f} ms); "
-          f"smoothed {wall_s:.1f} ms (cpu {cpu_s:.1f} ms); downsample one series {ds_wall:.2f} ms  (target <= 30 ms)")
-    return {"render_ms_100k": round(wall, 2), "render_cpu_ms_100k": round(cpu, 2),
-            "render_ms_100k_smoothed": round(wall_s, 2), "render_cpu_ms_100k_smoothed": round(cpu_s, 2),
-            "downsample_ms_100k": round(ds_wall, 3),
+    print(f"curves pane {width}x{height}, 3 series x {n:,} points: {wall:.1f} ms (cpu {cpu:.1f} ms); "
+          f"smoothed {wall_s:.1f} ms (cpu {cpu_s:.1f} ms); downsample one series {ds_wall:.2f} ms  (target <= 30 ms "
+          f"at 100k)")
+    k = size_key(n)
+    return {f"render_ms_{k}": round(wall, 2), f"render_cpu_ms_{k}": round(cpu, 2),
+            f"render_ms_{k}_smoothed": round(wall_s, 2), f"render_cpu_ms_{k}_smoothed": round(cpu_s, 2),
+            f"downsample_ms_{k}": round(ds_wall, 3),
             "pane_size": [width, height]}
 
 
@@ -118,25 +129,49 @@ def bench_backfill(n: int) -> dict:
         load_s = time.perf_counter() - t0
     assert len(state.series["loss"]) == n
     print(f"backfill: {n:,} steps x 4 metrics read into the console in {load_s:.2f} s (written in {write_s:.1f} s)")
-    return {"backfill_s_100k": round(load_s * N / n, 3)}
+    return {f"backfill_s_{size_key(n)}": round(load_s, 3)}
 
 
 # ---- attached to an engine ------------------------------------------------------------------------
 
 
-def start_fake_engine(run_dir: Path, steps_per_second: float) -> subprocess.Popen:
-    """The fake engine in its own process, so its CPU is not counted as the console's."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_engine.py"), str(run_dir),
-                             "--steps-per-second", str(steps_per_second), "--history", "2000"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not (run_dir / "engine.sock").exists() and time.monotonic() < deadline:
+def start_engine(config_path: Path, runs_dir: Path) -> tuple[Path, subprocess.Popen]:
+    """A real run: its folder prepared and the engine spawned as `lab run` does, in its own process (so its CPU is
+    not the console's); returns once its control socket accepts."""
+    from lab import runs
+
+    run_dir = runs.create_run(config_path, ["train.max_steps=100000000", "train.max_minutes=0"], runs_dir)
+    proc = runs.spawn_engine(run_dir)
+    deadline = time.monotonic() + 60
+    while not (run_dir / "engine.sock").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_engine(run_dir, proc)
+            raise RuntimeError(f"the engine did not start (code {proc.returncode}); see {run_dir / 'engine.log'}")
         time.sleep(0.05)
-    return proc
+    return run_dir, proc
 
 
-def bench_attached(run_dir: Path, seconds: float, presses: int) -> dict:
+def stop_engine(run_dir: Path, proc: subprocess.Popen) -> None:
+    """A `stop` command, as the console sends it, then wait for the engine to exit; terminate it when the socket
+    does not answer or it does not exit within a minute."""
+    from lab.client import EngineClient, EngineUnreachable
+
+    if proc.poll() is None:
+        try:
+            client = EngineClient(run_dir)
+            client.connect()
+            client.send("stop")  # acknowledged at the next step boundary; the exit is what is waited for
+            client.close()
+        except EngineUnreachable:
+            proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def bench_attached(run_dir: Path, seconds: float, presses: int, settle_s: float = 2.0) -> dict:
     """Console CPU over `seconds` attached (default refresh), then key-to-ack latency on screen."""
     async def go():
         app = LabApp(run_dir.parent, ROOT / "configs", run_dir=run_dir)
@@ -145,7 +180,7 @@ def bench_attached(run_dir: Path, seconds: float, presses: int) -> dict:
             deadline = time.monotonic() + 30
             while dash.mode != "live" and time.monotonic() < deadline:
                 await pilot.pause(0.05)
-            await pilot.pause(2.0)  # history loaded and drawn
+            await pilot.pause(settle_s)  # history loaded and drawn
             c0, t0 = time.process_time(), time.perf_counter()
             await pilot.pause(seconds)
             cpu = (time.process_time() - c0) / (time.perf_counter() - t0) * 100
@@ -186,7 +221,6 @@ def attached_throughput_ratio(config_path: Path, pairs: int, block_s: float, cli
     stream in another process).
     """
     from lab import runs
-    from lab.client import EngineClient
 
     settle_s = 3.0  # after attaching: the console starts and reads the history; not steady state
     with tempfile.TemporaryDirectory() as d:
@@ -208,14 +242,7 @@ def attached_throughput_ratio(config_path: Path, pairs: int, block_s: float, cli
                         raise RuntimeError(f"the engine exited early (code {proc.returncode}); see {run_dir / 'engine.log'}")
                     blocks.append((attached, *_block(run_dir, attached, client, settle_s, block_s, cpu)))
         finally:
-            try:
-                c = EngineClient(run_dir)
-                c.connect()
-                c.send("stop").wait(30)
-                c.close()
-            except Exception:
-                proc.terminate()
-            proc.wait(timeout=60)
+            stop_engine(run_dir, proc)
         follower = StoreFollower(run_dir)
         times = [t for (t,) in follower.reader.conn.execute("SELECT time FROM metrics WHERE key = 'loss' ORDER BY id")]
         follower.close()
@@ -281,34 +308,35 @@ def _block(run_dir: Path, attached: bool, client: str, settle_s: float, block_s:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--run", type=Path, help="attach to this live run instead of a fake engine")
-    ap.add_argument("--steps-per-second", type=float, default=50.0, help="the fake engine's pace")
+    ap.add_argument("--smoke", action="store_true", help="small sizes and a second attached: checks the code path")
+    ap.add_argument("--run", type=Path, help="attach to this live run instead of starting an engine")
+    ap.add_argument("--engine-config", type=Path, default=ROOT / "configs" / "quickstart.toml",
+                    help="the config of the engine the console attaches to")
     ap.add_argument("--throughput-config", type=Path, help="measure attached_throughput_ratio on a real engine")
     ap.add_argument("--throughput-client", choices=("console", "socket"), default="console",
                     help="what is attached in the throughput blocks: the dashboard, or a bare socket reader")
     args = ap.parse_args()
 
     figures: dict = {}
-    figures.update(bench_render(repeats=7 if args.quick else 21))
-    figures.update(bench_backfill(20_000 if args.quick else N))
-    seconds, presses = (5.0, 3) if args.quick else (20.0, 6)
+    figures.update(bench_render(2_000 if args.smoke else N, repeats=3 if args.smoke else 7 if args.quick else 21))
+    figures.update(bench_backfill(2_000 if args.smoke else 20_000 if args.quick else N))
+    seconds, presses, settle = (1.0, 1, 0.5) if args.smoke else (5.0, 3, 2.0) if args.quick else (20.0, 6, 2.0)
     if args.run:
-        figures.update(bench_attached(args.run, seconds, presses))
-        figures["engine"] = "live"
+        figures.update(bench_attached(args.run, seconds, presses, settle))
+        figures["engine"] = "live run"
     else:
         with tempfile.TemporaryDirectory() as d:
-            run_dir = Path(d) / "runs" / "fake-run"
-            proc = start_fake_engine(run_dir, args.steps_per_second)
+            run_dir, proc = start_engine(args.engine_config, Path(d) / "runs")
             try:
-                figures.update(bench_attached(run_dir, seconds, presses))
+                figures.update(bench_attached(run_dir, seconds, presses, settle))
             finally:
-                proc.terminate()
-                proc.wait(timeout=10)
-        figures["engine"] = "fake"
+                stop_engine(run_dir, proc)
+        figures["engine"] = f"real ({args.engine_config.name})"
     figures["attached_throughput_ratio"] = None
     if args.throughput_config:
         figures.update(attached_throughput_ratio(args.throughput_config, *((3, 10.0) if args.quick else (6, 30.0)),
                                                  client=args.throughput_client))
+    figures["smoke"] = args.smoke
     print(json.dumps(figures))
 
 

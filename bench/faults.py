@@ -3,7 +3,7 @@ checkpoints, NaN, out of memory, disk full, hostile sockets, configs, pickles an
 the lab does about it. The cases themselves are specifications and live with the tests
 (tests/faults/scenarios.py); this script runs them all and prints the table.
 
-    .venv/bin/python bench/faults.py [--quick] [--cases 1,4,5] [--seed S]
+    .venv/bin/python bench/faults.py [--quick | --smoke] [--cases 1,4,5] [--seed S]
 
 Ends with a JSON line: passed, failed, total, seconds.
 """
@@ -29,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="every case once; 3 kill points instead of 20")
     ap.add_argument("--cases", default="", help="comma-separated case numbers (default: all)")
     ap.add_argument("--seed", type=int, default=0, help="chooses the kill points of case 1")
+    ap.add_argument("--smoke", action="store_true", help="case 11 alone (seconds), unless --cases: checks the path")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    chosen = [int(c) for c in args.cases.split(",") if c.strip()] or list(CASES)
+    chosen = [int(c) for c in args.cases.split(",") if c.strip()] or ([11] if args.smoke else list(CASES))
     t_all = time.perf_counter()
     passed = failed = 0
     print(f"{'#':>2}  {'case':<20} {'result':<6} {'sec':>6}  done | expected | happened", flush=True)
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"faults{number}-") as tmp:
             try:
-                outcome = fn(Path(tmp), args.quick, args.seed)
+                outcome = fn(Path(tmp), args.quick or args.smoke, args.seed)
             except Exception as exc:  # noqa: BLE001 - a case that blows up is a failed row, not a dead suite
                 outcome = Outcome("(case raised)", "", f"{exc.__class__.__name__}: {str(exc)[:300]}", False)
         passed += outcome.ok

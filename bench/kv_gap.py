@@ -11,7 +11,14 @@ each with its own episode format and its own model (`Format` below):
    the same keys. Each wake is followed by a sleep of equal budget (engine/sleep.py, one mode per condition).
    After cycle i and its sleep, R[i][j] is the closed-book accuracy on cycle j's facts: queries only, no
    facts in context, the memory-free path, so only the slow weights can answer. `joint` trains on all cycles
-   at once for the same total budget (the ceiling). Facts `tag key value`, queries `tag key ?` labelled at
+   at once for the same total budget (the ceiling).
+   A sleep arm gets wake_steps extra optimizer steps per cycle on replayed old data that `no-sleep` never sees,
+   so two controls stand beside the sleep modes, built with the same machinery (one SleepStage per run):
+   - `no-sleep-extra-steps`: no sleep, and the sleep's steps spent as more wake steps (2 x wake_steps a cycle);
+   - `interleaved-replay`: no sleep phase; every wake batch carries as many replayed samples as fresh ones,
+     drawn from the same episodic buffer by the same replay Consolidator, so a cycle replays exactly the
+     wake_steps x BATCH samples a replay sleep does (a draw the still-empty buffer cannot serve is made up at
+     the next step). Facts `tag key value`, queries `tag key ?` labelled at
    `?`; 8 values; memory chunk 8; memory_theta_max 0.5. Its starting model is its own: the same network
    trained on in-context recall in this format (--start-steps), so the wake cycles begin from a model that
    reads its context.
@@ -38,11 +45,15 @@ Why two formats:
   = 6 tokens; the nearest fact is 12 tokens before the first query, out of reach. Only the neural memory,
   which the passes share, can carry a fact across the gap.
 
-After each cycle the bench also scores the memory's own associative loss on 64 episodes of that cycle (raw,
-and relative to the values' energy) and reports whether it rose over the five cycles.
+After each cycle the bench also scores the memory's own associative loss on 2 x BATCH = 64 episodes of that
+cycle (raw, and relative to the values' energy) and reports whether it rose over the five cycles; sleep's
+retention probe holds as many buffer samples.
+
+Every accuracy is reported as its mean over seeds with a Student t interval (bench/stats.py), and replay's
+paired (same seed) differences from no-sleep and from both controls likewise.
 
 Prints one line per condition and seed, then the figures as one JSON object on the last line.
-Usage: python bench/kv_gap.py [--quick] [--seeds N] [--part recall|continual|all] [--continual-theta-max X]
+Usage: python bench/kv_gap.py [--quick | --smoke] [--seeds N] [--part recall|continual|all] [--continual-theta-max X]
 """
 
 from __future__ import annotations
@@ -51,15 +62,24 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `engine` and `bench`
 
-from engine.config import ModelConfig, SleepConfig
-from engine.model.titans import NeuralMemory
-from engine.model.trm import PAD, TinyRecursiveModel
-from engine.sleep import SleepWake
+import torch  # noqa: E402
+
+from bench.stats import over_seeds, shown  # noqa: E402
+from engine.accumulate import MicroBatches  # noqa: E402
+from engine.config import ModelConfig, OptimConfig, SleepConfig  # noqa: E402
+from engine.faults import Faults  # noqa: E402
+from engine.model.titans import NeuralMemory  # noqa: E402
+from engine.model.trm import PAD, TinyRecursiveModel  # noqa: E402
+from engine.optim import build_optimizer  # noqa: E402
+from engine.precision import Precision  # noqa: E402
+from engine.stages.sleep import SleepStage  # noqa: E402
 
 QUERY, FILL = 1, 2
 N_CYCLES, N_KEYS, N_FACTS = 5, 8, 4
@@ -69,7 +89,9 @@ VALUE0 = KEY0 + N_KEYS
 WINDOW = 4
 SEQ = 3 * N_FACTS + 6 * WINDOW + 3 * N_FACTS  # longest gap
 BATCH = 32
-CONDITIONS = ["no-sleep", "replay", "replay-surprise", "distill", "dream", "joint"]
+SLEEP_MODES = ["replay", "replay-surprise", "distill", "dream"]
+CONTROLS = ["no-sleep-extra-steps", "interleaved-replay"]  # what a sleep arm's extra steps would give without sleep
+CONDITIONS = ["no-sleep", *CONTROLS, *SLEEP_MODES, "joint"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +182,17 @@ def accuracy(model: TinyRecursiveModel, inputs, labels, memory_free: bool) -> fl
 
 
 @torch.no_grad()
+def closed_book_row(model: TinyRecursiveModel, fmt: Format, tables: torch.Tensor) -> list[float]:
+    """A row of R: the closed-book accuracy (memory-free path) on each cycle's facts, all cycles in one batch."""
+    inputs, labels = (torch.cat(parts) for parts in zip(*(closed_book(fmt, tables, j) for j in range(N_CYCLES))))
+    model.eval()
+    logits, _ = model.predict_logits(inputs, memory_free=True)
+    model.train()
+    scored = labels != PAD
+    return (((logits.argmax(-1) == labels) & scored).sum(1) / scored.sum(1)).tolist()
+
+
+@torch.no_grad()
 def inner_memory_loss(model: TinyRecursiveModel, inputs) -> tuple[float, float]:
     """The neural memory's own associative loss mean_t ||M(k_t) - v_t||^2 after it has read `inputs`: every
     memory call's keys and values scored against the state that call ends with (what the fast weights hold).
@@ -204,39 +237,57 @@ def in_context_recall(fmt: Format, memory: str, seed: int, steps: int) -> tuple[
     return accuracy(model, *test, memory_free=False), model
 
 
+def fresh_rows(carry, n: int):
+    """The carry of a batch's first n rows (its fresh samples): what SleepStage.observe reads."""
+    rows = {name: getattr(carry, name)[:n] for name in ("z_H", "z_L", "steps", "halted", "inputs", "labels")}
+    return dataclasses.replace(carry, **rows, memory=None)
+
+
 def continual(condition: str, seed: int, start: dict, wake_steps: int):
-    """Five wake cycles in the CONTINUAL format, each followed by an equal sleep; returns R (N_CYCLES x
-    N_CYCLES), the sleeps' consolidation losses and the inner memory loss after each cycle (on 64 episodes of
-    that cycle, the same ones for every condition of a seed)."""
+    """Five wake cycles in the CONTINUAL format, each followed by an equal sleep (sleep modes), by as many more wake
+    steps (no-sleep-extra-steps) or by nothing (no-sleep, interleaved-replay, whose wake batches carry replayed
+    samples); returns R (N_CYCLES x N_CYCLES), the sleeps' consolidation losses and the inner memory loss after
+    each cycle (on 2 x BATCH episodes of that cycle, the same ones for every condition of a seed)."""
     fmt = CONTINUAL
     torch.manual_seed(seed)
     model = new_model("titans-mag", fmt)
     model.load_state_dict(start)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    # the lab's own optimizer (AdamW under MuGrokfast): sleep scales its learning rate through it
+    optimizer = build_optimizer(model, OptimConfig(preset="adamw", lr=3e-3, weight_decay=0.01, beta2=0.999,
+                                                   warmup_steps=0, grad_clip=1.0))
     g = torch.Generator().manual_seed(seed + 1)
     tables = torch.randint(fmt.n_values, (N_CYCLES, N_KEYS), generator=torch.Generator().manual_seed(seed + 2))
-    mode = condition if condition not in ("no-sleep", "joint") else "replay"
-    sleep = SleepWake(SleepConfig(mode=mode, buffer_size=4096, prune_age=10**9), SEQ, BATCH, seed + 3,
-                      "titans-mag")
+    mode = condition if condition in SLEEP_MODES else "replay"
+    sleep_cfg = SleepConfig(mode=mode, buffer_size=4096, prune_age=10**9, probe_size=2 * BATCH)
+    sleep = SleepStage(sleep_cfg, model, optimizer, SEQ, BATCH, seed + 3, True, MicroBatches(BATCH),
+                       Precision("float32", torch.device("cpu")), Faults({}), on_back_off=lambda change: None)
     R, losses, inner = [], [], []
     step = 0
+    replay_due = 0  # interleaved-replay: replayed samples owed to the wake batches so far
     for cycle in range(N_CYCLES):
         cycles = list(range(N_CYCLES)) if condition == "joint" else [cycle]
-        budget = 2 * wake_steps if condition == "joint" else wake_steps
+        budget = 2 * wake_steps if condition in ("joint", "no-sleep-extra-steps") else wake_steps
         for _ in range(budget):
-            loss, carry, out = train_step(model, optimizer, *episodes(fmt, BATCH, g, tables, cycles))
+            inputs, labels = episodes(fmt, BATCH, g, tables, cycles)
+            if condition == "interleaved-replay":
+                replay_due += BATCH  # as many as a replay sleep step draws
+                while replay_due >= BATCH and len(sleep.buffer):
+                    old = sleep.consolidator.next_batch(sleep.buffer, sleep.generator, inputs.device)
+                    inputs, labels = torch.cat([inputs, old.inputs]), torch.cat([labels, old.labels])
+                    replay_due -= BATCH
+            loss, carry, out = train_step(model, optimizer, inputs, labels)
             assert math.isfinite(loss), f"{condition}: non-finite loss"
-            sleep.observe(carry, out.logits, step)
+            sleep.observe(fresh_rows(carry, BATCH), out.logits[:BATCH], step)  # replayed samples are in already
             step += 1
-        if condition not in ("no-sleep", "joint"):
-            sleep.begin_sleep(model, carry)
+        if condition in SLEEP_MODES:
+            sleep.begin(step)
             for _ in range(wake_steps):
-                metrics, finite = sleep.consolidation_step(model, optimizer)
-                assert finite, f"{condition}: non-finite consolidation loss"
                 step += 1
-            losses.append(sleep.end_sleep(model, step)["consolidation_loss"])
-        R.append([accuracy(model, *closed_book(fmt, tables, j), memory_free=True) for j in range(N_CYCLES)])
-        probe, _ = episodes(fmt, 64, torch.Generator().manual_seed(20_000 + 10 * seed + cycle), tables, [cycle])
+                assert sleep.step(step).finite, f"{condition}: non-finite consolidation loss"
+            [(_, figures)] = sleep.end(step)
+            losses.append(figures["consolidation_loss"])
+        R.append(closed_book_row(model, fmt, tables))
+        probe, _ = episodes(fmt, 2 * BATCH, torch.Generator().manual_seed(20_000 + 10 * seed + cycle), tables, [cycle])
         inner.append(inner_memory_loss(model, probe))
         assert all(map(math.isfinite, inner[-1])), f"{condition}: non-finite inner memory loss"
     return R, losses, inner
@@ -251,29 +302,18 @@ def summarise(R: list[list[float]]) -> dict:
     return {"acc": final, "forgetting": forgetting, "bwt": backward}
 
 
-def interval(xs: list[float]) -> list[float | None]:
-    """Mean and 95% interval (normal approximation) over seeds; no interval from one seed (or none from none)."""
-    n = len(xs)
-    if n == 0:
-        return [None, None, None]
-    mean = sum(xs) / n
-    if n < 2:
-        return [mean, None, None]
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    half = 1.96 * sd / math.sqrt(n)
-    return [mean, mean - half, mean + half]
-
-
 def main() -> None:
-    global CONTINUAL
+    global CONTINUAL, BATCH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed per condition")
+    parser.add_argument("--quick", action="store_true", help="two seeds per condition")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one seed, batches of 4 and a few steps of each part: checks the code path")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--part", choices=["recall", "continual", "all"], default="all")
-    parser.add_argument("--recall-steps", type=int, default=350, help="part 1 training steps")
-    parser.add_argument("--start-steps", type=int, default=300,
-                        help="in-context training of part 2's starting model, in its own format")
-    parser.add_argument("--wake-steps", type=int, default=40)
+    parser.add_argument("--recall-steps", type=int, default=None, help="part 1 training steps (default 350)")
+    parser.add_argument("--start-steps", type=int, default=None,
+                        help="in-context training of part 2's starting model, in its own format (default 300)")
+    parser.add_argument("--wake-steps", type=int, default=None, help="wake steps per cycle (default 40)")
     parser.add_argument("--continual-theta-max", type=float, default=CONTINUAL.memory_theta_max,
                         help="the continual part's memory_theta_max (the inner learning-rate cap)")
     args = parser.parse_args()
@@ -281,8 +321,14 @@ def main() -> None:
         parser.error("--continual-theta-max must be in (0, 2]")
     CONTINUAL = dataclasses.replace(CONTINUAL, memory_theta_max=args.continual_theta_max)
     torch.set_num_threads(1)
-    seeds = 1 if args.quick else args.seeds
-    extra_surprise_seeds = 1 if args.quick else 2 * args.seeds  # replay-surprise against replay: more seeds
+    args.recall_steps = args.recall_steps or (3 if args.smoke else 350)
+    args.start_steps = args.start_steps or (3 if args.smoke else 300)
+    args.wake_steps = args.wake_steps or (2 if args.smoke else 40)
+    if args.smoke:
+        BATCH = 4  # every condition's path in seconds
+    seeds = 1 if args.smoke else 2 if args.quick else args.seeds
+    # replay-surprise against replay: more seeds
+    extra_surprise_seeds = seeds if args.quick or args.smoke else 2 * seeds
     seconds: dict[str, list[float]] = {c: [] for c in ["recall-memory", "recall-attention", "continual-start"]
                                        + CONDITIONS}
 
@@ -333,32 +379,43 @@ def main() -> None:
                   f"({seconds[condition][-1]:.0f} s)", flush=True)
 
     def acc(c):
-        return interval([r["acc"] for r in results[c]])
+        return over_seeds([r["acc"] for r in results[c]])
+
+    def minus(a: str, b: str) -> dict:
+        """a - b in final accuracy, paired by seed over the seeds both ran."""
+        return over_seeds([x["acc"] - y["acc"] for x, y in zip(results[a], results[b])])
 
     # the inner memory loss per cycle (raw, and relative to the values' energy), averaged over seeds;
     # "rising" = the last cycle's above the first's by more than 10%
     inner_mean = {c: [[sum(run[i][part] for run in v) / len(v) for i in range(N_CYCLES)] for part in (0, 1)]
                   for c, v in inner_losses.items() if v}
-    paired = [s["acc"] - r["acc"] for s, r in zip(results["replay-surprise"], results["replay"])]
-    gain = interval(paired)
+    gain = minus("replay-surprise", "replay")
+    if results["no-sleep"]:
+        print("\nfinal closed-book accuracy, mean [95% t interval over seeds]:")
+        for c in CONDITIONS:
+            print(f"{c:>21}: {shown(acc(c))}")
+        print("replay minus " + ", ".join(f"{c}: {shown(minus('replay', c))}" for c in ["no-sleep", *CONTROLS]))
     figures = {
-        "recall_memory": interval(recall_memory)[0],
-        "recall_attention_only": interval(recall_attention)[0],
-        "acc_no_sleep": acc("no-sleep"), "acc_replay": acc("replay"), "acc_replay_surprise": acc("replay-surprise"),
+        "recall_memory": over_seeds(recall_memory),
+        "recall_attention_only": over_seeds(recall_attention),
+        "acc_no_sleep": acc("no-sleep"), "acc_no_sleep_extra_steps": acc("no-sleep-extra-steps"),
+        "acc_interleaved_replay": acc("interleaved-replay"),
+        "acc_replay": acc("replay"), "acc_replay_surprise": acc("replay-surprise"),
         "acc_distill": acc("distill"), "acc_dream": acc("dream"), "acc_joint": acc("joint"),
-        "forgetting_no_sleep": interval([r["forgetting"] for r in results["no-sleep"]]),
-        "forgetting_replay": interval([r["forgetting"] for r in results["replay"]]),
-        "bwt": {c: interval([r["bwt"] for r in results[c]]) for c in CONDITIONS},
-        "surprise_gain": gain[0], "surprise_gain_ci_low": gain[1], "surprise_gain_ci_high": gain[2],
-        "surprise_helps": bool(gain[1] is not None and gain[0] >= 0.03 and gain[1] > 0),
-        "replay_minus_no_sleep": (acc("replay")[0] - acc("no-sleep")[0]) if results["replay"] else None,
+        "forgetting": {c: over_seeds([r["forgetting"] for r in results[c]]) for c in CONDITIONS},
+        "bwt": {c: over_seeds([r["bwt"] for r in results[c]]) for c in CONDITIONS},
+        "surprise_gain": gain["mean"], "surprise_gain_ci_low": gain["ci_low"], "surprise_gain_ci_high": gain["ci_high"],
+        "surprise_helps": bool(gain["ci_low"] is not None and gain["mean"] >= 0.03 and gain["ci_low"] > 0),
+        "replay_minus": {c.replace("-", "_"): minus("replay", c) for c in ["no-sleep", *CONTROLS]},
         "inner_loss_by_cycle": {c: [round(x, 3) for x in v[0]] for c, v in inner_mean.items()},
         "inner_loss_relative_by_cycle": {c: [round(x, 4) for x in v[1]] for c, v in inner_mean.items()},
         "inner_loss_rising": sorted(c for c, v in inner_mean.items() if v[0][-1] > 1.1 * v[0][0]),
         "inner_loss_relative_rising": sorted(c for c, v in inner_mean.items() if v[1][-1] > 1.1 * v[1][0]),
         "seconds_per_condition_seed": {c: max(v) for c, v in seconds.items() if v},
         "R": {c: [[[round(x, 3) for x in row] for row in R] for R in matrices[c]] for c in CONDITIONS},
-        "seeds": seeds, "continual_theta_max": CONTINUAL.memory_theta_max,
+        "seeds": seeds, "wake_steps": args.wake_steps, "batch": BATCH,
+        "continual_theta_max": CONTINUAL.memory_theta_max,
+        "smoke": args.smoke,
     }
     print(json.dumps(figures))
 

@@ -3,14 +3,21 @@
 Each contender runs in its own process (so peak RSS is its own): our NeuralMemory at the lab's default sizes
 (head width 32, d_mem 64), ours at the peer's sizes (head width 64, d_mem 256: titans-pytorch's defaults of
 dim_head = dim and a 4x MLP), a plain attention layer of width 64 as the yardstick, and titans-pytorch's
-NeuralMemory when it is installed. Prints a table with ratios; the last line is a JSON object.
+NeuralMemory when it is installed. Peak memory is reported whole and over the process's footprint once its
+libraries are imported (torch and the contender's package), so a heavier import does not count as the layer's.
 
-    python bench/memory_speed.py [--steps 8] [--threads 1]
+Every ratio is between two contenders measured in this run: against attention always, against the peer only when
+titans-pytorch is installed (otherwise those ratios are null and the output says why). Prints a table; the last
+line is a JSON object.
+
+    python bench/memory_speed.py [--steps 8] [--threads 1] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import resource
 import subprocess
@@ -21,12 +28,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `engine`
 
 BATCH, LENGTH, DIM, CHUNK, HEADS = 16, 256, 64, 16, 2
-PEER_TOKENS_PER_S, PEER_PEAK_MB = 4310.0, 1800.0  # titans-pytorch 0.5.5 measured on this kind of machine
+CONTENDERS = ("ours", "ours_peer_sizes", "attention", "peer")
+LIBRARY = {"ours": "engine.model.titans", "ours_peer_sizes": "engine.model.titans", "attention": "engine.model.blocks",
+           "peer": "titans_pytorch"}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def build(name: str):
-    import torch
-
     from engine.config import ModelConfig
     clip = ModelConfig().memory_max_grad_norm  # the models' default per-token gradient clip
 
@@ -54,6 +65,10 @@ def measure(name: str, steps: int, threads: int) -> dict:
     """Runs in the child process: time `steps` forward+backward passes after two warm-up ones."""
     import torch
 
+    import engine.config  # noqa: F401 - every contender reads the default gradient clip from it
+
+    importlib.import_module(LIBRARY[name])
+    footprint = peak_rss_mb()  # the process with its libraries imported, before the layer exists
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     module, run = build(name)
@@ -71,47 +86,74 @@ def measure(name: str, steps: int, threads: int) -> dict:
         "name": name,
         "tokens_per_s": tokens / sorted(walls)[len(walls) // 2],  # median wall time
         "tokens_per_cpu_s": tokens / min(cpus),  # best CPU time: less sensitive to a busy machine
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": peak_rss_mb(),
+        "peak_over_imports_mb": peak_rss_mb() - footprint,
+        "import_mb": footprint,
         "params": sum(p.numel() for p in module.parameters()),
     }
 
 
+def ratio(a: float, b: float | None) -> float | None:
+    return round(a / b, 3) if b else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None, help="timed passes per contender (default 8)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="3 timed passes per contender")
+    parser.add_argument("--smoke", action="store_true", help="1 timed pass per contender: checks the code path")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    steps = args.steps or (1 if args.smoke else 3 if args.quick else 8)
     if args.child:
-        print(json.dumps(measure(args.child, args.steps, args.threads)))
+        print(json.dumps(measure(args.child, steps, args.threads)))
         return
 
-    results = {}
-    for name in ("ours", "ours_peer_sizes", "attention", "peer"):
-        proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps),
+    results, skipped = {}, {}
+    # --smoke leaves out ours at the peer's sizes: the same measurement as ours, one process less
+    for name in [c for c in CONTENDERS if not (args.smoke and c == "ours_peer_sizes")]:
+        if name == "peer" and importlib.util.find_spec("titans_pytorch") is None:
+            skipped[name] = "titans-pytorch is not installed (pip install -e \".[peers]\")"
+            continue
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(steps),
                                "--threads", str(args.threads)], capture_output=True, text=True)
         if proc.returncode != 0:
-            reason = "not installed (pip install titans-pytorch)" if name == "peer" else proc.stderr.strip()[-300:]
-            print(f"{name:>16}: skipped, {reason}")
+            skipped[name] = proc.stderr.strip()[-300:]
             continue
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, reason in skipped.items():
+        print(f"{name:>16}: not measured, {reason}")
 
-    # ratios on CPU time: on a shared machine wall time mostly measures the neighbours
-    peer = results.get("peer", {"tokens_per_s": PEER_TOKENS_PER_S, "tokens_per_cpu_s": PEER_TOKENS_PER_S,
-                                "peak_mb": PEER_PEAK_MB})
-    peer_source = "measured now" if "peer" in results else "quoted from the issue"
-    print(f"{'':>16}  {'tokens/s':>9}  {'tok/cpu-s':>9}  {'peak MB':>8}  {'params':>7}  vs peer ({peer_source})")
+    # speed ratios on CPU time: on a shared machine wall time mostly measures the neighbours
+    attention, peer = results.get("attention"), results.get("peer")
+    print(f"{'':>16}  {'tokens/s':>9}  {'tok/cpu-s':>9}  {'peak MB':>8}  {'over imports':>12}  {'params':>7}  "
+          f"{'vs attention':>21}  vs peer")
     for name, r in results.items():
+        def versus(other):
+            if other is None:
+                return "-"
+            return (f"x{r['tokens_per_cpu_s'] / other['tokens_per_cpu_s']:.2f} speed, "
+                    f"{r['peak_over_imports_mb'] / other['peak_over_imports_mb']:.2f} memory")
         print(f"{name:>16}  {r['tokens_per_s']:9.0f}  {r['tokens_per_cpu_s']:9.0f}  {r['peak_mb']:8.0f}  "
-              f"{r['params']:7d}  x{r['tokens_per_cpu_s'] / peer['tokens_per_cpu_s']:.1f} speed, "
-              f"{r['peak_mb'] / peer['peak_mb']:.2f} memory")
-    summary = {f"{name}_{key}": round(r[key], 1) for name, r in results.items()
-               for key in ("tokens_per_s", "tokens_per_cpu_s", "peak_mb")}
-    summary["peer_source"] = peer_source
+              f"{r['peak_over_imports_mb']:12.0f}  {r['params']:7d}  {versus(attention):>21}  {versus(peer)}")
+    if peer is None:
+        print(f"no ratio against the peer: {skipped.get('peer', 'it was not measured')}")
+    summary: dict = {f"{name}_{key}": round(r[key], 1) for name, r in results.items()
+                     for key in ("tokens_per_s", "tokens_per_cpu_s", "peak_mb", "peak_over_imports_mb")}
     for name in ("ours", "ours_peer_sizes"):
-        if name in results:
-            summary[f"{name}_speedup"] = round(results[name]["tokens_per_cpu_s"] / peer["tokens_per_cpu_s"], 2)
-            summary[f"{name}_memory_ratio"] = round(results[name]["peak_mb"] / peer["peak_mb"], 3)
+        if name not in results:
+            continue
+        r = results[name]
+        summary[f"{name}_speedup"] = ratio(r["tokens_per_cpu_s"], peer and peer["tokens_per_cpu_s"])
+        summary[f"{name}_memory_ratio"] = ratio(r["peak_over_imports_mb"], peer and peer["peak_over_imports_mb"])
+        summary[f"{name}_speed_vs_attention"] = ratio(r["tokens_per_cpu_s"],
+                                                      attention and attention["tokens_per_cpu_s"])
+        summary[f"{name}_memory_vs_attention"] = ratio(r["peak_over_imports_mb"],
+                                                      attention and attention["peak_over_imports_mb"])
+    summary["peer_measured"] = peer is not None
+    summary["not_measured"] = skipped
+    summary["steps"] = steps
     print(json.dumps(summary))
 
 

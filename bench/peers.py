@@ -1,23 +1,36 @@
 """Side by side with the public peers: our recursive model and neural memory against `tiny-recursive-model`
-(0.0.15) and `titans-pytorch` (0.5.5), on the same data, the same wall-clock budget and the same threads.
+(0.0.15) and `titans-pytorch` (0.5.5), on equal terms, every setting reported.
 
-1. Recursion: 6x6 Sudoku from engine/tasks/sudoku.py (difficulty 3 unless --difficulty). Both arms read the
-   same training stream (train split, indices 0, 1, 2, ...) and are scored on the same held-out puzzles (the
-   test split, which never shares a puzzle with the train split; every puzzle has a unique solution). Ours runs through engine.trainer.Trainer;
-   the peer's TinyRecursiveModel runs the loop of its own Trainer (a batch takes up to max_recurrent_steps
-   optimizer steps, halted samples leave it) with an endless stream and a deadline instead of epochs, and
-   with the pitfalls of its defaults fixed: the lr it divides by batch x max_recurrent_steps is passed so
-   that AdamW sees 1e-3, warmup 100 instead of 2,000 steps, its raw weights are scored as well as its EMA
-   copy, and its halting head, initialised at exactly 0.5 (which halts the whole first batch at its first
-   step), gets a bias starting far from halting, as ours does.
+1. Recursion: 6x6 Sudoku from engine/tasks/sudoku.py at difficulties 1, 2 and 3, 3 seeds each. Both arms read the
+   same training stream (train split, indices 0, 1, 2, ...; task seed = the seed) for the same wall-clock budget
+   on the same threads. Ours runs through engine.trainer.Trainer; the peer's TinyRecursiveModel runs the loop of
+   its own Trainer (a batch takes up to max_recurrent_steps optimizer steps, halted samples leave it) with an
+   endless stream and a deadline instead of epochs, with the pitfalls of its defaults fixed: AdamW is built
+   here with the learning rate meant (its Trainer divides by batch x max_recurrent_steps), warm-up 100 instead
+   of 2,000 steps, and its halting head, initialised at exactly 0.5 (which halts the whole first batch at its
+   first step), gets a bias starting far from halting, as ours has.
+   - Tuning: both arms get the same learning-rate x weight-decay sweep (GRID, fixed before any result), run at
+     seed 0; each arm keeps the point whose best variant scores highest on a validation split, then seeds 1 and
+     2 run at that point (seed 0's figure is its sweep run there). Every sweep point is reported.
+   - Evaluation sets: distinct puzzles (SudokuTask.distinct_samples, none one symmetry from another): the first
+     n_eval of the test split are the held-out test set, the next n_val the validation split.
+   - Variants scored: ours raw and EMA (our model always runs its full N_sup steps); the peer raw and EMA, each
+     with its early halting (threshold 0.5) and at its full step count (max_recurrent_steps, no halting).
+   - The gap (per seed, in points): our variant chosen on that seed's validation split, minus the peer's better
+     variant on the test set itself (the choice that favours the peer). Reported per difficulty as the median
+     over seeds and the lower end of a Student t interval over seeds.
 2. Memory: forward + backward on 16 x 256 tokens at width 64, chunk 16, 2 heads, memory MLP depth 2 at the
    peer's sizes (head width 64, hidden 256): our NeuralMemory, the peer's NeuralMemory, and a plain causal
    attention layer of width 64 as the yardstick.
 
-Every arm runs in its own process, one after the other, so its peak RSS is its own. The last line is JSON.
+Every run is its own process, one after the other, so its peak RSS is its own; peak memory is reported over the
+process's footprint once its libraries are imported (torch, the peer's packages, ours), so a heavier import does
+not count as a model's memory. The last line is JSON (gap_points_by_difficulty, gap_ci_low_by_difficulty, ...).
+Full run: 3 difficulties x (4 sweep points x 2 arms + 2 seeds x 2 arms) = 36 training runs of the budget
+(6 hours at 10 minutes). Without the peers installed it says so and exits 0 (with --smoke it still runs our arm).
 
     pip install -e ".[peers]"
-    python bench/peers.py [--quick] [--budget-s 600 | --minutes 10] [--threads 2] [--difficulty 1|2|3]
+    python bench/peers.py [--quick | --smoke] [--budget-s 600 | --minutes 10] [--threads 2] [--difficulty 1 2 3]
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,59 +46,55 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the repo root, for `engine`
+sys.path.insert(0, str(ROOT))  # the repo root, for `engine` and `bench`
 
-PEER_PACKAGES = ("tiny_recursive_model", "titans_pytorch")
+from bench.stats import over_seeds, shown  # noqa: E402
+
+PEER_PACKAGES = ("tiny_recursive_model", "titans_pytorch", "ema_pytorch")
 
 # -- recursion settings: the same task for both arms ---------------------------------------------------------
-# difficulty 3 (minimal puzzles, about 10 of 36 cells given): at 1 (22 given) and 2 (15 given) the tuned
-# peer's EMA copy reaches 0.88 and 0.87 exact in 10 minutes on two threads, so a gap could only measure how
-# close to 1.0 each arm got; measured at 10 minutes, 2 threads: difficulty 2 ours 0.937 vs 0.867, difficulty 3
-# ours 0.933 vs 0.547 (raw; EMA 0.343)
-SIZE, DIFFICULTY, TASK_SEED = 6, 3, 0
+SIZE, DIFFICULTIES, SEEDS = 6, (1, 2, 3), 3
 WIDTH, LAYERS = 128, 2
+GRID = [(lr, wd) for lr in (1e-3, 3e-3) for wd in (0.1, 1.0)]  # AdamW (learning rate, weight decay), both arms
 OURS = [
-    "name=peers-bench", "task.name=sudoku", f"task.size={SIZE}", f"task.seed={TASK_SEED}", f"model.d_model={WIDTH}", f"model.n_layers={LAYERS}", "model.mixer=mlp",
-    "model.expansion=2", "model.H_cycles=3", "model.L_cycles=3", "model.halt_max_steps=4",
-    "optim.preset=adamw", "optim.lr=3e-3", "optim.warmup_steps=50", "train.batch_size=32",
+    "name=peers-bench", "task.name=sudoku", f"task.size={SIZE}", f"model.d_model={WIDTH}",
+    f"model.n_layers={LAYERS}", "model.mixer=mlp", "model.expansion=2", "model.H_cycles=3", "model.L_cycles=3",
+    "model.halt_max_steps=4", "optim.preset=adamw", "optim.warmup_steps=50", "train.batch_size=32",
     "train.max_steps=100000000", "eval.every=0", "checkpoint.every=0", "log.telemetry_seconds=600",
     "log.print_seconds=600",
 ]
-PEER_BATCH, PEER_MAX_RECURRENT_STEPS, PEER_LR, PEER_WARMUP = 16, 12, 1e-3, 100
+PEER_BATCH, PEER_MAX_RECURRENT_STEPS, PEER_WARMUP = 16, 12, 100
 PEER_T, PEER_N = 3, 6  # the peer's defaults: num_refinement_blocks, num_latent_refinements
+SMOKE_OURS = ["model.d_model=32", "train.batch_size=8"]  # --smoke: a smaller network of ours, seconds per run
 
 # -- memory settings: the peer's NeuralMemory(dim=64, chunk_size=16, batch_size=16, heads=2) ----------------
 from bench.memory_speed import BATCH as MEM_BATCH, CHUNK as MEM_CHUNK, DIM as MEM_DIM, HEADS as MEM_HEADS  # noqa: E402
-from bench.memory_speed import LENGTH as MEM_LENGTH  # noqa: E402
+from bench.memory_speed import LENGTH as MEM_LENGTH, peak_rss_mb  # noqa: E402
 
 MEM_HEAD_DIM, MEM_HIDDEN = MEM_DIM, 4 * MEM_DIM  # titans-pytorch's defaults: dim_head = dim, a 4x memory MLP
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 # ================================================================ recursion arms (each in its own process)
 
 
-def held_out_puzzles(task, n: int):
-    """The first n distinct puzzles of the test split, as (inputs, labels) (n, 36) long tensors."""
+def evaluation_sets(difficulty: int, seed: int, n_eval: int, n_val: int):
+    """(test, validation): distinct puzzles of the test split as (inputs, labels) (n, 36) long tensors; the
+    validation puzzles follow the test ones, so the two share none."""
     import torch
 
-    seen, inputs, labels = set(), [], []
-    index = 0
-    while len(inputs) < n:
-        sample = task.sample("test", index)
-        index += 1
-        if tuple(sample.inputs) not in seen:
-            seen.add(tuple(sample.inputs))
-            inputs.append(sample.inputs)
-            labels.append(sample.labels)
-    return torch.tensor(inputs), torch.tensor(labels)
+    from engine.tasks.sudoku import SudokuTask
+
+    task = SudokuTask(SIZE, difficulty, seed)
+
+    def stacked(samples):
+        return (torch.tensor([s.inputs for s in samples], dtype=torch.long),
+                torch.tensor([s.labels for s in samples], dtype=torch.long))
+
+    return stacked(task.distinct_samples("test", n_eval)), stacked(task.distinct_samples("test", n_val, skip=n_eval))
 
 
 def score(predict, inputs, labels, batch_size: int = 100) -> dict:
-    """Held-out exact (whole grid) and cell accuracy of `predict` (inputs -> preds), and how long it took."""
+    """Exact (whole grid) and cell accuracy of `predict` (inputs -> preds), and how long it took."""
     import torch
 
     t0 = time.perf_counter()
@@ -93,32 +102,39 @@ def score(predict, inputs, labels, batch_size: int = 100) -> dict:
         preds = torch.cat([predict(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
     seconds = time.perf_counter() - t0
     correct = preds == labels
-    return {"exact": correct.all(1).float().mean().item(), "cell": correct.float().mean().item(),
-            "eval_s": seconds}
+    return {"exact": correct.all(1).float().mean().item(), "cell": correct.float().mean().item(), "eval_s": seconds}
 
 
-def train_ours(budget_s: float, threads: int, n_eval: int, extra: list[str], difficulty: int) -> dict:
-    import torch
+def score_variants(predictors: dict, test, val) -> dict:
+    """{variant: {"test": exact, "val": exact, "test_cell": cell, "eval_s": s}} for every predictor."""
+    out = {}
+    for name, predict in predictors.items():
+        on_test, on_val = score(predict, *test), score(predict, *val)
+        out[name] = {"test": on_test["exact"], "val": on_val["exact"], "test_cell": on_test["cell"],
+                     "eval_s": on_test["eval_s"]}
+    return out
 
+
+def train_ours(a) -> dict:
     from engine import config
-    from engine.tasks.sudoku import SudokuTask
     from engine.trainer import Trainer
 
-    overrides = OURS + extra + [f"task.difficulty={difficulty}", f"train.max_minutes={budget_s / 60}",
-                                f"train.threads={threads}"]
+    footprint = peak_rss_mb()  # torch and the engine are imported by now
+    overrides = OURS + a.set + [f"task.difficulty={a.difficulty}", f"task.seed={a.seed}", f"train.seed={a.seed}",
+                                f"optim.lr={a.lr}", f"optim.weight_decay={a.wd}",
+                                f"train.max_minutes={a.budget_s / 60}", f"train.threads={a.threads}"]
     cfg = config.from_dict({}, "peers-bench", overrides)
-    inputs, labels = held_out_puzzles(SudokuTask(SIZE, difficulty, TASK_SEED), n_eval)
+    test, val = evaluation_sets(a.difficulty, a.seed, a.n_eval, a.n_val)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(run_dir, cfg, output="quiet")
         t0 = time.perf_counter()
         trainer.run()
         seconds = time.perf_counter() - t0
-        raw = score(lambda x: trainer.model.predict(x)[0], inputs, labels)
-        ema = score(lambda x: trainer.ema.predict(x)[0], inputs, labels)
+        variants = score_variants({"raw": lambda x: trainer.model.predict(x)[0],
+                                   "ema": lambda x: trainer.ema.predict(x)[0]}, test, val)
     return {"arm": "ours", "steps": trainer.step, "train_s": seconds, "steps_per_s": trainer.step / seconds,
-            "samples": trainer.data_index, "params": sum(p.numel() for p in trainer.model.parameters()),
-            "exact": raw["exact"], "cell": raw["cell"], "eval_s": raw["eval_s"],
-            "exact_ema": ema["exact"], "cell_ema": ema["cell"], "peak_rss_mb": peak_rss_mb()}
+            "params": sum(p.numel() for p in trainer.model.parameters()), "variants": variants,
+            "peak_over_imports_mb": peak_rss_mb() - footprint, "import_mb": footprint}
 
 
 def peer_token_expansion(target_params: int) -> float:
@@ -146,26 +162,27 @@ def build_peer(token_expansion: float):
     return model
 
 
-def train_peer(budget_s: float, threads: int, n_eval: int, target_params: int, difficulty: int) -> dict:
+def train_peer(a) -> dict:
     import torch
+    import tiny_recursive_model  # noqa: F401 - imported before the footprint is taken
     from ema_pytorch import EMA
     from torch.optim.lr_scheduler import LambdaLR
 
     from engine.tasks.base import batch
     from engine.tasks.sudoku import SudokuTask
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    task = SudokuTask(SIZE, difficulty, TASK_SEED)
-    inputs_eval, labels_eval = held_out_puzzles(task, n_eval)
-    model = build_peer(peer_token_expansion(target_params))
-    # the peer's Trainer defaults (AdamW, weight decay 1, EMA 0.999) with its lr division undone
-    optimizer = torch.optim.AdamW(model.parameters(), lr=PEER_LR, weight_decay=1.0)
+    footprint = peak_rss_mb()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    task = SudokuTask(SIZE, a.difficulty, a.seed)
+    test, val = evaluation_sets(a.difficulty, a.seed, a.n_eval, a.n_val)
+    model = build_peer(peer_token_expansion(a.target_params))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.wd)
     scheduler = LambdaLR(optimizer, lambda step: min((step + 1) / PEER_WARMUP, 1.0))
     ema = EMA(model, beta=0.999, update_model_with_ema_every=10000, forward_method_names=("predict",))
 
     t0 = time.perf_counter()
-    deadline = t0 + budget_s
+    deadline = t0 + a.budget_s
     steps = index = 0
     while time.perf_counter() < deadline:
         inputs, labels = batch(task, "train", list(range(index, index + PEER_BATCH)))
@@ -188,16 +205,18 @@ def train_peer(budget_s: float, threads: int, n_eval: int, target_params: int, d
                 break
     seconds = time.perf_counter() - t0
 
-    predict = lambda net: (lambda x: net.predict(x, halt_prob_thres=0.5,
-                                                 max_deep_refinement_steps=PEER_MAX_RECURRENT_STEPS)[0])
+    def predict(net, threshold: float):
+        # threshold above 1: no sample ever halts early, so every one runs the full max_recurrent_steps
+        return lambda x: net.predict(x, halt_prob_thres=threshold,
+                                     max_deep_refinement_steps=PEER_MAX_RECURRENT_STEPS)[0]
+
     model.eval()
-    raw = score(predict(model), inputs_eval, labels_eval)
-    ema_model = ema.ema_model.eval()
-    smoothed = score(predict(ema_model), inputs_eval, labels_eval)
-    return {"arm": "peer", "steps": steps, "train_s": seconds, "steps_per_s": steps / seconds, "samples": index,
-            "params": sum(p.numel() for p in model.parameters()),
-            "exact": raw["exact"], "cell": raw["cell"], "eval_s": raw["eval_s"],
-            "exact_ema": smoothed["exact"], "cell_ema": smoothed["cell"], "peak_rss_mb": peak_rss_mb()}
+    smoothed = ema.ema_model.eval()
+    variants = score_variants({"raw_halting": predict(model, 0.5), "raw_full": predict(model, 1.1),
+                               "ema_halting": predict(smoothed, 0.5), "ema_full": predict(smoothed, 1.1)}, test, val)
+    return {"arm": "peer", "steps": steps, "train_s": seconds, "steps_per_s": steps / seconds,
+            "params": sum(p.numel() for p in model.parameters()), "variants": variants,
+            "peak_over_imports_mb": peak_rss_mb() - footprint, "import_mb": footprint}
 
 
 # ================================================================ memory arms (each in its own process)
@@ -226,107 +245,177 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "inf"
 
 
+def best_on(result: dict, split: str) -> tuple[str, float]:
+    """(variant, exact) of the run's best variant on `split` ("val" or "test")."""
+    name = max(result["variants"], key=lambda v: result["variants"][v][split])
+    return name, result["variants"][name][split]
+
+
+def recursion(difficulty: int, seeds: int, grid: list, common: list[str], summary: dict) -> None:
+    """The sweep at seed 0, the chosen point at the other seeds, the table and the figures of one difficulty."""
+    key = str(difficulty)
+    runs: dict[str, dict[tuple, dict]] = {"ours": {}, "peer": {}}  # arm -> (lr, wd, seed) -> result
+    target = 0
+
+    def run(arm: str, lr: float, wd: float, seed: int) -> dict:
+        extra = [f"--target-params={target}"] if arm == "peer" else []
+        r = run_child([f"--child={arm}", f"--difficulty={difficulty}", f"--seed={seed}", f"--lr={lr}", f"--wd={wd}",
+                       *extra, *common])
+        runs[arm][(lr, wd, seed)] = r
+        variants = "  ".join(f"{v} {f['val']:.3f}/{f['test']:.3f}" for v, f in r["variants"].items())
+        print(f"  d{difficulty} {arm:>4} seed {seed} lr {lr:g} wd {wd:g}: {r['steps']:>6} steps "
+              f"({r['steps_per_s']:.2f}/s), exact val/test  {variants}", flush=True)
+        return r
+
+    for lr, wd in grid:
+        target = run("ours", lr, wd, 0)["params"]
+    for lr, wd in grid:
+        run("peer", lr, wd, 0)
+    chosen = {arm: max(grid, key=lambda p: best_on(runs[arm][(*p, 0)], "val")[1]) for arm in runs}
+    for seed in range(1, seeds):
+        for arm in runs:  # interleaved, so drifts in machine load hit both
+            run(arm, *chosen[arm], seed)
+
+    per_seed = {arm: [runs[arm][(*chosen[arm], s)] for s in range(seeds)] for arm in runs}
+    ours_exact = [r["variants"][best_on(r, "val")[0]]["test"] for r in per_seed["ours"]]
+    peer_exact = [best_on(r, "test")[1] for r in per_seed["peer"]]
+    gap = over_seeds([100 * (o - p) for o, p in zip(ours_exact, peer_exact)])
+    print(f"  d{difficulty}: chosen on validation: ours lr {chosen['ours'][0]:g} wd {chosen['ours'][1]:g}, peer lr "
+          f"{chosen['peer'][0]:g} wd {chosen['peer'][1]:g}; held-out exact ours {shown(over_seeds(ours_exact))}, "
+          f"peer's better variant {shown(over_seeds(peer_exact))}; gap median {gap['median']:+.1f} points, "
+          f"mean {shown(gap, 1)}", flush=True)
+    mean = statistics.mean
+    summary["gap_points_by_difficulty"][key] = gap["median"]
+    summary["gap_ci_low_by_difficulty"][key] = gap["ci_low"]
+    summary["gap_by_difficulty"][key] = gap
+    summary["ours_exact_by_difficulty"][key] = over_seeds(ours_exact)
+    summary["peer_exact_by_difficulty"][key] = over_seeds(peer_exact)
+    summary["exact_by_variant"][key] = {arm: {v: over_seeds([r["variants"][v]["test"] for r in per_seed[arm]])
+                                              for v in per_seed[arm][0]["variants"]} for arm in runs}
+    def exact(result: dict, split: str) -> dict:
+        return {v: round(f[split], 4) for v, f in result["variants"].items()}
+
+    summary["sweep"][key] = {arm: [{"lr": lr, "weight_decay": wd, "chosen": (lr, wd) == chosen[arm],
+                                    "val": exact(runs[arm][(lr, wd, 0)], "val"),
+                                    "test": exact(runs[arm][(lr, wd, 0)], "test")} for lr, wd in grid]
+                             for arm in runs}
+    summary["steps_per_s_by_difficulty"][key] = {arm: round(mean(r["steps_per_s"] for r in per_seed[arm]), 3)
+                                                 for arm in runs}
+    summary["peak_over_imports_mb_by_difficulty"][key] = {
+        arm: round(max(r["peak_over_imports_mb"] for r in per_seed[arm]), 1) for arm in runs}
+    summary["params"] = {arm: per_seed[arm][0]["params"] for arm in runs}
+
+
+def memory(common: list[str], summary: dict) -> None:
+    print(f"\nmemory: forward + backward on {MEM_BATCH} x {MEM_LENGTH} tokens, width {MEM_DIM}, chunk {MEM_CHUNK}, "
+          f"{MEM_HEADS} heads of width {MEM_HEAD_DIM}, memory MLP {MEM_HEAD_DIM}-{MEM_HIDDEN}-{MEM_HEAD_DIM}",
+          flush=True)
+    results = {name: run_child([f"--child=mem-{name}", *common]) for name in ("ours", "peer", "attention")}
+    peer = results["peer"]
+    print(f"{'':>10} {'tokens/s':>9} {'tok/cpu-s':>9} {'peak MB':>8} {'over imports':>12} {'params':>7}  vs peer")
+    for name, r in results.items():
+        print(f"{name:>10} {r['tokens_per_s']:>9.0f} {r['tokens_per_cpu_s']:>9.0f} {r['peak_mb']:>8.0f} "
+              f"{r['peak_over_imports_mb']:>12.0f} {r['params']:>7}  {ratio(r['tokens_per_s'], peer['tokens_per_s'])} "
+              f"tokens/s, {ratio(r['peak_over_imports_mb'], peer['peak_over_imports_mb'])} peak memory over imports")
+    print("(targets: ours >= 5x the peer's tokens/s at <= 1/3 of its peak memory)", flush=True)
+    summary.update({
+        "ours_mem_tokens_per_s": round(results["ours"]["tokens_per_s"], 1),
+        "peer_mem_tokens_per_s": round(peer["tokens_per_s"], 1),
+        "ours_mem_peak_over_imports_mb": round(results["ours"]["peak_over_imports_mb"], 1),
+        "peer_mem_peak_over_imports_mb": round(peer["peak_over_imports_mb"], 1),
+        "attention_tokens_per_s": round(results["attention"]["tokens_per_s"], 1),
+        "attention_peak_over_imports_mb": round(results["attention"]["peak_over_imports_mb"], 1),
+        "mem_speedup": round(results["ours"]["tokens_per_s"] / peer["tokens_per_s"], 2),
+        "mem_cpu_speedup": round(results["ours"]["tokens_per_cpu_s"] / peer["tokens_per_cpu_s"], 2),
+        "mem_peak_ratio": round(results["ours"]["peak_over_imports_mb"] / peer["peak_over_imports_mb"], 3),
+    })
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 2-minute training budget per arm")
-    parser.add_argument("--budget-s", type=float, default=None, help="training seconds per arm (default 600)")
-    parser.add_argument("--minutes", type=float, default=None, help="training minutes per arm (instead of --budget-s)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--difficulty", type=int, choices=[1, 2, 3], default=DIFFICULTY,
-                        help="the Sudoku generator's difficulty for both arms (cells given of 36: 1 -> 22, 2 -> 15, 3 -> minimal)")
-    parser.add_argument("--n-eval", type=int, default=300, help="held-out puzzles (at least 300)")
-    parser.add_argument("--mem-steps", type=int, default=8, help="timed forward+backward passes per memory arm")
+    parser.add_argument("--quick", action="store_true", help="60 s per run, 2 seeds")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds per run, difficulty 1, one seed, one sweep point: checks the code path")
+    parser.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default 600)")
+    parser.add_argument("--minutes", type=float, default=None, help="training minutes per run (instead of --budget-s)")
+    parser.add_argument("--threads", type=int, default=None, help="threads of every run (default 2; --smoke 1)")
+    parser.add_argument("--difficulty", type=int, nargs="+", choices=DIFFICULTIES, default=None,
+                        help="Sudoku difficulties (cells given of 36: 1 -> 22, 2 -> 15, 3 -> minimal); default all")
+    parser.add_argument("--seeds", type=int, default=None, help=f"seeds per difficulty (default {SEEDS})")
+    parser.add_argument("--n-eval", type=int, default=None, help="distinct held-out test puzzles (default 300)")
+    parser.add_argument("--n-val", type=int, default=None, help="distinct validation puzzles (default 100)")
+    parser.add_argument("--mem-steps", type=int, default=None, help="timed forward+backward passes per memory arm")
     parser.add_argument("--skip", choices=["recursion", "memory"], help="leave one part out")
     parser.add_argument("--set", action="append", default=[], help="extra key=value overrides of our arm")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--target-params", type=int, default=0, help=argparse.SUPPRESS)
+    for name, kind in (("--target-params", int), ("--seed", int), ("--lr", float), ("--wd", float)):
+        parser.add_argument(name, type=kind, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    missing = [name for name in PEER_PACKAGES if importlib.util.find_spec(name) is None]
-    if missing:
-        print(f"the peer packages are not installed ({', '.join(missing)}); install them with "
-              f"pip install -e \".[peers]\" (tiny-recursive-model==0.0.15, titans-pytorch==0.5.5).")
-        return 2
     if args.budget_s is not None and args.minutes is not None:
         parser.error("give --budget-s or --minutes, not both")
-    budget_s = args.budget_s if args.budget_s is not None else (
-        args.minutes * 60 if args.minutes is not None else (120.0 if args.quick else 600.0))
-    if budget_s <= 0 or args.n_eval < 1:
-        parser.error("the budget and --n-eval must be positive")
+    args.budget_s = args.budget_s if args.budget_s is not None else (
+        args.minutes * 60 if args.minutes is not None else 2.0 if args.smoke else 60.0 if args.quick else 600.0)
+    args.threads = args.threads or (1 if args.smoke else 2)
+    args.n_eval = args.n_eval or (8 if args.smoke else 300)
+    args.n_val = args.n_val or (8 if args.smoke else 100)
+    args.mem_steps = args.mem_steps or (1 if args.smoke else 8)
+    if args.smoke:
+        args.set = SMOKE_OURS + args.set
+    if args.budget_s <= 0:
+        parser.error("the budget must be positive")
 
-    if args.child:  # one arm, in this process; its JSON is the last line
+    if args.child:  # one run, in this process; its JSON is the last line
+        args.difficulty = (args.difficulty or [1])[0]
         if args.child == "ours":
-            result = train_ours(budget_s, args.threads, args.n_eval, args.set, args.difficulty)
+            result = train_ours(args)
         elif args.child == "peer":
-            result = train_peer(budget_s, args.threads, args.n_eval, args.target_params, args.difficulty)
+            result = train_peer(args)
         else:
             result = measure_memory(args.child.removeprefix("mem-"), args.mem_steps, args.threads)
         print(json.dumps(result))
         return 0
 
-    common = [f"--budget-s={budget_s}", f"--threads={args.threads}", f"--n-eval={args.n_eval}",
-              f"--difficulty={args.difficulty}",
-              f"--mem-steps={args.mem_steps}"] + [f"--set={s}" for s in args.set]
-    summary: dict = {"budget_s": budget_s, "threads": args.threads, "n_eval": args.n_eval,
-                     "difficulty": args.difficulty}
+    difficulties = args.difficulty or ([1] if args.smoke else list(DIFFICULTIES))
+    seeds = args.seeds or (1 if args.smoke else 2 if args.quick else SEEDS)
+    grid = GRID[:1] if args.smoke else GRID
+    missing = [name for name in PEER_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"the peer packages are not installed ({', '.join(missing)}), so there is nothing to compare against; "
+              f"install them with pip install -e \".[peers]\" (tiny-recursive-model==0.0.15, titans-pytorch==0.5.5, "
+              f"ema-pytorch==0.8.3).")
+        figures: dict = {"peers_installed": False, "missing": missing,
+                         "gap_points_by_difficulty": None, "gap_ci_low_by_difficulty": None}
+        if args.smoke:  # our arm's path still runs, in this process
+            args.difficulty, args.lr, args.wd = difficulties[0], grid[0][0], grid[0][1]
+            ours = train_ours(args)
+            print(f"our arm alone (smoke): {ours['steps']} steps, exact val/test "
+                  + "  ".join(f"{v} {f['val']:.3f}/{f['test']:.3f}" for v, f in ours["variants"].items()))
+            figures["ours_smoke_steps"] = ours["steps"]
+        print(json.dumps(figures))
+        return 0
+
+    common = [f"--budget-s={args.budget_s}", f"--threads={args.threads}", f"--n-eval={args.n_eval}",
+              f"--n-val={args.n_val}", f"--mem-steps={args.mem_steps}"] + [f"--set={s}" for s in args.set]
+    summary: dict = {"peers_installed": True, "budget_s": args.budget_s, "threads": args.threads,
+                     "n_eval": args.n_eval, "n_val": args.n_val, "seeds": seeds, "difficulties": difficulties,
+                     "grid": [{"lr": lr, "weight_decay": wd} for lr, wd in grid], "smoke": args.smoke}
+    for name in ("gap_points_by_difficulty", "gap_ci_low_by_difficulty", "gap_by_difficulty",
+                 "ours_exact_by_difficulty", "peer_exact_by_difficulty", "exact_by_variant", "sweep",
+                 "steps_per_s_by_difficulty", "peak_over_imports_mb_by_difficulty"):
+        summary[name] = {}
 
     if args.skip != "recursion":
-        print(f"recursion: 6x6 Sudoku difficulty {args.difficulty}, {budget_s:.0f} s of training per arm on "
-              f"{args.threads} threads, {args.n_eval} held-out puzzles", flush=True)
-        ours = run_child(["--child=ours", *common])
-        peer = run_child(["--child=peer", f"--target-params={ours['params']}", *common])
-        print(f"{'':>6} {'params':>7} {'steps':>7} {'steps/s':>8} {'samples':>8} {'exact':>6} {'cell':>6} "
-              f"{'exact(EMA)':>10} {'cell(EMA)':>9} {'eval s':>6} {'peak MB':>8}")
-        for r in (ours, peer):
-            print(f"{r['arm']:>6} {r['params']:>7} {r['steps']:>7} {r['steps_per_s']:>8.2f} {r['samples']:>8} "
-                  f"{r['exact']:>6.3f} {r['cell']:>6.3f} {r['exact_ema']:>10.3f} {r['cell_ema']:>9.3f} "
-                  f"{r['eval_s']:>6.1f} {r['peak_rss_mb']:>8.0f}")
-        gap = 100 * (ours["exact"] - max(peer["exact"], peer["exact_ema"]))
-        print(f"held-out exact: ours {ours['exact']:.3f} vs peer {peer['exact']:.3f} raw / {peer['exact_ema']:.3f} "
-              f"EMA: {gap:+.1f} points over the peer's better one (target at 10 min: >= +20); steps/s "
-              f"{ratio(ours['steps_per_s'], peer['steps_per_s'])}, peak RSS "
-              f"{ratio(ours['peak_rss_mb'], peer['peak_rss_mb'])}, evaluation time "
-              f"{ratio(ours['eval_s'], peer['eval_s'])} of the peer's", flush=True)
-        summary.update({
-            "ours_exact": round(ours["exact"], 4), "peer_exact": round(peer["exact"], 4),
-            "peer_exact_ema": round(peer["exact_ema"], 4), "ours_exact_ema": round(ours["exact_ema"], 4),
-            "ours_cell": round(ours["cell"], 4), "peer_cell": round(peer["cell"], 4),
-            "peer_cell_ema": round(peer["cell_ema"], 4),
-            "ours_steps_per_s": round(ours["steps_per_s"], 3), "peer_steps_per_s": round(peer["steps_per_s"], 3),
-            "ours_params": ours["params"], "peer_params": peer["params"],
-            "ours_peak_rss_mb": round(ours["peak_rss_mb"], 1), "peer_peak_rss_mb": round(peer["peak_rss_mb"], 1),
-            "ours_eval_s": round(ours["eval_s"], 2), "peer_eval_s": round(peer["eval_s"], 2),
-            "exact_gap_points": round(gap, 1),
-        })
-
+        print(f"recursion: 6x6 Sudoku, difficulties {difficulties}, {args.budget_s:.0f} s of training per run on "
+              f"{args.threads} threads, sweep {grid} at seed 0, {seeds} seeds, {args.n_eval} test and {args.n_val} "
+              f"validation puzzles, all distinct", flush=True)
+        for difficulty in difficulties:
+            recursion(difficulty, seeds, grid, common, summary)
     if args.skip != "memory":
-        print(f"\nmemory: forward + backward on {MEM_BATCH} x {MEM_LENGTH} tokens, width {MEM_DIM}, chunk {MEM_CHUNK}, "
-              f"{MEM_HEADS} heads of width {MEM_HEAD_DIM}, memory MLP {MEM_HEAD_DIM}-{MEM_HIDDEN}-{MEM_HEAD_DIM}, "
-              f"{args.threads} threads", flush=True)
-        results = {name: run_child([f"--child=mem-{name}", *common]) for name in ("ours", "peer", "attention")}
-        peer = results["peer"]
-        print(f"{'':>10} {'tokens/s':>9} {'tok/cpu-s':>9} {'peak MB':>8} {'params':>7}  speed and memory vs peer")
-        for name, r in results.items():
-            print(f"{name:>10} {r['tokens_per_s']:>9.0f} {r['tokens_per_cpu_s']:>9.0f} {r['peak_mb']:>8.0f} "
-                  f"{r['params']:>7}  {ratio(r['tokens_per_s'], peer['tokens_per_s'])} tokens/s, "
-                  f"{ratio(r['peak_mb'], peer['peak_mb'])} peak memory")
-        print("(targets: ours >= 5x the peer's tokens/s at <= 1/3 of its peak memory)", flush=True)
-        summary.update({
-            "ours_mem_tokens_per_s": round(results["ours"]["tokens_per_s"], 1),
-            "peer_mem_tokens_per_s": round(peer["tokens_per_s"], 1),
-            "ours_mem_peak_mb": round(results["ours"]["peak_mb"], 1), "peer_mem_peak_mb": round(peer["peak_mb"], 1),
-            "attention_tokens_per_s": round(results["attention"]["tokens_per_s"], 1),
-            "attention_peak_mb": round(results["attention"]["peak_mb"], 1),
-            "mem_speedup": round(results["ours"]["tokens_per_s"] / peer["tokens_per_s"], 2),
-            "mem_cpu_speedup": round(results["ours"]["tokens_per_cpu_s"] / peer["tokens_per_cpu_s"], 2),
-            "mem_peak_ratio": round(results["ours"]["peak_mb"] / peer["peak_mb"], 3),
-        })
+        memory(common, summary)
 
-    # the keys the issue names first, then the extra figures
-    keys = ["ours_exact", "peer_exact", "peer_exact_ema", "ours_steps_per_s", "peer_steps_per_s",
-            "ours_mem_tokens_per_s", "peer_mem_tokens_per_s", "ours_mem_peak_mb", "peer_mem_peak_mb",
-            "attention_tokens_per_s", "budget_s"]
-    print(json.dumps({**{k: summary[k] for k in keys if k in summary}, **summary}))
+    # the headline keys first, then the rest
+    keys = ["gap_points_by_difficulty", "gap_ci_low_by_difficulty"]
+    print(json.dumps({**{k: summary[k] for k in keys}, **summary}))
     return 0
 
 

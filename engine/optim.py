@@ -209,6 +209,7 @@ class MuGrokfast:
             m.record_max_logit = True
 
         self.steps_done = 0
+        self.record_figures = True  # per-step figures (update RMS per group, norms) for the run's curves
         self.lr_scale = 1.0  # lasting multiple of every group's lr (a rollback halves it)
         self._figures: dict[str, float] = {}
 
@@ -257,16 +258,18 @@ class MuGrokfast:
         grad_norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm) if with_grad else torch.zeros(())
         self.grokfast.apply()
 
-        before = {name: [p.detach().clone() for p in g["params"]] for name, g in self._named_groups()}
+        record = self.record_figures
+        before = {name: [p.detach().clone() for p in g["params"]] for name, g in self._named_groups()} if record else {}
         for o in self.optimizers:
             o.step()
 
-        figures = {"grad_norm": float(grad_norm), "grokfast_norm": self.grokfast.norm()}
-        for name, group in self._named_groups():
-            figures[f"lr_{name}"] = group["lr"]
-            figures[f"update_rms_{name}"] = _rms_change(before[name], group["params"])
-        figures.update(self.apply_qk_clip())
-        self._figures = figures
+        clip = self.apply_qk_clip()
+        if record:
+            figures = {"grad_norm": float(grad_norm), "grokfast_norm": self.grokfast.norm()}
+            for name, group in self._named_groups():
+                figures[f"lr_{name}"] = group["lr"]
+                figures[f"update_rms_{name}"] = _rms_change(before[name], group["params"])
+            self._figures = {**figures, **clip}
         self.steps_done += 1
 
     @torch.no_grad()

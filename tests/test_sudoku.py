@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import subprocess
@@ -17,7 +18,9 @@ from engine.tasks.sudoku import (
     BOX_SHAPES,
     CLUES_KEPT,
     SudokuTask,
+    apply_symmetry,
     augment,
+    canonical_form,
     count_solutions,
     from_tokens,
     is_solved_grid,
@@ -209,6 +212,64 @@ def test_train_and_test_never_share_a_puzzle(difficulty, augment):
     assert train.isdisjoint(test)
     assert all(split_of(from_tokens(list(p))) == "train" for p in train)
     assert all(split_of(from_tokens(list(p))) == "test" for p in test)
+
+
+def one_symmetry_apart(a: list[int], b: list[int], size: int) -> bool:
+    """Brute force, written without the module's tables: some band/stack-preserving row and column order (and
+    transposition, for square boxes) and a digit map take grid a to grid b."""
+    box_rows, box_cols = BOX_SHAPES[size]
+
+    def orders(block: int) -> list[tuple[int, ...]]:
+        return [p for p in itertools.permutations(range(size))
+                if all(p[i] // block == p[i - i % block] // block for i in range(size))]
+
+    for rows in orders(box_rows):
+        for cols in orders(box_cols):
+            for transpose in (False, True) if box_rows == box_cols else (False,):
+                moved = [a[(cols[c] * size + rows[r]) if transpose else (rows[r] * size + cols[c])]
+                         for r in range(size) for c in range(size)]
+                digit_map: dict[int, int] = {0: 0}
+                if all(digit_map.setdefault(x, y) == y for x, y in zip(moved, b)) and \
+                        len(set(digit_map.values())) == len(digit_map):
+                    return True
+    return False
+
+
+def test_canonical_form_is_equal_exactly_for_puzzles_one_symmetry_apart():
+    rng = random.Random(3)
+    puzzles = [make_puzzle(4, 3, rng)[0] for _ in range(24)]  # minimal 4x4 puzzles: few, so some coincide
+    forms = [canonical_form(p, 4) for p in puzzles]
+    assert len(set(forms)) < len(forms)
+    for i, j in itertools.combinations(range(len(puzzles)), 2):
+        assert (forms[i] == forms[j]) == one_symmetry_apart(puzzles[i], puzzles[j], 4)
+    six = make_puzzle(6, 2, rng)[0]
+    assert all(canonical_form(apply_symmetry(random_symmetry(6, rng), six), 6) == canonical_form(six, 6)
+               for _ in range(20))
+    with pytest.raises(ValueError, match="9x9"):
+        canonical_form([0] * 81, 9)
+
+
+@pytest.mark.parametrize("size,difficulty,augment", [(6, 2, True), (6, 3, False), (9, 1, True)])
+def test_distinct_samples_hold_distinct_puzzles_of_their_split(size, difficulty, augment):
+    task = SudokuTask(size=size, difficulty=difficulty, seed=5, augment=augment)
+    test = task.distinct_samples("test", 120)
+    validation = task.distinct_samples("test", 40, skip=120)
+    assert task.distinct_samples("test", 30, skip=10) == test[10:40]  # a pure function of the range
+    key = (lambda s: canonical_form(from_tokens(s.inputs), size)) if size < 9 else (lambda s: tuple(s.inputs))
+    assert len({key(s) for s in test + validation}) == 160  # no puzzle twice, not even one symmetry apart
+    for s in test + validation:
+        puzzle = from_tokens(s.inputs)
+        assert split_of(puzzle) == "test"
+        assert count_solutions(puzzle, size) == 1 and solve(puzzle, size) == from_tokens(s.labels)
+    # with augmentation the sample stream reuses base puzzles: its first 120 test samples are far fewer puzzles
+    if augment and size < 9:
+        assert len({canonical_form(from_tokens(task.sample("test", i).inputs), size) for i in range(120)}) < 60
+
+
+def test_distinct_samples_say_when_the_split_runs_out():
+    task = SudokuTask(size=4, difficulty=3, seed=0, pool_size=300)  # minimal 4x4 puzzles: a few dozen up to symmetry
+    with pytest.raises(ValueError, match="distinct puzzles; ask for at most"):
+        task.distinct_samples("test", 300)
 
 
 def test_held_out_fraction_is_about_a_tenth():

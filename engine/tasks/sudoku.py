@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from engine.tasks.base import Sample
 
@@ -235,6 +238,44 @@ def apply_symmetry(symmetry: tuple[list[int], list[int]], grid: list[int]) -> li
     return [digit_map[grid[s]] for s in source]
 
 
+def _block_orders(size: int, block: int) -> list[list[int]]:
+    """Every permutation of range(size) that `_block_shuffle` can draw."""
+    return [[b * block + inner[k][i] for k, b in enumerate(outer) for i in range(block)]
+            for outer in itertools.permutations(range(size // block))
+            for inner in itertools.product(itertools.permutations(range(block)), repeat=size // block)]
+
+
+@functools.cache
+def _all_moves(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each of the K cell moves `random_symmetry` draws, as (K, size * size) arrays: the source cell of every cell
+    (as `apply_symmetry` reads it), and where every cell lands."""
+    box_rows, box_cols = BOX_SHAPES[size]
+    rows, cols = _block_orders(size, box_rows), _block_orders(size, box_cols)
+    cells = [(r, c) for r in range(size) for c in range(size)]
+    sources = [[ro[r] * size + co[c] for r, c in cells] for ro in rows for co in cols]
+    if box_rows == box_cols:
+        sources += [[ro[c] * size + co[r] for r, c in cells] for ro in rows for co in cols]
+    sources = np.array(sources, dtype=np.int64)
+    return sources, sources.argsort(1)
+
+
+def canonical_form(grid: list[int], size: int) -> tuple[int, ...]:
+    """The same tuple for every grid one symmetry (`random_symmetry`) away from `grid`: the smallest of its images,
+    each with its digits renumbered by first appearance. Sizes 4 and 6 (128 and 3,456 cell moves); 9x9 has 3.4
+    million, too many to try."""
+    if size not in (4, 6):
+        raise ValueError(f"the canonical form is computed for 4x4 and 6x6 grids only, not {size}x{size}.")
+    sources, lands = _all_moves(size)
+    cells = np.asarray(grid, dtype=np.int64)
+    # the first cell of each digit in each image; a digit that is absent comes after all cells
+    first = np.stack([lands[:, cells == d].min(1) if (cells == d).any() else np.full(len(lands), cells.size + d)
+                      for d in range(1, size + 1)], 1)  # (K, D)
+    number = np.ones((len(lands), size + 1), dtype=np.uint8)  # blank -> 1, digits -> 2.. by first appearance
+    number[:, 1:] = first.argsort(1).argsort(1) + 2
+    images = np.take_along_axis(number, cells[sources], 1)  # (K, S), no zero byte: bytes compare as the grids
+    return tuple(v - 1 for v in min(np.ascontiguousarray(images).view(f"S{cells.size}")[:, 0].tolist()))
+
+
 def _block_shuffle(size: int, block: int, rng: random.Random) -> list[int]:
     """A permutation of range(size) that moves whole blocks and shuffles within each block."""
     blocks = list(range(size // block))
@@ -276,6 +317,13 @@ def _stable_seed(*parts: object) -> int:
 # ----------------------------------------------------------------------------- the task
 
 
+@dataclass
+class _DistinctScan:
+    kept: list[int] = field(default_factory=list)  # base puzzles kept, in pool order
+    forms: set[tuple[int, ...]] = field(default_factory=set)  # their canonical forms
+    next_base: int = 0  # the next pool entry to read
+
+
 class SudokuTask:
     """Sudoku puzzles as token sequences: inputs are the clues, labels the full solution.
 
@@ -301,6 +349,7 @@ class SudokuTask:
         self.pool_size = pool_size or POOL_SIZE[size]
         self.reuse = REUSE[size] if augment else 1
         self._pool: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
+        self._distinct: dict[str, _DistinctScan] = {}  # per split: how far distinct_samples has read the pool
 
     def base_puzzle(self, split: str, j: int) -> tuple[list[int], list[int]]:
         """Pool entry j of `split`: (puzzle, solution) as digits, generated on first use."""
@@ -333,6 +382,46 @@ class SudokuTask:
                     solution = apply_symmetry(symmetry, solution)
                 return Sample(inputs=to_tokens(puzzle), labels=to_tokens(solution))
         raise AssertionError("no puzzle of this split found in 10,000 draws")
+
+    def distinct_samples(self, split: str, n: int, skip: int = 0) -> list[Sample]:
+        """Items skip .. skip + n - 1 of the split's distinct puzzles, for evaluation sets of distinct items.
+
+        `sample(split, i)` reuses each base puzzle about REUSE times (its first 300 test samples at 6x6 are
+        symmetries of some 38 bases); here there is one puzzle per base, in pool order, and a base that is a
+        symmetry of an earlier one is left out (at 9x9 an exact repeat: there two random puzzles one symmetry
+        apart are practically impossible). With `augment` each is one fixed symmetry of its base that lies in the
+        split. Disjoint ranges never share a puzzle up to symmetry: a validation set taken with skip = the test
+        set's size holds none of the test puzzles.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not known; allowed: 'train' or 'test'.")
+        scan = self._distinct.setdefault(split, _DistinctScan())
+        while len(scan.kept) < skip + n:
+            j = scan.next_base
+            if j >= self.pool_size:
+                raise ValueError(f"the {split} split of {self.size}x{self.size} Sudoku at difficulty {self.difficulty} "
+                                 f"holds only {len(scan.kept)} distinct puzzles; ask for at most that many.")
+            scan.next_base += 1
+            puzzle = self.base_puzzle(split, j)[0]
+            form = canonical_form(puzzle, self.size) if self.size in (4, 6) else tuple(puzzle)
+            if form not in scan.forms:
+                scan.forms.add(form)
+                scan.kept.append(j)
+        return [self._distinct_sample(split, j) for j in scan.kept[skip:skip + n]]
+
+    def _distinct_sample(self, split: str, j: int) -> Sample:
+        puzzle, solution = self.base_puzzle(split, j)
+        if self.augment:  # base puzzles with augment are not held to their split: move this one into it
+            rng = random.Random(_stable_seed("sudoku-distinct", self.size, self.difficulty, self.seed, split, j))
+            for _ in range(10_000):
+                symmetry = random_symmetry(self.size, rng)
+                moved = apply_symmetry(symmetry, puzzle)
+                if split_of(moved) == split:
+                    puzzle, solution = moved, apply_symmetry(symmetry, solution)
+                    break
+            else:
+                raise AssertionError("no symmetry of this base puzzle lies in its split in 10,000 draws")
+        return Sample(inputs=to_tokens(puzzle), labels=to_tokens(solution))
 
     def render(self, sample: Sample) -> str:
         return render_grids(sample.inputs, sample.labels)

@@ -1,0 +1,85 @@
+"""Intervals for the benches' figures: every accuracy a bench reports carries one, in one shape.
+
+- over_seeds(values): per-seed figures (one training run each): their mean and median, and a Student t interval
+  of the mean. It holds what varies between runs (initialisation, data order, the held-out draw).
+- over_items(marks): one run graded on distinct items: the share right, and a percentile bootstrap interval over
+  the items. It holds only the held-out draw, so a bench uses it where it trains a single run.
+
+Both return {"mean", "ci_low", "ci_high", "n", "over", ...}; ci_low and ci_high are None when there is nothing to
+take an interval over (one seed).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+
+import numpy as np
+
+LEVEL = 0.95
+
+
+@functools.cache
+def t_quantile(p: float, df: int) -> float:
+    """The p quantile (0.5 < p < 1) of Student's t with df degrees of freedom: bisection on its CDF, the density
+    integrated by Simpson's rule (the lab does not depend on scipy)."""
+    assert 0.5 < p < 1 and df >= 1
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(t: float, parts: int = 2000) -> float:
+        h = t / parts
+        density = [scale * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(parts + 1)]
+        area = h / 3 * (density[0] + density[-1] + 4 * sum(density[1:-1:2]) + 2 * sum(density[2:-1:2]))
+        return 0.5 + area
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def over_seeds(values: list[float], level: float = LEVEL) -> dict:
+    """Mean, median and a Student t interval of the mean of per-seed figures; the figures themselves too."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "median": None, "ci_low": None, "ci_high": None, "n": 0, "over": "seeds", "values": []}
+    mean = sum(values) / n
+    low = high = None
+    if n > 1:
+        half = t_quantile(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+        low, high = mean - half, mean + half
+    return {"mean": _round(mean), "median": _round(statistics.median(values)), "ci_low": _round(low),
+            "ci_high": _round(high), "n": n, "over": "seeds", "values": [_round(v) for v in values]}
+
+
+def over_items(marks: list[bool] | list[float], level: float = LEVEL, resamples: int = 4000, seed: int = 0) -> dict:
+    """The share of items right (or the mean of per-item scores) and a percentile bootstrap interval over the
+    items, resampled with replacement `resamples` times from a fixed seed."""
+    scores = np.asarray(marks, dtype=np.float64)
+    n = len(scores)
+    if n == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0, "over": "items"}
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    means = scores[draws].mean(1)
+    tail = (1 - level) / 2
+    return {"mean": _round(scores.mean()), "ci_low": _round(np.quantile(means, tail)),
+            "ci_high": _round(np.quantile(means, 1 - tail)), "n": n, "over": "items"}
+
+
+def shown(summary: dict, digits: int = 3) -> str:
+    """`0.880 [0.812, 0.948]` (95% interval), or the mean and why it has no interval."""
+    if summary["mean"] is None:
+        return "-"
+    mean = f"{summary['mean']:.{digits}f}"
+    if summary["ci_low"] is None:
+        return f"{mean} (one {summary['over'][:-1]}: no interval)"
+    return f"{mean} [{summary['ci_low']:.{digits}f}, {summary['ci_high']:.{digits}f}]"
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)

@@ -1,0 +1,57 @@
+"""Every bench runs: each script with --smoke (seconds, tiny budgets, its own code path) exits 0 and ends with a
+JSON line, so a bench broken by a change elsewhere fails here rather than at its next full run.
+
+The scripts run as subprocesses from the repository root, two at a time (the CI machine has two cores), started
+together when the module's first test asks for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# slowest first, so the two workers finish close together
+BENCHES = ["kv_gap", "console", "recursion", "curriculum", "memory_speed", "grokking", "overhead", "peers", "faults"]
+NOT_BENCHES = {"stats"}  # modules in bench/ that other scripts import
+
+
+def run_smoke(name: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request) -> dict[str, Future]:
+    """The smoke runs of the benches this session selected, already started."""
+    wanted = {item.callspec.params["bench"] for item in request.session.items
+              if item.module is request.module and "bench" in getattr(getattr(item, "callspec", None), "params", {})}
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {name: pool.submit(run_smoke, name) for name in BENCHES if name in wanted}
+    yield futures
+    pool.shutdown(cancel_futures=True)
+
+
+def test_every_bench_is_smoke_tested_and_takes_quick_and_smoke():
+    scripts = {p.stem for p in (ROOT / "bench").glob("*.py")} - NOT_BENCHES
+    assert scripts == set(BENCHES)
+    for name in BENCHES:
+        source = (ROOT / "bench" / f"{name}.py").read_text()
+        assert '"--quick"' in source and '"--smoke"' in source, name
+
+
+@pytest.mark.parametrize("bench", BENCHES)
+def test_bench_smoke_run_exits_0_and_ends_with_a_json_object(bench, smoke_runs):
+    proc = smoke_runs[bench].result()
+    tail = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, tail
+    lines = proc.stdout.strip().splitlines()
+    assert lines, tail
+    assert isinstance(json.loads(lines[-1]), dict), tail

@@ -1,0 +1,37 @@
+"""bench/stats.py: the intervals every bench's accuracy carries."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bench.stats import over_items, over_seeds, shown, t_quantile
+
+
+@pytest.mark.parametrize("df,expected", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (10, 2.228), (100, 1.984)])
+def test_t_quantile_matches_the_printed_tables(df, expected):
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
+
+
+def test_over_seeds_is_a_t_interval_of_the_mean():
+    s = over_seeds([0.8, 0.9, 1.0])
+    assert s["mean"] == pytest.approx(0.9) and s["median"] == pytest.approx(0.9) and s["n"] == 3
+    half = 4.303 * 0.1 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n)
+    assert s["ci_low"] == pytest.approx(0.9 - half, abs=1e-3) and s["ci_high"] == pytest.approx(0.9 + half, abs=1e-3)
+    one = over_seeds([0.7])
+    assert one["mean"] == 0.7 and one["ci_low"] is None and "no interval" in shown(one)
+    assert over_seeds([])["mean"] is None
+
+
+def test_over_items_bootstrap_covers_the_share_and_is_reproducible():
+    rng = random.Random(0)
+    marks = [rng.random() < 0.7 for _ in range(200)]
+    s = over_items(marks)
+    share = sum(marks) / len(marks)
+    assert s["mean"] == pytest.approx(share, abs=1e-4) and s["n"] == 200
+    assert s["ci_low"] < share < s["ci_high"]
+    # about 1.96 standard errors of a proportion either side
+    assert s["ci_high"] - s["ci_low"] == pytest.approx(2 * 1.96 * (share * (1 - share) / 200) ** 0.5, rel=0.2)
+    assert over_items(marks) == s
+    assert over_items([True] * 10)["ci_low"] == 1.0
