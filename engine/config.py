@@ -53,7 +53,7 @@ class TaskConfig:
     name: Literal["sudoku", "modular", "math", "arithmetic", "algebra", "sequence", "word", "recall", "gap",
                   "surprise", "maze", "program"] = "sudoku"
     size: int = 4  # Sudoku side: 4, 6 or 9
-    difficulty: int = 1
+    difficulty: int | list[int] = 1  # a list is a mix (MIXED_DIFFICULTY_TASKS): sample i at difficulty[i % len]
     seed: int = 0
     augment: bool = True
     steps: bool = False  # math tasks: worked steps are part of the target, not only hints
@@ -80,6 +80,8 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
     "program": ("difficulty", "seed"),
 }
 TASK_KEYS_ANY_TASK = ("name", "seed", "difficulty")
+# The tasks whose task.difficulty may be a list of difficulties, mixed sample by sample.
+MIXED_DIFFICULTY_TASKS = ("sudoku",)
 
 
 @dataclass
@@ -294,8 +296,14 @@ def _unwrap_optional(tp):
     return tp
 
 
+def _is_int_or_ints(tp) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and set(get_args(tp)) == {int, list[int]}
+
+
 def _describe(tp) -> str:
     tp = _unwrap_optional(tp)
+    if _is_int_or_ints(tp):
+        return "an integer or a list of integers"
     if get_origin(tp) is list and get_args(tp) == (str,):
         return "a list of strings"
     if get_origin(tp) is Literal:
@@ -324,6 +332,12 @@ def _coerce(key: str, tp, value: Any, where: str) -> Any:
         return ConfigError(f"{where}: {key} = {shown} is not allowed; expected {_describe(tp)}{extra}.")
 
     tp = _unwrap_optional(tp)
+    if _is_int_or_ints(tp):
+        if not isinstance(value, list):
+            return _coerce(key, int, value, where)
+        if not 1 <= len(value) <= 64:
+            raise bad(" (1 to 64 entries)")
+        return [_coerce(key, int, v, where) for v in value]
     if get_origin(tp) is list and get_args(tp) == (str,):
         if not isinstance(value, list) or len(value) > 64 or not all(
             isinstance(v, str) and v.strip() and len(v) <= 200 for v in value
@@ -403,7 +417,8 @@ def _check_task_keys(cfg: RunConfig, data: dict, file_task: str | None, overridd
     """A [task] key set explicitly must be one its task takes; defaults are never refused.
 
     A key from --set is checked against the task that runs, one from the file against the file's task; a file key
-    that only the file's task takes goes back to its default when --set task.name picks another task."""
+    that only the file's task takes goes back to its default when --set task.name picks another task (so does the
+    file's mix of difficulties when the task picked does not mix them)."""
     task = cfg.task.name
     file_task = file_task if file_task in TASK_KEYS else task
     left_out = {}
@@ -419,11 +434,17 @@ def _check_task_keys(cfg: RunConfig, data: dict, file_task: str | None, overridd
                               f"it takes: {', '.join(TASK_KEYS[file_task])}.")
         elif key not in TASK_KEYS[task]:
             left_out[key] = getattr(TaskConfig(), key)
+    file_mix = isinstance(cfg.task.difficulty, list) and "task.difficulty" not in overridden
+    if file_mix and file_task in MIXED_DIFFICULTY_TASKS and task not in MIXED_DIFFICULTY_TASKS:
+        left_out["difficulty"] = TaskConfig().difficulty
     return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, **left_out))
 
 
 def _check_cross(cfg: RunConfig, where: str) -> None:
     t = cfg.task
+    if isinstance(t.difficulty, list) and t.name not in MIXED_DIFFICULTY_TASKS:
+        raise ConfigError(f"{where}: task.difficulty = {t.difficulty} is a mix of difficulties, which task {t.name!r} "
+                          "does not take; set one difficulty, 1 to 3.")
     if t.name == "modular" and (t.p < 2 or any(t.p % d == 0 for d in range(2, int(t.p**0.5) + 1))):
         raise ConfigError(f"{where}: task.p = {t.p} is not allowed; the modulus must be a prime.")
     if t.name == "maze" and t.side % 2 == 0:

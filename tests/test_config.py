@@ -131,6 +131,26 @@ def test_switching_the_task_by_set_leaves_out_the_file_keys_only_its_task_took(t
         config.load(preset, ["task.name=maze"])
 
 
+def test_a_sudoku_difficulty_may_be_a_mix_and_no_other_tasks(tmp_path):
+    from engine.tasks.registry import task_from_config
+
+    p = write(tmp_path, "[task]\nname = 'sudoku'\ndifficulty = [1, 2, 3]\n")
+    cfg = config.load(p)
+    assert cfg.task.difficulty == [1, 2, 3] and task_from_config(cfg.task).mix == (1, 2, 3)
+    assert config.load(write(tmp_path, config.to_toml(cfg))) == cfg
+    assert config.load(p, ["task.difficulty=3"]).task.difficulty == 3
+    # switching the task by --set drops the file's mix with the other keys only sudoku takes
+    assert config.load(p, ["task.name=arithmetic"]).task.difficulty == 1
+    with pytest.raises(ConfigError, match=r"--set task.difficulty: .*out of range; allowed is 1 to 3"):
+        config.load(p, ["task.difficulty=[1, 4]"])
+    with pytest.raises(ConfigError, match="expected an integer or a list of integers"):
+        config.load(p, ["task.difficulty=[]"])
+    with pytest.raises(ConfigError, match="is a mix of difficulties, which task 'arithmetic' does not take"):
+        config.load(p, ["task.name=arithmetic", "task.difficulty=[1, 2]"])
+    with pytest.raises(ConfigError, match="is a mix of difficulties, which task 'maze' does not take"):
+        config.load(write(tmp_path, "[task]\nname = 'maze'\ndifficulty = [1, 2]\n"))
+
+
 @pytest.mark.parametrize("text, overrides, old, new", [
     ("[optim]\nste = true\n", [], "optim.ste", "model.bitnet"),
     ("", ["optim.ste=true"], "optim.ste", "model.bitnet"),

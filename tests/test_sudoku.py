@@ -203,6 +203,23 @@ def test_samples_do_not_depend_on_the_process_hash_seed():
     assert child == here
 
 
+def test_a_mix_serves_each_difficulty_from_that_difficultys_own_stream_in_turn():
+    mix = SudokuTask(size=4, difficulty=[1, 3, 2, 3], seed=2)
+    alone = {d: SudokuTask(size=4, difficulty=d, seed=2) for d in (1, 2, 3)}
+    for split in ("train", "test"):
+        served = [mix.sample(split, i) for i in reversed(range(40))][::-1]  # asked out of order: still pure
+        assert served[0::4] == [alone[1].sample(split, i) for i in range(10)]
+        assert served[2::4] == [alone[2].sample(split, i) for i in range(10)]
+        assert [s for i, s in enumerate(served) if i % 4 in (1, 3)] == [alone[3].sample(split, i) for i in range(20)]
+    # one difficulty listed alone, or twice, is that difficulty, not a mix
+    assert SudokuTask(size=4, difficulty=[2, 2], seed=2).sample("train", 7) == alone[2].sample("train", 7)
+    with pytest.raises(ValueError, match="one set of distinct puzzles"):
+        mix.distinct_samples("test", 10)
+    for bad in ([], [1, 4], [True]):
+        with pytest.raises(ValueError, match="not supported"):
+            SudokuTask(difficulty=bad)
+
+
 @pytest.mark.parametrize("difficulty,augment", [(1, True), (3, True), (2, False)])
 def test_train_and_test_never_share_a_puzzle(difficulty, augment):
     task = SudokuTask(size=4, difficulty=difficulty, seed=0, augment=augment)
@@ -270,6 +287,15 @@ def test_distinct_samples_say_when_the_split_runs_out():
     task = SudokuTask(size=4, difficulty=3, seed=0, pool_size=300)  # minimal 4x4 puzzles: a few dozen up to symmetry
     with pytest.raises(ValueError, match="distinct puzzles; ask for at most"):
         task.distinct_samples("test", 300)
+
+
+def test_distinct_samples_without_n_are_every_distinct_puzzle_of_the_split():
+    task = SudokuTask(size=4, difficulty=3, seed=0, pool_size=300)
+    every = task.distinct_samples("test")
+    assert every == task.distinct_samples("test", len(every))
+    assert task.distinct_samples("test", skip=5) == every[5:]
+    with pytest.raises(ValueError, match="distinct puzzles"):
+        task.distinct_samples("test", len(every) + 1)
 
 
 def test_held_out_fraction_is_about_a_tenth():

@@ -7,7 +7,7 @@ import inspect
 import sys
 from functools import partial
 
-from engine.config import ConfigError, TaskConfig
+from engine.config import MIXED_DIFFICULTY_TASKS, ConfigError, TaskConfig
 from engine.tasks.arith import MathTask
 from engine.tasks.base import Task
 from engine.tasks.maze import MazeTask
@@ -60,7 +60,8 @@ def get_task(name: str, **params) -> Task:
     if unknown:
         raise ConfigError(f"task {name!r} does not take {', '.join(unknown)}; it takes: {', '.join(allowed)}.")
     difficulty = params.get("difficulty", 1)
-    if isinstance(difficulty, bool) or not isinstance(difficulty, int) or not 1 <= difficulty <= 3:
+    levels = difficulty if isinstance(difficulty, list) and name in MIXED_DIFFICULTY_TASKS else [difficulty]
+    if not levels or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= 3 for d in levels):
         raise ConfigError(f"difficulty {difficulty!r} is out of range for task {name!r}; allowed is 1 to 3.")
     try:
         return constructor(**params)

@@ -3,7 +3,7 @@
 A grid is a flat row-major list of digits, 0 for a blank. Tokens shift every cell by one so
 that 0 stays free for padding: pad = 0, blank = 1, digit d = d + 1 (vocabulary 11 for all sizes).
 
-Every sample is a pure function of (size, difficulty, seed, split, index): the random streams
+Every sample is a pure function of (size, difficulty or mix, seed, split, index): the random streams
 are seeded from a stable hash of those values, and base puzzles are generated lazily, each from
 its own seed, so the order in which they are first needed changes nothing.
 """
@@ -331,18 +331,27 @@ class SudokuTask:
     of the first 1 + i // REUSE bases (so generation cost is spread over the stream) and, with
     `augment`, applies a fresh random symmetry. A drawn puzzle whose hash puts it in the other
     split is drawn again, so train and test never share an exact puzzle.
+
+    A list of difficulties is a mix: sample i has difficulty mix[i % len(mix)] and is the next
+    sample of that difficulty's own stream (a difficulty listed twice comes twice as often), so
+    the mix's samples of each difficulty are exactly the samples a task of that difficulty serves.
     """
 
     name = "sudoku"
     vocab_size = 11
 
-    def __init__(self, size: int = 4, difficulty: int = 1, seed: int = 0, augment: bool = True,
+    def __init__(self, size: int = 4, difficulty: int | list[int] = 1, seed: int = 0, augment: bool = True,
                  pool_size: int | None = None):
         _geometry(size)  # raises for an unsupported size
-        if difficulty not in (1, 2, 3):
-            raise ValueError(f"Sudoku difficulty {difficulty} is not supported; allowed: 1, 2 or 3.")
+        mix = list(difficulty) if isinstance(difficulty, (list, tuple)) else [difficulty]
+        if not mix or any(isinstance(d, bool) or d not in (1, 2, 3) for d in mix):
+            raise ValueError(f"Sudoku difficulty {difficulty} is not supported; allowed: 1, 2 or 3, or a list of them.")
+        self.mix = tuple(mix) if len(set(mix)) > 1 else None
+        # per difficulty of the mix: its own task, and the positions of the mix it fills
+        self._mixed = {d: (SudokuTask(size, d, seed, augment, pool_size), [p for p, m in enumerate(mix) if m == d])
+                       for d in set(mix)} if self.mix else {}
         self.size = size
-        self.difficulty = difficulty
+        self.difficulty = self.mix or mix[0]  # a mix serves from its difficulties' tasks, never from its own pools
         self.seed = seed
         self.augment = augment
         self.seq_len = size * size
@@ -370,6 +379,10 @@ class SudokuTask:
             raise ValueError(f"split {split!r} is not known; allowed: 'train' or 'test'.")
         if index < 0:
             raise ValueError(f"sample index {index} is negative; indices start at 0.")
+        if self.mix:
+            rounds, position = divmod(index, len(self.mix))
+            task, positions = self._mixed[self.mix[position]]
+            return task.sample(split, rounds * len(positions) + positions.index(position))
         rng = random.Random(_stable_seed("sudoku-sample", self.size, self.difficulty, self.seed, split, index))
         available = min(self.pool_size, 1 + index // self.reuse)
         for _ in range(10_000):
@@ -383,8 +396,9 @@ class SudokuTask:
                 return Sample(inputs=to_tokens(puzzle), labels=to_tokens(solution))
         raise AssertionError("no puzzle of this split found in 10,000 draws")
 
-    def distinct_samples(self, split: str, n: int, skip: int = 0) -> list[Sample]:
-        """Items skip .. skip + n - 1 of the split's distinct puzzles, for evaluation sets of distinct items.
+    def distinct_samples(self, split: str, n: int | None = None, skip: int = 0) -> list[Sample]:
+        """Items skip .. skip + n - 1 of the split's distinct puzzles (n None: all from skip on), for evaluation
+        sets of distinct items.
 
         `sample(split, i)` reuses each base puzzle about REUSE times (its first 300 test samples at 6x6 are
         symmetries of some 38 bases); here there is one puzzle per base, in pool order, and a base that is a
@@ -395,10 +409,14 @@ class SudokuTask:
         """
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not known; allowed: 'train' or 'test'.")
+        if self.mix:
+            raise ValueError("a mix of difficulties has no one set of distinct puzzles; ask a task of each difficulty.")
         scan = self._distinct.setdefault(split, _DistinctScan())
-        while len(scan.kept) < skip + n:
+        while n is None or len(scan.kept) < skip + n:
             j = scan.next_base
             if j >= self.pool_size:
+                if n is None:
+                    break
                 raise ValueError(f"the {split} split of {self.size}x{self.size} Sudoku at difficulty {self.difficulty} "
                                  f"holds only {len(scan.kept)} distinct puzzles; ask for at most that many.")
             scan.next_base += 1
@@ -407,7 +425,8 @@ class SudokuTask:
             if form not in scan.forms:
                 scan.forms.add(form)
                 scan.kept.append(j)
-        return [self._distinct_sample(split, j) for j in scan.kept[skip:skip + n]]
+        end = len(scan.kept) if n is None else skip + n
+        return [self._distinct_sample(split, j) for j in scan.kept[skip:end]]
 
     def _distinct_sample(self, split: str, j: int) -> Sample:
         puzzle, solution = self.base_puzzle(split, j)
