@@ -523,7 +523,8 @@ def test_memory_gates_survive_the_model_init_and_inspect_reports_the_memory():
     moves, surprises = [], []
     for _ in range(model.cfg.H_cycles):
         before = memory
-        z_H, z_L, memory = model.latent_recursion(z_H, z_L, x, memory)
+        with torch.no_grad():
+            z_H, z_L, memory = model.latent_recursion(z_H, z_L, x, memory)
         moves.append([math.sqrt(sum(float((memory[k] - before[k]).pow(2).sum()) for k in memory if ".dW" in k))])
         surprises.append([math.sqrt(sum(float(v.pow(2).sum()) for k, v in memory.items() if ".S" in k))])
     assert snap["memory_change"] == [[pytest.approx(v, abs=1e-4)] for [v] in moves]
