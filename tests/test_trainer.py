@@ -89,6 +89,19 @@ def test_the_training_curve_and_lab_eval_grade_alike(tmp_path):
     assert len(curve) == 2 and result["by_difficulty"][str(tr.cfg.task.difficulty)] == curve[-1]
 
 
+def test_a_run_on_a_mix_of_difficulties_is_graded_per_difficulty_by_lab_eval(tmp_path, monkeypatch):
+    from engine.tasks import registry
+
+    tr = trainer(tmp_path, max_steps=4, overrides=["task.difficulty=[1, 2, 3]"])
+    assert tr.run() == 0
+    asked, get_task = [], registry.get_task
+    monkeypatch.setattr(registry, "get_task", lambda name, **params: asked.append(params) or get_task(name, **params))
+    result = evaluate_task(tmp_path / "run", "sudoku", n=16, store=False)
+    # the run's own task (for its layout), then one task per difficulty, each graded alone
+    assert [p["difficulty"] for p in asked] == [[1, 2, 3], 1, 2, 3]
+    assert list(result["by_difficulty"]) == ["1", "2", "3"]
+
+
 def test_bfloat16_is_in_effect_and_stays_near_float32(tmp_path):
     curves, dtypes = {}, {}
     for dtype in ("float32", "bfloat16"):
