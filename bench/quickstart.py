@@ -6,9 +6,10 @@ Each seed is one training run of the preset exactly as `lab run configs/quicksta
 periodic evaluations and checkpoints included in its clock), with train.seed = task.seed = the seed. The finished
 model (the EMA weights when eval.use_ema) is then scored on SudokuTask.distinct_samples("test") at each
 difficulty: every test puzzle of the seed's pools, none one symmetry from another (about 770, 700 and 36). The
-held-out puzzles are exact puzzles the run never trained on; at difficulty 3 the few classes of minimal puzzles
-up to symmetry also turn up in training under other symmetries. Each difficulty's exact accuracy carries a
-Student t interval over seeds (a bootstrap over its puzzles with one seed).
+split holds out exact puzzles: 4x4 has so few puzzles up to symmetry that nearly every held-out one (all 36
+minimal ones) has a symmetric image in the training pools, so these figures measure solving unseen images of
+known puzzle shapes. Each difficulty's exact accuracy carries a Student t interval over seeds (a bootstrap over
+its puzzles with one seed).
 
     .venv/bin/python bench/quickstart.py [--quick | --smoke] [--seeds 3] [--steps N] [--set key=value ...]
 
