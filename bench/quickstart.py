@@ -11,13 +11,16 @@ minimal ones) has a symmetric image in the training pools, so these figures meas
 known puzzle shapes. Each difficulty's exact accuracy carries a Student t interval over seeds (a bootstrap over
 its puzzles with one seed).
 
-    .venv/bin/python bench/quickstart.py [--quick | --smoke] [--seeds 3] [--steps N] [--set key=value ...]
+    .venv/bin/python bench/quickstart.py [--quick | --smoke] [--seeds 3] [--steps N[,N...]] [--set key=value ...]
 
-Defaults: the preset's own budget (train.max_minutes), 3 seeds (about 16 minutes). --steps N trains N steps with no
-clock instead, so a comparison does not depend on the machine's load. --quick: one seed. --smoke: a width-16
-network for 20 steps, 16 puzzles per difficulty, the same code path.
+Defaults: the preset's own budget (train.max_minutes), 3 seeds (about 16 minutes). --steps trains the largest
+count of steps with no clock instead (and no periodic evaluations or checkpoints), so a comparison does not depend
+on the machine's load, and scores the run at every count listed: the learning rate does not depend on the budget
+(warm-up, then constant), so the run at step 2,000 of 4,000 is the model a 2,000-step run trains. --quick: one
+seed. --smoke: a width-16 network for 10 and 20 steps, 16 puzzles per difficulty, the same code path.
 Prints the minimal puzzles' accuracy as a share of difficulty 1's, measured in the same runs. Ends with a JSON
-line: exact_by_difficulty {"1": {...}, "2": ..., "3": ...}, n_by_difficulty, minimal_over_d1, steps, steps_per_s.
+line: exact_by_difficulty {"1": {...}, "2": ..., "3": ...} at the end of the runs, n_by_difficulty,
+minimal_over_d1, steps, steps_per_s, and with several step counts exact_by_steps {"2000": {"1": ...}, ...}.
 Target: >= 0.95 exact at every difficulty.
 """
 
@@ -44,7 +47,7 @@ from engine.trainer import Trainer  # noqa: E402
 PRESET = ROOT / "configs" / "quickstart.toml"
 DIFFICULTIES = (1, 2, 3)
 QUIET = ["eval.every=0", "checkpoint.every=0"]  # --steps runs: nothing but training inside the step budget
-SMOKE = ["model.d_model=16", "train.batch_size=8", "train.max_steps=20", "train.max_minutes=0", *QUIET]
+SMOKE = ["model.d_model=16", "train.batch_size=8"]
 
 
 def held_out(cfg: config.RunConfig, difficulty: int, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,42 +58,67 @@ def held_out(cfg: config.RunConfig, difficulty: int, limit: int | None) -> tuple
             torch.tensor([s.labels for s in samples], dtype=torch.long))
 
 
-def train_and_score(seed: int, overrides: list[str], limit: int | None) -> dict:
-    """One run of the preset; its finished model's exact marks per difficulty, steps and training seconds."""
+@torch.no_grad()
+def grade(model, sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Exact marks per difficulty and their shares."""
+    was_training = model.training
+    model.eval()
+    marks = {d: score(torch.cat([model.predict(chunk)[0] for chunk in inputs.split(256)]), labels)[0].tolist()
+             for d, (inputs, labels) in sets.items()}
+    model.train(was_training)
+    return {"marks": marks, "exact": {d: sum(m) / len(m) for d, m in marks.items()}}
+
+
+def train_and_score(seed: int, overrides: list[str], limit: int | None, step_marks: list[int]) -> dict:
+    """One run of the preset, scored at each of `step_marks` (none: at the end of its budget). Returns {"scored":
+    {steps: grades}, "steps", "seconds"}: seconds of the run with the scoring taken off."""
     cfg = config.load(PRESET, overrides + [f"train.seed={seed}", f"task.seed={seed}"])
+    sets = {str(d): held_out(cfg, d, limit) for d in DIFFICULTIES}
+    scored, scoring = {}, [0.0]
     with tempfile.TemporaryDirectory() as d:
+
+        def on_event(event: dict) -> None:
+            if event["event"] == "metrics" and trainer.step in step_marks and str(trainer.step) not in scored:
+                t0 = time.perf_counter()
+                scored[str(trainer.step)] = grade(trainer.ema if cfg.eval.use_ema else trainer.model, sets)
+                scoring[0] += time.perf_counter() - t0
+
         t0 = time.perf_counter()
-        trainer = Trainer(d, cfg, output="quiet")
+        trainer = Trainer(d, cfg, output="quiet", emit=on_event)
         trainer.run()
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - scoring[0]
         assert trainer.status == "finished", f"seed {seed}: the run ended {trainer.status}"
-        model = trainer.ema if cfg.eval.use_ema else trainer.model
-        model.eval()
-        marks = {}
-        with torch.no_grad():
-            for d in DIFFICULTIES:
-                inputs, labels = held_out(cfg, d, limit)
-                preds = torch.cat([model.predict(chunk)[0] for chunk in inputs.split(256)])
-                marks[str(d)] = score(preds, labels)[0].tolist()
-    exact = {d: sum(m) / len(m) for d, m in marks.items()}
-    return {"marks": marks, "exact": exact, "steps": trainer.step, "seconds": round(seconds, 1)}
+        if not step_marks:
+            scored[str(trainer.step)] = grade(trainer.ema if cfg.eval.use_ema else trainer.model, sets)
+    return {"scored": scored, "steps": trainer.step, "seconds": round(seconds, 1)}
+
+
+def summarise(grades: list[dict]) -> dict:
+    """Per difficulty: a t interval over the seeds' shares, or with one seed a bootstrap over its puzzles."""
+    return {d: over_seeds([g["exact"][d] for g in grades]) if len(grades) > 1 else over_items(grades[0]["marks"][d])
+            for d in map(str, DIFFICULTIES)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one seed")
-    ap.add_argument("--smoke", action="store_true", help="a tiny network for 20 steps, 16 puzzles: the code path")
+    ap.add_argument("--smoke", action="store_true", help="a tiny network, 10 and 20 steps, 16 puzzles: the code path")
     ap.add_argument("--seeds", type=int, default=None, help="training runs, seeds first-seed .. (default 3)")
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None, help="train this many steps with no clock, evaluations off")
+    ap.add_argument("--steps", default=None, help="comma-separated step counts: train to the largest with no clock, "
+                                                  "score at each (default: the preset's budget)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the preset, e.g. --set task.difficulty=[1,2,3]")
     args = ap.parse_args()
-    overrides = list(args.set)
-    if args.steps:
-        overrides = [f"train.max_steps={args.steps}", "train.max_minutes=0", *QUIET, *overrides]
-    if args.smoke:
-        overrides = [*overrides, *SMOKE]
+    try:
+        step_marks = sorted({int(n) for n in (args.steps or ("10,20" if args.smoke else "")).split(",") if n})
+    except ValueError:
+        ap.error(f"--steps takes comma-separated step counts such as 1000,2000,4000, not {args.steps!r}")
+    if step_marks and step_marks[0] < 1:
+        ap.error("the step counts must be positive")
+    overrides = list(args.set) + (SMOKE if args.smoke else [])
+    if step_marks:
+        overrides = [f"train.max_steps={step_marks[-1]}", "train.max_minutes=0", *QUIET, *overrides]
     try:
         cfg = config.load(PRESET, overrides)
     except config.ConfigError as exc:
@@ -104,21 +132,25 @@ def main() -> int:
     runs = []
     print(f"{'seed':>4} {'steps':>7} {'steps/s':>8} " + " ".join(f"{'d' + str(d):>13}" for d in DIFFICULTIES))
     for seed in range(args.first_seed, args.first_seed + seeds):
-        run = train_and_score(seed, overrides, limit)
+        run = train_and_score(seed, overrides, limit, step_marks)
         runs.append(run)
-        cells = [f"{run['exact'][d]:.3f} of {len(m):>3}" for d, m in run["marks"].items()]
-        speed = run["steps"] / run["seconds"]
-        print(f"{seed:>4} {run['steps']:>7} {speed:>8.1f} " + " ".join(f"{c:>13}" for c in cells), flush=True)
+        for steps, grades in run["scored"].items():
+            cells = [f"{grades['exact'][d]:.3f} of {len(m):>3}" for d, m in grades["marks"].items()]
+            print(f"{seed:>4} {steps:>7} {run['steps'] / run['seconds']:>8.1f} " + " ".join(f"{c:>13}" for c in cells),
+                  flush=True)
 
-    # over seeds when there are several; one run's interval is over its puzzles
-    exact = {d: over_seeds([r["exact"][d] for r in runs]) if seeds > 1 else over_items(runs[0]["marks"][d])
-             for d in map(str, DIFFICULTIES)}
-    ratio = over_seeds([r["exact"]["3"] / r["exact"]["1"] if r["exact"]["1"] else 0.0 for r in runs])
-    n_by_difficulty = {str(d): [len(r["marks"][str(d)]) for r in runs] for d in DIFFICULTIES}
+    final = [list(r["scored"].values())[-1] for r in runs]
+    exact = summarise(final)
+    by_steps = {str(n): summarise([r["scored"][str(n)] for r in runs]) for n in step_marks}
+    ratio = over_seeds([g["exact"]["3"] / g["exact"]["1"] if g["exact"]["1"] else 0.0 for g in final])
+    n_by_difficulty = {d: [len(g["marks"][d]) for g in final] for d in map(str, DIFFICULTIES)}
     over = f"95% t interval over {seeds} seeds" if seeds > 1 else "95% bootstrap interval over the puzzles, one seed"
-    print(f"\nheld-out exact on every distinct test puzzle after {budget}, mean [{over}]:")
-    for d in DIFFICULTIES:
-        print(f"  difficulty {d}: {shown(exact[str(d)])}  (n = {', '.join(map(str, n_by_difficulty[str(d)]))})")
+    print(f"\nheld-out exact on every distinct test puzzle, mean [{over}]:")
+    for n in step_marks[:-1]:
+        print(f"  after {n} steps: " + ", ".join(f"d{d} {shown(s)}" for d, s in by_steps[str(n)].items()))
+    print(f"after {budget}:")
+    for d in map(str, DIFFICULTIES):
+        print(f"  difficulty {d}: {shown(exact[d])}  (n = {', '.join(map(str, n_by_difficulty[d]))})")
     print(f"minimal puzzles (d3) / difficulty 1: {shown(ratio)}")
     print("(target: >= 0.95 exact at every difficulty)")
     print(json.dumps({
@@ -126,6 +158,7 @@ def main() -> int:
         "steps": [r["steps"] for r in runs], "train_s": [r["seconds"] for r in runs],
         "steps_per_s": [round(r["steps"] / r["seconds"], 2) for r in runs], "budget": budget, "seeds": seeds,
         "first_seed": args.first_seed, "overrides": overrides, "smoke": args.smoke,
+        **({"exact_by_steps": by_steps} if len(step_marks) > 1 else {}),
     }))
     return 0
 
