@@ -46,7 +46,7 @@ class TrainState:
         return tensors, state
 
     def check(self, ckpt: checkpoint.Checkpoint) -> None:
-        """Raise ValueError with one sentence when a checkpoint that verified does not fit this run."""
+        """Raise CheckpointError with one sentence when a checkpoint that verified does not fit this run."""
         for name, module in self.weights.items():
             want = {f"{name}.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
             have = {k: tuple(v.shape) for k, v in ckpt.tensors.items() if k.startswith(name + ".")}
@@ -55,10 +55,12 @@ class TrainState:
                 wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
                 what = f"missing {missing[0]}" if missing else f"{wrong[0]} has shape {have[wrong[0]]}, not {want[wrong[0]]}" \
                     if wrong else f"unexpected {sorted(set(have) - set(want))[0]}"
-                raise ValueError(f"its weights do not fit this model ({what})")
+                raise checkpoint.CheckpointError(f"checkpoint {ckpt.path.name}: its weights do not fit this model "
+                                                 f"({what}).")
         absent = [name for name in ["step", *self.components] if name not in ckpt.state]
         if absent:
-            raise ValueError(f"its state has no {absent[0]!r} entry (saved by another version of the lab?)")
+            raise checkpoint.CheckpointError(f"checkpoint {ckpt.path.name}: its state has no {absent[0]!r} entry "
+                                             "(saved by another version of the lab?).")
 
     def restore(self, ckpt: checkpoint.Checkpoint) -> int:
         """Load every component; returns the checkpoint's step."""

@@ -8,7 +8,10 @@
  4 NaN injected into the loss (rollback; diverged after 3)           10 configs with bad values everywhere
  5 out of memory at a step, and VRAM pressure (injected reading)     11 a checkpoint holding a code-running pickle
  6 disk full (ENOSPC) while checkpointing                            12 sandbox programs that loop, allocate, flood
-                                                                     13 the store polled every 250 ms during a run
+14 one client: a line nested 5,000 deep, then a flood never read    13 the store polled every 250 ms during a run
+15 a second engine started on a live run                             17 the run store cannot write for a while
+16 a checkpoint that verifies but does not fit the model             18 checkpoints/ on a real 2 MB disk that fills
+19 kill -9 in the middle of a checkpoint save (half written; mid-swap)
 
 Each row says what was done, what was expected, what happened, PASS or FAIL; the last line is
 a JSON object {"passed", "failed", "total", "seconds"}. `--quick` runs every case once, with 3
@@ -27,6 +30,7 @@ import os
 import pickle
 import pty
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -39,7 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
@@ -48,7 +52,7 @@ from engine import checkpoint, config, protocol  # noqa: E402
 from engine.store import RunReader  # noqa: E402
 from engine.faults import FAULTS_ENV, parse_faults  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
-from tests.helpers import env, kill9, tiny_config, wait_for  # noqa: E402
+from tests.helpers import env, fill_disk, kill9, lab, tiny_config, wait_for  # noqa: E402
 
 
 @dataclass
@@ -731,6 +735,197 @@ def case_store_polling(work: Path, seconds: float = 5.0) -> Outcome:
                    'no "database is locked", no error', f"{polls} polls, {len(errors)} errors, {len(locked)} locked", ok)
 
 
+# ---- holes found in review: hostile clients, a second engine, misfit checkpoints, failing stores, full disks ----
+
+
+def case_hostile_client(work: Path, flood: int = 2000) -> Outcome:
+    """14: one client sends a line nested 5,000 deep, then floods commands without ever reading."""
+    with live_engine(work) as (proc, run):
+        hostile = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        hostile.connect(str(run / protocol.SOCKET_NAME))
+        hostile.settimeout(10)
+        hostile.sendall(b"[" * 5000 + b"\n")
+        replies = hostile.makefile("rb")
+        reply = replies.readline()  # the hello and the event stream, then the refusal
+        while reply and b'"ack"' not in reply:
+            reply = replies.readline()
+        refused = b'"ok":false' in reply
+        try:
+            hostile.sendall(b"".join(protocol.encode(protocol.command(f"f{i}", "status")) for i in range(flood)))
+        except OSError:
+            pass  # the engine may cut a client off that floods it: that is allowed
+        before = live_step(run)
+        paused, resumed = lab("ctl", str(run), "pause"), lab("ctl", str(run), "resume")
+        stepping = wait_for(lambda: live_step(run) > before + 3, timeout=60) is not None
+        alive = proc.poll() is None
+        hostile.close()
+    ok = refused and paused.returncode == 0 and resumed.returncode == 0 and stepping and alive
+    return Outcome(f"a line of 5,000 '[' then {flood} commands never read, from one client",
+                   "an error reply to the deep line; another client's pause and resume work; the engine steps on",
+                   f"deep line refused: {refused}; pause {paused.returncode}, resume {resumed.returncode}; "
+                   f"stepping on: {stepping}", ok)
+
+
+def case_second_engine(work: Path) -> Outcome:
+    """15: `lab run --resume RUN` while an engine is live on RUN."""
+    with live_engine(work) as (proc, run):
+        socket_inode = os.stat(run / protocol.SOCKET_NAME).st_ino
+        out = subprocess.run([sys.executable, "-m", "lab.cli", "run", "--resume", str(run)], capture_output=True,
+                             text=True, timeout=120, env=env(), cwd=ROOT)
+        lines = out.stderr.strip().splitlines()
+        untouched = os.stat(run / protocol.SOCKET_NAME).st_ino == socket_inode and engine_pid(run) == proc.pid
+        answers = lab("ctl", str(run), "status").returncode == 0
+    ok = out.returncode == 2 and len(lines) == 1 and "already has a live engine" in lines[0] and untouched and answers
+    return Outcome("`lab run --resume RUN` on a run whose engine is live",
+                   "exit 2 with one sentence; the live engine's socket, store and checkpoints untouched",
+                   f"exit {out.returncode}: {lines[0] if lines else '(nothing)'}; first engine untouched and answering: "
+                   f"{untouched and answers}", ok)
+
+
+def case_misfit_checkpoint(work: Path) -> Outcome:
+    """16: the newest checkpoint verifies (its checksums are right) but its weights have the wrong shapes."""
+    tr = in_process_trainer(work, "misfit", max_steps=10, ckpt_every=5)
+    tr.run()
+    newest = checkpoint.load(tr.state.root / checkpoint.step_dir_name(10))
+    tensors = dict(newest.tensors)
+    name = next(k for k in tensors if k.startswith("model.") and tensors[k].ndim == 2)
+    tensors[name] = torch.zeros(tensors[name].shape[0] + 1, tensors[name].shape[1])
+    shutil.rmtree(newest.path)
+    checkpoint.save(tr.state.root, 10, tensors, newest.state, meta=newest.meta)
+    again = resumed_trainer(tr)
+    warned = [a["message"] for a in alerts(tr.run_dir) if "step-00000010" in a["message"] and "skipped" in a["message"]]
+    step = again.step
+    again.recorder.close()
+    ok = step == 5 and len(warned) == 1 and name in warned[0]
+    return Outcome("the step-10 checkpoint re-saved with a weight one row too many (checksums right)",
+                   "resume skips it with one warning naming it, and continues from step 5",
+                   f"resumed at {step}; warning: {warned[0] if warned else 'NONE'}", ok)
+
+
+def case_store_failure(work: Path) -> Outcome:
+    """17: the run store cannot write (SQLite refuses) from step 5 to step 9 of 12."""
+    folder = work / "store"
+    folder.mkdir(parents=True)
+    cfg = config.load(tiny_config(folder, max_steps=12, ckpt_every=4))
+
+    def on_event(message: dict) -> None:
+        if message["event"] == "metrics" and message["step"] in (5, 9):
+            tr.recorder.store.db.conn.execute(f"PRAGMA query_only={int(message['step'] == 5)}")
+
+    tr = Trainer(folder / "run", cfg, output="quiet", emit=on_event)
+    rc = tr.run()
+    told = [a["message"] for a in alerts(tr.run_dir) if "run store could not write" in a["message"]]
+    meta = {s: checkpoint.load(tr.state.root / checkpoint.step_dir_name(s)).meta.get("rows_on_disk") for s in (4, 8, 12)}
+    rows = live_steps(tr.run_dir)
+    ok = rc == 0 and told and meta == {4: True, 8: False, 12: True} and rows == list(range(1, 13))
+    return Outcome("SQLite refuses every write from step 5 to step 9 (PRAGMA query_only)",
+                   "an alert that says so; the step-8 checkpoint records its rows were not all on disk; the kept rows "
+                   "are written once the store recovers; the run finishes",
+                   f"exit {rc}; alert: {told[0][:80] if told else 'NONE'}; rows_on_disk by checkpoint {meta}; "
+                   f"rows 1..12 on disk: {rows == list(range(1, 13))}", ok)
+
+
+def case_real_disk_full(work: Path) -> Outcome:
+    """18: the checkpoint folder is a real 2 MB filesystem that fills up during the run."""
+    tr = in_process_trainer(work, "tmpfs", max_steps=16, ckpt_every=4)
+    root = tr.state.root
+    root.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(root)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        return Outcome("a real 2 MB filesystem under checkpoints/", "(needs root to mount)",
+                       f"mount failed: {mounted.stderr.strip()}", False)
+    try:
+        def on_event(message: dict) -> None:
+            if message["event"] == "checkpoint" and message["step"] == 4:
+                fill_disk(root, leave=1024)  # from here on, nothing fits
+
+        tr.recorder.extra_emit = on_event
+        rc = tr.run()
+        names = [p.name for p in checkpoint.list_checkpoints(root)]
+        leftovers = [p.name for p in root.iterdir() if p.name.startswith(".")]
+        ck, warnings = checkpoint.load_latest(root)
+        failed = [a["message"] for a in alerts(tr.run_dir) if "failed" in a["message"] and "checkpoint" in a["message"]]
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)
+    ok = (rc == 0 and tr.step == 16 and "step-00000004" in names and ck is not None and ck.step == 4 and not warnings
+          and not leftovers and failed and "No space left" in failed[0])
+    return Outcome("checkpoints/ on a 2 MB tmpfs, filled to the last KB after the step-4 checkpoint",
+                   "each later checkpoint fails with an alert, step-4 stays intact and loadable, no half-written "
+                   "folder, training goes on to the end",
+                   f"exit {rc}, step {tr.step}, checkpoints {names}, leftovers {leftovers or 'none'}, "
+                   f"alerts {len(failed)}: {failed[0][:70] if failed else 'NONE'}", ok)
+
+
+KILLED_SAVE = """
+import os, sys, time
+from pathlib import Path
+import torch
+from engine import checkpoint
+root, where = Path(sys.argv[1]), sys.argv[2]
+
+
+def stall():
+    print("inside", flush=True)
+    time.sleep(600)
+
+
+if where == "write":  # half of state.pt is on disk when the process dies
+    write = checkpoint._write
+
+    def half_then_stall(path, data):
+        if path.name == checkpoint.STATE:
+            with open(path, "wb") as f:
+                f.write(data[: len(data) // 2])
+            stall()
+        return write(path, data)
+
+    checkpoint._write = half_then_stall
+    step = 2
+else:  # re-saving step 1: the old folder is parked, its replacement not yet renamed in
+    rename = os.rename
+
+    def park_then_stall(src, dst):
+        rename(src, dst)
+        if Path(dst).name.startswith(".old-"):
+            stall()
+
+    os.rename = park_then_stall
+    step = 1
+checkpoint.save(root, step, {"w": torch.full((64, 64), float(step) + 0.5)}, {"step": step})
+"""
+
+
+def killed_save(root: Path, where: str) -> tuple[list[str], checkpoint.Checkpoint | None, list[str], list[str]]:
+    """kill -9 of a process in the middle of saving a checkpoint under `root` (after step 1's): what it left,
+    what the next load finds, and what is left after that load."""
+    checkpoint.save(root, 1, {"w": torch.full((64, 64), 1.0)}, {"step": 1})
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(root), where], stdout=subprocess.PIPE, text=True,
+                            env=env(), cwd=ROOT)
+    try:
+        inside = proc.stdout.readline().strip() == "inside"
+    finally:
+        kill9(proc)
+    assert inside, "the save never reached the point where it is killed"
+    left = [p.name for p in root.iterdir() if p.name.startswith(".")]
+    ck, warnings = checkpoint.load_latest(root)
+    return left, ck, warnings, [p.name for p in root.iterdir() if p.name.startswith(".")]
+
+
+def case_killed_save(work: Path) -> Outcome:
+    """19: kill -9 while a checkpoint is half written, and between the two renames of a re-save."""
+    seen, ok = [], True
+    for where in ("write", "swap"):
+        left, ck, warnings, after = killed_save(work / where, where)
+        fine = bool(left) and ck is not None and ck.step == 1 and not warnings and not after \
+            and torch.equal(ck.tensors["w"], torch.full((64, 64), 1.0))
+        ok &= fine
+        seen.append(f"{where}: left {left}, then loaded step {ck.step if ck else None}, leftovers after {after or 'none'}")
+    return Outcome("kill -9 with state.pt half written; kill -9 between the renames of a re-saved step",
+                   "the previous checkpoint loads with no warning; the leftovers are tidied by that load",
+                   "; ".join(seen), ok)
+
+
 # ---- the table -----------------------------------------------------------------------------------
 
 CASES = {
@@ -747,4 +942,10 @@ CASES = {
     11: ("pickle checkpoint", lambda w, q, seed: case_pickle_checkpoint(w)),
     12: ("sandbox", lambda w, q, seed: case_sandbox(w)),
     13: ("store polling", lambda w, q, seed: case_store_polling(w, seconds=5 if q else 30)),
+    14: ("hostile client", lambda w, q, seed: case_hostile_client(w)),
+    15: ("second engine", lambda w, q, seed: case_second_engine(w)),
+    16: ("misfit checkpoint", lambda w, q, seed: case_misfit_checkpoint(w)),
+    17: ("store failure", lambda w, q, seed: case_store_failure(w)),
+    18: ("real disk full", lambda w, q, seed: case_real_disk_full(w)),
+    19: ("killed save", lambda w, q, seed: case_killed_save(w)),
 }

@@ -3,6 +3,7 @@ no temporary folder is left, an alert is raised and training goes on. Injected, 
 small filesystem (tmpfs, mounted as root); and a save killed half-way."""
 
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import torch
 from engine import checkpoint, protocol
 from engine.store import RunReader, RunStore
 from lab import runs
-from tests.faults.scenarios import alerts, case_disk_full, in_process_trainer
+from tests.faults.scenarios import (alerts, case_disk_full, case_real_disk_full, case_store_failure,
+                                   in_process_trainer, killed_save)
 from tests.helpers import ROOT, env, fill_disk, kill9, small_disk, tiny_config, wait_for
 
 
@@ -86,63 +88,28 @@ def test_the_run_store_on_a_real_full_disk_says_so_and_keeps_its_rows(tmp_path):
         s.close()
 
 
-KILLED_SAVE = """
-import os, sys, time
-from pathlib import Path
-import torch
-from engine import checkpoint
-
-root, where = Path(sys.argv[1]), sys.argv[2]
-
-
-def stall():
-    print("inside", flush=True)
-    time.sleep(600)
-
-
-if where == "write":  # half of state.pt is on disk when the process dies
-    write = checkpoint._write
-
-    def half_then_stall(path, data):
-        if path.name == checkpoint.STATE:
-            with open(path, "wb") as f:
-                f.write(data[: len(data) // 2])
-            stall()
-        return write(path, data)
-
-    checkpoint._write = half_then_stall
-    step = 2
-else:  # re-saving step 1: the old folder is parked, its replacement not yet renamed in
-    rename = os.rename
-
-    def park_then_stall(src, dst):
-        rename(src, dst)
-        if Path(dst).name.startswith(".old-"):
-            stall()
-
-    os.rename = park_then_stall
-    step = 1
-checkpoint.save(root, step, {"w": torch.full((64, 64), float(step) + 0.5)}, {"step": step})
-"""
-
-
 @pytest.mark.parametrize("where", ["write", "swap"])
 def test_kill9_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable(tmp_path, where):
     root = tmp_path / "checkpoints"
-    checkpoint.save(root, 1, {"w": torch.full((64, 64), 1.0)}, {"step": 1})
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(root), where], stdout=subprocess.PIPE, text=True,
-                            env=env(), cwd=ROOT)
-    try:
-        assert proc.stdout.readline().strip() == "inside"
-    finally:
-        kill9(proc)
-    assert _leftovers(root), "the killed save left nothing behind to clean"
-    ck, warnings = checkpoint.load_latest(root)
+    left, ck, warnings, after = killed_save(root, where)
+    assert left, "the killed save left nothing behind to clean"
     assert warnings == [] and ck.step == 1 and torch.equal(ck.tensors["w"], torch.full((64, 64), 1.0))
-    assert _leftovers(root) == []  # the load tidied what the killed save left
+    assert after == []  # the load tidied what the killed save left
     checkpoint.save(root, 3, {"w": torch.zeros(1)}, {"step": 3})
     assert [p.name for p in checkpoint.list_checkpoints(root)] == ["step-00000001", "step-00000003"]
     assert _leftovers(root) == []
+
+
+def test_a_run_whose_checkpoint_disk_is_really_full_goes_on_and_keeps_the_last_good_one(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    outcome = case_real_disk_full(tmp_path)
+    assert outcome.ok, outcome.happened
+
+
+def test_a_run_store_that_cannot_write_is_reported_and_recovers(tmp_path):
+    outcome = case_store_failure(tmp_path)
+    assert outcome.ok, outcome.happened
 
 
 def test_leftovers_of_a_live_saver_are_not_touched(tmp_path):

@@ -3,8 +3,8 @@ clients, garbage on a live socket, a NaN run through the CLI, the store polled d
 
 import pytest
 
-from tests.faults.scenarios import (case_concurrent_commands, case_console_killed, case_kill_resume, case_nan_rollback,
-                          case_socket_garbage, case_store_polling)
+from tests.faults.scenarios import (case_concurrent_commands, case_console_killed, case_hostile_client,
+                                   case_kill_resume, case_nan_rollback, case_socket_garbage, case_store_polling)
 
 pytestmark = pytest.mark.slow
 
@@ -36,4 +36,9 @@ def test_garbage_on_a_live_engine_socket(tmp_path):
 
 def test_store_polled_every_250ms_during_a_run_is_never_locked(tmp_path):
     outcome = case_store_polling(tmp_path, seconds=4)
+    assert outcome.ok, outcome.happened
+
+
+def test_a_hostile_client_leaves_the_engine_serving_others(tmp_path):
+    outcome = case_hostile_client(tmp_path)
     assert outcome.ok, outcome.happened
