@@ -468,6 +468,19 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: model.memory = 'titans-mag' needs model.mixer = 'attention'.")
 
 
+def check_processes(cfg: RunConfig, processes: int) -> None:
+    """Raise ConfigError when the run cannot be shared among `processes` data-parallel processes."""
+    if processes <= 1:
+        return
+    B = cfg.train.batch_size
+    if B % processes:
+        raise ConfigError(f"train.batch_size = {B} does not split evenly over {processes} processes; "
+                          f"use a multiple of {processes}, or another number of processes.")
+    if cfg.curriculum.enabled:
+        raise ConfigError("curriculum.enabled = true runs in one process only; "
+                          "run it without --nproc/--nnodes or switch the curriculum off.")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`model.d_model=128` -> ("model.d_model", 128); the value is read as a TOML value."""
     if "=" not in text:
