@@ -49,6 +49,7 @@ EVENTS = (
     "telemetry",  # data: resource figures
     "eval",  # data: evaluation figures
     "command",  # data: a command as applied, sent after its acknowledgement
+    "world",  # data: the run's processes (one, or the ranks of a torchrun launch), sent as the run starts
 )
 
 STATUSES = ("starting", "running", "paused", "stopped", "finished", "failed", "diverged")
@@ -132,6 +133,12 @@ EVENT_DATA: dict[str, Obj] = {
     "eval": Obj({"eval_exact": NUMBER, "eval_cell": NUMBER}, others=NUMBER),
     "command": Obj({"id": STRING, "cmd": STRING, "ok": BOOLEAN, "error": (STRING, NULL), "client": STRING},
                    choices={"cmd": tuple(COMMANDS)}),
+    "world": Obj({
+        "world_size": INTEGER,  # processes training the run (each with its share of the batch); metrics then
+        # carry step_time_rank{r} for every rank r
+        "lead": INTEGER,  # the rank that records
+        "ranks": [Obj({"rank": INTEGER, "host": STRING, "pid": INTEGER})],
+    }),
 }
 
 
