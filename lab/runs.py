@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine import config
@@ -105,20 +106,59 @@ def run_summary(run_dir: Path) -> dict:
             "created": row.get("created"), "updated": row.get("updated"), "pid": row.get("pid"), "path": str(run_dir)}
 
 
-def engine_command(run_dir: Path, resume: bool = False, output: str = "quiet") -> list[str]:
-    cmd = [sys.executable, "-m", "engine", str(run_dir), "--output", output]
+@dataclass(frozen=True)
+class Processes:
+    """How many processes train a run: `nproc` on this machine, on `nnodes` machines that meet at
+    `rdzv_endpoint` (HOST:PORT). One process is the plain engine; more go through torchrun."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+    rdzv_backend: str = "c10d"
+    rdzv_id: str | None = None
+
+    @property
+    def total(self) -> int:
+        return self.nproc * self.nnodes
+
+    @property
+    def distributed(self) -> bool:
+        return self.total > 1
+
+    def launcher_args(self) -> list[str]:
+        args = ["--nproc", str(self.nproc), "--nnodes", str(self.nnodes), "--rdzv-backend", self.rdzv_backend]
+        if self.rdzv_endpoint:
+            args += ["--rdzv-endpoint", self.rdzv_endpoint]
+        if self.rdzv_id:
+            args += ["--rdzv-id", self.rdzv_id]
+        return args
+
+
+ONE_PROCESS = Processes()
+
+
+def engine_command(run_dir: Path | None, resume: bool = False, output: str = "quiet",
+                   processes: Processes = ONE_PROCESS) -> list[str]:
+    """The engine's command line; several processes go through the launcher (engine/launch.py: torchrun), and
+    run_dir None joins a run started on another machine."""
+    if not processes.distributed:
+        cmd = [sys.executable, "-m", "engine", str(run_dir), "--output", output]
+    else:
+        where = [str(run_dir)] if run_dir is not None else ["--join"]
+        cmd = [sys.executable, "-m", "engine.launch", *where, *processes.launcher_args(), "--output", output]
     if resume:
         cmd.append("--resume")
     return cmd
 
 
-def spawn_engine(run_dir: str | Path, resume: bool = False) -> subprocess.Popen:
+def spawn_engine(run_dir: str | Path, resume: bool = False, processes: Processes = ONE_PROCESS) -> subprocess.Popen:
     """Start the engine detached in its own session; its output goes to engine.log."""
     run_dir = Path(run_dir)
     log = open(run_dir / "engine.log", "ab")
     try:
-        return subprocess.Popen(engine_command(run_dir, resume), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
+        return subprocess.Popen(engine_command(run_dir, resume, processes=processes), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=os.getcwd())
     finally:
         log.close()
 
