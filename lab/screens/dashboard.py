@@ -94,6 +94,9 @@ def header_text(state: RunState, mode: str, reason: str, smoothing: float) -> Te
     sps = state.steps_per_second
     if sps is not None and mode == "live" and state.status == "running":
         t.append(f"   {sps:.1f} steps/s", style="cyan")
+    if state.world_size > 1:  # data-parallel: each rank's latest step time, slowest decides the pace
+        times = " · ".join("-" if v is None else f"{v * 1000:.0f}" for v in state.rank_step_times())
+        t.append(f"   {state.world_size} ranks: {times} ms/step", style="grey62")
     t.append("   ")
     t.append(f"{'⚡ ' if mode == 'live' else ''}{mode}", style=MODE_STYLES.get(mode, "bold"))
     if reason and mode != "live":
