@@ -83,11 +83,10 @@ class WakeStage:
     def step(self, step: int) -> StepResult:
         t0 = time.perf_counter()
         inputs, labels = self.next_data()
-        # the cells scored once the halted slots have taken their new samples, over the whole batch
-        n_cells = self.world.sum((torch.where(self.carry.halted[:, None], labels, self.carry.labels) != PAD).sum())
+        n_cells = self.scored_cells(labels)  # a collective: outside the out-of-memory retries
         self.model.train()
         carry, logits, metrics, finite = self.micro.attempt(
-            step, lambda: self.forward_backward(inputs, labels, step, n_cells.clamp_min(1)), [self.generator],
+            step, lambda: self.forward_backward(inputs, labels, step, n_cells), [self.generator],
             self.on_back_off, inject=lambda: self.faults.raise_oom(step))
         metrics, finite = self.share(metrics, finite, carry.halted, time.perf_counter() - t0)
         for observe in self.observers:  # fresh samples enter sleep's episodic buffer
@@ -106,6 +105,12 @@ class WakeStage:
             metrics["micro_batches"] = float(self.micro.chunks)
         metrics["step_time"] = time.perf_counter() - t0
         return StepResult(metrics, finite, events)
+
+    def scored_cells(self, labels: torch.Tensor) -> torch.Tensor:
+        """The cells scored over the whole batch (every rank's slots) once the halted slots have taken their new
+        samples (`labels`: this rank's, after next_data)."""
+        mine = (torch.where(self.carry.halted[:, None], labels, self.carry.labels) != PAD).sum()
+        return self.world.sum(mine).clamp_min(1)
 
     def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor, step: int, n_cells: torch.Tensor
                          ) -> tuple[Carry, torch.Tensor, dict[str, float], bool]:

@@ -301,8 +301,8 @@ def chunked_gradient_error(work: Path, micro_batches: int = 4, overrides: list[s
         for step in range(1, 4):
             tr.wake.step(step)
         tr.micro.chunks = m
-        inputs, labels = tr.wake.next_data(tr.carry.halted)
-        tr.wake.forward_backward(inputs, labels, 4)
+        inputs, labels = tr.wake.next_data()
+        tr.wake.forward_backward(inputs, labels, 4, tr.wake.scored_cells(labels))
         grads.append({n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None})
         tr.recorder.close()
     full, chunked = grads
