@@ -45,6 +45,7 @@ class ModelConfig:
     memory_max_grad_norm: float = 30.0  # per-token clip of the memory's inner gradients (0: off)
     persistent_tokens: int = 4
     bitnet: bool = False  # BitNet b1.58 ternary hidden linears (STE); no optim preset turns it on
+    compile: bool = False  # torch.compile the recursion's network f while training (each stage's first step waits)
 
 
 @dataclass

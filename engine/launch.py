@@ -21,10 +21,8 @@ import sys
 from pathlib import Path
 
 from engine import runlock
-from engine.protocol import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from engine.protocol import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, LIVE_STATUSES
 from engine.store import RunReader, RunStore
-
-LIVE = ("starting", "running", "paused")  # statuses that only a live lead may leave behind
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +106,7 @@ def _outcome(run_dir: Path, before: dict, rc: int) -> int:
     status = row.get("status")
     if status in ("finished", "stopped"):
         return EXIT_OK
-    if status in LIVE:
+    if status in LIVE_STATUSES:
         _record_lost_lead(run_dir, row)
     return EXIT_FAILED
 

@@ -61,6 +61,8 @@ class Trainer:
         self.task = make_task(cfg)
         self.model = build_model(cfg, self.task).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if cfg.model.compile:  # f, which every pass of the recursion runs; the EMA copy (evaluation) stays eager
+            self.model.net.compile()
         self.optimizer = build_optimizer(self.model, cfg.optim, total_steps=cfg.train.max_steps)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed + 1)
         B = cfg.train.batch_size
@@ -87,6 +89,8 @@ class Trainer:
                                                     self.generator, *parts, feed=feed, observers=observers,
                                                     **shared)
         self.schedule = build_schedule(cfg)
+        # stages whose first step still waits for the compiler (status "compiling" meanwhile)
+        self.uncompiled = set(self.stages) if cfg.model.compile else set()
         self.state = TrainState(self.run_dir / "checkpoints", {"model": self.model, "ema": self.ema}, {
             "optimizer": self.optimizer, "generator": RandomState(self.generator), "torch_rng": RandomState(),
             "precision": self.precision, "micro_batches": self.micro, "schedule": self.schedule, **self.stages})
@@ -204,7 +208,7 @@ class Trainer:
             if self.schedule.finished:
                 return self._finish("finished")
 
-            result = self.stages[self.schedule.current].step(self.step + 1)
+            result = self._step(self.schedule.current)
             self._set_step(self.step + 1)
             if result.finite:
                 self._update_ema()
@@ -220,6 +224,20 @@ class Trainer:
                 self.evaluate()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                 self.save_checkpoint()
+
+    def _step(self, stage: str) -> StepResult:
+        """The stage's step; its first one under model.compile is timed and said, as the compiler takes it."""
+        if stage not in self.uncompiled:
+            return self.stages[stage].step(self.step + 1)
+        self.set_status("compiling")
+        t0 = time.perf_counter()
+        result = self.stages[stage].step(self.step + 1)
+        seconds = time.perf_counter() - t0
+        self.uncompiled.discard(stage)
+        result.metrics["compile_seconds"] = seconds
+        self.recorder.say(f"{stage}: compiled in {seconds:.1f} s (its first step)")
+        self.set_status("running")
+        return result
 
     def _advance_schedule(self) -> None:
         """At a step boundary: end the running stage and begin the next one when the schedule says so."""

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import config
+from engine import config, protocol
 from engine.store import DB_NAME, RunReader, RunStore
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -100,7 +100,7 @@ def run_summary(run_dir: Path) -> dict:
     except Exception as exc:  # unreadable store: still listed, with the reason
         return {"id": run_dir.name, "status": "unreadable", "step": None, "error": str(exc), "path": str(run_dir)}
     status = row.get("status", "unknown")
-    if status in ("running", "paused", "starting") and not pid_alive(row.get("pid")):
+    if status in protocol.LIVE_STATUSES and not pid_alive(row.get("pid")):
         status = "stale"
     return {"id": row.get("id", run_dir.name), "name": row.get("name"), "status": status, "step": row.get("step"),
             "created": row.get("created"), "updated": row.get("updated"), "pid": row.get("pid"), "path": str(run_dir)}

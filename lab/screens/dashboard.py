@@ -20,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
+from engine.protocol import LIVE_STATUSES
 from lab import runs
 from lab.client import (AlertRules, ConnectionLost, EngineClient, EngineUnreachable, PendingCommand, RunState,
                         StoreFollower, StoreUpdate, has_store)
@@ -70,7 +71,7 @@ MODE_STYLES = {"live": "bold green", "connecting": "bold cyan", "read-only": "bo
 
 def shown_status(state: RunState, mode: str) -> str:
     """A run the store calls running whose engine process is gone is stale."""
-    if mode != "live" and state.status in ("running", "paused", "starting") and state.pid and not runs.pid_alive(state.pid):
+    if mode != "live" and state.status in LIVE_STATUSES and state.pid and not runs.pid_alive(state.pid):
         return "stale"
     return state.status
 
