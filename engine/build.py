@@ -16,10 +16,11 @@ from engine.tasks.base import Task
 from engine.tasks.registry import task_from_config
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The run's device; a rank of a distributed run on CUDA takes the card of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
 def make_task(cfg: RunConfig) -> Task:

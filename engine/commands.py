@@ -3,6 +3,10 @@
 A handler takes the command's arguments and returns (ok, error, result); whatever it raises becomes a failed
 acknowledgement, never a dead run. Every command is logged in the store and acknowledged with the step at
 which it took effect.
+
+Under several processes only the lead rank listens. At every boundary it shares the commands it took (a few
+integers, one all-reduce) and every rank runs the same handlers in the same order, so a pause, a sleep, a
+checkpoint or a stop takes effect on all ranks at the same step; the lead alone logs and acknowledges.
 """
 
 from __future__ import annotations
@@ -10,31 +14,66 @@ from __future__ import annotations
 import queue
 from typing import Any, Callable
 
+import torch
+
 from engine import protocol
+from engine.distributed import World
 from engine.probe import probe
 from engine.recorder import Recorder
 
 Reply = tuple[bool, "str | None", Any]
 Handler = Callable[[dict], Reply]
 
+NAMES = tuple(protocol.COMMANDS)  # a shared command is its index here, plus one
+MAX_SHARED = 8  # commands shared per step boundary; the rest wait for the next one
+LEAD_ONLY = ("status", "probe")  # they change nothing a rank keeps: the lead answers them alone
+
 
 class CommandDispatch:
-    def __init__(self, recorder: Recorder, handlers: dict[str, Handler]):
+    def __init__(self, recorder: Recorder, handlers: dict[str, Handler], world: World | None = None):
         assert set(handlers) == set(protocol.COMMANDS), "one handler per protocol command"
-        self.recorder, self.handlers = recorder, handlers
+        self.recorder, self.handlers, self.world = recorder, handlers, world or World()
 
-    def apply_pending(self, block: bool = False) -> None:
-        """Apply every queued command now (a step boundary). With block=True wait briefly for one."""
-        server = self.recorder.server
+    def apply_pending(self, block: bool = False, signalled: bool = False) -> bool:
+        """Apply every queued command now (a step boundary). With block=True wait briefly for one.
+        `signalled`: this process got SIGTERM/SIGINT. Returns whether any rank did, so that all stop alike."""
+        records = self._take(block)
+        if self.world.size == 1:
+            for rec in records:
+                self.apply(rec)
+            return signalled
+        codes = torch.zeros(2 + 2 * MAX_SHARED, dtype=torch.int64)
+        codes[0] = int(signalled)
+        if self.world.is_lead:
+            codes[1] = len(records)
+            for i, rec in enumerate(records):
+                slot = rec.command.args.get("slot", 0)
+                ok_slot = isinstance(slot, int) and not isinstance(slot, bool) and abs(slot) < 2**62
+                codes[2 + 2 * i] = NAMES.index(rec.command.cmd) + 1
+                codes[3 + 2 * i] = slot if ok_slot else -1  # the one argument a shared command takes
+        shared = self.world.sum(codes)
+        for i in range(int(shared[1])):
+            if self.world.is_lead:
+                self.apply(records[i])
+                continue
+            name = NAMES[int(shared[2 + 2 * i]) - 1]
+            if name not in LEAD_ONLY:
+                self.handlers[name]({"slot": int(shared[3 + 2 * i])} if name == "inspect" else {})
+        return bool(shared[0])
+
+    def _take(self, block: bool) -> list:
+        """The lead's queued commands (at most MAX_SHARED under several processes); none elsewhere."""
+        server, records = self.recorder.server, []
         if server is None:
-            return
-        while True:
+            return records
+        limit = MAX_SHARED if self.world.size > 1 else None
+        while limit is None or len(records) < limit:
             try:
-                rec = server.commands.get(timeout=0.1) if block else server.commands.get_nowait()
+                records.append(server.commands.get(timeout=0.1) if block else server.commands.get_nowait())
             except queue.Empty:
-                return
+                break
             block = False
-            self.apply(rec)
+        return records
 
     def apply(self, rec) -> None:
         cmd, step = rec.command, self.recorder.step
@@ -87,7 +126,10 @@ def run_handlers(run) -> dict[str, Handler]:
         slot, B = args.get("slot", 0), run.cfg.train.batch_size
         if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < B:
             return False, f"slot must be an integer from 0 to {B - 1}.", None
-        snapshot = run.model.inspect(run.carry, slot)
+        carry = run.wake.global_carry()  # every rank takes part; the lead looks
+        if not run.recorder.enabled:
+            return True, None, None
+        snapshot = run.model.inspect(carry, slot)
         run.recorder.event("carry", snapshot, store=False)
         return True, None, snapshot
 

@@ -45,6 +45,7 @@ class ModelConfig:
     memory_max_grad_norm: float = 30.0  # per-token clip of the memory's inner gradients (0: off)
     persistent_tokens: int = 4
     bitnet: bool = False  # BitNet b1.58 ternary hidden linears (STE); no optim preset turns it on
+    compile: bool = False  # torch.compile the recursion's network f while training (each stage's first step waits)
 
 
 @dataclass
@@ -466,6 +467,19 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
         )
     if m.memory == "titans-mag" and m.mixer != "attention":
         raise ConfigError(f"{where}: model.memory = 'titans-mag' needs model.mixer = 'attention'.")
+
+
+def check_processes(cfg: RunConfig, processes: int) -> None:
+    """Raise ConfigError when the run cannot be shared among `processes` data-parallel processes."""
+    if processes <= 1:
+        return
+    B = cfg.train.batch_size
+    if B % processes:
+        raise ConfigError(f"train.batch_size = {B} does not split evenly over {processes} processes; "
+                          f"use a multiple of {processes}, or another number of processes.")
+    if cfg.curriculum.enabled:
+        raise ConfigError("curriculum.enabled = true runs in one process only; "
+                          "run it without --nproc/--nnodes or switch the curriculum off.")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -53,18 +53,28 @@ def evaluate(model, task: Task, n: int, batch_size: int, device: torch.device | 
              data: tuple[torch.Tensor, torch.Tensor] | None = None, split: str = "test") -> dict[str, float]:
     """Exact (graded by the task) and cell accuracy on the first `n` samples of `split` (`data`: those
     samples, already stacked on the device)."""
-    all_inputs, all_labels = data if data is not None else held_out(task, n, device)
+    inputs, labels = data if data is not None else held_out(task, n, device)
+    exact, cells, total_cells = count_right(model, task, inputs[:n], labels[:n], batch_size, split=split)
+    return {"eval_exact": exact / n, "eval_cell": cells / max(1, total_cells)}
+
+
+@torch.no_grad()
+def count_right(model, task: Task, all_inputs: torch.Tensor, all_labels: torch.Tensor, batch_size: int,
+                first: int = 0, split: str = "test") -> tuple[int, int, int]:
+    """(exact samples, correct cells, scored cells) on samples first.. of `split`, stacked in `all_inputs` and
+    `all_labels`: the counts behind evaluate(), which ranks that share the samples add up."""
     was_training = model.training
     model.eval()
     exact = cells = total_cells = 0
-    for start in range(0, n, batch_size):
+    for start in range(0, all_inputs.shape[0], batch_size):
         inputs, labels = all_inputs[start:start + batch_size], all_labels[start:start + batch_size]
         preds, _ = model.predict(inputs)
-        exact += int(grade(task, split, list(range(start, start + len(inputs))), preds, labels).sum())
+        index = first + start
+        exact += int(grade(task, split, list(range(index, index + len(inputs))), preds, labels).sum())
         cells += int(score(preds, labels)[1].sum())
         total_cells += int((labels != PAD).sum())
     model.train(was_training)
-    return {"eval_exact": exact / n, "eval_cell": cells / max(1, total_cells)}
+    return exact, cells, total_cells
 
 
 def load_run_model(run_dir: Path, use_ema: bool = True):

@@ -16,6 +16,7 @@ import dataclasses
 import fnmatch
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -208,6 +209,10 @@ class MuGrokfast:
         for m in self.attention:
             m.record_max_logit = True
 
+        # under several processes: the element-wise maximum over ranks (engine.distributed.World.max), so that
+        # QK-clip scales every rank's weights alike
+        self.max_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+
         self.steps_done = 0
         self.record_figures = True  # per-step figures (update RMS per group, norms) for the run's curves
         self.lr_scale = 1.0  # lasting multiple of every group's lr (a rollback halves it)
@@ -279,6 +284,8 @@ class MuGrokfast:
         Exact for plain linears; with BitLinear q/k (STE mode) the per-tensor ternary scale makes it approximate."""
         tau = self.settings.qk_clip_tau
         largest, clipped = -math.inf, 0
+        if self.max_over_ranks is not None and self.attention:
+            self._share_max_logits()
         for attn in self.attention:
             max_logit, attn.max_logit = attn.max_logit, None
             if max_logit is None:
@@ -295,6 +302,15 @@ class MuGrokfast:
         if largest == -math.inf:
             return {}
         return {"attn_logit_max": largest, "qk_clipped_heads": float(clipped)}
+
+    def _share_max_logits(self) -> None:
+        """Every attention layer's recorded logit becomes the largest over ranks (one all-reduce for all)."""
+        recorded = [a.max_logit if a.max_logit is not None else torch.full((a.n_heads,), -math.inf,
+                                                                             device=a.q_proj.weight.device)
+                    for a in self.attention]
+        shared = self.max_over_ranks(torch.cat([m.float() for m in recorded]))
+        for attn, m in zip(self.attention, shared.split([m.numel() for m in recorded])):
+            attn.max_logit = None if bool(torch.isinf(m).all()) else m
 
     def stats(self) -> dict[str, float]:
         """Figures of the last step for the run store: lr and update RMS per group, grad norm,

@@ -45,13 +45,15 @@ EVENTS = (
     "checkpoint",  # data: {"path": ..., "step": ...}
     "carry",  # data: carry snapshot
     "alert",  # data: {"level": "warning"|"error", "message": ...}
-    "status",  # data: {"status": "running"|"paused"|"stopped"|"finished"|"failed"|"diverged"}
+    "status",  # data: {"status": one of STATUSES}; "compiling": a step waits for torch.compile
     "telemetry",  # data: resource figures
     "eval",  # data: evaluation figures
     "command",  # data: a command as applied, sent after its acknowledgement
+    "world",  # data: the run's processes (one, or the ranks of a torchrun launch), sent as the run starts
 )
 
-STATUSES = ("starting", "running", "paused", "stopped", "finished", "failed", "diverged")
+STATUSES = ("starting", "compiling", "running", "paused", "stopped", "finished", "failed", "diverged")
+LIVE_STATUSES = ("starting", "compiling", "running", "paused")  # only a live engine leaves these behind
 
 
 # ---- event data schemas -----------------------------------------------------------------------
@@ -132,6 +134,12 @@ EVENT_DATA: dict[str, Obj] = {
     "eval": Obj({"eval_exact": NUMBER, "eval_cell": NUMBER}, others=NUMBER),
     "command": Obj({"id": STRING, "cmd": STRING, "ok": BOOLEAN, "error": (STRING, NULL), "client": STRING},
                    choices={"cmd": tuple(COMMANDS)}),
+    "world": Obj({
+        "world_size": INTEGER,  # processes training the run (each with its share of the batch); metrics then
+        # carry step_time_rank{r} for every rank r
+        "lead": INTEGER,  # the rank that records
+        "ranks": [Obj({"rank": INTEGER, "host": STRING, "pid": INTEGER})],
+    }),
 }
 
 

@@ -63,6 +63,11 @@ class Recorder:
         elif self.output == "json" and self.enabled:
             print(json.dumps({"event": "alert", "step": self.step, "level": level, "message": message}), flush=True)
 
+    def say(self, message: str) -> None:
+        """A line for the person watching stdout (human output only; the figures carry it for everyone else)."""
+        if self.enabled and self.output == "human":
+            print(message, flush=True)
+
     def status(self, status: str) -> None:
         if self.enabled:
             self.store.update_run(status=status, step=self.step)

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 LOCK_NAME = "engine.lock"
+# set by the launcher of a distributed run (engine/launch.py), which holds the lock for all its ranks
+LAUNCHER_HOLDS_LOCK = "TRM_LAB_LAUNCHER_HOLDS_LOCK"
 
 
 class RunLockError(RuntimeError):

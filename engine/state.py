@@ -71,8 +71,10 @@ class TrainState:
             component.load_state_dict(ckpt.state[name])
         return int(ckpt.state["step"])
 
-    def save(self, step: int, meta: dict, keep: int, inject_errno: int | None = None) -> Path:
-        tensors, state = self.capture(step)
+    def save(self, step: int, meta: dict, keep: int, inject_errno: int | None = None,
+             captured: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> Path:
+        """Write the state (`captured`: taken already by capture(), as every rank of a distributed run must)."""
+        tensors, state = captured if captured is not None else self.capture(step)
         return checkpoint.save(self.root, step, tensors, state, meta=meta, keep=keep, inject_errno=inject_errno)
 
     def load_latest(self, map_location) -> tuple[checkpoint.Checkpoint | None, list[str]]:

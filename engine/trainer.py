@@ -6,7 +6,8 @@
 
 Beside it, each in its own room: engine/build.py (model, task, schedule), engine/stages/ (wake, sleep),
 engine/accumulate.py (micro-batches and the out-of-memory back-off), engine/state.py (the train state),
-engine/recorder.py (everything the run tells the world), engine/commands.py (the protocol's commands).
+engine/recorder.py (everything the run tells the world), engine/commands.py (the protocol's commands),
+engine/distributed.py (the ranks of a run under torchrun: each takes its share of the batch, the lead records).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import copy
 import errno
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,9 +27,10 @@ from engine import protocol
 from engine.accumulate import BackOff, MicroBatches, OutOfMemoryAtOneSlot
 from engine.build import build_model, build_schedule, make_task, pick_device
 from engine.commands import CommandDispatch, run_handlers
-from engine.config import RunConfig, to_toml
+from engine.config import RunConfig, check_processes, to_toml
 from engine.curriculum import CurriculumFeed
-from engine.evaluate import evaluate, held_out
+from engine.distributed import World
+from engine.evaluate import count_right, held_out
 from engine.faults import Faults
 from engine.optim import build_optimizer
 from engine.precision import Precision
@@ -46,9 +49,11 @@ class Trainer:
     """One run: builds its parts from the config and drives its schedule of stages."""
 
     def __init__(self, run_dir: str | Path, cfg: RunConfig, output: str = "human",
-                 emit: Callable[[dict], None] | None = None, rank0: bool = True):
+                 emit: Callable[[dict], None] | None = None, rank0: bool = True, world: World | None = None):
         self.run_dir, self.cfg = Path(run_dir), cfg
-        self.device = pick_device(cfg.train.device)
+        self.world = world = world or World()
+        check_processes(cfg, world.size)
+        self.device = pick_device(cfg.train.device, world.local_rank)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
@@ -56,23 +61,36 @@ class Trainer:
         self.task = make_task(cfg)
         self.model = build_model(cfg, self.task).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if cfg.model.compile:  # f, which every pass of the recursion runs; the EMA copy (evaluation) stays eager
+            self.model.net.compile()
         self.optimizer = build_optimizer(self.model, cfg.optim, total_steps=cfg.train.max_steps)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed + 1)
-        self.micro = MicroBatches(cfg.train.batch_size)
+        B = cfg.train.batch_size
+        self.micro = MicroBatches(B // world.size)  # this rank's slots
         self.faults = Faults()
+        # distill and dream train the memory-free answer alone: the halting head gets no gradient then
+        unused = cfg.sleep.enabled and cfg.sleep.mode in ("distill", "dream")
+        self.forward = world.wrap(self.model, self.device, find_unused=unused)
+        if world.size > 1:
+            self.optimizer.max_over_ranks = world.max
 
-        B, parts = cfg.train.batch_size, (self.micro, self.precision, self.faults, self._back_off_alert)
+        parts = (self.micro, self.precision, self.faults, self._back_off_alert)
+        shared = {"world": world, "forward": self.forward}
         self.stages: dict[str, Stage] = {}
         observers = []
         if cfg.sleep.enabled:
             self.stages["sleep"] = sleep = SleepStage(cfg.sleep, self.model, self.optimizer, self.task.seq_len, B,
-                                                      cfg.train.seed + 2, cfg.model.memory != "none", *parts)
+                                                      cfg.train.seed + 2, cfg.model.memory != "none", *parts,
+                                                      **shared)
             observers.append(sleep.observe)
         # with the curriculum on, its question queue is the batch source instead of the task stream
         feed = CurriculumFeed.from_config(cfg.task, cfg.curriculum, B) if cfg.curriculum.enabled else None
         self.wake = self.stages["wake"] = WakeStage(self.model, self.optimizer, self.task, B, self.device,
-                                                    self.generator, *parts, feed=feed, observers=observers)
+                                                    self.generator, *parts, feed=feed, observers=observers,
+                                                    **shared)
         self.schedule = build_schedule(cfg)
+        # stages whose first step still waits for the compiler (status "compiling" meanwhile)
+        self.uncompiled = set(self.stages) if cfg.model.compile else set()
         self.state = TrainState(self.run_dir / "checkpoints", {"model": self.model, "ema": self.ema}, {
             "optimizer": self.optimizer, "generator": RandomState(self.generator), "torch_rng": RandomState(),
             "precision": self.precision, "micro_batches": self.micro, "schedule": self.schedule, **self.stages})
@@ -88,8 +106,8 @@ class Trainer:
         # used/total VRAM of the card, or None without a GPU; a test replaces it with an injected reading
         self.vram_fraction: Callable[[], float | None] = self.telemetry.vram_used_fraction
         self.recorder = Recorder(self.run_dir, cfg.name, to_toml(cfg), cfg.log, self.telemetry, output, emit,
-                                 hello=self._hello, enabled=rank0, max_steps=cfg.train.max_steps)
-        self.commands = CommandDispatch(self.recorder, run_handlers(self))
+                                 hello=self._hello, enabled=rank0 and world.is_lead, max_steps=cfg.train.max_steps)
+        self.commands = CommandDispatch(self.recorder, run_handlers(self), world)
         self._eval_data: tuple[torch.Tensor, torch.Tensor] | None = None  # built at the first evaluation
 
     @property
@@ -103,7 +121,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from the newest checkpoint that verifies and fits; warn about the newer ones skipped."""
-        ckpt, warnings = self.state.load_latest(self.device)
+        ckpt, warnings = self._latest_checkpoint()
         for w in warnings:
             self.recorder.alert("warning", f"skipped checkpoint: {w}")
         segment_start = 0
@@ -116,6 +134,13 @@ class Trainer:
         if self.recorder.store is not None:
             self.recorder.store.start_segment(segment_start)
 
+    def _latest_checkpoint(self):
+        """The newest checkpoint that verifies and fits, and why newer ones were skipped: read by the lead alone
+        and handed to every rank (the run folder may live on the lead's machine only)."""
+        if self.world.size == 1:
+            return self.state.load_latest(self.device)
+        return self.world.from_lead(self.state.load_latest("cpu") if self.world.is_lead else None)
+
     def _set_step(self, step: int) -> None:
         self.step = self.recorder.step = step
 
@@ -125,6 +150,7 @@ class Trainer:
         if self.recorder.enabled:
             self.recorder.server.start()
             self.recorder.store.update_run(pid=os.getpid())
+        self.recorder.event("world", self.world.describe())
         self.set_status("running")
         if self.last_checkpoint_step < 0:
             self.save_checkpoint(reason="start")  # a rollback target from the very first step
@@ -135,9 +161,16 @@ class Trainer:
             self.recorder.alert("error", f"{exc}; the run failed")
             self.set_status("failed")
         except Exception as exc:  # a crash: recorded, reported, exit 1
+            gone = self.world.gone() if self.world.size > 1 else []
+            if gone:  # a peer died: a collective failed with it; that death is the cause, not this error
+                self.recorder.alert("error", self._lost_ranks(gone))
+                self.set_status("failed")
+                return EXIT_FAILED
             self.recorder.alert("error", f"the engine crashed: {exc.__class__.__name__}: {exc}")
             self.set_status("failed")
-            if self.recorder.output != "quiet":
+            if not self.recorder.enabled and self.world.size > 1:  # a follower says why it ended, in one line
+                print(f"engine rank {self.world.rank}: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
+            elif self.recorder.output != "quiet":
                 import traceback
 
                 traceback.print_exc()
@@ -150,15 +183,20 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._signal = signum  # acted on at the next step boundary
 
+    def _lost_ranks(self, gone: list[dict]) -> str:
+        which = " and ".join(f"rank {p['rank']} (pid {p['pid']})" for p in gone)
+        return (f"{which} of {self.world.size} ended at step {self.step + 1}, so the run failed; "
+                f"`lab run --resume {self.run_dir.name}` continues from the last checkpoint "
+                f"(step {max(self.last_checkpoint_step, 0)}).")
+
     # ---- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> int:
         cfg = self.cfg
         deadline = self.recorder._t0 + cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
         while True:
-            self.commands.apply_pending(block=self.paused)
-            if self._signal is not None:
-                self.stop_reason = "stopped"
+            if self.commands.apply_pending(block=self.paused, signalled=self._signal is not None):
+                self.stop_reason = "stopped"  # any rank's signal stops every rank at this boundary
             if self.stop_reason:
                 return self._finish(self.stop_reason, evaluate_first=False)
             if self.paused:
@@ -170,7 +208,7 @@ class Trainer:
             if self.schedule.finished:
                 return self._finish("finished")
 
-            result = self.stages[self.schedule.current].step(self.step + 1)
+            result = self._step(self.schedule.current)
             self._set_step(self.step + 1)
             if result.finite:
                 self._update_ema()
@@ -186,6 +224,20 @@ class Trainer:
                 self.evaluate()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                 self.save_checkpoint()
+
+    def _step(self, stage: str) -> StepResult:
+        """The stage's step; its first one under model.compile is timed and said, as the compiler takes it."""
+        if stage not in self.uncompiled:
+            return self.stages[stage].step(self.step + 1)
+        self.set_status("compiling")
+        t0 = time.perf_counter()
+        result = self.stages[stage].step(self.step + 1)
+        seconds = time.perf_counter() - t0
+        self.uncompiled.discard(stage)
+        result.metrics["compile_seconds"] = seconds
+        self.recorder.say(f"{stage}: compiled in {seconds:.1f} s (its first step)")
+        self.set_status("running")
+        return result
 
     def _advance_schedule(self) -> None:
         """At a step boundary: end the running stage and begin the next one when the schedule says so."""
@@ -229,7 +281,7 @@ class Trainer:
         if self.rollbacks > MAX_ROLLBACKS:
             return self._diverged(f"non-finite loss at step {bad_step} after {MAX_ROLLBACKS} rollbacks in a row; "
                                   "the run diverged")
-        ckpt, warnings = self.state.load_latest(self.device)
+        ckpt, warnings = self._latest_checkpoint()
         for w in warnings:
             self.recorder.alert("warning", f"skipped checkpoint: {w}")
         if ckpt is None:
@@ -279,19 +331,31 @@ class Trainer:
     # ---- evaluation and checkpoints ------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy; under several processes each rank grades its share and the counts are added."""
         model = self.ema if self.cfg.eval.use_ema else self.model
         t0 = time.perf_counter()
+        n = self.cfg.eval.n_puzzles
         if self._eval_data is None:
-            self._eval_data = held_out(self.task, self.cfg.eval.n_puzzles, self.device)
-        figures = evaluate(model, self.task, self.cfg.eval.n_puzzles, self.cfg.eval.batch_size, self.device,
-                           data=self._eval_data)
-        figures["eval_seconds"] = time.perf_counter() - t0
+            mine = self.world.shard(n)
+            inputs, labels = held_out(self.task, n, self.device)
+            self._eval_data = inputs[mine], labels[mine]
+        counts = count_right(model, self.task, *self._eval_data, self.cfg.eval.batch_size,
+                             first=self.world.shard(n).start)
+        exact, cells, total_cells = self.world.sum(torch.tensor(counts, dtype=torch.int64)).tolist()
+        figures = {"eval_exact": exact / n, "eval_cell": cells / max(1, total_cells),
+                   "eval_seconds": time.perf_counter() - t0}
         self.recorder.evaluation(figures)
         return figures
 
     def save_checkpoint(self, reason: str = "periodic") -> Path | None:
+        # every rank takes part in the capture (the carry is gathered from all of them); the lead alone writes
+        captured = self.state.capture(self.step)
+        if self.world.size > 1:  # replicas that drifted apart would train garbage: a bug, not a user's mistake
+            checksum = float(sum(p.detach().double().sum() for p in self.model.parameters()))
+            assert self.world.agree(checksum), f"the ranks hold different weights at step {self.step}"
         if not self.recorder.enabled:
-            return None  # rank 0 alone writes checkpoints
+            self.last_checkpoint_step = self.step
+            return None
         # every metric row up to this step is on disk before the checkpoint exists, or the checkpoint says not
         rows_on_disk = self.recorder.flush()
         if not rows_on_disk:
@@ -301,7 +365,7 @@ class Trainer:
         try:
             path = self.state.save(self.step, {"segment": self.recorder.store.segment, "reason": reason,
                                                "rows_on_disk": rows_on_disk},
-                                   keep=self.cfg.checkpoint.keep, inject_errno=injected)
+                                   keep=self.cfg.checkpoint.keep, inject_errno=injected, captured=captured)
         except OSError as exc:
             self.recorder.alert("error", f"checkpoint at step {self.step} failed ({exc.strerror or exc}); "
                                          "training goes on")
@@ -317,6 +381,7 @@ class Trainer:
     def status_dict(self) -> dict:
         server = self.recorder.server
         return {"status": self.status, "step": self.step, "max_steps": self.cfg.train.max_steps,
+                "world_size": self.world.size,
                 "stage": self.schedule.current, "clients": server.n_clients if server else 0,
                 "dropped": server.dropped_total if server else 0, "last_checkpoint": self.last_checkpoint_step,
                 "clients_dropped": server.clients_dropped if server else 0,

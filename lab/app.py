@@ -86,13 +86,14 @@ def default_configs_dir() -> Path:
 
 
 def launch(target: str | None, runs_dir: Path, overrides: list[str] | None = None,
-           configs_dir: Path | None = None) -> int:
+           configs_dir: Path | None = None, processes: runs.Processes = runs.ONE_PROCESS) -> int:
     """Open the console; the return value is the process exit code.
 
     target None: the launch screen (pick a preset from `configs_dir`, edit `overrides`, start).
     target a run (its folder, or its id under `runs_dir`): attach to it, read-only if its engine is gone.
     target a config (a TOML file, or a preset name in `configs_dir`): create the run under
-    `runs_dir` with `overrides`, start its engine in its own session, attach.
+    `runs_dir` with `overrides`, start its engine in its own session (`processes` of them, through torchrun,
+    when more than one), attach.
     Bad input raises before the console opens, with a one-sentence message (the CLI turns it
     into exit code 2): engine.config.ConfigError for a config that fails validation (nothing is
     created), lab.runs.RunNotFound for a run that is not there.
@@ -100,9 +101,11 @@ def launch(target: str | None, runs_dir: Path, overrides: list[str] | None = Non
     runs_dir = Path(runs_dir)
     configs_dir = Path(configs_dir) if configs_dir else default_configs_dir()
     run_dir = None
+    if target is None and processes.distributed:
+        raise config.ConfigError("--nproc/--nnodes start a run from a config; name one (lab launch CONFIG --nproc N).")
     if target is not None:
         try:
-            run_dir = _open_target(target, runs_dir, configs_dir, overrides or [])
+            run_dir = _open_target(target, runs_dir, configs_dir, overrides or [], processes)
         except OSError as exc:
             print(f"lab launch: the engine could not be started: {exc}", file=sys.stderr)
             return 1
@@ -111,14 +114,22 @@ def launch(target: str | None, runs_dir: Path, overrides: list[str] | None = Non
     return code if isinstance(code, int) else 0
 
 
-def _open_target(target: str, runs_dir: Path, configs_dir: Path, overrides: list[str]) -> Path:
+def _open_target(target: str, runs_dir: Path, configs_dir: Path, overrides: list[str],
+                 processes: runs.Processes = runs.ONE_PROCESS) -> Path:
     path = Path(target)
     preset = configs_dir / f"{target}.toml"
     if path.is_file() or path.suffix == ".toml" or (preset.is_file() and not (runs_dir / target).is_dir()):
         cfg_path = path if path.is_file() or path.suffix == ".toml" else preset
+        config.check_processes(config.load(cfg_path, overrides), processes.total)  # before anything is created
         run_dir = runs.create_run(cfg_path, overrides, runs_dir)  # ConfigError: nothing is created
-        runs.spawn_engine(run_dir)
+        if processes.distributed:
+            runs.spawn_engine(run_dir, processes=processes)
+        else:
+            runs.spawn_engine(run_dir)
         return run_dir
+    if processes.distributed:
+        raise config.ConfigError("--nproc/--nnodes start a new run from a config; a run that exists is attached "
+                                 "to as it runs (resume it with `lab run --resume RUN --nproc N`).")
     if overrides:
         raise config.ConfigError("--set overrides apply to a config, not to an existing run; "
                                  "pass a TOML config to start a new run.")

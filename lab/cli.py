@@ -2,6 +2,8 @@
 
     lab launch [CONFIG | RUN]          the console (starts or attaches to a run)
     lab run CONFIG --headless          the same engine without the console (CI, long jobs)
+    lab run CONFIG --headless --nproc N   N data-parallel processes (torchrun); --nnodes/--rdzv-endpoint for
+                                       several machines, which join with `lab run --join ...`
     lab run --resume RUN               continue a run from its newest good checkpoint
     lab runs                           list runs
     lab show RUN                       one run's status, figures and checkpoints
@@ -58,27 +60,50 @@ def _run_dir(args) -> Path:
 
 
 def cmd_run(args) -> int:
+    processes = _processes(args)
+    if args.join:
+        if args.config or args.resume or args.set:
+            raise UserError("--join takes no config, run or --set: the run's first machine sends its config.")
+        if processes.nnodes < 2 or not processes.rdzv_endpoint:
+            raise UserError("--join needs --nnodes (2 or more) and --rdzv-endpoint HOST:PORT of the run's first "
+                            "machine.")
+        return _exec_engine(None, resume=False, output=args.output, processes=processes)
     if args.resume:
         if args.config or args.set:
             raise UserError("--resume takes a run, not a config or --set overrides.")
         run_dir = runs.resolve_run(args.resume, _runs_dir(args))
-        return _exec_engine(run_dir, resume=True, output=args.output)
+        config.check_processes(config.load(run_dir / "config.toml"), processes.total)
+        return _exec_engine(run_dir, resume=True, output=args.output, processes=processes)
     if not args.config:
         raise UserError("lab run needs a config file (e.g. configs/quickstart.toml) or --resume RUN.")
     faults_from_env()  # a malformed TRM_LAB_FAULTS is refused before a run folder exists
+    config.check_processes(config.load(args.config, args.set), processes.total)
     if not args.headless:
         from lab.app import launch
 
-        return launch(args.config, _runs_dir(args), args.set)
+        return launch(args.config, _runs_dir(args), args.set, processes=processes)
     run_dir = runs.create_run(args.config, args.set, _runs_dir(args))
     if args.output == "human":
         print(f"run {run_dir.name} in {run_dir}", flush=True)
-    return _exec_engine(run_dir, resume=False, output=args.output)
+    return _exec_engine(run_dir, resume=False, output=args.output, processes=processes)
 
 
-def _exec_engine(run_dir: Path, resume: bool, output: str) -> int:
-    """Become the engine: signals, exit codes and the terminal belong to it directly."""
-    cmd = runs.engine_command(run_dir, resume=resume, output=output)
+def _processes(args) -> runs.Processes:
+    """--nproc, --nnodes and the rendezvous, checked: how many processes train the run."""
+    if args.nproc < 1 or args.nnodes < 1:
+        raise UserError(f"--nproc and --nnodes count processes and machines: 1 or more, not "
+                        f"{min(args.nproc, args.nnodes)}.")
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        raise UserError("--nnodes 2 or more needs --rdzv-endpoint HOST:PORT, where the machines meet "
+                        "(the first machine's address and a free port).")
+    return runs.Processes(args.nproc, args.nnodes, args.rdzv_endpoint, args.rdzv_backend, args.rdzv_id)
+
+
+def _exec_engine(run_dir: Path | None, resume: bool, output: str,
+                 processes: runs.Processes = runs.ONE_PROCESS) -> int:
+    """Become the engine (or, for several processes, its launcher): signals, exit codes and the terminal belong
+    to it directly."""
+    cmd = runs.engine_command(run_dir, resume=resume, output=output, processes=processes)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(cmd[0], cmd)
@@ -88,7 +113,7 @@ def _exec_engine(run_dir: Path, resume: bool, output: str) -> int:
 def cmd_launch(args) -> int:
     from lab.app import launch
 
-    return launch(args.target, _runs_dir(args), args.set)
+    return launch(args.target, _runs_dir(args), args.set, processes=_processes(args))
 
 
 def cmd_runs(args) -> int:
@@ -287,10 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     def runs_dir_opt(p):
         p.add_argument("--runs-dir", help="where runs live (default: runs/, or $LAB_RUNS_DIR)")
 
+    def processes_opt(p):
+        g = p.add_argument_group("several processes (torchrun; the global batch is train.batch_size)")
+        g.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine")
+        g.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs lab with --nproc)")
+        g.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT", help="where the machines meet")
+        g.add_argument("--rdzv-backend", default="c10d", help="torchrun's rendezvous backend (default c10d)")
+        g.add_argument("--rdzv-id", default=None, help="torchrun's rendezvous id, the same on every machine")
+
     p = sub.add_parser("launch", help="open the console")
     p.add_argument("target", nargs="?", help="a config to start or a run to attach to")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     runs_dir_opt(p)
+    processes_opt(p)
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("run", help="start a run (headless with --headless) or resume one")
@@ -300,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.d_model=128")
     p.add_argument("--json", dest="output", action="store_const", const="json", default="human",
                    help="JSON lines instead of human lines")
+    p.add_argument("--join", action="store_true",
+                   help="this machine joins a run started on another (with --nproc, --nnodes, --rdzv-endpoint)")
     runs_dir_opt(p)
+    processes_opt(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("runs", help="list runs")

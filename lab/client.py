@@ -334,6 +334,7 @@ class RunState:
         self.telemetry: dict | None = None
         self.carry: dict | None = None
         self.last_checkpoint: dict | None = None
+        self.world: dict | None = None  # the run's processes, from its "world" event
         self.metrics_version = 0
         self._seen: set[tuple] = set()
         self._seen_order: deque[tuple] = deque()
@@ -432,6 +433,8 @@ class RunState:
             self.carry = data
         elif event == "checkpoint" and isinstance(data, dict):
             self.last_checkpoint = {"step": step, **data}
+        elif event == "world" and isinstance(data, dict):
+            self.world = data
         return msg
 
     def _add_point(self, step: int, data: dict) -> None:
@@ -456,6 +459,21 @@ class RunState:
                 t0, s0 = t, s
                 break
         return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+    @property
+    def world_size(self) -> int:
+        size = (self.world or {}).get("world_size")
+        return size if isinstance(size, int) and size > 0 else 1
+
+    def rank_step_times(self) -> list[float | None]:
+        """Each rank's latest step time in seconds (None where none has arrived), for a run of several."""
+        if self.world_size == 1:
+            return []
+        out = []
+        for r in range(self.world_size):
+            s = self.series.get(f"step_time_rank{r}")
+            out.append(s.last if s is not None else None)
+        return out
 
     @property
     def finished(self) -> bool:

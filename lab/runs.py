@@ -13,9 +13,10 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from engine import config
+from engine import config, protocol
 from engine.store import DB_NAME, RunReader, RunStore
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -99,26 +100,65 @@ def run_summary(run_dir: Path) -> dict:
     except Exception as exc:  # unreadable store: still listed, with the reason
         return {"id": run_dir.name, "status": "unreadable", "step": None, "error": str(exc), "path": str(run_dir)}
     status = row.get("status", "unknown")
-    if status in ("running", "paused", "starting") and not pid_alive(row.get("pid")):
+    if status in protocol.LIVE_STATUSES and not pid_alive(row.get("pid")):
         status = "stale"
     return {"id": row.get("id", run_dir.name), "name": row.get("name"), "status": status, "step": row.get("step"),
             "created": row.get("created"), "updated": row.get("updated"), "pid": row.get("pid"), "path": str(run_dir)}
 
 
-def engine_command(run_dir: Path, resume: bool = False, output: str = "quiet") -> list[str]:
-    cmd = [sys.executable, "-m", "engine", str(run_dir), "--output", output]
+@dataclass(frozen=True)
+class Processes:
+    """How many processes train a run: `nproc` on this machine, on `nnodes` machines that meet at
+    `rdzv_endpoint` (HOST:PORT). One process is the plain engine; more go through torchrun."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+    rdzv_backend: str = "c10d"
+    rdzv_id: str | None = None
+
+    @property
+    def total(self) -> int:
+        return self.nproc * self.nnodes
+
+    @property
+    def distributed(self) -> bool:
+        return self.total > 1
+
+    def launcher_args(self) -> list[str]:
+        args = ["--nproc", str(self.nproc), "--nnodes", str(self.nnodes), "--rdzv-backend", self.rdzv_backend]
+        if self.rdzv_endpoint:
+            args += ["--rdzv-endpoint", self.rdzv_endpoint]
+        if self.rdzv_id:
+            args += ["--rdzv-id", self.rdzv_id]
+        return args
+
+
+ONE_PROCESS = Processes()
+
+
+def engine_command(run_dir: Path | None, resume: bool = False, output: str = "quiet",
+                   processes: Processes = ONE_PROCESS) -> list[str]:
+    """The engine's command line; several processes go through the launcher (engine/launch.py: torchrun), and
+    run_dir None joins a run started on another machine."""
+    if not processes.distributed:
+        cmd = [sys.executable, "-m", "engine", str(run_dir), "--output", output]
+    else:
+        where = [str(run_dir)] if run_dir is not None else ["--join"]
+        cmd = [sys.executable, "-m", "engine.launch", *where, *processes.launcher_args(), "--output", output]
     if resume:
         cmd.append("--resume")
     return cmd
 
 
-def spawn_engine(run_dir: str | Path, resume: bool = False) -> subprocess.Popen:
+def spawn_engine(run_dir: str | Path, resume: bool = False, processes: Processes = ONE_PROCESS) -> subprocess.Popen:
     """Start the engine detached in its own session; its output goes to engine.log."""
     run_dir = Path(run_dir)
     log = open(run_dir / "engine.log", "ab")
     try:
-        return subprocess.Popen(engine_command(run_dir, resume), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
+        return subprocess.Popen(engine_command(run_dir, resume, processes=processes), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=os.getcwd())
     finally:
         log.close()
 

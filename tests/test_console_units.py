@@ -488,3 +488,19 @@ def test_the_timeline_shows_any_stage_by_name():
     assert "▆" in bar and "█" in bar and "▁" in bar  # bake, sleep and wake each have their own band
     assert "▆ bake" in text and "█ sleep" in text and "now wake since step 25" in text
     assert text.splitlines()[0].index("▼") == bar.index("▆")  # begun by hand: marked where it starts
+
+
+def test_the_header_shows_the_world_size_and_each_ranks_step_time(tmp_path):
+    from lab.screens.dashboard import header_text
+
+    state = RunState(tmp_path / "run")
+    now = time.time()
+    state.apply(protocol.event("world", 0, now, {"world_size": 2, "lead": 0, "ranks": [
+        {"rank": 0, "host": "a", "pid": 10}, {"rank": 1, "host": "a", "pid": 11}]}))
+    assert header_text(state, "live", "", 0.0).plain.count("ranks") == 1
+    state.apply(protocol.event("metrics", 3, now, {"loss": 1.0, "step_time_rank0": 0.041, "step_time_rank1": 0.043}))
+    assert "2 ranks: 41 · 43 ms/step" in header_text(state, "live", "", 0.0).plain
+    one = RunState(tmp_path / "one")
+    one.apply(protocol.event("world", 0, now, {"world_size": 1, "lead": 0, "ranks": [
+        {"rank": 0, "host": "a", "pid": 10}]}))
+    assert "ranks" not in header_text(one, "live", "", 0.0).plain  # one process: nothing to say

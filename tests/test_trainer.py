@@ -155,3 +155,22 @@ def test_every_protocol_command_has_a_handler(tmp_path):
     assert not ok and "slot must be an integer from 0 to 15" in error
     ok, _, status = tr.commands.handlers["status"]({})
     assert ok and status["stage"] == "wake" and status["step"] == 0
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_steps_agree_and_the_console_sees_compiling(tmp_path):
+    # stated tolerance: each of 3 steps' loss within 1e-5 relative (inductor reorders float32 sums; the first
+    # step is the same batch from the same weights in both runs)
+    curves, statuses = {}, {}
+    for compiled in (False, True):
+        events = []
+        tr = trainer(tmp_path / str(compiled), max_steps=3, overrides=[f"model.compile={str(compiled).lower()}"],
+                     emit=events.append)
+        assert tr.run() == 0
+        curves[compiled] = losses(events)
+        statuses[compiled] = [e["data"]["status"] for e in events if e["event"] == "status"]
+        compile_seconds = [e["data"]["compile_seconds"] for e in events
+                           if e["event"] == "metrics" and "compile_seconds" in e["data"]]
+        assert len(compile_seconds) == (1 if compiled else 0)
+    assert curves[True] == pytest.approx(curves[False], rel=1e-5)
+    assert statuses[True][:3] == ["running", "compiling", "running"] and "compiling" not in statuses[False]

@@ -274,28 +274,32 @@ class TinyRecursiveModel(nn.Module):
         q_halt = self.q_head(z_H[:, 0]).float()[:, 0]
         return logits, q_halt
 
-    def should_halt(self, steps: torch.Tensor, q_halt: torch.Tensor,
-                    generator: torch.Generator | None) -> torch.Tensor:
+    def should_halt(self, steps: torch.Tensor, q_halt: torch.Tensor, generator: torch.Generator | None,
+                    slots: tuple[int, int] | None = None) -> torch.Tensor:
         """(B,) bool. Training: at N_sup steps or when q_halt > 0, but with probability halt_exploration
-        a slot must first reach a random minimum in [2, N_sup]. Eval: exactly at N_sup steps."""
+        a slot must first reach a random minimum in [2, N_sup]. Eval: exactly at N_sup steps.
+        `slots` = (first, total): these are slots first.. of a batch of `total`; the whole batch's numbers are
+        drawn and these slots' taken, so a slot's draws never depend on how the batch is split."""
         N = self.cfg.halt_max_steps
         halted = steps >= N
         if not self.training or N <= 1:
             return halted
         B = steps.shape[0]
+        first, total = slots if slots is not None else (0, B)
         gen_device = generator.device if generator is not None else steps.device
-        explore = torch.rand(B, generator=generator, device=gen_device) < self.cfg.halt_exploration
-        min_steps = torch.randint(2, N + 1, (B,), generator=generator, device=gen_device)
+        explore = torch.rand(total, generator=generator, device=gen_device)[first:first + B] < self.cfg.halt_exploration
+        min_steps = torch.randint(2, N + 1, (total,), generator=generator, device=gen_device)[first:first + B]
         min_steps = torch.where(explore, min_steps, 0).to(steps.device)
         return (halted | (q_halt > 0)) & (steps >= min_steps)
 
     # ---- one supervision step ----
 
     def forward(self, carry: Carry, new_inputs: torch.Tensor, new_labels: torch.Tensor,
-                generator: torch.Generator | None = None,
-                norm: tuple[torch.Tensor, int] | None = None) -> tuple[Carry, StepOutput]:
+                generator: torch.Generator | None = None, norm: tuple[torch.Tensor, int] | None = None,
+                slots: tuple[int, int] | None = None) -> tuple[Carry, StepOutput]:
         """One supervision step. `norm` = (scored cells, slots) of the whole batch when this call sees one slot
-        chunk of it: the loss and the figures are then the chunk's shares, and the chunks' sum is the batch's."""
+        chunk of it: the loss and the figures are then the chunk's shares, and the chunks' sum is the batch's.
+        `slots` = (first slot, batch size) of that chunk, for halting's random draws (should_halt)."""
         carry = self.reset_halted(carry, new_inputs, new_labels)
         x = self.input_embedding(carry.inputs)  # (B, L, D)
         z_H, z_L, answers, memory = self.deep_recursion(carry.z_H, carry.z_L, x, memory=carry.memory)
@@ -313,7 +317,7 @@ class TinyRecursiveModel(nn.Module):
 
         with torch.no_grad():
             steps = carry.steps + 1
-            halted = self.should_halt(steps, q_halt, generator)
+            halted = self.should_halt(steps, q_halt, generator, slots)
             n_halted = halted.sum()
             figures = torch.stack([
                 loss.detach(), lm_loss.detach(), halt_loss.detach(),

@@ -3,6 +3,9 @@
 Wake steps feed the buffer (`observe`). A sleep begins with a retention probe (closed-book accuracy on the
 buffer's most important samples) and a copy of the weights; it ends with the probe again and the figures the
 console plots: how far the neural memory's parameters and the slow weights moved, retention before and after.
+
+Under several processes every rank keeps the same buffer (wake's fresh samples are gathered from every rank)
+and draws the same consolidation batch, then trains on its own share of it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from engine.accumulate import BackOff, MicroBatches
 from engine.config import SleepConfig
+from engine.distributed import World
 from engine.evaluate import score
 from engine.faults import Faults
 from engine.model.titans import NeuralMemory
@@ -45,8 +49,11 @@ class SleepStage:
 
     def __init__(self, cfg: SleepConfig, model: TinyRecursiveModel, optimizer: MuGrokfast, seq_len: int,
                  batch_size: int, seed: int, has_memory: bool, micro: MicroBatches, precision: Precision,
-                 faults: Faults, on_back_off: Callable[[BackOff], None]):
+                 faults: Faults, on_back_off: Callable[[BackOff], None], world: World | None = None,
+                 forward: torch.nn.Module | None = None):
         self.cfg, self.model, self.optimizer, self.has_memory = cfg, model, optimizer, has_memory
+        self.world = world or World()
+        self.forward = forward or model  # DistributedDataParallel around the model under several processes
         self.micro, self.precision, self.faults, self.on_back_off = micro, precision, faults, on_back_off
         self.buffer = EpisodicBuffer(cfg.buffer_size, seq_len, cfg.prune_importance, cfg.prune_usage,
                                      cfg.prune_age)
@@ -61,11 +68,22 @@ class SleepStage:
 
     @torch.no_grad()
     def observe(self, carry: Carry, logits: torch.Tensor, step: int) -> None:
-        """After a wake step: samples on their first step enter the buffer, their loss as importance."""
-        fresh = carry.steps == 1  # (B,)
+        """After a wake step: samples on their first step enter the buffer, their loss as importance. Under
+        several processes every rank's slots are gathered first, so every buffer takes the same samples in the
+        same order."""
+        if self.world.size == 1:
+            fresh = carry.steps == 1  # (B,)
+            if fresh.any():
+                self.buffer.add(carry.inputs[fresh], carry.labels[fresh],
+                                per_sample_loss(logits[fresh], carry.labels[fresh]), step)
+            return
+        S = carry.inputs.shape[1]
+        loss = per_sample_loss(logits, carry.labels)
+        rows = torch.cat([t.double() for t in (carry.inputs, carry.labels, loss[:, None], (carry.steps == 1)[:, None])], 1)
+        rows = self.world.gather_rows(rows.cpu())  # (B, 2 S + 2): token ids are exact in float64
+        fresh = rows[:, -1].bool()
         if fresh.any():
-            loss = per_sample_loss(logits[fresh], carry.labels[fresh])
-            self.buffer.add(carry.inputs[fresh], carry.labels[fresh], loss, step)
+            self.buffer.add(rows[fresh, :S].long(), rows[fresh, S:2 * S].long(), rows[fresh, 2 * S].float(), step)
 
     def refusal(self, sleeping: bool, requested: bool) -> str | None:
         """Why a manual sleep cannot be taken now, or None."""
@@ -140,10 +158,15 @@ class SleepStage:
         every learning rate scaled by the consolidation rate for this step."""
         t0 = time.perf_counter()
         device = self.model.H_init.device
-        batch = self.consolidator.next_batch(self.buffer, self.generator, device)
+        batch = self.consolidator.next_batch(self.buffer, self.generator, device)  # the whole batch, every rank
+        norm = ((batch.labels != PAD).sum().clamp_min(1), batch.inputs.shape[0])
+        mine = batch[self.world.shard(batch.inputs.shape[0])]
         self.model.train()
-        loss, finite = self.micro.attempt(step, lambda: self._forward_backward(batch), [self.generator],
+        loss, finite = self.micro.attempt(step, lambda: self._forward_backward(mine, norm), [self.generator],
                                           self.on_back_off, inject=lambda: self.faults.raise_oom(step))
+        if self.world.size > 1:  # the batch's loss is the sum of the ranks' shares
+            shared = self.world.sum(torch.tensor([loss, float(not finite)], dtype=torch.float64))
+            loss, finite = float(shared[0]), not bool(shared[1])
         scale = self.consolidator.lr
         if finite and self.precision.unscale(self.optimizer):
             self.optimizer.step(lr_scale=scale)
@@ -156,18 +179,19 @@ class SleepStage:
         metrics["step_time"] = time.perf_counter() - t0
         return StepResult(metrics, finite)
 
-    def _forward_backward(self, batch) -> tuple[float, bool]:
+    def _forward_backward(self, batch, norm: tuple[torch.Tensor, int]) -> tuple[float, bool]:
+        """This rank's share of the consolidation batch as micro-batch chunks, each scored against the whole
+        batch's `norm`. Returns (this rank's share of the loss, finite)."""
         self.optimizer.zero_grad(set_to_none=True)  # a retry after an out-of-memory error starts clean
-        B = batch.inputs.shape[0]
-        norm = ((batch.labels != PAD).sum().clamp_min(1), B)
         total, finite = 0.0, True
-        for sl in self.micro.split(B):
-            with self.precision.autocast():
-                loss = self.consolidator.loss(self.model, batch[sl], norm=norm)
-            if finite and bool(torch.isfinite(loss)):
-                self.precision.backward(loss)
-            else:
-                finite = False
+        chunks = self.micro.split(batch.inputs.shape[0])
+        for i, sl in enumerate(chunks):
+            with self.world.sync_gradients(self.forward, last=i == len(chunks) - 1):
+                with self.precision.autocast():
+                    loss = self.consolidator.loss(self.model, batch[sl], norm=norm, forward=self.forward)
+                finite = finite and bool(torch.isfinite(loss))
+                # finite or not, as in wake: each rank's last chunk must reach the all-reduce (DDP averages)
+                self.precision.backward(loss * self.world.size)
             total += float(loss.detach())
         return total, finite
 

@@ -3,6 +3,10 @@ step, with the carry kept across steps.
 
     halted slots take fresh samples -> model(carry, batch) -> loss -> backward (chunk by chunk when the
     batch runs as micro-batches) -> MuGrokfast step -> carry detached and kept -> halted answers graded
+
+Under several processes each rank keeps its share of the slots (engine/distributed.py) and the step is the
+one-process step of the whole batch: the stream is dealt out in global slot order, the loss is normalised by
+the whole batch's scored cells, halting draws the whole batch's random numbers, and the figures are merged.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 
 from engine.accumulate import BackOff, MicroBatches, merge_chunk_metrics
 from engine.curriculum import CurriculumFeed
+from engine.distributed import World
 from engine.faults import Faults
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.optim import MuGrokfast
@@ -31,11 +36,16 @@ class WakeStage:
     def __init__(self, model: TinyRecursiveModel, optimizer: MuGrokfast, task: Task, batch_size: int,
                  device: torch.device, generator: torch.Generator, micro: MicroBatches, precision: Precision,
                  faults: Faults, on_back_off: Callable[[BackOff], None], feed: CurriculumFeed | None = None,
-                 observers: list[Observer] = ()):
+                 observers: list[Observer] = (), world: World | None = None, forward: torch.nn.Module | None = None):
         self.model, self.optimizer, self.task, self.device = model, optimizer, task, device
         self.generator, self.micro, self.precision, self.faults = generator, micro, precision, faults
         self.on_back_off, self.feed, self.observers = on_back_off, feed, list(observers)
-        self.carry: Carry = model.initial_carry(batch_size, device)
+        self.world = world or World()
+        self.forward = forward or model  # DistributedDataParallel around the model under several processes
+        self.batch_size = batch_size  # the global batch
+        self.slots = self.world.shard(batch_size)  # this rank's carry slots
+        self.carry: Carry = model.initial_carry(self.slots.stop - self.slots.start, device)
+        self.halted = torch.ones(batch_size, dtype=torch.bool)  # every slot's, on every rank: who takes new data
         self.data_index = 0  # next training sample index: the stream position
 
     def ready(self) -> bool:
@@ -50,30 +60,35 @@ class WakeStage:
     def done(self) -> bool:
         return self.feed is not None and self.feed.done  # the curriculum's last level has ended
 
-    def next_data(self, need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fill the halted slots with the next samples of the training stream."""
+    def next_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill the halted slots of this rank with the next samples of the training stream: the halted slots of
+        the whole batch take the next samples in slot order, whichever rank holds them."""
         inputs, labels = self.carry.inputs.clone(), self.carry.labels.clone()
         if self.feed is not None:  # the queue's next questions; a slot keeps its old data once it is done
-            for slot, sample in self.feed.fill(need.tolist()).items():
+            for slot, sample in self.feed.fill(self.halted.tolist()).items():
                 inputs[slot] = torch.tensor(sample.inputs, dtype=torch.long, device=self.device)
                 labels[slot] = torch.tensor(sample.labels, dtype=torch.long, device=self.device)
             return inputs, labels
-        k = int(need.sum())
-        if k:
-            idx = list(range(self.data_index, self.data_index + k))
-            self.data_index += k
+        position = self.halted.cumsum(0) - 1  # each halted slot's place among the batch's halted slots
+        need = self.halted[self.slots]
+        idx = (self.data_index + position[self.slots][need]).tolist()
+        self.data_index += int(self.halted.sum())
+        if idx:
             new_in, new_lab = batch(self.task, "train", idx)
+            need = need.to(self.device)
             inputs[need] = new_in.to(self.device)
             labels[need] = new_lab.to(self.device)
         return inputs, labels
 
     def step(self, step: int) -> StepResult:
         t0 = time.perf_counter()
-        inputs, labels = self.next_data(self.carry.halted)
+        inputs, labels = self.next_data()
+        n_cells = self.scored_cells(labels)  # a collective: outside the out-of-memory retries
         self.model.train()
         carry, logits, metrics, finite = self.micro.attempt(
-            step, lambda: self.forward_backward(inputs, labels, step), [self.generator], self.on_back_off,
-            inject=lambda: self.faults.raise_oom(step))
+            step, lambda: self.forward_backward(inputs, labels, step, n_cells), [self.generator],
+            self.on_back_off, inject=lambda: self.faults.raise_oom(step))
+        metrics, finite = self.share(metrics, finite, carry.halted, time.perf_counter() - t0)
         for observe in self.observers:  # fresh samples enter sleep's episodic buffer
             observe(carry, logits, step)
         if finite and self.precision.unscale(self.optimizer):
@@ -91,44 +106,74 @@ class WakeStage:
         metrics["step_time"] = time.perf_counter() - t0
         return StepResult(metrics, finite, events)
 
-    def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor, step: int
+    def scored_cells(self, labels: torch.Tensor) -> torch.Tensor:
+        """The cells scored over the whole batch (every rank's slots) once the halted slots have taken their new
+        samples (`labels`: this rank's, after next_data)."""
+        mine = (torch.where(self.carry.halted[:, None], labels, self.carry.labels) != PAD).sum()
+        return self.world.sum(mine).clamp_min(1)
+
+    def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor, step: int, n_cells: torch.Tensor
                          ) -> tuple[Carry, torch.Tensor, dict[str, float], bool]:
-        """Forward and backward of the batch as the micro-batches' slot chunks, each scored against the whole
-        batch, so the accumulated gradient is the batch's. Returns (carry, logits (B, S, V), figures, finite).
-        Halting's exploration draws come chunk by chunk, so a split run is reproducible for its split (which
-        the checkpoint keeps), not bitwise equal to the unsplit run."""
+        """Forward and backward of this rank's slots as the micro-batches' slot chunks, each scored against the
+        whole batch (`n_cells` scored cells, batch_size slots), so the accumulated gradient is the batch's.
+        Every chunk draws halting's random numbers for the whole batch from the step's generator state and takes
+        its own slots', so neither micro-batches nor ranks change a slot's draws.
+        Returns (carry, logits (B, S, V), this rank's figures, finite)."""
         self.optimizer.zero_grad(set_to_none=True)  # a retry after an out-of-memory error starts clean
         poison = self.faults.loss_factor(step)
-        B = inputs.shape[0]
-        # the cells scored once the halted slots have taken their new samples
-        n_cells = (torch.where(self.carry.halted[:, None], labels, self.carry.labels) != PAD).sum().clamp_min(1)
+        B, start = self.batch_size, self.generator.get_state()
         carries, logits, parts = [], [], []
         finite = True
-        for sl in self.micro.split(B):
-            with self.precision.autocast():
-                carry, out = self.model(self.carry.slots(sl), inputs[sl], labels[sl], generator=self.generator,
-                                        norm=(n_cells, B))
-            loss = out.loss * poison
-            if finite and bool(torch.isfinite(loss)):
-                self.precision.backward(loss)  # frees this chunk's graph before the next chunk runs
-            else:
-                finite = False
+        chunks = self.micro.split(inputs.shape[0])
+        for i, sl in enumerate(chunks):
+            self.generator.set_state(start)
+            with self.world.sync_gradients(self.forward, last=i == len(chunks) - 1):
+                with self.precision.autocast():
+                    carry, out = self.forward(self.carry.slots(sl), inputs[sl], labels[sl], generator=self.generator,
+                                              norm=(n_cells, B), slots=(self.slots.start + sl.start, B))
+                loss = out.loss * poison
+                finite = finite and bool(torch.isfinite(loss))
+                # every chunk goes backward, finite or not: under several processes each rank's last chunk must
+                # reach the gradient all-reduce; DDP averages over ranks and a rank's loss is its share of the sum
+                self.precision.backward(loss * self.world.size)  # frees this chunk's graph before the next runs
             carries.append(carry)
             logits.append(out.logits.detach())
             parts.append(out.metrics if poison == 1.0 else dict(out.metrics, loss=float(loss.detach())))
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)  # the finite chunks' gradients go with the step
         carry = carries[0] if len(carries) == 1 else Carry.cat(carries)
         return carry, logits[0] if len(logits) == 1 else torch.cat(logits), merge_chunk_metrics(parts), finite
 
+    def share(self, metrics: dict[str, float], finite: bool, halted: torch.Tensor, seconds: float
+              ) -> tuple[dict[str, float], bool]:
+        """The step's figures and finiteness over every rank, and every slot's halted flag; one gather."""
+        if self.world.size == 1:
+            self.halted = halted.cpu()
+            return metrics, finite
+        keys = sorted(metrics)
+        row = torch.tensor([metrics[k] for k in keys] + [float(finite), seconds], dtype=torch.float64)
+        rows = self.world.gather_rows(torch.cat([row, halted.cpu().double()])[None])  # (W, K + 2 + B / W)
+        K = len(keys)
+        self.halted = rows[:, K + 2:].flatten().bool()
+        merged = merge_chunk_metrics([dict(zip(keys, r[:K].tolist())) for r in rows])
+        merged.update({f"step_time_rank{r}": float(rows[r, K + 1]) for r in range(self.world.size)})
+        return merged, bool(rows[:, K].all())
+
+    def global_carry(self) -> Carry:
+        """The whole batch's carry, on every rank (a collective: every rank calls it at the same point)."""
+        if self.world.size == 1:
+            return self.carry
+        return Carry.from_state({k: self.world.gather_rows(v) for k, v in self.carry.to_state().items()})
+
     def state_dict(self) -> dict:
-        state = {"carry": self.carry.to_state(), "data_index": self.data_index}
+        state = {"carry": self.global_carry().to_state(), "data_index": self.data_index}
         if self.feed is not None:
             state["curriculum"] = self.feed.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.carry = Carry.from_state({k: v.to(self.device) for k, v in state["carry"].items()})
+        carry = Carry.from_state({k: v.to(self.device) for k, v in state["carry"].items()})
+        assert carry.halted.shape[0] == self.batch_size, "a checkpoint holds the whole batch's carry"
+        self.halted = carry.halted.cpu()
+        self.carry = carry.slots(self.slots)  # a run saved at any number of processes resumes at any other
         self.data_index = int(state["data_index"])
         if self.feed is not None and "curriculum" in state:
             self.feed.load_state_dict(state["curriculum"])

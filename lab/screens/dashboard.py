@@ -20,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
+from engine.protocol import LIVE_STATUSES
 from lab import runs
 from lab.client import (AlertRules, ConnectionLost, EngineClient, EngineUnreachable, PendingCommand, RunState,
                         StoreFollower, StoreUpdate, has_store)
@@ -70,7 +71,7 @@ MODE_STYLES = {"live": "bold green", "connecting": "bold cyan", "read-only": "bo
 
 def shown_status(state: RunState, mode: str) -> str:
     """A run the store calls running whose engine process is gone is stale."""
-    if mode != "live" and state.status in ("running", "paused", "starting") and state.pid and not runs.pid_alive(state.pid):
+    if mode != "live" and state.status in LIVE_STATUSES and state.pid and not runs.pid_alive(state.pid):
         return "stale"
     return state.status
 
@@ -94,6 +95,9 @@ def header_text(state: RunState, mode: str, reason: str, smoothing: float) -> Te
     sps = state.steps_per_second
     if sps is not None and mode == "live" and state.status == "running":
         t.append(f"   {sps:.1f} steps/s", style="cyan")
+    if state.world_size > 1:  # data-parallel: each rank's latest step time, slowest decides the pace
+        times = " · ".join("-" if v is None else f"{v * 1000:.0f}" for v in state.rank_step_times())
+        t.append(f"   {state.world_size} ranks: {times} ms/step", style="grey62")
     t.append("   ")
     t.append(f"{'⚡ ' if mode == 'live' else ''}{mode}", style=MODE_STYLES.get(mode, "bold"))
     if reason and mode != "live":

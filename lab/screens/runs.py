@@ -22,8 +22,9 @@ from lab.screens.watch import FolderWatch
 
 RESCAN_SECONDS = 5.0
 # the dashboard's header colours a run's status the same way
-STATUS_STYLES = {"running": "bold green", "paused": "bold yellow", "starting": "bold cyan", "finished": "bold blue",
-                 "stopped": "bold blue", "failed": "bold red", "diverged": "bold red", "stale": "bold red"}
+STATUS_STYLES = {"running": "bold green", "paused": "bold yellow", "starting": "bold cyan", "compiling": "bold cyan",
+                 "finished": "bold blue", "stopped": "bold blue", "failed": "bold red", "diverged": "bold red",
+                 "stale": "bold red"}
 
 
 class RunsScanned(Message):

@@ -12,6 +12,8 @@
 15 a second engine started on a live run                             17 the run store cannot write for a while
 16 a checkpoint that verifies but does not fit the model             18 checkpoints/ on a real 2 MB disk that fills
 19 kill -9 in the middle of a checkpoint save (half written; mid-swap)
+20 kill -9 of rank 1 of a 2-process run; resumed at 1 (and 1 -> 2)
+21 kill -9 of the lead rank of a 2-process run; resumed at 2
 
 Each row says what was done, what was expected, what happened, PASS or FAIL; the last line is
 a JSON object {"passed", "failed", "total", "seconds"}. `--quick` runs every case once, with 3
@@ -304,8 +306,8 @@ def chunked_gradient_error(work: Path, micro_batches: int = 4, overrides: list[s
         for step in range(1, 4):
             tr.wake.step(step)
         tr.micro.chunks = m
-        inputs, labels = tr.wake.next_data(tr.carry.halted)
-        tr.wake.forward_backward(inputs, labels, 4)
+        inputs, labels = tr.wake.next_data()
+        tr.wake.forward_backward(inputs, labels, 4, tr.wake.scored_cells(labels))
         grads.append({n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None})
         tr.recorder.close()
     full, chunked = grads
@@ -924,6 +926,140 @@ def case_killed_save(work: Path) -> Outcome:
     return Outcome("kill -9 with state.pt half written; kill -9 between the renames of a re-saved step",
                    "the previous checkpoint loads with no warning; the leftovers are tidied by that load",
                    "; ".join(seen), ok)
+# ---- distributed runs (torchrun, gloo) ------------------------------------------------------------
+
+# the neural memory and a sleep every 8 wake steps (3 steps long), held-out accuracy every 12 steps
+DDP_SETS = ["train.device=cpu", "model.memory=titans-mag", "sleep.enabled=true", "sleep.wake_steps=8",
+            "sleep.sleep_steps=3", "eval.every=12"]
+DDP_STEPS = 40
+# float32 sums run in another order when the batch is split across ranks: about 1e-7 relative per step
+LOSS_RTOL = 1e-5
+DDP_FIGURES = ("loss", "consolidation_loss", "eval_exact", "eval_cell", "grad_norm")
+
+
+def ddp_config(work: Path) -> Path:
+    return tiny_config(work, max_steps=DDP_STEPS, ckpt_every=10)
+
+
+def ddp_sets() -> list[str]:
+    return [a for s in DDP_SETS for a in ("--set", s)]
+
+
+def run_figures(run_dir: Path) -> dict[str, dict[int, float]]:
+    """The live rows of the figures that must match across numbers of processes, by step."""
+    r = RunReader(run_dir)
+    try:
+        return {key: {step: value for _, step, value in r.metric(key)} for key in DDP_FIGURES}
+    finally:
+        r.close()
+
+
+def reference_figures(work: Path) -> dict[str, dict[int, float]]:
+    """One process at the global batch, in this process: what every distributed run must match."""
+    folder = work / "reference"
+    folder.mkdir(parents=True)
+    trainer = Trainer(folder / "run", config.load(ddp_config(folder), DDP_SETS), output="quiet")
+    assert trainer.run() == 0
+    return run_figures(folder / "run")
+
+
+def largest_difference(got: dict[str, dict[int, float]], want: dict[str, dict[int, float]]) -> float:
+    """The largest relative difference over every figure and step; inf when the steps differ."""
+    worst = 0.0
+    for key in DDP_FIGURES:
+        if got[key].keys() != want[key].keys():
+            return float("inf")
+        for step, value in want[key].items():
+            worst = max(worst, abs(got[key][step] - value) / max(abs(value), 1e-3))
+    return worst
+
+
+def world_of(run_dir: Path) -> dict:
+    """The newest "world" event of the run: its size and every rank's pid."""
+    r = RunReader(run_dir)
+    try:
+        worlds = r.events(kinds=["world"])
+        return worlds[-1]["data"] if worlds else {}
+    finally:
+        r.close()
+
+
+def run_status(run_dir: Path) -> str:
+    r = RunReader(run_dir)
+    try:
+        return r.run()["status"]
+    finally:
+        r.close()
+
+
+def any_live_step(run_dir: Path) -> int:
+    """The newest live step, wake or sleep."""
+    return max(live_step(run_dir), max(live_steps(run_dir, "consolidation_loss"), default=-1)) \
+        if (run_dir / "run.db").exists() else -1
+
+
+def lab_run(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lab.cli", "run", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT)
+
+
+def kill_rank(run_dir: Path, rank: int, at_step: int) -> int:
+    """kill -9 of one rank of a live distributed run once it passed `at_step`; returns its pid."""
+    wait_for(lambda: any_live_step(run_dir) >= at_step, timeout=180)
+    pid = next(p["pid"] for p in world_of(run_dir)["ranks"] if p["rank"] == rank)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def case_rank_killed(work: Path) -> Outcome:
+    """20: one process killed and resumed at 2; rank 1 of those killed with kill -9 (the run fails, naming it)
+    and resumed at 1: the run ends as the uninterrupted one-process run."""
+    want = reference_figures(work)
+    cfg, runs_dir = ddp_config(work), work / "runs"
+    proc = lab_run(str(cfg), "--headless", "--runs-dir", str(runs_dir), *ddp_sets())
+    run = new_run_dir(runs_dir)
+    wait_for(lambda: any_live_step(run) >= 12, timeout=180)
+    kill9(proc)
+    proc = lab_run("--resume", str(run), "--nproc", "2")
+    wait_for(lambda: world_of(run).get("world_size") == 2, timeout=180)
+    pid = kill_rank(run, 1, at_step=22)
+    _, err = proc.communicate(timeout=120)
+    sentence = f"rank 1 (pid {pid}) of 2 ended"
+    failed = proc.returncode, run_status(run), any(sentence in a["message"] for a in alerts(run)), sentence in err
+    finish = subprocess.run([sys.executable, "-m", "lab.cli", "run", "--resume", str(run)], capture_output=True,
+                            text=True, env=env(), cwd=ROOT, timeout=300)
+    diff = largest_difference(run_figures(run), want)
+    ok = failed == (1, "failed", True, True) and finish.returncode == 0 and run_status(run) == "finished" \
+        and diff <= LOSS_RTOL
+    return Outcome("1 process killed at step 12, resumed at 2; kill -9 of rank 1 at step 22, resumed at 1",
+                   f"exit 1, status failed, '{sentence}' recorded and printed; finished with every figure within "
+                   f"{LOSS_RTOL:g} of one uninterrupted process",
+                   f"exit {failed[0]}, {failed[1]}, recorded {failed[2]}, printed {failed[3]}; then exit "
+                   f"{finish.returncode}, {run_status(run)}, largest difference {diff:.1e}", ok)
+
+
+def case_lead_killed(work: Path) -> Outcome:
+    """21: kill -9 of the lead rank (the one that records): the launcher records the failure naming it; resumed
+    at 2 processes the run ends as the uninterrupted one-process run."""
+    want = reference_figures(work)
+    cfg, runs_dir = ddp_config(work), work / "runs"
+    proc = lab_run(str(cfg), "--headless", "--nproc", "2", "--runs-dir", str(runs_dir), *ddp_sets())
+    run = new_run_dir(runs_dir)
+    wait_for(lambda: world_of(run).get("world_size") == 2, timeout=180)
+    pid = kill_rank(run, world_of(run)["lead"], at_step=12)
+    _, err = proc.communicate(timeout=120)
+    sentence = f"(pid {pid}) of 2, the rank that records the run, ended"
+    failed = proc.returncode, run_status(run), any(sentence in a["message"] for a in alerts(run)), sentence in err
+    finish = subprocess.run([sys.executable, "-m", "lab.cli", "run", "--resume", str(run), "--nproc", "2"],
+                            capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    diff = largest_difference(run_figures(run), want)
+    ok = failed == (1, "failed", True, True) and finish.returncode == 0 and run_status(run) == "finished" \
+        and diff <= LOSS_RTOL
+    return Outcome("kill -9 of the lead rank of 2 at step 12, resumed at 2",
+                   f"exit 1, status failed, '...{sentence}' recorded by the launcher and printed; finished with every "
+                   f"figure within {LOSS_RTOL:g} of one uninterrupted process",
+                   f"exit {failed[0]}, {failed[1]}, recorded {failed[2]}, printed {failed[3]}; then exit "
+                   f"{finish.returncode}, {run_status(run)}, largest difference {diff:.1e}", ok)
 
 
 # ---- the table -----------------------------------------------------------------------------------
@@ -948,4 +1084,6 @@ CASES = {
     17: ("store failure", lambda w, q, seed: case_store_failure(w)),
     18: ("real disk full", lambda w, q, seed: case_real_disk_full(w)),
     19: ("killed save", lambda w, q, seed: case_killed_save(w)),
+    20: ("rank kill -9", lambda w, q, seed: case_rank_killed(w)),
+    21: ("lead rank kill -9", lambda w, q, seed: case_lead_killed(w)),
 }

@@ -41,8 +41,8 @@ def test_merged_figures_are_the_full_batch_figures(tmp_path):
         for step in range(1, 4):
             tr.wake.step(step)
         tr.micro.chunks = m
-        inputs, labels = tr.wake.next_data(tr.carry.halted)
-        figures.append(tr.wake.forward_backward(inputs, labels, 4)[2])
+        inputs, labels = tr.wake.next_data()
+        figures.append(tr.wake.forward_backward(inputs, labels, 4, tr.wake.scored_cells(labels))[2])
         tr.recorder.close()
     whole, merged = figures
     assert whole.keys() == merged.keys()
