@@ -49,6 +49,30 @@ def cmd_sample(args) -> int:
     return EXIT_OK
 
 
+def cmd_build(args) -> int:
+    summary = build_datasets(args.raw_dir, args.out, args.vocab_size)
+    if args.json:
+        print(json.dumps(summary))
+    return EXIT_OK
+
+
+def build_datasets(raw_dir: str, out: str, vocab_size: int, quiet: bool = False) -> dict:
+    """Build and print the summary (stdout) and each record that could not be used (stderr)."""
+    from engine.dexter.dataset import BuildError, build, format_summary
+
+    if not 300 <= vocab_size <= 65536:
+        raise DexterError(f"--vocab-size {vocab_size} is out of range; allowed is 300 to 65536.")
+    try:
+        summary = build(raw_dir, out, vocab_size)
+    except BuildError as exc:
+        raise DexterError(str(exc)) from None
+    for problem in summary["problems"]:
+        print(f"lab: {problem}", file=sys.stderr)
+    if not quiet:
+        print(format_summary(summary, out), flush=True)
+    return summary
+
+
 def add_parser(sub, parser_class, runs_dir_opt) -> None:
     p = sub.add_parser("dexter", help="the Dexter memory, tool and reasoning models")
     dsub = p.add_subparsers(dest="dexter_cmd", parser_class=parser_class, required=True)
@@ -59,3 +83,10 @@ def add_parser(sub, parser_class, runs_dir_opt) -> None:
     q.add_argument("--force", action="store_true", help="replace the raw records already in DIR")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_sample)
+
+    q = dsub.add_parser("build", help="the memory, tool and reasoning datasets and their shared vocabulary")
+    q.add_argument("raw_dir")
+    q.add_argument("out")
+    q.add_argument("--vocab-size", type=int, default=8000, help="target vocabulary size (the BPE may stop short)")
+    q.add_argument("--json", action="store_true", help="the summary as one JSON object after the printed one")
+    q.set_defaults(func=cmd_build)
