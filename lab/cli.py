@@ -251,9 +251,9 @@ def cmd_tasks_list(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return EXIT_OK
-    print(f"{'TASK':<12} {'VOCAB':>5} {'LEN':>5}  DESCRIPTION")
+    print(f"{'TASK':<16} {'VOCAB':>5} {'LEN':>5}  DESCRIPTION")
     for r in rows:
-        print(f"{r['name']:<12} {r['vocab_size']:>5} {r['seq_len']:>5}  {r['description']}")
+        print(f"{r['name']:<16} {r['vocab_size'] or '-':>5} {r['seq_len'] or '-':>5}  {r['description']}")
     return EXIT_OK
 
 

@@ -29,6 +29,7 @@ META = "dataset.json"
 TOKENIZER = "tokenizer.json"
 TEST_PERCENT = 15  # share of groups held out
 MAX_LEN = 192  # positions of one example, input and answer; longer ones are left out (and counted)
+SLACK = 8  # positions beyond the longest example, for a host's slightly longer queries
 MAX_FACTS = 3  # facts in one memory answer, as the design lays it out
 CONTEXT_TURNS = 2  # earlier user turns a follow-up query carries as its context
 
@@ -220,7 +221,7 @@ def build(raw_dir: str | Path, out_dir: str | Path, vocab_size: int = TARGET_SIZ
         seen = {e["input"] for e in train}
         summary["kinds"][kind] = {
             "train": len(train), "test": len(test), "groups": len({e["group"] for e in kept}),
-            "seq_len": -(-longest // 8) * 8, "left_out_too_long": too_long,
+            "seq_len": -(-(longest + SLACK) // 8) * 8, "left_out_too_long": too_long,
             "test_inputs_seen_in_train": sum(e["input"] in seen for e in test)}
         lines[kind] = "".join(json.dumps(e) + "\n" for e in kept)
 

@@ -259,7 +259,8 @@ def _ui_call(world: World, rng: random.Random) -> dict:
 
 def _session(world: World, rng: random.Random, session: str, first_id: int) -> list[dict]:
     """One task's tool executions: a first attempt and, after a failure, a retry with another tool."""
-    tool = rng.choice([t for t in TOOLS if TOOL_TASKS[t]])
+    # half the sessions start with a tool that can fail, so corrections are common enough to learn from
+    tool = rng.choice(sorted(RETRIES) if rng.random() < 0.5 else [t for t in TOOLS if TOOL_TASKS[t]])
     slots = {k: world.fill("{" + k + "}", rng) for k in ("file", "service", "site", "day", "person", "project",
                                                          "dir", "topic", "drink")}
     task = rng.choice(TOOL_TASKS[tool]).format(**slots)
@@ -275,7 +276,7 @@ def _session(world: World, rng: random.Random, session: str, first_id: int) -> l
                      "timestamp": f"2025-01-01T00:00:{len(arts):02d}"})
         return arts[-1]
 
-    if retry and rng.random() < 0.45:
+    if retry and rng.random() < 0.6:
         failed = artifact(tool, False, retry[0].format(**slots))
         again_ok = rng.random() < 0.9
         artifact(retry[1], again_ok, "" if again_ok else "RuntimeError: the tool crashed", failed["id"])
@@ -331,7 +332,7 @@ def generate(seed: int, size: int) -> dict:
              "triples": [t + (1.0,) for t in triples], "patterns": patterns, "history": history}
     ui = [_ui_call(world, rng) for _ in range(size)]
     art: list[dict] = []
-    for s in range(max(1, size // 2)):
+    for s in range(size):
         art += _session(world, rng, f"s{s:04d}", len(art))
     return {"d2": d2, "brain": brain, "ui": ui, "art": art}
 
