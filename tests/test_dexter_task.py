@@ -75,7 +75,7 @@ def test_samples_are_pure_functions_of_split_and_index_and_each_pass_sees_every_
     start = next(i for i, t in enumerate(s.labels) if t != PAD)
     end = s.labels.index(EOS)
     assert s.inputs[start] == s.labels[start]  # the answer's kind is given
-    assert set(s.inputs[start + 1:end + 1]) == {BLANK} and set(s.labels[end + 1:]) <= {PAD}
+    assert set(s.inputs[start + 1:]) == {BLANK} and set(s.labels[end + 1:]) <= {PAD}
 
 
 def test_memory_is_graded_on_the_set_of_facts_and_tool_on_the_tool(built):

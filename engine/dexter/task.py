@@ -4,7 +4,7 @@
 One example is laid out over the model's positions like the lab's text tasks, with the answer's first token
 (which output the caller asks for: <MEM_FACT>, <TOOL_RESULT>, <REASON_PLAN> or <REASON_STEP>) given:
 
-    inputs:  {input tokens} <ANSWER KIND> BLANK BLANK ... BLANK PAD ...
+    inputs:  {input tokens} <ANSWER KIND> BLANK BLANK ... BLANK BLANK ...
     labels:  PAD ...        <ANSWER KIND> a     n         EOS   PAD ...
 
 The training stream is the training examples in a fresh order every pass (a pure function of seed and
@@ -58,7 +58,8 @@ class Layout:
         head, answer = self.vocab.encode(input_text), self.vocab.encode(output_text) + [EOS]
         assert len(head) + len(answer) <= self.seq_len, f"{input_text!r} does not fit in {self.seq_len} positions"
         pad = [PAD] * (self.seq_len - len(head) - len(answer))
-        inputs = head + answer[:1] + [BLANK] * (len(answer) - 1) + pad
+        # blanks to the end, not only over the answer: a caller asking a question does not know its length
+        inputs = head + answer[:1] + [BLANK] * (self.seq_len - len(head) - 1)
         return Sample(inputs=inputs, labels=[PAD] * len(head) + answer + pad)
 
     def query(self, input_text: str, answer_kind: str) -> tuple[list[int], int]:
