@@ -35,9 +35,11 @@ class Layout:
     def __init__(self, kind: str, path: str | Path):
         if kind not in KINDS:
             raise ValueError(f"there is no Dexter model {kind!r}; allowed: {', '.join(KINDS)}.")
+        if not str(path):
+            raise ValueError("task.path is empty; set it to the folder `lab dexter build RAW_DIR OUT` wrote.")
         path = Path(path)
         meta_path = path / META
-        if not str(path) or not meta_path.is_file():
+        if not meta_path.is_file():
             raise ValueError(f"task.path {str(path)!r} holds no built Dexter dataset ({META} is missing); "
                              "build one with `lab dexter build RAW_DIR OUT` and set task.path = OUT.")
         try:
