@@ -55,6 +55,12 @@ def test_each_model_trains_as_an_ordinary_run_and_its_best_checkpoint_is_kept(tr
                                                             "eval_exact": scores[best_step]}
     assert {p.name for p in kept.iterdir()} == {"best.json", "config.toml", "dataset.json", "model.safetensors",
                                                 "tokenizer.json"}
+    # lab eval grades the run's last checkpoint as its training curve did (one difficulty, every held-out example)
+    n = json.loads((root / "built" / "dataset.json").read_text())["kinds"]["tool"]["test"]
+    graded = lab("eval", result["run"], "--task", "dexter-tool", "--n", str(n), "--json", "--runs-dir",
+                 str(root / "runs"))
+    assert graded.returncode == 0, graded.stderr
+    assert json.loads(graded.stdout)["by_difficulty"] == {"1": pytest.approx(scores[300])}
 
 
 def test_a_short_run_learns_to_pick_the_tool(trained):
