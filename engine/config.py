@@ -52,7 +52,7 @@ class ModelConfig:
 class TaskConfig:
     # the names of engine/tasks/registry.py's TASKS (a test keeps the two lists equal)
     name: Literal["sudoku", "modular", "math", "arithmetic", "algebra", "sequence", "word", "recall", "gap",
-                  "surprise", "maze", "program"] = "sudoku"
+                  "surprise", "maze", "program", "dexter-memory", "dexter-tool", "dexter-reasoning"] = "sudoku"
     size: int = 4  # Sudoku side: 4, 6 or 9
     difficulty: int | list[int] = 1  # a list is a mix (MIXED_DIFFICULTY_TASKS): sample i at difficulty[i % len]
     seed: int = 0
@@ -62,6 +62,7 @@ class TaskConfig:
     op: Literal["add", "sub", "mul", "div"] = "mul"  # modular: the operation
     train_fraction: float = 0.5  # modular: share of the table used for training
     side: int = 11  # maze: grid side (odd)
+    path: str = ""  # dexter-*: the folder `lab dexter build` wrote (dataset.json, tokenizer.json, *.jsonl)
 
 
 # The [task] keys each task takes (a test keeps this equal to what engine/tasks/registry.py's tasks take);
@@ -79,6 +80,9 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
     "surprise": ("difficulty", "seed"),
     "maze": ("difficulty", "seed", "side"),
     "program": ("difficulty", "seed"),
+    "dexter-memory": ("path", "difficulty", "seed"),
+    "dexter-tool": ("path", "difficulty", "seed"),
+    "dexter-reasoning": ("path", "difficulty", "seed"),
 }
 TASK_KEYS_ANY_TASK = ("name", "seed", "difficulty")
 # The tasks whose task.difficulty may be a list of difficulties, mixed sample by sample.
@@ -448,6 +452,9 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
                           "does not take; set one difficulty, 1 to 3.")
     if t.name == "modular" and (t.p < 2 or any(t.p % d == 0 for d in range(2, int(t.p**0.5) + 1))):
         raise ConfigError(f"{where}: task.p = {t.p} is not allowed; the modulus must be a prime.")
+    if t.name.startswith("dexter-") and not t.path:
+        raise ConfigError(f"{where}: task {t.name!r} needs task.path, the folder `lab dexter build RAW_DIR OUT` wrote; "
+                          "set task.path = OUT.")
     if t.name == "maze" and t.side % 2 == 0:
         raise ConfigError(f"{where}: task.side = {t.side} is not allowed; a maze side must be odd (7 to 31).")
     if cfg.train.dtype == "float16" and cfg.train.device != "cuda":

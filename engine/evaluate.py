@@ -136,7 +136,7 @@ def evaluate_task(run_dir: Path, task_name: str, n: int = 1000, difficulty: int 
     "eval" event and `eval/<task>/...` metrics."""
     from engine.curriculum import ProgrammaticProvider
     from engine.store import RunStore
-    from engine.tasks.registry import get_task, list_tasks, task_params
+    from engine.tasks.registry import DATASET_TASKS, get_task, list_tasks, task_params
 
     if task_name not in list_tasks():
         raise EvalError(f"there is no task {task_name!r}; allowed: {', '.join(list_tasks())}.")
@@ -150,7 +150,8 @@ def evaluate_task(run_dir: Path, task_name: str, n: int = 1000, difficulty: int 
     params = {k: v for k, v in dataclasses.asdict(cfg.task).items() if k in taken}
 
     correct: dict[int, list[bool]] = {}
-    for d in [difficulty] if difficulty else [1, 2, 3]:
+    # a task served from a built dataset has one difficulty
+    for d in [difficulty] if difficulty else [1] if task_name in DATASET_TASKS else [1, 2, 3]:
         try:
             task = get_task(task_name, difficulty=d, seed=cfg.task.seed, **params)
         except config.ConfigError as exc:

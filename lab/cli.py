@@ -13,6 +13,7 @@
     lab config show CONFIG             the resolved config and the parameter count
     lab tasks list | show NAME --n 5   the task generators and their samples
     lab export RUN [--ternary]         the run's weights; BitNet runs packed 2 bits per weight
+    lab dexter sample|build|train|brain  the Dexter memory, tool and reasoning models (lab/dexter.py)
 
 Bad input never shows a traceback: one sentence on stderr and exit code 2.
 Commands that need the model (eval, config show) import the engine lazily, so the
@@ -32,7 +33,7 @@ from engine import config, protocol
 from engine.protocol import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from engine.faults import faults_from_env
 from engine.store import RunReader
-from lab import runs
+from lab import dexter, runs
 
 
 
@@ -275,9 +276,9 @@ def cmd_tasks_list(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return EXIT_OK
-    print(f"{'TASK':<12} {'VOCAB':>5} {'LEN':>5}  DESCRIPTION")
+    print(f"{'TASK':<16} {'VOCAB':>5} {'LEN':>5}  DESCRIPTION")
     for r in rows:
-        print(f"{r['name']:<12} {r['vocab_size']:>5} {r['seq_len']:>5}  {r['description']}")
+        print(f"{r['name']:<16} {r['vocab_size'] or '-':>5} {r['seq_len'] or '-':>5}  {r['description']}")
     return EXIT_OK
 
 
@@ -398,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_config_show)
+
+    dexter.add_parser(sub, _Parser, runs_dir_opt)
     return ap
 
 
@@ -405,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, config.ConfigError, runs.RunNotFound) as exc:
+    except (UserError, config.ConfigError, runs.RunNotFound, dexter.DexterError) as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -12,8 +12,10 @@ PACKAGES = ("engine", "lab", "widgets")
 
 # lab may import these engine modules anywhere: torch-free, the console's own contract with the engine
 LAB_MAY_IMPORT = {"engine.config", "engine.protocol", "engine.store", "engine.faults"}
-# ... and these only inside the functions of commands that need the model (lab eval, export, tasks, config show)
-LAB_MAY_IMPORT_LAZILY = {"engine.evaluate", "engine.model.bitlinear", "engine.tasks.registry", "engine.describe"}
+# ... and these only inside the functions of commands that need the model or the Dexter records (lab eval,
+# export, tasks, config show, dexter)
+LAB_MAY_IMPORT_LAZILY = {"engine.evaluate", "engine.model.bitlinear", "engine.tasks.registry", "engine.describe",
+                         "engine.dexter.records", "engine.dexter.sample", "engine.dexter.dataset"}
 # widgets draw plain data; the event types are the only plain data types of ours they may name
 WIDGETS_MAY_IMPORT = {"engine.protocol"}
 

@@ -8,6 +8,7 @@ import sys
 from functools import partial
 
 from engine.config import MIXED_DIFFICULTY_TASKS, ConfigError, TaskConfig
+from engine.dexter.task import DexterTask
 from engine.tasks.arith import MathTask
 from engine.tasks.base import Task
 from engine.tasks.maze import MazeTask
@@ -30,7 +31,12 @@ TASKS = {
     "surprise": partial(MemoryTask, "surprise"),
     "maze": MazeTask,
     "program": ProgramTask,
+    "dexter-memory": partial(DexterTask, "memory"),
+    "dexter-tool": partial(DexterTask, "tool"),
+    "dexter-reasoning": partial(DexterTask, "reasoning"),
 }
+# Tasks served from a dataset built on disk (task.path): their vocabulary and length are the dataset's.
+DATASET_TASKS = ("dexter-memory", "dexter-tool", "dexter-reasoning")
 
 
 class UnknownTaskError(ConfigError):
@@ -88,6 +94,10 @@ def describe_tasks() -> list[dict]:
     """One row per task for `lab tasks list`: name, description, vocabulary, sequence length, parameters."""
     rows = []
     for name in TASKS:
+        if name in DATASET_TASKS:
+            rows.append({"name": name, "description": DexterTask.description_of(name), "vocab_size": 0,
+                         "seq_len": 0, "params": task_params(name)})
+            continue
         task = get_task(name)
         rows.append({
             "name": name,

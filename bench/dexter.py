@@ -1,0 +1,189 @@
+"""Dexter's three models on the synthetic set: held-out accuracy of each, stateful against stateless on follow-up
+turns, tool choice after an error with and without being told it, latency per query and size on disk.
+
+    .venv/bin/python bench/dexter.py [--quick | --smoke] [--out OUT] [--steps N] [--set key=value ...]
+
+Without --out it samples a synthetic set (seed 0, 400 conversations), builds it and trains the three models with
+`lab dexter train`'s own code (ordinary runs in a temporary runs folder) at a CPU size: width 64, 2 layers, H 2,
+L 2, N_sup 2, batch 32; 800 steps each (--quick: 300; --smoke: 4 steps of a width-16 network on a small set, the
+code path only). With --out it measures the models `lab dexter train` kept in OUT/models/. Every figure is taken
+through the Python API (engine/dexter/api.py) on the held-out examples, one run per model, so each accuracy
+carries a bootstrap interval over the items.
+
+- memory_recall_at_3: the share of an example's relevant facts among the first three retrieved, averaged.
+- followup_exact_stateful / _stateless: held-out follow-up turns ("tell me more", "who works on it?") answered
+  with every relevant fact, by a carried model that was asked the conversation's earlier turns first, against one
+  whose carry was reset before the follow-up.
+- tool_top1 (all held-out calls); tool_top1_after_error (retries, given the previous error) against
+  tool_top1_after_error_untold (the same retries without it).
+- reasoning_plan_exact, reasoning_step_exact: whole plans and next steps.
+- latency_ms_p50 / _p95: one query at a time on the CPU with one thread. size_mb: the float32 weights of the
+  model measured; size_mb_design: the same at the presets' sizes (configs/dexter-*.toml) on this vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.stats import over_items, shown  # noqa: E402
+from engine import config  # noqa: E402
+from engine.build import build_model  # noqa: E402
+from engine.dexter.api import MemoryTRM, ReasoningTRM, ToolTRM  # noqa: E402
+from engine.dexter.dataset import KINDS, build  # noqa: E402
+from engine.dexter.sample import write_sample  # noqa: E402
+from engine.dexter.task import Layout  # noqa: E402
+from lab.dexter import train_models  # noqa: E402
+
+CPU_SIZE = ["model.d_model=64", "model.n_layers=2", "model.H_cycles=2", "model.L_cycles=2", "model.halt_max_steps=2",
+            "train.batch_size=32", "train.threads=1", "eval.every=100", "checkpoint.every=100", "optim.lr=1e-3",
+            "optim.warmup_steps=20", "train.ema_decay=0.98"]
+SMOKE_SIZE = ["model.d_model=16", "model.n_layers=1", "model.H_cycles=1", "model.L_cycles=1", "model.halt_max_steps=1",
+              "train.batch_size=8", "train.threads=1", "eval.every=2", "checkpoint.every=2", "eval.n_puzzles=8"]
+
+
+def held_out(out: Path, kind: str) -> list[dict]:
+    return [e for e in map(json.loads, (out / f"{kind}.jsonl").read_text().splitlines()) if e["split"] == "test"]
+
+
+def norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def memory_figures(path: Path, out: Path, limit: int) -> dict:
+    stateless = MemoryTRM.from_checkpoint(path, use_carry=False)
+    carried = MemoryTRM.from_checkpoint(path, use_carry=True)
+    rows = held_out(out, "memory")[:limit]
+    recall = []
+    for e in rows:
+        got = {norm(m) for m in stateless.retrieve(e["query"], context=e["context"])["memories"]}
+        recall.append(sum(norm(f) in got for f in e["facts"]) / len(e["facts"]))
+    follow = [e for e in held_out(out, "memory") if e["followup"]][:limit]
+    kept, reset = [], []
+    for e in follow:
+        carried.reset_carry()
+        for turn in e["context"].split(" | "):
+            carried.retrieve(turn)
+        got = {norm(m) for m in carried.retrieve(e["query"])["memories"]}
+        kept.append(all(norm(f) in got for f in e["facts"]))
+        carried.reset_carry()
+        got = {norm(m) for m in carried.retrieve(e["query"])["memories"]}
+        reset.append(all(norm(f) in got for f in e["facts"]))
+    return {"memory_recall_at_3": over_items(recall), "followup_exact_stateful": over_items(kept),
+            "followup_exact_stateless": over_items(reset)}
+
+
+def tool_figures(path: Path, out: Path, limit: int) -> dict:
+    tool = ToolTRM.from_checkpoint(path, use_carry=False)
+    rows = [e for e in held_out(out, "tool") if e["output"].startswith("<TOOL_RESULT>")][:limit]
+
+    def right(e, told: bool) -> bool:
+        error = e["previous_error"] if told else None
+        return tool.select_tool(e["task"], e["available"], error or None, e["context"])["selected_tool"] == e["tool"]
+
+    retries = [e for e in rows if e["after_error"]]
+    return {"tool_top1": over_items([right(e, True) for e in rows]),
+            "tool_top1_after_error": over_items([right(e, True) for e in retries]),
+            "tool_top1_after_error_untold": over_items([right(e, False) for e in retries])}
+
+
+def reasoning_figures(path: Path, out: Path, limit: int) -> dict:
+    reasoning = ReasoningTRM.from_checkpoint(path, use_carry=False)
+    rows = held_out(out, "reasoning")
+    plans = [e for e in rows if e["mode"] == "plan"][:limit]
+    steps = [e for e in rows if e["mode"] == "step"][:limit]
+    plan_marks = [[norm(s) for s in reasoning.plan(e["goal"], tuple(e["constraints"]))["plan_steps"]] ==
+                  [norm(s) for s in e["steps"]] for e in plans]
+    step_marks = [norm(reasoning.next_step(e["goal"], e["steps"][:e["done"]], tuple(e["constraints"]))["next_step"])
+                  == norm(e["output"].removeprefix("<REASON_STEP>")) for e in steps]
+    return {"reasoning_plan_exact": over_items(plan_marks), "reasoning_step_exact": over_items(step_marks)}
+
+
+def latency_ms(path: Path, kind: str, out: Path, calls: int) -> tuple[float, float]:
+    """p50 and p95 of one query at a time, after two warm-up calls."""
+    cls = {"memory": MemoryTRM, "tool": ToolTRM, "reasoning": ReasoningTRM}[kind]
+    model = cls.from_checkpoint(path, use_carry=False)
+    rows = held_out(out, kind)
+    ask = {"memory": lambda e: model.retrieve(e["query"], context=e["context"]),
+           "tool": lambda e: model.select_tool(e["task"], e["available"], e["previous_error"] or None),
+           "reasoning": lambda e: model.plan(e["goal"], tuple(e["constraints"]))}[kind]
+    times = []
+    for i in range(calls + 2):
+        t0 = time.perf_counter()
+        ask(rows[i % len(rows)])
+        times.append((time.perf_counter() - t0) * 1000)
+    times = sorted(times[2:])
+    return round(statistics.median(times), 2), round(times[min(len(times) - 1, int(0.95 * len(times)))], 2)
+
+
+def megabytes(model) -> float:
+    return round(sum(t.numel() * 4 for t in model.state_dict().values()) / 2**20, 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="300 steps per model")
+    ap.add_argument("--smoke", action="store_true", help="a width-16 network for 4 steps on a small set: the code path")
+    ap.add_argument("--out", help="measure the models `lab dexter train` kept in OUT/models/ instead of training")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    steps = args.steps or (4 if args.smoke else 300 if args.quick else 800)
+    limit, calls = (8, 3) if args.smoke else (10_000, 50)
+    tmp = tempfile.TemporaryDirectory(prefix="dexter-bench-")
+    out = Path(args.out) if args.out else Path(tmp.name) / "built"
+    t0 = time.time()
+    if not args.out:
+        write_sample(Path(tmp.name) / "raw", seed=0, size=150 if args.smoke else 400)
+        build(Path(tmp.name) / "raw", out)
+        sizes = SMOKE_SIZE if args.smoke else CPU_SIZE
+        results = train_models(out, Path(tmp.name) / "runs", list(KINDS), sizes + args.set, steps, output="quiet")
+        failed = [k for k, r in results.items() if r["exit"] != 0]
+        if failed:
+            raise SystemExit(f"bench/dexter.py: the {', '.join(failed)} run failed; see its engine.log.")
+    train_s = round(time.time() - t0, 1)
+    paths = {kind: out / "models" / kind for kind in KINDS}
+    figures = {**memory_figures(paths["memory"], out, limit), **tool_figures(paths["tool"], out, limit),
+               **reasoning_figures(paths["reasoning"], out, limit)}
+    latency = {kind: latency_ms(paths[kind], kind, out, calls) for kind in KINDS}
+    size, design = {}, {}
+    for kind in KINDS:
+        cfg = config.load(paths[kind] / "config.toml", [f"task.path={paths[kind]}"])
+        layout = Layout(kind, paths[kind])
+        size[kind] = megabytes(build_model(cfg, layout))
+        design[kind] = megabytes(build_model(config.load(ROOT / "configs" / f"dexter-{kind}.toml",
+                                                         [f"task.path={paths[kind]}"]), layout))
+    for key, value in figures.items():
+        print(f"{key:<32} {shown(value)}  (n={value['n']})")
+    ratio = None
+    stateful, stateless = figures["followup_exact_stateful"]["mean"], figures["followup_exact_stateless"]["mean"]
+    if stateful is not None and stateless:
+        ratio = round(stateful / stateless, 3)
+    print(f"follow-ups, carried / reset: {ratio if ratio is not None else 'n/a (nothing right when reset)'}")
+    for kind in KINDS:
+        print(f"{kind:<10} latency p50 {latency[kind][0]} ms  p95 {latency[kind][1]} ms  "
+              f"size {size[kind]} MB (presets' size: {design[kind]} MB)")
+    best = {kind: json.loads((paths[kind] / "best.json").read_text()) for kind in KINDS if
+            (paths[kind] / "best.json").is_file()}
+    print(json.dumps({
+        **figures, "followup_stateful_over_stateless": ratio,
+        "latency_ms_p50": {k: v[0] for k, v in latency.items()}, "latency_ms_p95": {k: v[1] for k, v in latency.items()},
+        "size_mb": size, "size_mb_design": design, "size_mb_ternary": None,
+        "size_mb_ternary_why": "the models train with full-precision weights (model.bitnet = false)",
+        "best": best, "steps": None if args.out else steps, "train_seconds": None if args.out else train_s,
+        "threads": 1, "device": "cpu"}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""A synthetic assistant's records in the four raw formats, deterministic per seed.
+
+One small world per seed (people, projects, preferences) and what an assistant would have logged about it:
+multi-turn conversations whose follow-ups ("tell me more", "who works on it?") refer to earlier turns, facts
+in d2_memory.json and brain.db, triples, goals with plans (patterns and conversation summaries), UI
+interactions that end in a tool call, and tool executions that fail and are retried with another tool.
+The lab ships nobody's records; this is what it trains on when a user brings none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.dexter.records import ARTIFACTS, BRAIN_DB, D2_MEMORY, UI_CALLS
+
+NAMES = ["Maya", "Tomas", "Priya", "Jonah", "Lena", "Omar", "Ines", "Kofi", "Hana", "Mateo", "Sofia", "Arjun",
+         "Elif", "Noah", "Zara", "Felix", "Amara", "Luca", "Nadia", "Theo", "Yara", "Ravi", "Clara", "Emil",
+         "Leila", "Oscar", "Mina", "Diego", "Freya", "Sami"]
+CITIES = ["Lisbon", "Berlin", "Nairobi", "Osaka", "Toronto", "Lima", "Oslo", "Seoul", "Porto", "Denver", "Cairo",
+          "Dublin", "Hanoi", "Quito", "Madrid", "Perth"]
+ROLES = ["designer", "accountant", "developer", "photographer", "teacher", "lawyer", "writer", "engineer",
+         "translator", "marketer"]
+RELATIONS = ["colleague", "sister", "brother", "friend", "client", "manager", "neighbour", "cousin", "mentor"]
+PROJECTS = ["Harbor", "Quill", "Bluebird", "Lantern", "Orchard", "Pebble", "Summit", "Tidewater", "Juniper",
+            "Copper", "Meadow", "Falcon", "Willow", "Ember", "Nimbus", "Atlas"]
+KINDS = ["website", "mobile app", "newsletter", "online shop", "podcast", "course"]
+STATUSES = ["in planning", "in progress", "launched", "paused"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+PREFERENCES = {"drink": ["tea", "coffee", "matcha", "sparkling water"], "editor": ["vim", "vs code", "emacs"],
+               "meeting time": ["mornings", "afternoons", "late evenings"], "theme": ["dark mode", "light mode"],
+               "music": ["jazz", "lo-fi beats", "classical music", "no music"]}
+DIRS = ["~/projects", "~/documents", "~/downloads", "~/photos", "~/notes", "/var/log", "~/music", "~/desktop"]
+FILES = ["report.pdf", "budget.xlsx", "notes.md", "config.yaml", "invoice.pdf", "todo.txt", "draft.docx",
+         "readme.md"]
+TOPICS = ["hosting prices", "python packaging", "tax deadlines", "flight deals", "coffee machines", "rust async",
+          "seo basics", "podcast microphones", "vegan recipes", "standing desks"]
+SITES = ["news.example.org", "docs.example.com", "shop.example.net", "blog.example.io", "weather.example.org"]
+SERVICES = ["nginx", "postgres", "redis", "docker", "cron"]
+DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
+
+# Tool -> the instructions that call it. Tools with no instructions are reached only as a retry.
+TOOL_TASKS = {
+    "file_system.list": ["list the files in {dir}", "show me what is in {dir}", "what files are in {dir}?"],
+    "file_system.read": ["open {file}", "read {file} for me", "show me the contents of {file}"],
+    "file_system.search": ["find files named {file}", "where did I save {file}?"],
+    "file_system.write": ["save the meeting notes to {file}", "write the summary into {file}"],
+    "system_ops.get_info": ["check system status", "how much disk space is left?", "how is the machine doing?"],
+    "system_ops.run_command": ["restart the {service} service", "reload {service}", "stop {service} for now"],
+    "system_ops.run_as_admin": [],
+    "web.search": ["search the web for {topic}", "look up {topic} online"],
+    "web.fetch": ["fetch the page at {site}", "download {site} for reading"],
+    "web.fetch_cached": [],
+    "calendar.create_event": ["schedule a meeting with {person} on {day}", "put lunch with {person} on {day}"],
+    "calendar.list_events": ["what is on my calendar on {day}?", "am I free on {day}?"],
+    "email.send": ["email {person} about {project}", "send {person} the {project} update"],
+    "email.queue": [],
+    "email.search": ["find the last email from {person}", "did {person} write about {project}?"],
+    "notes.add": ["remember that {person} likes {drink}", "note that {project} needs a logo"],
+    "code.run_tests": ["run the tests of {project}", "check that {project} still builds"],
+    "code.git_status": ["what changed in {project}?", "show the uncommitted work in {project}"],
+}
+TOOLS = sorted(TOOL_TASKS)
+# First tool -> (the error it can fail with, the tool that does the job after that error)
+RETRIES = {
+    "file_system.read": ("FileNotFoundError: {file} does not exist", "file_system.search"),
+    "system_ops.run_command": ("PermissionError: permission denied for {service}", "system_ops.run_as_admin"),
+    "web.fetch": ("TimeoutError: {site} did not answer within 30 s", "web.fetch_cached"),
+    "calendar.create_event": ("ConflictError: {day} is already full", "calendar.list_events"),
+    "email.send": ("SMTPError: the mail server refused the message", "email.queue"),
+}
+# An ambiguous instruction is settled by the app it was given in.
+SEARCH_BY_APP = {"browser": "web.search", "files": "file_system.search", "mail": "email.search"}
+
+# Goals and their plans; a constraint adds its own first step.
+GOALS = [
+    ("build a website for {project}", ["research similar {kind} sites", "sketch the page layout",
+                                       "write the copy for {project}", "set up hosting", "launch {project}"]),
+    ("plan a trip to {city}", ["check my calendar", "book a flight to {city}", "reserve a hotel in {city}",
+                               "share the plan with {person}"]),
+    ("hire a {role} for {project}", ["write the job post", "share the post with {person}", "review the applicants",
+                                     "interview the best three", "send an offer"]),
+    ("write a report on {project}", ["collect the numbers for {project}", "draft the report",
+                                     "ask {person} for feedback"]),
+    ("fix the login bug in {project}", ["reproduce the bug", "read the error logs", "write a failing test",
+                                        "fix the code", "run the tests of {project}", "deploy the fix"]),
+    ("organise a meeting with {person}", ["find a free slot", "book a room"]),
+    ("grow the revenue of {project}", ["look at the sales of {project}", "survey the customers",
+                                       "pick one price change", "test it for a month", "compare the revenue",
+                                       "keep what worked"]),
+    ("move {project} to a new server", ["back up {project}", "set up the new server", "copy the data",
+                                        "switch the domain"]),
+]
+CONSTRAINTS = {"on a small budget": "set a small budget", "before {month}": "set a deadline in {month}",
+               "with help from {person}": "ask {person} to join"}
+
+
+@dataclass
+class Person:
+    name: str
+    relation: str
+    role: str
+    city: str
+
+
+@dataclass
+class Project:
+    name: str
+    kind: str
+    status: str
+    revenue: int
+    owner: str
+    due: str
+
+
+class World:
+    """The people, projects and preferences of one seed, and every fact about them with its id."""
+
+    def __init__(self, rng: random.Random):
+        self.people = [Person(n, rng.choice(RELATIONS), rng.choice(ROLES), rng.choice(CITIES))
+                       for n in rng.sample(NAMES, 12)]
+        self.projects = [Project(n, rng.choice(KINDS), rng.choice(STATUSES), rng.randrange(0, 50) * 100,
+                                 rng.choice(self.people).name, rng.choice(MONTHS)) for n in rng.sample(PROJECTS, 8)]
+        self.preferences = {k: rng.choice(v) for k, v in PREFERENCES.items()}
+        self.facts: list[dict] = []
+        self.index: dict[tuple[str, str], str] = {}  # (subject, aspect) -> fact id
+        for p in self.people:
+            self._fact(p.name, "relation", f"{p.name} is my {p.relation}", "people")
+            self._fact(p.name, "role", f"{p.name} works as a {p.role}", "people")
+            self._fact(p.name, "city", f"{p.name} lives in {p.city}", "people")
+        for pr in self.projects:
+            self._fact(pr.name, "kind", f"{pr.name} is a {pr.kind} project", "projects")
+            self._fact(pr.name, "status", f"{pr.name} is {pr.status}", "projects")
+            self._fact(pr.name, "revenue", f"{pr.name} earns {pr.revenue} dollars a month", "projects")
+            self._fact(pr.name, "owner", f"{pr.owner} works on {pr.name}", "projects")
+            self._fact(pr.name, "due", f"{pr.name} is due in {pr.due}", "projects")
+        for k, v in self.preferences.items():
+            self._fact("me", k, f"I prefer {v} for {k}", "preferences")
+
+    def _fact(self, subject: str, aspect: str, text: str, topic: str) -> None:
+        fid = f"f{len(self.facts):04d}"
+        self.facts.append({"id": fid, "text": text, "subject": subject, "topic": topic})
+        self.index[(subject, aspect)] = fid
+
+    def fact(self, subject: str, aspect: str) -> str:
+        return self.index[(subject, aspect)]
+
+    def text(self, fid: str) -> str:
+        return self.facts[int(fid[1:])]["text"]
+
+    def fill(self, template: str, rng: random.Random, **fixed: str) -> str:
+        """`template` with every {slot} drawn from the world (or given)."""
+        project = rng.choice(self.projects)
+        values = {"person": rng.choice(self.people).name, "project": project.name, "kind": project.kind,
+                  "city": rng.choice(CITIES), "role": rng.choice(ROLES), "month": rng.choice(MONTHS),
+                  "dir": rng.choice(DIRS), "file": rng.choice(FILES), "topic": rng.choice(TOPICS),
+                  "site": rng.choice(SITES), "service": rng.choice(SERVICES), "day": rng.choice(DAYS),
+                  "drink": rng.choice(PREFERENCES["drink"])}
+        values.update(fixed)
+        return template.format(**values)
+
+
+# ---- conversations ---------------------------------------------------------------------------------
+
+
+def _turns(world: World, rng: random.Random) -> tuple[list[dict], dict | None]:
+    """One conversation's turns (user turns name the facts they ask for) and, for a goal, its summary."""
+    kind = rng.choice(["projects", "person", "project", "preference", "goal"])
+    user: list[tuple[str, list[str]]] = []
+    summary = None
+    if kind == "projects":
+        kinds = sorted({p.kind for p in world.projects})
+        k = rng.choice(kinds)
+        mine = [p for p in world.projects if p.kind == k][:3]
+        q = rng.choice(["what {k} projects do I have?", "list my {k} projects", "which {k} projects am I running?"])
+        user.append((q.format(k=k), [world.fact(p.name, "kind") for p in mine]))
+        first, best = mine[0], max(mine, key=lambda p: p.revenue)
+        follow = [(rng.choice(["tell me more", "tell me more about the first one"]),
+                   [world.fact(first.name, "status"), world.fact(first.name, "revenue")]),
+                  (rng.choice(["which one earns the most?", "which one is most profitable?"]),
+                   [world.fact(best.name, "revenue")]),
+                  (rng.choice(["who works on the first one?", "who is on the first one?"]),
+                   [world.fact(first.name, "owner")])]
+        user += rng.sample(follow, rng.randint(1, 2))
+    elif kind == "person":
+        p = rng.choice(world.people)
+        q = rng.choice(["who is {n}?", "remind me who {n} is", "how do I know {n}?"])
+        user.append((q.format(n=p.name), [world.fact(p.name, "relation")]))
+        follow = [(rng.choice(["what do they do?", "what is their job?"]), [world.fact(p.name, "role")]),
+                  (rng.choice(["where do they live?", "which city are they in?"]), [world.fact(p.name, "city")])]
+        user += rng.sample(follow, rng.randint(1, 2))
+    elif kind == "project":
+        pr = rng.choice(world.projects)
+        q = rng.choice(["how is {p} going?", "what is the state of {p}?", "give me an update on {p}"])
+        user.append((q.format(p=pr.name), [world.fact(pr.name, "status"), world.fact(pr.name, "revenue")]))
+        follow = [(rng.choice(["who works on it?", "who is running it?"]), [world.fact(pr.name, "owner")]),
+                  (rng.choice(["when is it due?", "what is its deadline?"]), [world.fact(pr.name, "due")])]
+        user += rng.sample(follow, rng.randint(0, 2))
+    elif kind == "preference":
+        k = rng.choice(sorted(world.preferences))
+        q = rng.choice(["what {k} do I prefer?", "which {k} do I like?"])
+        user.append((q.format(k=k), [world.fact("me", k)]))
+    else:
+        goal, plan, constraints = _goal(world, rng)
+        user.append((f"help me {goal}", []))
+        user.append(("what should I do first?", []))
+        summary = {"text": f"planned how to {goal}", "goal": goal, "plan": plan, "constraints": constraints}
+    turns = []
+    for text, fact_ids in user:
+        turns.append({"role": "user", "text": text, "fact_ids": fact_ids})
+        answer = "; ".join(world.text(f) for f in fact_ids) if fact_ids else \
+            "here is a plan: " + " then ".join(summary["plan"]) if summary else "sure"
+        turns.append({"role": "assistant", "text": answer, "fact_ids": fact_ids})
+    return turns, summary
+
+
+def _goal(world: World, rng: random.Random) -> tuple[str, list[str], list[str]]:
+    template, steps = rng.choice(GOALS)
+    project = rng.choice(world.projects)
+    fixed = {"project": project.name, "kind": project.kind, "person": rng.choice(world.people).name,
+             "city": rng.choice(CITIES), "role": rng.choice(ROLES), "month": rng.choice(MONTHS)}
+    plan = [s.format(**fixed) for s in steps]
+    constraints = []
+    if rng.random() < 0.4:
+        c, first = rng.choice(sorted(CONSTRAINTS.items()))
+        constraints.append(c.format(**fixed))
+        plan.insert(0, first.format(**fixed))
+    return template.format(**fixed), plan, constraints
+
+
+# ---- tools ---------------------------------------------------------------------------------------
+
+
+def _available(tools: list[str], rng: random.Random) -> list[str]:
+    others = [t for t in TOOLS if t not in tools]
+    chosen = tools + rng.sample(others, rng.randint(2, 5))
+    rng.shuffle(chosen)
+    return chosen
+
+
+def _ui_call(world: World, rng: random.Random) -> dict:
+    app = rng.choice(["terminal", "browser", "files", "mail", "calendar", "editor"])
+    if app in SEARCH_BY_APP and rng.random() < 0.3:
+        instruction, tool = world.fill("search for {topic}", rng), SEARCH_BY_APP[app]
+    else:
+        tool = rng.choice([t for t in TOOLS if TOOL_TASKS[t]])
+        instruction = world.fill(rng.choice(TOOL_TASKS[tool]), rng)
+    context = {"app": app, "window": rng.choice([p.name for p in world.projects] + FILES)}
+    if rng.random() < 0.5:
+        context["selection"] = rng.choice(FILES + DIRS)
+    return {"instruction": instruction, "ui_context": context, "available_tools": _available([tool], rng),
+            "tool_call": {"name": tool, "arguments": {"text": instruction}}}
+
+
+def _session(world: World, rng: random.Random, session: str, first_id: int) -> list[dict]:
+    """One task's tool executions: a first attempt and, after a failure, a retry with another tool."""
+    # half the sessions start with a tool that can fail, so corrections are common enough to learn from
+    tool = rng.choice(sorted(RETRIES) if rng.random() < 0.5 else [t for t in TOOLS if TOOL_TASKS[t]])
+    slots = {k: world.fill("{" + k + "}", rng) for k in ("file", "service", "site", "day", "person", "project",
+                                                         "dir", "topic", "drink")}
+    task = rng.choice(TOOL_TASKS[tool]).format(**slots)
+    retry = RETRIES.get(tool)
+    available = _available([tool] + ([retry[1]] if retry else []), rng)
+    arts = []
+
+    def artifact(tool: str, ok: bool, error: str = "", retry_of: str = "") -> dict:
+        rid = f"art_{first_id + len(arts):05d}"
+        arts.append({"id": rid, "session": session, "task": task, "tool": tool, "arguments": dict(slots),
+                     "available_tools": available, "status": "success" if ok else "error", "error": error or None,
+                     "result": "ok" if ok else None, "retry_of": retry_of or None,
+                     "timestamp": f"2025-01-01T00:00:{len(arts):02d}"})
+        return arts[-1]
+
+    if retry and rng.random() < 0.6:
+        failed = artifact(tool, False, retry[0].format(**slots))
+        again_ok = rng.random() < 0.9
+        artifact(retry[1], again_ok, "" if again_ok else "RuntimeError: the tool crashed", failed["id"])
+    else:
+        artifact(tool, True)
+    return arts
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+
+def generate(seed: int, size: int) -> dict:
+    """Everything a raw set holds, as plain data: {"d2": ..., "brain": {table: rows}, "ui": [...], "art": [...]}."""
+    rng = random.Random(seed)
+    world = World(rng)
+    conversations, summaries = [], []
+    for i in range(size):
+        turns, summary = _turns(world, rng)
+        cid = f"c{i:05d}"
+        conversations.append({"id": cid, "started": f"2025-01-{1 + i % 28:02d}T09:00:00", "turns": turns})
+        if summary:
+            summaries.append({"conversation_id": cid, **summary})
+    people = [f for f in world.facts if f["topic"] != "projects"]
+    projects = [f for f in world.facts if f["topic"] == "projects"]
+    entities = [{"name": p.name, "type": "person", "attributes": {"relation": p.relation, "role": p.role,
+                                                                  "city": p.city}} for p in world.people]
+    entities += [{"name": p.name, "type": "project", "attributes": {"kind": p.kind, "status": p.status,
+                                                                   "owner": p.owner}} for p in world.projects]
+    topics = [{"name": t, "fact_ids": [f["id"] for f in world.facts if f["topic"] == t]}
+              for t in ("people", "projects", "preferences")]
+    d2 = {"version": 2, "conversations": conversations, "facts": people, "entities": entities, "topics": topics,
+          "summaries": summaries}
+
+    triples = [(p.name, "lives in", p.city) for p in world.people] + \
+              [(p.name, "works as a", p.role) for p in world.people] + \
+              [(p.name, "is owned by", p.owner) for p in world.projects] + \
+              [(p.name, "is due in", p.due) for p in world.projects]
+    patterns = []
+    for i in range(max(1, size // 4)):
+        goal, plan, constraints = _goal(world, rng)
+        patterns.append((i, goal, json.dumps(plan), json.dumps(constraints), round(rng.uniform(0.5, 1.0), 2)))
+    history = []
+    for i in range(max(1, size // 2)):
+        subject = rng.choice(world.people + world.projects)
+        if isinstance(subject, Person):
+            aspect, q = rng.choice([("city", "where does {n} live?"), ("role", "what does {n} do for work?")])
+        else:
+            aspect, q = rng.choice([("due", "when is {n} due?"), ("owner", "who owns {n}?"),
+                                    ("revenue", "how much does {n} earn?")])
+        history.append((i, f"2025-02-{1 + i % 28:02d}T10:00:00", q.format(n=subject.name), "",
+                        json.dumps([world.fact(subject.name, aspect)]), "answered"))
+    brain = {"facts": [(f["id"], f["text"], f["subject"], f["topic"], 0.9) for f in projects],
+             "triples": [t + (1.0,) for t in triples], "patterns": patterns, "history": history}
+    ui = [_ui_call(world, rng) for _ in range(size)]
+    art: list[dict] = []
+    for s in range(size):
+        art += _session(world, rng, f"s{s:04d}", len(art))
+    return {"d2": d2, "brain": brain, "ui": ui, "art": art}
+
+
+BRAIN_SCHEMA = {
+    "facts": "CREATE TABLE facts (id TEXT PRIMARY KEY, text TEXT NOT NULL, subject TEXT, topic TEXT, confidence REAL)",
+    "triples": "CREATE TABLE triples (subject TEXT, predicate TEXT, object TEXT, confidence REAL)",
+    "patterns": "CREATE TABLE patterns (id INTEGER PRIMARY KEY, trigger TEXT, steps TEXT, constraints TEXT, "
+                "success_rate REAL)",
+    "history": "CREATE TABLE history (id INTEGER PRIMARY KEY, timestamp TEXT, query TEXT, context TEXT, "
+               "fact_ids TEXT, outcome TEXT)",
+}
+
+
+class SampleDirError(ValueError):
+    """The target folder already holds raw records; the message is one sentence."""
+
+
+def write_sample(out_dir: str | Path, seed: int = 0, size: int = 400, force: bool = False) -> dict[str, int]:
+    """Write a synthetic raw set into `out_dir`; returns how many records of each kind it wrote."""
+    out = Path(out_dir)
+    existing = [p.name for p in [out / D2_MEMORY, out / BRAIN_DB, out / UI_CALLS] if p.exists()]
+    existing += [p.name for p in out.glob(ARTIFACTS)] if out.is_dir() else []
+    if existing and not force:
+        raise SampleDirError(f"{out} already holds raw records ({existing[0]} among {len(existing)} files); "
+                             "pass --force to replace them or choose an empty folder.")
+    data = generate(seed, size)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(ARTIFACTS):  # a smaller set must not leave the old set's artifacts behind
+        old.unlink()
+    _write_text(out / D2_MEMORY, json.dumps(data["d2"], indent=1) + "\n")
+    _write_text(out / UI_CALLS, "".join(json.dumps(r) + "\n" for r in data["ui"]))
+    for a in data["art"]:
+        _write_text(out / f"{a['id']}.json", json.dumps(a, indent=1) + "\n")
+    tmp = out / f".{BRAIN_DB}.tmp"
+    tmp.unlink(missing_ok=True)
+    db = sqlite3.connect(tmp)
+    try:
+        for table, schema in BRAIN_SCHEMA.items():
+            db.execute(schema)
+            rows = data["brain"][table]
+            if rows:
+                db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+        db.commit()
+    finally:
+        db.close()
+    os.replace(tmp, out / BRAIN_DB)
+    return {"conversations": len(data["d2"]["conversations"]), "facts": len(data["d2"]["facts"]) +
+            len(data["brain"]["facts"]), "summaries": len(data["d2"]["summaries"]),
+            "triples": len(data["brain"]["triples"]), "patterns": len(data["brain"]["patterns"]),
+            "history": len(data["brain"]["history"]), "ui_calls": len(data["ui"]), "artifacts": len(data["art"])}
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

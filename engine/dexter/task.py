@@ -1,0 +1,172 @@
+"""The built Dexter datasets as ordinary engine tasks: `task.name = "dexter-memory"` (or tool, reasoning) with
+`task.path` = the folder `lab dexter build` wrote.
+
+One example is laid out over the model's positions like the lab's text tasks, with the answer's first token
+(which output the caller asks for: <MEM_FACT>, <TOOL_RESULT>, <REASON_PLAN> or <REASON_STEP>) given:
+
+    inputs:  {input tokens} <ANSWER KIND> BLANK BLANK ... BLANK BLANK ...
+    labels:  PAD ...        <ANSWER KIND> a     n         EOS   PAD ...
+
+The training stream is the training examples in a fresh order every pass (a pure function of seed and
+index); the held-out stream is the held-out examples in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from engine.dexter.dataset import FORMAT, KINDS, META, TOKENIZER
+from engine.dexter.vocab import BLANK, EOS, PAD, Vocabulary, VocabularyError
+from engine.tasks.base import Sample
+from engine.tasks.tokenizer import check_split, stable_int
+
+DESCRIPTIONS = {
+    "memory": "dexter/memory: a query (and earlier turns) -> up to 3 relevant facts; graded by the set of facts",
+    "tool": "dexter/tool: a task, the available tools and any previous error -> the tool; graded on the tool",
+    "reasoning": "dexter/reasoning: a goal and what is done -> the plan or the next step; graded exactly",
+}
+
+
+class Layout:
+    """A built vocabulary and one model's sequence length: text in, positions out, and back."""
+
+    def __init__(self, kind: str, path: str | Path):
+        if kind not in KINDS:
+            raise ValueError(f"there is no Dexter model {kind!r}; allowed: {', '.join(KINDS)}.")
+        if not str(path):
+            raise ValueError("task.path is empty; set it to the folder `lab dexter build RAW_DIR OUT` wrote.")
+        path = Path(path)
+        meta_path = path / META
+        if not meta_path.is_file():
+            raise ValueError(f"task.path {str(path)!r} holds no built Dexter dataset ({META} is missing); "
+                             "build one with `lab dexter build RAW_DIR OUT` and set task.path = OUT.")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            seq_len = int(meta["kinds"][kind]["seq_len"])
+            assert meta["format"] == FORMAT and 8 <= seq_len <= 4096
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise ValueError(f"{meta_path} is not a dataset summary of this lab's format {FORMAT} with a {kind} "
+                             "model; rebuild it with `lab dexter build`.") from None
+        try:
+            self.vocab = Vocabulary.load(path / TOKENIZER)
+        except VocabularyError as exc:
+            raise ValueError(str(exc)) from None
+        self.kind, self.path, self.meta, self.seq_len = kind, path, meta, seq_len
+        self.vocab_size = self.vocab.size
+
+    def encode(self, input_text: str, output_text: str) -> Sample:
+        head, answer = self.vocab.encode(input_text), self.vocab.encode(output_text) + [EOS]
+        assert len(head) + len(answer) <= self.seq_len, f"{input_text!r} does not fit in {self.seq_len} positions"
+        pad = [PAD] * (self.seq_len - len(head) - len(answer))
+        # blanks to the end, not only over the answer: a caller asking a question does not know its length
+        inputs = head + answer[:1] + [BLANK] * (self.seq_len - len(head) - 1)
+        return Sample(inputs=inputs, labels=[PAD] * len(head) + answer + pad)
+
+    def query(self, input_text: str, answer_kind: str) -> tuple[list[int], int]:
+        """(inputs, answer start) for a question with no known answer: every free position is an answer blank.
+        Raises ValueError when the question does not fit."""
+        head = self.vocab.encode(input_text)
+        if len(head) + 2 > self.seq_len:
+            raise ValueError(f"the {self.kind} model reads {self.seq_len} positions and this input takes "
+                             f"{len(head)} tokens; shorten it.")
+        inputs = head + [self.vocab.id(answer_kind)] + [BLANK] * (self.seq_len - len(head) - 1)
+        return inputs, len(head)
+
+    def answer(self, predicted: list[int], start: int) -> list[int]:
+        """The predicted answer's tokens from `start` up to (not including) EOS or PAD."""
+        out = []
+        for t in predicted[start:]:
+            if t in (EOS, PAD):
+                break
+            out.append(t)
+        return out
+
+    def facts(self, answer: list[int]) -> list[tuple[int, ...]]:
+        """A memory answer's facts as token tuples: <MEM_FACT> f1 <SEP> f2 <SEP> f3."""
+        sep, head = self.vocab.id("<SEP>"), self.vocab.id("<MEM_FACT>")
+        body = answer[1:] if answer and answer[0] == head else answer
+        parts, cur = [], []
+        for t in body:
+            if t == sep:
+                parts.append(tuple(cur))
+                cur = []
+            else:
+                cur.append(t)
+        parts.append(tuple(cur))
+        return [p for p in parts if p]
+
+
+class DexterTask:
+    """One Dexter model's built dataset, served as (inputs, labels) samples and graded the way its model is used."""
+
+    def __init__(self, kind: str, path: str = "", difficulty: int = 1, seed: int = 0):
+        if difficulty != 1:
+            raise ValueError("the Dexter datasets have one difficulty; leave task.difficulty at 1.")
+        self.layout = Layout(kind, path)
+        self.kind, self.seed = kind, seed
+        self.name = f"dexter-{kind}"
+        self.description = DESCRIPTIONS[kind]
+        self.vocab, self.vocab_size, self.seq_len = self.layout.vocab, self.layout.vocab_size, self.layout.seq_len
+        self.examples = {"train": [], "test": []}
+        file = Path(path) / f"{kind}.jsonl"
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            raise ValueError(f"{file} could not be read; rebuild the dataset with `lab dexter build`.") from None
+        for n, line in enumerate(lines, start=1):
+            try:
+                e = json.loads(line)
+                assert e["split"] in self.examples and isinstance(e["input"], str) and isinstance(e["output"], str)
+                assert len(self.vocab.encode(e["input"])) + len(self.vocab.encode(e["output"])) < self.seq_len
+            except (ValueError, KeyError, TypeError, AssertionError):
+                raise ValueError(f"{file} line {n} is not an example this build wrote; rebuild the dataset with "
+                                 "`lab dexter build`.") from None
+            self.examples[e["split"]].append(e)
+        for split, rows in self.examples.items():
+            if not rows:
+                raise ValueError(f"{file} has no {split} examples; rebuild the dataset from more records.")
+        self._order: tuple[int, list[int]] | None = None  # (pass, its order), the one the stream is in
+
+    @staticmethod
+    def description_of(name: str) -> str:
+        return DESCRIPTIONS[name.removeprefix("dexter-")] + " (vocabulary and length: the dataset at task.path)"
+
+    def size(self, split: str) -> int:
+        check_split(split)
+        return len(self.examples[split])
+
+    def problem(self, split: str, index: int) -> dict:
+        """The example behind sample (split, index)."""
+        check_split(split)
+        rows = self.examples[split]
+        if split == "test":
+            return rows[index % len(rows)]
+        epoch, i = divmod(index, len(rows))
+        if self._order is None or self._order[0] != epoch:
+            order = list(range(len(rows)))
+            random.Random(stable_int("dexter", self.kind, self.seed, epoch)).shuffle(order)
+            self._order = (epoch, order)
+        return rows[self._order[1][i]]
+
+    def sample(self, split: str, index: int) -> Sample:
+        e = self.problem(split, index)
+        return self.layout.encode(e["input"], e["output"])
+
+    def render(self, sample: Sample) -> str:
+        start = next(i for i, t in enumerate(sample.labels) if t != PAD)
+        return f"input:  {self.vocab.decode(sample.inputs[:start])}\n" \
+               f"answer: {self.vocab.decode(self.layout.answer(sample.labels, start))}"
+
+    def grade(self, problem: dict, predicted: list[int], sample: Sample | None = None) -> bool:
+        """Memory: every relevant fact among the first three predicted. Tool: the right tool. Reasoning: the
+        whole answer."""
+        sample = sample or self.layout.encode(problem["input"], problem["output"])
+        start = next(i for i, t in enumerate(sample.labels) if t != PAD)
+        if self.kind == "memory":
+            got = set(self.layout.facts(self.layout.answer(predicted, start))[:3])
+            return all(tuple(self.vocab.encode(f)) in got for f in problem["facts"])
+        if self.kind == "tool":
+            return predicted[start + 1] == sample.labels[start + 1]
+        return all(p == t for p, t in zip(predicted, sample.labels) if t != PAD)
