@@ -34,32 +34,34 @@ class CommandDispatch:
         assert set(handlers) == set(protocol.COMMANDS), "one handler per protocol command"
         self.recorder, self.handlers, self.world = recorder, handlers, world or World()
 
-    def apply_pending(self, block: bool = False, signalled: bool = False) -> bool:
+    def apply_pending(self, block: bool = False, flags: tuple[bool, ...] = ()) -> tuple[bool, ...]:
         """Apply every queued command now (a step boundary). With block=True wait briefly for one.
-        `signalled`: this process got SIGTERM/SIGINT. Returns whether any rank did, so that all stop alike."""
+        `flags`: this process's reasons to stop (a signal, the clock). Returns each one as true when any rank
+        has it, so that every rank stops at the same boundary."""
         records = self._take(block)
         if self.world.size == 1:
             for rec in records:
                 self.apply(rec)
-            return signalled
-        codes = torch.zeros(2 + 2 * MAX_SHARED, dtype=torch.int64)
-        codes[0] = int(signalled)
+            return tuple(flags)
+        n = len(flags)
+        codes = torch.zeros(n + 1 + 2 * MAX_SHARED, dtype=torch.int64)
+        codes[:n] = torch.tensor([int(f) for f in flags], dtype=torch.int64)
         if self.world.is_lead:
-            codes[1] = len(records)
+            codes[n] = len(records)
             for i, rec in enumerate(records):
                 slot = rec.command.args.get("slot", 0)
                 ok_slot = isinstance(slot, int) and not isinstance(slot, bool) and abs(slot) < 2**62
-                codes[2 + 2 * i] = NAMES.index(rec.command.cmd) + 1
-                codes[3 + 2 * i] = slot if ok_slot else -1  # the one argument a shared command takes
+                codes[n + 1 + 2 * i] = NAMES.index(rec.command.cmd) + 1
+                codes[n + 2 + 2 * i] = slot if ok_slot else -1  # the one argument a shared command takes
         shared = self.world.sum(codes)
-        for i in range(int(shared[1])):
+        for i in range(int(shared[n])):
             if self.world.is_lead:
                 self.apply(records[i])
                 continue
-            name = NAMES[int(shared[2 + 2 * i]) - 1]
+            name = NAMES[int(shared[n + 1 + 2 * i]) - 1]
             if name not in LEAD_ONLY:
-                self.handlers[name]({"slot": int(shared[3 + 2 * i])} if name == "inspect" else {})
-        return bool(shared[0])
+                self.handlers[name]({"slot": int(shared[n + 2 + 2 * i])} if name == "inspect" else {})
+        return tuple(bool(v) for v in shared[:n])
 
     def _take(self, block: bool) -> list:
         """The lead's queued commands (at most MAX_SHARED under several processes); none elsewhere."""

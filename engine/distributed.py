@@ -115,14 +115,15 @@ class World:
     # ---- DistributedDataParallel ----
 
     def wrap(self, model: torch.nn.Module, device: torch.device, find_unused: bool) -> torch.nn.Module:
-        """The module every training forward goes through: DistributedDataParallel across ranks, the model
-        itself in one process."""
+        """The module every training forward goes through, called as forward(fn, ...) for fn(model, ...):
+        DistributedDataParallel around it across ranks."""
+        call = ModelCall(model)
         if self.size == 1:
-            return model
+            return call
         from torch.nn.parallel import DistributedDataParallel
 
         # the buffers (initial latents, rotary tables, masks) never change: nothing to broadcast per step
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+        return DistributedDataParallel(call, device_ids=[device.index] if device.type == "cuda" else None,
                                        forward_sync_buffers=False, find_unused_parameters=find_unused)
 
     def sync_gradients(self, forward: torch.nn.Module, last: bool):
@@ -149,3 +150,16 @@ class World:
                 pass
             out.append(p)
         return out
+
+
+class ModelCall(torch.nn.Module):
+    """One training forward as fn(model, *args): what DistributedDataParallel wraps, so that what it follows to
+    find the parameters in use is the value the loss is made from (sleep's distillation loss alone, which leaves
+    the halting head out), not every output of the model."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(self.model, *args, **kwargs)

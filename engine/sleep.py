@@ -149,18 +149,16 @@ class Consolidator:
         return ConsolidationBatch(inputs, answers, teacher_logits)
 
     def loss(self, model: TinyRecursiveModel, batch: ConsolidationBatch,
-             norm: tuple[torch.Tensor, int] | None = None, forward: torch.nn.Module | None = None) -> torch.Tensor:
+             norm: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
         """One supervision step from fresh latents. Replay: the model's own loss; distill and dream: KL from
         the teacher's distribution to the memory-free path's, over the scored positions. `norm`: the whole
-        batch's (scored cells, samples) when `batch` is one chunk of it (see engine/accumulate.py). `forward`:
-        the module the step runs through (DistributedDataParallel around `model` under several processes)."""
-        forward = forward or model
+        batch's (scored cells, samples) when `batch` is one chunk of it (see engine/accumulate.py)."""
         carry = model.initial_carry(batch.inputs.shape[0], batch.inputs.device)
         if batch.teacher_logits is None:
-            _, out = forward(carry, batch.inputs, batch.labels, norm=norm)
+            _, out = model(carry, batch.inputs, batch.labels, norm=norm)
             return out.loss
         carry.memory = None  # the memory-free path: every pass through f starts from an empty memory
-        _, out = forward(carry, batch.inputs, batch.labels, norm=norm)
+        _, out = model(carry, batch.inputs, batch.labels, norm=norm)
         scored = batch.labels != PAD  # (B, S)
         kl = F.kl_div(F.log_softmax(out.logits, -1), F.log_softmax(batch.teacher_logits.float(), -1),
                       log_target=True, reduction="none").sum(-1)  # (B, S)

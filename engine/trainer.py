@@ -195,14 +195,17 @@ class Trainer:
         cfg = self.cfg
         deadline = self.recorder._t0 + cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
         while True:
-            if self.commands.apply_pending(block=self.paused, signalled=self._signal is not None):
-                self.stop_reason = "stopped"  # any rank's signal stops every rank at this boundary
+            # any rank's signal, or its clock, ends every rank at this same boundary
+            signalled, out_of_time = self.commands.apply_pending(
+                block=self.paused, flags=(self._signal is not None, bool(deadline) and time.time() >= deadline))
+            if signalled:
+                self.stop_reason = "stopped"
             if self.stop_reason:
                 return self._finish(self.stop_reason, evaluate_first=False)
             if self.paused:
                 self.recorder.tick()
                 continue
-            if self.step >= cfg.train.max_steps or (deadline and time.time() >= deadline):
+            if self.step >= cfg.train.max_steps or out_of_time:
                 return self._finish("finished")
             self._advance_schedule()
             if self.schedule.finished:

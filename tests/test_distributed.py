@@ -107,11 +107,13 @@ def test_refusals_are_one_sentence_and_exit_2(tmp_path):
 @pytest.mark.slow
 def test_commands_take_effect_on_every_rank_at_one_boundary(tmp_path):
     """pause, sleep, checkpoint, inspect (a slot of rank 1) and stop on a 2-process run; every checkpoint
-    checks that the ranks still hold the same weights, so a command applied on one rank only fails the run."""
+    checks that the ranks still hold the same weights, so a command applied on one rank only fails the run.
+    The sleep distills, whose loss leaves the halting head without gradient (DDP must be told)."""
     from lab.cli import send_command
 
     cfg = tiny_config(tmp_path, max_steps=10**6, ckpt_every=0)
-    sets = [a for s in DDP_SETS[:3] + ["sleep.wake_steps=100000", "sleep.sleep_steps=4"] for a in ("--set", s)]
+    sets = [a for s in DDP_SETS[:3] + ["sleep.wake_steps=100000", "sleep.sleep_steps=4", "sleep.mode=distill"]
+            for a in ("--set", s)]
     proc = start("run", str(cfg), "--headless", "--nproc", "2", "--runs-dir", str(tmp_path / "runs"), *sets)
     try:
         run = the_run(tmp_path / "runs")

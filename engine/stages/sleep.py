@@ -18,7 +18,7 @@ import torch
 
 from engine.accumulate import BackOff, MicroBatches
 from engine.config import SleepConfig
-from engine.distributed import World
+from engine.distributed import ModelCall, World
 from engine.evaluate import score
 from engine.faults import Faults
 from engine.model.titans import NeuralMemory
@@ -53,7 +53,7 @@ class SleepStage:
                  forward: torch.nn.Module | None = None):
         self.cfg, self.model, self.optimizer, self.has_memory = cfg, model, optimizer, has_memory
         self.world = world or World()
-        self.forward = forward or model  # DistributedDataParallel around the model under several processes
+        self.forward = forward or ModelCall(model)  # DistributedDataParallel around it under several processes
         self.micro, self.precision, self.faults, self.on_back_off = micro, precision, faults, on_back_off
         self.buffer = EpisodicBuffer(cfg.buffer_size, seq_len, cfg.prune_importance, cfg.prune_usage,
                                      cfg.prune_age)
@@ -188,7 +188,7 @@ class SleepStage:
         for i, sl in enumerate(chunks):
             with self.world.sync_gradients(self.forward, last=i == len(chunks) - 1):
                 with self.precision.autocast():
-                    loss = self.consolidator.loss(self.model, batch[sl], norm=norm, forward=self.forward)
+                    loss = self.forward(self.consolidator.loss, batch[sl], norm=norm)
                 finite = finite and bool(torch.isfinite(loss))
                 # finite or not, as in wake: each rank's last chunk must reach the all-reduce (DDP averages)
                 self.precision.backward(loss * self.world.size)

@@ -18,7 +18,7 @@ import torch
 
 from engine.accumulate import BackOff, MicroBatches, merge_chunk_metrics
 from engine.curriculum import CurriculumFeed
-from engine.distributed import World
+from engine.distributed import ModelCall, World
 from engine.faults import Faults
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.optim import MuGrokfast
@@ -41,7 +41,7 @@ class WakeStage:
         self.generator, self.micro, self.precision, self.faults = generator, micro, precision, faults
         self.on_back_off, self.feed, self.observers = on_back_off, feed, list(observers)
         self.world = world or World()
-        self.forward = forward or model  # DistributedDataParallel around the model under several processes
+        self.forward = forward or ModelCall(model)  # DistributedDataParallel around it under several processes
         self.batch_size = batch_size  # the global batch
         self.slots = self.world.shard(batch_size)  # this rank's carry slots
         self.carry: Carry = model.initial_carry(self.slots.stop - self.slots.start, device)
@@ -129,8 +129,9 @@ class WakeStage:
             self.generator.set_state(start)
             with self.world.sync_gradients(self.forward, last=i == len(chunks) - 1):
                 with self.precision.autocast():
-                    carry, out = self.forward(self.carry.slots(sl), inputs[sl], labels[sl], generator=self.generator,
-                                              norm=(n_cells, B), slots=(self.slots.start + sl.start, B))
+                    carry, out = self.forward(TinyRecursiveModel.__call__, self.carry.slots(sl), inputs[sl],
+                                              labels[sl], generator=self.generator, norm=(n_cells, B),
+                                              slots=(self.slots.start + sl.start, B))
                 loss = out.loss * poison
                 finite = finite and bool(torch.isfinite(loss))
                 # every chunk goes backward, finite or not: under several processes each rank's last chunk must
