@@ -9,14 +9,15 @@ CONFIG ?= configs/quickstart.toml
 # gradient accumulation with the neural memory, the console end to end in tmux, a second engine
 # refused on a live run, a live run whose checkpoint disk fills (2 min 13 s on 2 shared cores);
 # a rank of a 2-process run killed (follower, lead) and resumed across world sizes, and the console's
-# commands on a 2-process run (about 30 s each).
+# commands on a 2-process run (about 30 s each); the Dexter models trained end to end (about 2 min).
 CI_SLOW = tests/faults/test_fault_processes.py \
 	tests/faults/test_fault_memory.py::test_accumulated_gradient_with_memory_and_ragged_answers \
 	tests/test_e2e_tmux.py \
 	tests/test_runlock.py \
 	tests/faults/test_fault_disk.py \
 	tests/faults/test_fault_distributed.py \
-	tests/test_distributed.py::test_commands_take_effect_on_every_rank_at_one_boundary
+	tests/test_distributed.py::test_commands_take_effect_on_every_rank_at_one_boundary \
+	tests/test_dexter_train.py
 
 $(BIN)/lab: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)

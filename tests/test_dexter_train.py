@@ -39,6 +39,7 @@ def trained(tmp_path_factory):
     return root, json.loads(out.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow  # trains the three models (about 2 minutes on 2 cores): run by CI's slow set
 def test_each_model_trains_as_an_ordinary_run_and_its_best_checkpoint_is_kept(trained):
     root, results = trained
     result = results["tool"]
@@ -63,6 +64,7 @@ def test_each_model_trains_as_an_ordinary_run_and_its_best_checkpoint_is_kept(tr
     assert json.loads(graded.stdout)["by_difficulty"] == {"1": pytest.approx(scores[300])}
 
 
+@pytest.mark.slow  # trains the three models (about 2 minutes on 2 cores): run by CI's slow set
 def test_a_short_run_learns_to_pick_the_tool(trained):
     """Held-out tool top-1 well above choosing at random among the available tools (about 1 in 5)."""
     root, results = trained
@@ -80,6 +82,7 @@ def test_a_short_run_learns_to_pick_the_tool(trained):
         held_out[0]["task"], held_out[0]["available"])["selected_tool"] in held_out[0]["available"]
 
 
+@pytest.mark.slow  # trains the three models (about 2 minutes on 2 cores): run by CI's slow set
 def test_the_tool_api_refuses_bad_calls_in_one_sentence(trained):
     root, _ = trained
     kept = root / "built" / "models" / "tool"
@@ -125,6 +128,7 @@ def one_token_answers(api) -> None:
     api.model.predict_logits = short
 
 
+@pytest.mark.slow  # trains the three models (about 2 minutes on 2 cores): run by CI's slow set
 def test_memory_carries_the_conversation_into_follow_ups(trained):
     built = trained[0] / "built"
     stateful, stateless = untrained(MemoryTRM, built, True), untrained(MemoryTRM, built, False)
@@ -140,6 +144,7 @@ def test_memory_carries_the_conversation_into_follow_ups(trained):
     assert stateful.retrieve("tell me more") == stateless.retrieve("tell me more")
 
 
+@pytest.mark.slow  # trains the three models (about 2 minutes on 2 cores): run by CI's slow set
 def test_tool_and_reasoning_carry_errors_and_progress(trained):
     built = trained[0] / "built"
     tool = untrained(ToolTRM, built, True)
@@ -165,6 +170,7 @@ def test_tool_and_reasoning_carry_errors_and_progress(trained):
     assert carried.next_step(goal) == told.next_step(goal, [])
 
 
+@pytest.mark.slow  # trains the three models (about 2 minutes on 2 cores): run by CI's slow set
 def test_lab_dexter_brain_samples_builds_and_trains_in_one_go(tmp_path):
     raw = tmp_path / "raw"
     out = lab("dexter", "brain", str(raw), "--size", "150", "--only", "reasoning", "--steps", "4", "--runs-dir",
