@@ -31,11 +31,13 @@ class ModelConfig:
     L_cycles: int = 6  # n: latent updates per outer cycle
     halt_max_steps: int = 16  # N_sup: deep-supervision steps a slot may take
     halt_exploration: float = 0.1
+    halt_threshold: float = 0.5  # training: a slot halts once sigmoid(q_halt) exceeds this
     puzzle_prefix: int = 0  # extra leading positions (the paper's 16 puzzle-embedding slots)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     # per-step loss weights over the answer history y0..yT ("Cognate" form); empty = last only
     step_loss_weights: list[float] = field(default_factory=list)
+    detach_cycles: bool = False  # Cognate form: each answer's loss reaches back through its own cycle only
     memory: Literal["none", "titans-mag"] = "none"
     window: int = 0  # sliding attention window (0 = full attention)
     d_mem: int = 64  # width of the neural memory MLP
@@ -200,6 +202,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.L_cycles": (1, 32),
     "model.halt_max_steps": (1, 64),
     "model.halt_exploration": (0.0, 1.0),
+    "model.halt_threshold": (0.0, 1.0),
     "model.puzzle_prefix": (0, 256),
     "model.rope_theta": (1.0, 1e7),
     "model.norm_eps": (1e-12, 1e-2),
