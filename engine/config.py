@@ -53,7 +53,7 @@ class ModelConfig:
 class TaskConfig:
     # the names of engine/tasks/registry.py's TASKS (a test keeps the two lists equal)
     name: Literal["sudoku", "modular", "math", "arithmetic", "algebra", "sequence", "word", "recall", "gap",
-                  "surprise", "maze", "program"] = "sudoku"
+                  "surprise", "maze", "program", "levels"] = "sudoku"
     size: int = 4  # Sudoku side: 4, 6 or 9
     difficulty: int | list[int] = 1  # a list is a mix (MIXED_DIFFICULTY_TASKS): sample i at difficulty[i % len]
     seed: int = 0
@@ -63,6 +63,7 @@ class TaskConfig:
     op: Literal["add", "sub", "mul", "div"] = "mul"  # modular: the operation
     train_fraction: float = 0.5  # modular: share of the table used for training
     side: int = 11  # maze: grid side (odd)
+    prompt_chars: int = 0  # levels: room for a prompt before the question, in characters
 
 
 # The [task] keys each task takes (a test keeps this equal to what engine/tasks/registry.py's tasks take);
@@ -80,6 +81,7 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
     "surprise": ("difficulty", "seed"),
     "maze": ("difficulty", "seed", "side"),
     "program": ("difficulty", "seed"),
+    "levels": ("difficulty", "seed", "prompt_chars"),
 }
 TASK_KEYS_ANY_TASK = ("name", "seed", "difficulty")
 # The tasks whose task.difficulty may be a list of difficulties, mixed sample by sample.
@@ -219,6 +221,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "task.p": (2, 1000),
     "task.train_fraction": (0.01, 0.99),
     "task.side": (7, 31),
+    "task.prompt_chars": (0, 200),
     "curriculum.questions": (1, 10_000_000),
     "curriculum.levels": (1, 1000),
     "curriculum.mastery": (1, 1000),

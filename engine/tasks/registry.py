@@ -10,6 +10,7 @@ from functools import partial
 from engine.config import MIXED_DIFFICULTY_TASKS, ConfigError, TaskConfig
 from engine.tasks.arith import MathTask
 from engine.tasks.base import Task
+from engine.tasks.levels import LevelTask
 from engine.tasks.maze import MazeTask
 from engine.tasks.memory import MemoryTask
 from engine.tasks.modular import ModularTask
@@ -30,6 +31,7 @@ TASKS = {
     "surprise": partial(MemoryTask, "surprise"),
     "maze": MazeTask,
     "program": ProgramTask,
+    "levels": LevelTask,
 }
 
 
