@@ -34,6 +34,7 @@ from engine.precision import Precision
 from engine.protocol import EXIT_FAILED, EXIT_OK
 from engine.recorder import Recorder
 from engine.stages import Stage, StepResult
+from engine.stages.pipeline import pipeline_stages
 from engine.stages.sleep import SleepStage
 from engine.stages.wake import WakeStage
 from engine.state import RandomState, TrainState
@@ -72,6 +73,8 @@ class Trainer:
         feed = CurriculumFeed.from_config(cfg.task, cfg.curriculum, B) if cfg.curriculum.enabled else None
         self.wake = self.stages["wake"] = WakeStage(self.model, self.optimizer, self.task, B, self.device,
                                                     self.generator, *parts, feed=feed, observers=observers)
+        self.stages.update(pipeline_stages(cfg, self.model, self.optimizer, self.task, self.device, self.generator,
+                                           *parts))  # the Phase-5 pipeline's stages, when the config has one
         self.schedule = build_schedule(cfg)
         self.state = TrainState(self.run_dir / "checkpoints", {"model": self.model, "ema": self.ema}, {
             "optimizer": self.optimizer, "generator": RandomState(self.generator), "torch_rng": RandomState(),

@@ -8,9 +8,10 @@ import operator
 import pytest
 
 from engine.config import ConfigError
-from engine.tasks.levels import LEVELS, LevelTask, check_prompt
+from engine import config
+from engine.tasks.levels import LEVELS, TEMPLATES, LevelTask, self_tag, temperature_ranges
 from engine.tasks.registry import get_task
-from engine.tasks.tokenizer import BLANK, PAD, SEP, TOKENIZER, split_of
+from engine.tasks.tokenizer import BLANK, CHARS, PAD, SEP, TOKENIZER, split_of
 
 OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
@@ -72,12 +73,21 @@ def test_held_out_questions_are_distinct_and_never_trained():
     assert {p.prompt for p in held}.isdisjoint(task.problem("train", i).prompt for i in range(3000))
 
 
-def test_bad_levels_and_prompts_are_one_sentence():
+def test_bad_levels_are_one_sentence():
     with pytest.raises(ConfigError, match="level 11 is out of range"):
         LevelTask(11)
     with pytest.raises(ConfigError, match="out of range"):
         get_task("levels", difficulty=4)  # the config reaches levels 1 to 3; the pipeline builds the rest
-    with pytest.raises(ConfigError, match="outside the alphabet"):
-        check_prompt("sé", 20, "c.toml")
-    with pytest.raises(ConfigError, match="raise task.prompt_chars to at least 25"):
-        check_prompt("x" * 25, 20, "c.toml")
+
+
+def test_temperature_ranges_widen_with_the_level_and_the_config_knows_the_tag_and_the_alphabet():
+    spans = [temperature_ranges(level, LEVELS, 3) for level in range(1, LEVELS + 1)]
+    assert all(len(r) == 3 and r[0][0] == 0.1 for r in spans)
+    widths = [r[-1][1] - r[-1][0] for r in spans]
+    assert widths == sorted(widths) and widths[0] < widths[-1]  # wider as the levels rise
+    tags = {self_tag(*r) for n in range(1, 17) for level in range(1, LEVELS + 1)
+            for r in temperature_ranges(level, LEVELS, n)}
+    assert {len(t) for t in tags} == {config.SELF_TAG_CHARS}
+    assert set(TEMPLATES) == set(range(1, config.LEVELS + 1))
+    printable = {chr(i) for i in range(32, 127)} | {"é", "→", "\t"}
+    assert {c for c in printable if config.PROMPT_CHARACTERS.fullmatch(c)} == set(CHARS)

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import random
 
-from engine.config import ConfigError
+from engine.config import LEVELS, ConfigError
 from engine.tasks.base import Sample
-from engine.tasks.tokenizer import PAD, TOKENIZER, Problem, TextTask, layout, reveal_counts
+from engine.tasks.tokenizer import PAD, Problem, TextTask, layout, reveal_counts
 
-LEVELS = 10
 QUESTION_CHARS = 9  # "99*9+99*9", the longest question
 ANSWER_CHARS = 4  # "9801", "-899"
 PROMPT_JOIN = ": "  # between a prompt and its question
@@ -92,15 +91,17 @@ def apply_effect(effect: str, answer: str) -> str:
     return answer[::-1] if effect == "reverse" else answer
 
 
-def check_prompt(text: str, room: int, where: str) -> None:
-    """A prompt the layout can carry: characters of the alphabet, within `room` characters."""
-    odd = sorted({c for c in text if c not in TOKENIZER.ids})
-    if odd:
-        raise ConfigError(f"{where}: the prompt has characters outside the alphabet ({''.join(odd)!r}); use "
-                          "letters, digits, spaces and +-*/%=<>()[]?.,:;#|!'^_.")
-    if len(text) > room:
-        raise ConfigError(f"{where}: the prompt has {len(text)} characters but task.prompt_chars = {room}; raise "
-                          f"task.prompt_chars to at least {len(text)} or shorten the prompt.")
+def temperature_ranges(level: int, levels: int, n: int) -> list[tuple[float, float]]:
+    """The self-model's `n` sampling-temperature ranges at `level`: equal parts of [0.1, 0.5 + 1.5 level / levels],
+    so the span (and every range) widens as the levels rise."""
+    top = 0.5 + 1.5 * level / levels
+    edges = [0.1 + (top - 0.1) * i / n for i in range(n + 1)]
+    return [(round(a, 2), round(b, 2)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def self_tag(low: float, high: float) -> str:
+    """The prompt that asks the model for the answer it would sample at a temperature in [low, high]."""
+    return f"self t{low:.2f}-{high:.2f}"
 
 
 class LevelTask(TextTask):
