@@ -35,7 +35,11 @@ def build_model(cfg: RunConfig, task: Task) -> TinyRecursiveModel:
 
 
 def build_schedule(cfg: RunConfig) -> Schedule:
-    """Which stage runs when: wake alone, or wake and sleep alternating by step counts."""
+    """Which stage runs when: wake alone, wake and sleep alternating by step counts, or the pipeline's stages
+    level by level, each until it is done."""
+    if cfg.pipeline.enabled:
+        levels = range(cfg.curriculum.start_level, cfg.curriculum.levels + 1)
+        return Schedule([Phase(stage, 0) for _ in levels for stage in cfg.pipeline.stages], repeat=False)
     if not cfg.sleep.enabled:
         return Schedule([Phase("wake", 0)])
     return Schedule([Phase("wake", cfg.sleep.wake_steps), Phase("sleep", cfg.sleep.sleep_steps)])

@@ -31,11 +31,13 @@ class ModelConfig:
     L_cycles: int = 6  # n: latent updates per outer cycle
     halt_max_steps: int = 16  # N_sup: deep-supervision steps a slot may take
     halt_exploration: float = 0.1
+    halt_threshold: float = 0.5  # training: a slot halts once sigmoid(q_halt) exceeds this
     puzzle_prefix: int = 0  # extra leading positions (the paper's 16 puzzle-embedding slots)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     # per-step loss weights over the answer history y0..yT ("Cognate" form); empty = last only
     step_loss_weights: list[float] = field(default_factory=list)
+    detach_cycles: bool = False  # Cognate form: each answer's loss reaches back through its own cycle only
     memory: Literal["none", "titans-mag"] = "none"
     window: int = 0  # sliding attention window (0 = full attention)
     d_mem: int = 64  # width of the neural memory MLP
@@ -52,7 +54,8 @@ class ModelConfig:
 class TaskConfig:
     # the names of engine/tasks/registry.py's TASKS (a test keeps the two lists equal)
     name: Literal["sudoku", "modular", "math", "arithmetic", "algebra", "sequence", "word", "recall", "gap",
-                  "surprise", "maze", "program", "dexter-memory", "dexter-tool", "dexter-reasoning"] = "sudoku"
+                  "surprise", "maze", "program", "dexter-memory", "dexter-tool", "dexter-reasoning",
+                  "levels"] = "sudoku"
     size: int = 4  # Sudoku side: 4, 6 or 9
     difficulty: int | list[int] = 1  # a list is a mix (MIXED_DIFFICULTY_TASKS): sample i at difficulty[i % len]
     seed: int = 0
@@ -63,6 +66,7 @@ class TaskConfig:
     train_fraction: float = 0.5  # modular: share of the table used for training
     side: int = 11  # maze: grid side (odd)
     path: str = ""  # dexter-*: the folder `lab dexter build` wrote (dataset.json, tokenizer.json, *.jsonl)
+    prompt_chars: int = 0  # levels: room for a prompt before the question, in characters
 
 
 # The [task] keys each task takes (a test keeps this equal to what engine/tasks/registry.py's tasks take);
@@ -83,6 +87,7 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
     "dexter-memory": ("path", "difficulty", "seed"),
     "dexter-tool": ("path", "difficulty", "seed"),
     "dexter-reasoning": ("path", "difficulty", "seed"),
+    "levels": ("difficulty", "seed", "prompt_chars"),
 }
 TASK_KEYS_ANY_TASK = ("name", "seed", "difficulty")
 # The tasks whose task.difficulty may be a list of difficulties, mixed sample by sample.
@@ -181,6 +186,40 @@ class SleepConfig:
     probe_size: int = 64  # buffer samples in the retention probe
 
 
+# The Phase-5 pipeline's stages and prompts, by the names [pipeline] uses.
+PIPELINE_STAGES = ("curriculum", "bake", "selfmodel", "dream")
+PIPELINE_PROMPTS = ("eudaimonia", "ooda", "identity", "reverse")
+LEVELS = 10  # the levels task's levels (engine/tasks/levels.py)
+# What a prompt may hold: the characters of the text tasks' alphabet (a test keeps this equal to
+# engine/tasks/tokenizer.py's), and the room the self-model's tag `self t0.10-0.65` takes.
+PROMPT_CHARACTERS = re.compile(r"[0-9a-zA-Z +\-*/%=<>()\[\]?.,:;#|!'^_]*")
+SELF_TAG_CHARS = 15
+
+
+@dataclass
+class PipelineConfig:
+    # The Phase-5 level pipeline (engine/stages/levels.py) on the levels task: every level from
+    # curriculum.start_level to curriculum.levels runs `stages` in order. Its curriculum stage is the question
+    # queue with [curriculum]'s numbers (curriculum.enabled only concerns the plain wake stage).
+    enabled: bool = False
+    stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
+    probe_size: int = 256  # distinct held-out questions per level behind every stage's figures
+    prompt_share: float = 0.2  # curriculum: share of refilled slots that practise a prompt (ungraded)
+    # the prompts' texts, written by the user; `reverse` is the checkable one: it asks for the answer backwards
+    eudaimonia: str = "act for the flourishing of all"
+    ooda: str = "observe, orient, decide, act"
+    identity: str = "you are a small careful solver"
+    reverse: str = "answer in reverse"
+    bake: list[str] = field(default_factory=lambda: list(PIPELINE_PROMPTS))  # baked in this order, each level
+    bake_steps: int = 200  # optimizer steps per prompt
+    bake_lr_scale: float = 1.0  # bake's learning rate as a multiple of the run's
+    selfmodel_steps: int = 500
+    selfmodel_ranges: int = 3  # temperature ranges per level; they widen as the levels rise
+    selfmodel_share: float = 0.5  # share of refilled slots that predict the model's own sampled answer
+    dream_steps: int = 200
+    dream_temperature: float = 2.0
+
+
 @dataclass
 class RunConfig:
     name: str = "run"
@@ -193,6 +232,7 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     sleep: SleepConfig = field(default_factory=SleepConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 # Allowed ranges: (low, high) inclusive; None = unbounded on that side.
@@ -205,6 +245,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.L_cycles": (1, 32),
     "model.halt_max_steps": (1, 64),
     "model.halt_exploration": (0.0, 1.0),
+    "model.halt_threshold": (0.0, 1.0),
     "model.puzzle_prefix": (0, 256),
     "model.rope_theta": (1.0, 1e7),
     "model.norm_eps": (1e-12, 1e-2),
@@ -221,6 +262,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "task.p": (2, 1000),
     "task.train_fraction": (0.01, 0.99),
     "task.side": (7, 31),
+    "task.prompt_chars": (0, 200),
     "curriculum.questions": (1, 10_000_000),
     "curriculum.levels": (1, 1000),
     "curriculum.mastery": (1, 1000),
@@ -240,6 +282,15 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "sleep.tiny_loss": (0.0, 1e6),
     "sleep.dream_temperature": (0.01, 100.0),
     "sleep.probe_size": (1, 65536),
+    "pipeline.probe_size": (1, 100_000),
+    "pipeline.prompt_share": (0.0, 1.0),
+    "pipeline.bake_steps": (1, 10**9),
+    "pipeline.bake_lr_scale": (0.0, 100.0),
+    "pipeline.selfmodel_steps": (1, 10**9),
+    "pipeline.selfmodel_ranges": (1, 16),
+    "pipeline.selfmodel_share": (0.0, 1.0),
+    "pipeline.dream_steps": (1, 10**9),
+    "pipeline.dream_temperature": (0.01, 100.0),
     "optim.lr": (0.0, 1.0),
     "optim.adamw_lr": (0.0, 1.0),
     "optim.adamw_weight_decay": (0.0, 10.0),
@@ -474,6 +525,42 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
         )
     if m.memory == "titans-mag" and m.mixer != "attention":
         raise ConfigError(f"{where}: model.memory = 'titans-mag' needs model.mixer = 'attention'.")
+    if cfg.pipeline.enabled:
+        _check_pipeline(cfg, where)
+
+
+def _check_pipeline(cfg: RunConfig, where: str) -> None:
+    p, c, room = cfg.pipeline, cfg.curriculum, cfg.task.prompt_chars
+    if cfg.task.name != "levels":
+        raise ConfigError(f"{where}: pipeline.enabled needs task.name = 'levels' (it is {cfg.task.name!r}); the "
+                          "pipeline's levels are that task's levels.")
+    if cfg.sleep.enabled:
+        raise ConfigError(f"{where}: pipeline.enabled and sleep.enabled cannot both be on; the pipeline's schedule "
+                          "has its own dream stage, so set sleep.enabled = false.")
+    if c.levels > LEVELS or c.start_level > c.levels:
+        raise ConfigError(f"{where}: the pipeline runs curriculum.start_level = {c.start_level} to curriculum.levels"
+                          f" = {c.levels}; allowed is 1 <= start_level <= levels <= {LEVELS}.")
+    for key, names, allowed in (("stages", p.stages, PIPELINE_STAGES), ("bake", p.bake, PIPELINE_PROMPTS)):
+        unknown = [n for n in names if n not in allowed]
+        if unknown or len(set(names)) != len(names):
+            what = f"{unknown[0]!r} is not one of them" if unknown else "a name repeats"
+            raise ConfigError(f"{where}: pipeline.{key} = {names} is not allowed ({what}); allowed are "
+                              f"{', '.join(allowed)}, each at most once.")
+    if not p.stages or p.stages[0] != "curriculum":
+        raise ConfigError(f"{where}: pipeline.stages = {p.stages} must begin with 'curriculum': every later stage "
+                          "works on what the level's curriculum trained.")
+    for name in p.bake:
+        text = getattr(p, name)
+        if not PROMPT_CHARACTERS.fullmatch(text):
+            odd = "".join(sorted({ch for ch in text if not PROMPT_CHARACTERS.fullmatch(ch)}))
+            raise ConfigError(f"{where}: pipeline.{name} has characters outside the alphabet ({odd!r}); use "
+                              "letters, digits, spaces and +-*/%=<>()[]?.,:;#|!'^_.")
+        if len(text) > room:
+            raise ConfigError(f"{where}: pipeline.{name} has {len(text)} characters but task.prompt_chars = {room}; "
+                              f"raise task.prompt_chars to at least {len(text)} or shorten the prompt.")
+    if "selfmodel" in p.stages and room < SELF_TAG_CHARS:
+        raise ConfigError(f"{where}: the self-model stage puts a {SELF_TAG_CHARS}-character tag before its questions "
+                          f"but task.prompt_chars = {room}; raise it to at least {SELF_TAG_CHARS}.")
 
 
 def check_processes(cfg: RunConfig, processes: int) -> None:

@@ -37,6 +37,7 @@ from engine.precision import Precision
 from engine.protocol import EXIT_FAILED, EXIT_OK
 from engine.recorder import Recorder
 from engine.stages import Stage, StepResult
+from engine.stages.pipeline import pipeline_stages
 from engine.stages.sleep import SleepStage
 from engine.stages.wake import WakeStage
 from engine.state import RandomState, TrainState
@@ -88,6 +89,8 @@ class Trainer:
         self.wake = self.stages["wake"] = WakeStage(self.model, self.optimizer, self.task, B, self.device,
                                                     self.generator, *parts, feed=feed, observers=observers,
                                                     **shared)
+        self.stages.update(pipeline_stages(cfg, self.model, self.optimizer, self.task, self.device, self.generator,
+                                           *parts))  # the Phase-5 pipeline's stages, when the config has one
         self.schedule = build_schedule(cfg)
         # stages whose first step still waits for the compiler (status "compiling" meanwhile)
         self.uncompiled = set(self.stages) if cfg.model.compile else set()

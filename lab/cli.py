@@ -299,7 +299,8 @@ def cmd_config_show(args) -> int:
         return EXIT_OK
     print(d["toml"].rstrip())
     print(f"\n# task: {d['task']['name']}  vocab {d['task']['vocab_size']}  positions {d['task']['seq_len']}")
-    print(f"# parameters: {d['n_params']:,}")
+    parts = ", ".join(f"{name} {n:,}" for name, n in d["parameters_by_part"].items() if n)
+    print(f"# parameters: {d['parameters']:,} ({parts})")
     return EXIT_OK
 
 

@@ -409,7 +409,7 @@ def test_launch_screen_validates_and_starts_a_run(runs, tmp_path, monkeypatch):
         engines.append(FakeEngine(run_dir, run_id=Path(run_dir).name).start())
 
     monkeypatch.setattr(lab.runs, "spawn_engine", spawn)
-    monkeypatch.setattr(lab.runs, "describe_config", lambda path, overrides=None: {"n_params": 123_456})
+    monkeypatch.setattr(lab.runs, "describe_config", lambda path, overrides=None: {"parameters": 123_456})
 
     async def go():
         app = LabApp(runs, configs)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from engine.config import ModelConfig
 from engine.model.blocks import Attention, Rotary, SequenceMLP, SwiGLU, swiglu_hidden
 from engine.model.titans import MemoryState
-from engine.model.trm import Carry, TinyRecursiveModel
+from engine.model.trm import Carry, TinyRecursiveModel, halt_logit
 
 torch.set_num_threads(1)
 
@@ -587,3 +587,28 @@ def test_deep_recursion_with_the_sequence_mlp_learns_instead_of_collapsing():
         opt.step()
         losses.append(out.metrics["lm_loss"])
     assert sum(losses[-8:]) / 8 < 1.3, losses[-8:]
+
+
+def test_halt_threshold_generalises_q_halt_above_zero():
+    inputs, labels = data(4)
+    for threshold, halts in ((0.5, True), (0.99, False), (0.9, True)):
+        model = tiny(halt_max_steps=3, halt_exploration=0.0, halt_threshold=threshold)
+        with torch.no_grad():
+            model.q_head.bias.fill_(3.0)  # sigmoid(3) = 0.953
+        model.train()
+        carry, _ = model(model.initial_carry(4), inputs, labels)
+        assert bool(carry.halted.all()) is halts, threshold
+    assert halt_logit(0.5) == 0.0 and halt_logit(0.0) == -math.inf and halt_logit(1.0) == math.inf
+
+
+def test_detached_cycles_train_each_cycle_from_its_own_answer_only():
+    # scoring only the last answer with detached cycles is exactly TRM's "last cycle with gradient"
+    inputs, labels = data(3)
+    grads = []
+    for kw in (dict(step_loss_weights=[0.0, 0.0, 0.0, 1.0], detach_cycles=True), {}):
+        model = tiny(H_cycles=3, L_cycles=2, **kw)
+        _, out = model(model.initial_carry(3), inputs, labels)
+        out.loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])

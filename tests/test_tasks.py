@@ -31,7 +31,8 @@ from engine.tasks.registry import (
 )
 from engine.tasks.tokenizer import BLANK, EOS, HINT, PAD, SEP, TOKENIZER, split_of
 
-GENERATED = ["math", "arithmetic", "algebra", "sequence", "word", "recall", "gap", "surprise", "maze", "program"]
+GENERATED = ["math", "arithmetic", "algebra", "sequence", "word", "recall", "gap", "surprise", "maze", "program",
+             "levels"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

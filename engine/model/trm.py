@@ -17,6 +17,7 @@ BCE against "the whole answer is correct now".
 
 "Cognate" form: with `step_loss_weights` = [w_0, ..., w_T], every cycle runs with gradient and the loss is
 sum_t w_t * CE(answer after cycle t), where t = 0 is the answer read from the carried y before any cycle.
+With `detach_cycles` the latents are detached between cycles, so each answer's loss trains its own cycle only.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def trunc_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
     (torch's trunc_normal_ alone would leave them at 0.88 std)."""
     sigma = std / 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
     return nn.init.trunc_normal_(t, mean=0.0, std=sigma, a=-2 * sigma, b=2 * sigma)
+
+
+def halt_logit(threshold: float) -> float:
+    """The q_halt logit above which sigmoid(q_halt) > threshold (0.5 gives exactly 0.0)."""
+    if threshold <= 0.0:
+        return -math.inf
+    if threshold >= 1.0:
+        return math.inf
+    return math.log(threshold / (1.0 - threshold))
 
 
 class Block(nn.Module):
@@ -252,7 +262,10 @@ class TinyRecursiveModel(nn.Module):
         T = self.cfg.H_cycles
         if self.cognate:  # every cycle is scored, so every cycle carries gradient
             answers = [z_H]
-            for _ in range(T):
+            for t in range(T):
+                if t and self.cfg.detach_cycles:  # the design's "detach between steps"
+                    z_H, z_L = z_H.detach(), z_L.detach()
+                    memory = None if memory is None else memory.detach()
                 z_H, z_L, memory = self.latent_recursion(z_H, z_L, x, memory)
                 answers.append(z_H)
                 if record is not None:
@@ -276,8 +289,8 @@ class TinyRecursiveModel(nn.Module):
 
     def should_halt(self, steps: torch.Tensor, q_halt: torch.Tensor, generator: torch.Generator | None,
                     slots: tuple[int, int] | None = None) -> torch.Tensor:
-        """(B,) bool. Training: at N_sup steps or when q_halt > 0, but with probability halt_exploration
-        a slot must first reach a random minimum in [2, N_sup]. Eval: exactly at N_sup steps.
+        """(B,) bool. Training: at N_sup steps or when sigmoid(q_halt) > halt_threshold, but with probability
+        halt_exploration a slot must first reach a random minimum in [2, N_sup]. Eval: exactly at N_sup steps.
         `slots` = (first, total): these are slots first.. of a batch of `total`; the whole batch's numbers are
         drawn and these slots' taken, so a slot's draws never depend on how the batch is split."""
         N = self.cfg.halt_max_steps
@@ -290,7 +303,7 @@ class TinyRecursiveModel(nn.Module):
         explore = torch.rand(total, generator=generator, device=gen_device)[first:first + B] < self.cfg.halt_exploration
         min_steps = torch.randint(2, N + 1, (total,), generator=generator, device=gen_device)[first:first + B]
         min_steps = torch.where(explore, min_steps, 0).to(steps.device)
-        return (halted | (q_halt > 0)) & (steps >= min_steps)
+        return (halted | (q_halt > halt_logit(self.cfg.halt_threshold))) & (steps >= min_steps)
 
     # ---- one supervision step ----
 

@@ -11,6 +11,7 @@ from engine.config import MIXED_DIFFICULTY_TASKS, ConfigError, TaskConfig
 from engine.dexter.task import DexterTask
 from engine.tasks.arith import MathTask
 from engine.tasks.base import Task
+from engine.tasks.levels import LevelTask
 from engine.tasks.maze import MazeTask
 from engine.tasks.memory import MemoryTask
 from engine.tasks.modular import ModularTask
@@ -34,6 +35,7 @@ TASKS = {
     "dexter-memory": partial(DexterTask, "memory"),
     "dexter-tool": partial(DexterTask, "tool"),
     "dexter-reasoning": partial(DexterTask, "reasoning"),
+    "levels": LevelTask,
 }
 # Tasks served from a dataset built on disk (task.path): their vocabulary and length are the dataset's.
 DATASET_TASKS = ("dexter-memory", "dexter-tool", "dexter-reasoning")

@@ -163,7 +163,7 @@ class LaunchScreen(Screen):
     def _show_summary(self, path: Path, cfg: config.RunConfig, key: tuple) -> None:
         info, error = self._described.get(key, (None, None))
         if info is not None:
-            params = f"[b]{info.get('n_params', 0):,}[/b] parameters"
+            params = f"[b]{info.get('parameters', 0):,}[/b] parameters"
         elif error is not None:
             params = f"[yellow]parameter count unavailable: {error}[/yellow]"
         else:

@@ -1,0 +1,285 @@
+"""Prompt baking (after Bhargava et al., "Prompt Baking", 2024): the weights learn to behave without a prompt as
+they did with it. For a prompt u the teacher is a frozen copy of the model taken as u's bake begins, read WITH u;
+the model is trained WITHOUT u to minimise
+
+    KL(P_teacher(. | u, x) || P(. | x))     summed over the answer positions of the level's questions x
+
+Each level bakes pipeline.bake's prompts in order, pipeline.bake_steps optimizer steps each, with the run's
+optimizer at pipeline.bake_lr_scale. Slots are carried across steps as in wake (deep supervision): every
+supervision step's answer is pulled towards the teacher's final answer for that question.
+
+The checkable prompt (`reverse`, the answer backwards) would undo the task for every later stage if it stayed in
+the weights, so it is baked into a copy of the model with an optimizer of its own (the run's settings, no
+warmup), measured, and dropped.
+
+Figures per prompt on the level's held-out questions, before and after: `kl` (teacher with the prompt against
+the model without it, per answer position); `followed` (exact without the prompt, graded against the answer the
+prompt asks for: for the checkable prompt, its adherence); `task_exact` (exact without the prompt against the
+plain answer); and `exact_with_prompt` (the teacher with the prompt, graded against what the prompt asks).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.accumulate import BackOff, MicroBatches
+from engine.config import OptimConfig
+from engine.evaluate import score
+from engine.faults import Faults
+from engine.model.trm import PAD, Carry, TinyRecursiveModel
+from engine.optim import MuGrokfast, build_optimizer
+from engine.precision import Precision
+from engine.stages import StepResult
+from engine.stages.levels import LevelPlan, Timed, level_event
+from engine.tasks.tokenizer import Problem, stable_rng
+
+KEPT_OUT = ("reverse",)  # prompts baked into a copy and dropped: their effect would undo the task
+
+
+def frozen(model: TinyRecursiveModel) -> TinyRecursiveModel:
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def aligned(teacher_logits: torch.Tensor, teacher_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The teacher's log-probabilities at its answer positions, moved to the student's answer positions (the two
+    layouts differ by the prompt in front): (B, S, V), zero outside the answers."""
+    out = torch.zeros(labels.shape + teacher_logits.shape[-1:], device=teacher_logits.device)
+    logp = F.log_softmax(teacher_logits.float(), -1)
+    for b in range(labels.shape[0]):
+        src, dst = (teacher_labels[b] != PAD).nonzero()[:, 0], (labels[b] != PAD).nonzero()[:, 0]
+        assert len(src) == len(dst), "a prompt changed the answer's length"
+        out[b, dst] = logp[b, src]
+    return out
+
+
+def answer_kl(target_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, S) KL(target || softmax(logits)) per position, zero where `mask` is False."""
+    logp = F.log_softmax(logits.float(), -1)
+    return (target_logp.exp() * (target_logp - logp)).sum(-1) * mask
+
+
+class BakeStage:
+    name = "bake"
+
+    def __init__(self, plan: LevelPlan, model: TinyRecursiveModel, optimizer: MuGrokfast, optim_cfg: OptimConfig,
+                 batch_size: int, device: torch.device, seed: int, micro: MicroBatches, precision: Precision,
+                 faults: Faults, on_back_off: Callable[[BackOff], None]):
+        self.plan, self.model, self.optimizer, self.device = plan, model, optimizer, device
+        self.optim_cfg, self.batch_size = optim_cfg, batch_size
+        self.micro, self.precision, self.faults, self.on_back_off = micro, precision, faults, on_back_off
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.level, self.index = 0, 0  # the level being baked, and which of its prompts
+        self.steps_done = 0  # optimizer steps on the current prompt
+        self.drawn = 0  # questions drawn on this level
+        self.teacher: TinyRecursiveModel | None = None
+        self.copy: TinyRecursiveModel | None = None  # the model a kept-out prompt is baked into
+        self.copy_optimizer: MuGrokfast | None = None
+        self.carry: Carry | None = None
+        self.targets = self.mask = None  # (B, S, V) the teacher's log-probabilities, (B, S) its positions
+        self.before: dict[str, float] = {}
+        self.reports: dict[str, dict] = {}  # str(level) -> {prompt: figures}
+        self.timed = Timed()
+
+    # ---- which prompt, on which weights ----
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(self.plan.prompts)
+
+    @property
+    def prompt(self) -> str:
+        return self.prompts[self.index]
+
+    @property
+    def student(self) -> TinyRecursiveModel:
+        return self.copy if self.copy is not None else self.model
+
+    def _start_prompt(self) -> None:
+        self.steps_done = 0
+        self.teacher = frozen(self.model)
+        if self.prompt in KEPT_OUT:
+            self.copy = copy.deepcopy(self.model).train()
+            self.copy_optimizer = build_optimizer(self.copy, dataclasses.replace(self.optim_cfg, warmup_steps=0))
+        self.carry = self.student.initial_carry(self.batch_size, self.device)
+        S, V = self.carry.labels.shape[1], self.model.vocab_size
+        self.targets = torch.zeros(self.batch_size, S, V, device=self.device)
+        self.mask = torch.zeros(self.batch_size, S, dtype=torch.bool, device=self.device)
+        self.before = self.measure()
+
+    def _finish_prompt(self) -> None:
+        after = self.measure()
+        figures = {f"{k}_before": v for k, v in self.before.items() if k != "exact_with_prompt"}
+        figures.update({f"{k}_after": v for k, v in after.items() if k != "exact_with_prompt"})
+        figures["exact_with_prompt"] = self.before["exact_with_prompt"]
+        figures["kept"] = float(self.copy is None)
+        self.reports.setdefault(str(self.level), {})[self.prompt] = figures
+        self.teacher = self.copy = self.copy_optimizer = self.carry = self.targets = self.mask = None
+        self.index += 1
+        if self.index < len(self.prompts):
+            self._start_prompt()
+
+    @torch.no_grad()
+    def measure(self) -> dict[str, float]:
+        """The current prompt's figures on the level's held-out questions (see the module's docstring)."""
+        plan, level, text, effect = self.plan, self.level, self.plan.prompts[self.prompt], self.plan.effect(self.prompt)
+        asked_in, asked = plan.probe(level, text, effect)
+        plain_in, plain = plan.probe(level)
+        followed = plain.clone()
+        followed[plain != PAD] = asked[asked != PAD]  # the prompt's answer at the plain layout's positions
+        teacher_logits, _ = plan.logits(self.teacher, asked_in)
+        logits, _ = plan.logits(self.student, plain_in)
+        mask = plain != PAD
+        kl = answer_kl(aligned(teacher_logits, asked, plain), logits, mask).sum() / mask.sum().clamp_min(1)
+        preds = logits.argmax(-1)
+        return {"kl": float(kl), "followed": float(score(preds, followed)[0].float().mean()),
+                "task_exact": float(score(preds, plain)[0].float().mean()),
+                "exact_with_prompt": float(score(teacher_logits.argmax(-1), asked)[0].float().mean())}
+
+    # ---- the stage ----
+
+    def ready(self) -> bool:
+        return True
+
+    def begin(self, step: int) -> None:
+        t0 = time.perf_counter()
+        self.timed = Timed()
+        self.level, self.index, self.drawn = self.plan.level, 0, 0
+        self.reports[str(self.level)] = {}
+        if self.prompts:
+            self._start_prompt()
+        self.timed.add(t0)
+
+    def done(self) -> bool:
+        return self.level == self.plan.level and self.index >= len(self.prompts)
+
+    def end(self, step: int) -> list[tuple[str, dict]]:
+        return []
+
+    def report(self) -> dict[str, float]:
+        """The level's figures: every prompt's, keyed `<prompt>_<figure>`, and the level's held-out exact."""
+        exact, cell = self.plan.exact(self.model, self.level)
+        figures = {"level": self.level, "eval_exact": exact, "eval_cell": cell, **self.timed.figures()}
+        for prompt, f in self.reports[str(self.level)].items():
+            figures.update({f"{prompt}_{k}": v for k, v in f.items()})
+        return figures
+
+    def _questions(self, k: int) -> list[Problem]:
+        task, questions = self.plan.at(self.level), self.plan.curriculum.questions
+        problems = []
+        for _ in range(k):
+            rng = stable_rng(self.seed, "bake", self.level, self.drawn)
+            self.drawn += 1
+            problems.append(task.problem("train", (self.level - 1) * questions + rng.randrange(questions)))
+        return problems
+
+    @torch.no_grad()
+    def _refill(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Halted slots take the level's next questions without the prompt, their targets the teacher's answer
+        with it. Returns the batch's (inputs, labels): the labels are the answers the prompt asks for."""
+        need = self.carry.halted.nonzero()[:, 0].tolist()
+        inputs, labels = self.carry.inputs.clone(), self.carry.labels.clone()
+        if not need:
+            return inputs, labels
+        task, text, effect = self.plan.at(self.level), self.plan.prompts[self.prompt], self.plan.effect(self.prompt)
+        problems = self._questions(len(need))
+        plain_in, plain = self.plan.stack([task.encode(p) for p in problems])
+        asked_in, asked = self.plan.stack([task.prompted(p, text, effect) for p in problems])
+        teacher_logits, _ = self.plan.logits(self.teacher, asked_in)
+        followed = plain.clone()
+        followed[plain != PAD] = asked[asked != PAD]
+        self.targets[need] = aligned(teacher_logits, asked, plain)
+        self.mask[need] = plain != PAD
+        inputs[need], labels[need] = plain_in, followed
+        return inputs, labels
+
+    def step(self, step: int) -> StepResult:
+        t0 = time.perf_counter()
+        inputs, labels = self._refill()
+        student = self.student
+        student.train()
+        carry, metrics, finite = self.micro.attempt(
+            step, lambda: self._forward_backward(student, inputs, labels), [self.generator], self.on_back_off,
+            inject=lambda: self.faults.raise_oom(step))
+        optimizer = self.copy_optimizer or self.optimizer
+        if finite and self.precision.unscale(optimizer):
+            optimizer.step(lr_scale=self.plan.cfg.bake_lr_scale)
+        optimizer.zero_grad(set_to_none=True)
+        self.carry = carry
+        self.steps_done += 1
+        metrics.update({"bake/prompt": float(self.index), "pipeline/level": float(self.level)})
+        if self.steps_done >= self.plan.cfg.bake_steps:
+            self._finish_prompt()
+        if self.micro.chunks > 1:
+            metrics["micro_batches"] = float(self.micro.chunks)
+        metrics["step_time"] = time.perf_counter() - t0
+        self.timed.add(t0, step=True)
+        events = [level_event(self.report())] if self.done() else []
+        return StepResult(metrics, finite, events)
+
+    def _forward_backward(self, student: TinyRecursiveModel, inputs: torch.Tensor, labels: torch.Tensor
+                          ) -> tuple[Carry, dict[str, float], bool]:
+        optimizer = self.copy_optimizer or self.optimizer
+        optimizer.zero_grad(set_to_none=True)  # a retry after an out-of-memory error starts clean
+        B = inputs.shape[0]
+        n_cells = self.mask.sum().clamp_min(1)
+        carries, total, followed, finite = [], 0.0, 0.0, True
+        for sl in self.micro.split(B):
+            with self.precision.autocast():
+                carry, out = student(self.carry.slots(sl), inputs[sl], labels[sl], generator=self.generator,
+                                     norm=(n_cells, B))
+            loss = answer_kl(self.targets[sl], out.logits, self.mask[sl]).sum() / n_cells
+            if finite and bool(torch.isfinite(loss)):
+                self.precision.backward(loss)
+            else:
+                finite = False
+            carries.append(carry)
+            total += float(loss.detach())
+            followed += out.metrics["exact_acc"]
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+        carry = carries[0] if len(carries) == 1 else Carry.cat(carries)
+        return carry, {"bake_kl": total, "bake_followed": followed}, finite
+
+    # ---- resume ----
+
+    def state_dict(self) -> dict:
+        state = {"level": self.level, "index": self.index, "steps_done": self.steps_done, "drawn": self.drawn,
+                 "generator": self.generator.get_state(), "before": dict(self.before), "timed": self.timed.state_dict(),
+                 "reports": {k: {p: dict(f) for p, f in v.items()} for k, v in self.reports.items()}}
+        if self.teacher is not None:  # in the middle of a prompt
+            state["teacher"] = {k: v.clone() for k, v in self.teacher.state_dict().items()}
+            state["carry"] = self.carry.to_state()
+            state["targets"], state["mask"] = self.targets.clone(), self.mask.clone()
+        if self.copy is not None:
+            state["copy"] = {k: v.clone() for k, v in self.copy.state_dict().items()}
+            state["copy_optimizer"] = self.copy_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.level, self.index = int(state["level"]), int(state["index"])
+        self.steps_done, self.drawn = int(state["steps_done"]), int(state["drawn"])
+        self.generator.set_state(state["generator"].cpu())
+        self.before = dict(state["before"])
+        self.timed.load_state_dict(state["timed"])
+        self.reports = {k: {p: dict(f) for p, f in v.items()} for k, v in state["reports"].items()}
+        self.teacher = self.copy = self.copy_optimizer = self.carry = self.targets = self.mask = None
+        if "teacher" in state:
+            self.teacher = frozen(self.model)
+            self.teacher.load_state_dict(state["teacher"])
+            self.carry = Carry.from_state({k: v.to(self.device) for k, v in state["carry"].items()})
+            self.targets, self.mask = state["targets"].to(self.device), state["mask"].to(self.device)
+        if "copy" in state:
+            self.copy = copy.deepcopy(self.model).train()
+            self.copy.load_state_dict(state["copy"])
+            self.copy_optimizer = build_optimizer(self.copy, dataclasses.replace(self.optim_cfg, warmup_steps=0))
+            self.copy_optimizer.load_state_dict(state["copy_optimizer"])

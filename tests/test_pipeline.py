@@ -1,0 +1,195 @@
+"""The Phase-5 level pipeline: levels of curriculum -> bake -> self-model -> dream as stages of the schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import checkpoint, protocol
+from engine.config import ConfigError, from_dict
+from engine.trainer import Trainer
+
+torch.set_num_threads(1)
+
+
+def config(levels=1, max_steps=1000, ckpt_every=0, **pipeline):
+    return from_dict({
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "H_cycles": 2, "L_cycles": 1, "halt_max_steps": 2},
+        "task": {"name": "levels", "prompt_chars": 20},
+        "curriculum": {"questions": 24, "levels": levels, "mastery": 1, "max_epochs": 2},
+        "pipeline": {"enabled": True, "probe_size": 8, "bake_steps": 4, "selfmodel_steps": 4, "dream_steps": 4,
+                     "eudaimonia": "be good", "ooda": "look then act", "identity": "a solver", **pipeline},
+        "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "train": {"batch_size": 8, "max_steps": max_steps, "threads": 1, "device": "cpu"},
+        "eval": {"every": 0, "batch_size": 8}, "checkpoint": {"every": ckpt_every, "keep": 100},
+        "sleep": {"buffer_size": 16, "probe_size": 4},
+        "log": {"flush_seconds": 0.05, "telemetry_seconds": 100.0, "print_seconds": 100.0},
+    })
+
+
+def run(run_dir, cfg, resume=False):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    events = []
+    trainer = Trainer(run_dir, cfg, output="quiet", emit=events.append)
+    if resume:
+        trainer.resume()
+    assert trainer.run() == 0
+    return trainer, events
+
+
+def untimed(reports):
+    """A stage's reports without the wall-clock figures."""
+    def strip(d):
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k != "minutes"}
+    return strip(reports)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One level straight through: the trainer, its events, and the step range of each stage."""
+    trainer, events = run(tmp_path_factory.mktemp("straight") / "run", config())
+    switches = [(e["step"], e["data"]["phase"]) for e in events if e["event"] == "phase"]
+    starts = [(0, "curriculum")] + switches
+    spans = {stage: (a, b) for (a, stage), (b, _) in zip(starts, starts[1:] + [(trainer.step, None)])}
+    return trainer, events, spans
+
+
+def test_a_level_runs_its_stages_in_order_and_each_reports_its_figures(straight):
+    trainer, events, spans = straight
+    assert list(spans) == ["curriculum", "bake", "selfmodel", "dream"] and trainer.status == "finished"
+    assert spans["bake"][1] - spans["bake"][0] == 4 * 4  # four prompts of four steps
+    assert spans["selfmodel"][1] - spans["selfmodel"][0] == 4 == spans["dream"][1] - spans["dream"][0]
+    assert [p for m in events for p in protocol.check_event(m)] == []
+    evals = [e["data"] for e in events if e["event"] == "eval"]
+    assert [e["level"] for e in evals] == [1.0] * 4
+    curriculum, bake, selfmodel, dream = evals
+    assert curriculum["questions"] == 24 and 0 <= curriculum["questions_left"] <= 24
+    for prompt in ("eudaimonia", "ooda", "identity", "reverse"):
+        assert {f"{prompt}_kl_before", f"{prompt}_kl_after", f"{prompt}_followed_after"} <= set(bake)
+    assert bake["reverse_kept"] == 0.0 and bake["ooda_kept"] == 1.0
+    assert {"ece_before", "ece_after", "self_exact_r0_after", "self_exact_r2_after"} <= set(selfmodel)
+    assert {"L1_before", "L1_after", "retention_before", "retention_after"} <= set(dream)
+    assert [e["data"]["mode"] for e in events if e["event"] == "consolidation"] == ["dream"]
+
+
+def test_the_levels_follow_one_another_and_the_run_ends_after_the_last(tmp_path):
+    trainer, events = run(tmp_path / "run", config(levels=2, stages=["curriculum", "dream"]))
+    assert [e["data"]["phase"] for e in events if e["event"] == "phase"] == ["dream", "curriculum", "dream"]
+    assert [e["data"]["level"] for e in events if e["event"] == "eval"] == [1.0, 1.0, 2.0, 2.0]
+    dream = trainer.stages["dream"].reports["2"]
+    assert {"L1_before", "L2_before", "L1_after", "L2_after"} <= set(dream)  # this level and the earlier one
+    assert trainer.stages["curriculum"].feed.queue.done and trainer.schedule.finished
+
+
+@pytest.mark.parametrize("stage", ["curriculum", "bake", "selfmodel", "dream"])
+def test_every_stage_resumes_exactly_after_a_stop_in_its_middle(straight, tmp_path, stage):
+    reference, _, spans = straight
+    start, stop = spans[stage]
+    middle = (start + stop) // 2 + (stage == "bake")  # bake: inside the second prompt, not at its edge
+    assert start < middle < stop
+    run(tmp_path / "run", config(max_steps=middle))
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / f"step-{middle:08d}").state["schedule"]["stage"] == stage
+    resumed, events = run(tmp_path / "run", config(), resume=True)
+    assert resumed.step == reference.step
+    a, b = reference.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("curriculum", "bake", "selfmodel", "dream"):
+        assert untimed(resumed.stages[name].reports) == untimed(reference.stages[name].reports), name
+
+
+def test_a_pipeline_config_is_checked_with_one_sentence_each():
+    def refused(match, **over):
+        with pytest.raises(ConfigError, match=match) as e:
+            from_dict({"task": {"name": "levels", "prompt_chars": 40}, "pipeline": {"enabled": True},
+                       **over})
+        assert "\n" not in str(e.value)
+
+    refused("needs task.name = 'levels'", task={"name": "arithmetic"})
+    refused("sleep.enabled cannot both be on", sleep={"enabled": True})
+    refused("must begin with 'curriculum'", pipeline={"enabled": True, "stages": ["bake", "curriculum"]})
+    refused("'nap' is not one of them", pipeline={"enabled": True, "stages": ["curriculum", "nap"]})
+    refused("a name repeats", pipeline={"enabled": True, "bake": ["ooda", "ooda"]})
+    refused("levels <= 10", curriculum={"levels": 12})
+    refused("pipeline.eudaimonia has 42 characters but task.prompt_chars = 40; raise",
+            pipeline={"enabled": True, "eudaimonia": "x" * 42})
+    refused("pipeline.ooda has characters outside the alphabet", pipeline={"enabled": True, "ooda": "observe → act"})
+    with pytest.raises(ConfigError, match="15-character tag"):  # the self-model's tag needs room too
+        from_dict({"task": {"name": "levels", "prompt_chars": 12}, "pipeline": {"enabled": True, "bake": []}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["curriculum", "bake", "selfmodel", "dream"])
+def test_a_real_engine_killed_in_the_middle_of_a_stage_resumes_to_the_same_weights(straight, tmp_path, stage):
+    import json
+    import sqlite3
+
+    from engine.config import to_toml
+    from tests.helpers import kill9, lab, lab_popen, only_run, wait_for
+
+    reference, _, spans = straight
+    path = tmp_path / "p5.toml"
+    path.write_text(to_toml(config(ckpt_every=1)))
+    proc = lab_popen("run", str(path), "--headless", "--runs-dir", str(tmp_path / "runs"))
+
+    def in_stage():
+        try:
+            run_dir = only_run(tmp_path / "runs")
+            conn = sqlite3.connect(f"file:{run_dir / 'run.db'}?mode=ro", uri=True, timeout=5)
+            rows = conn.execute("SELECT step, data FROM events WHERE kind = 'phase' ORDER BY id").fetchall()
+            last = conn.execute("SELECT max(step) FROM metrics").fetchone()[0] or 0
+            conn.close()
+        except (AssertionError, FileNotFoundError, sqlite3.Error):
+            return False
+        current = json.loads(rows[-1][1])["phase"] if rows else "curriculum"
+        return current == stage and last >= spans[stage][0] + 2
+
+    try:
+        wait_for(in_stage, timeout=120, interval=0.02)
+    finally:
+        kill9(proc)
+    run_dir = only_run(tmp_path / "runs")
+    latest, _ = checkpoint.load_latest(run_dir / "checkpoints")
+    assert latest.state["schedule"]["stage"] == stage and latest.step < spans[stage][1]
+    out = lab("run", "--resume", str(run_dir), "--headless", timeout=300)
+    assert out.returncode == 0, out.stderr
+    final, _ = checkpoint.load_latest(run_dir / "checkpoints")
+    assert final.step == reference.step
+    weights = reference.model.state_dict()
+    assert all(torch.equal(final.tensors[f"model.{k}"], v) for k, v in weights.items())
+
+
+def test_the_teachers_answer_positions_are_moved_to_the_students():
+    from engine.stages.bake import aligned, answer_kl
+
+    teacher_labels = torch.tensor([[0, 0, 0, 5, 6, 3, 0]])  # the prompt pushes the answer right
+    labels = torch.tensor([[0, 7, 8, 3, 0, 0, 0]])
+    logits = torch.randn(1, 7, 9)
+    moved = aligned(logits, teacher_labels, labels)
+    assert torch.allclose(moved[0, 1:4], torch.log_softmax(logits[0, 3:6], -1))
+    assert moved[0, [0, 4, 5, 6]].abs().sum() == 0
+    mask = labels != 0
+    assert answer_kl(moved, moved, mask).abs().max() < 1e-6  # nothing to learn from oneself
+    student = torch.randn(1, 7, 9)
+    expected = torch.nn.functional.kl_div(torch.log_softmax(student[0, 1:4], -1), moved[0, 1:4], log_target=True,
+                                          reduction="sum")
+    assert answer_kl(moved, student, mask).sum() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_baking_pulls_the_model_without_the_prompt_to_the_teacher_with_it(tmp_path, monkeypatch):
+    import engine.stages.bake as bake
+
+    real = bake.frozen
+
+    def other_teacher(model):  # a teacher that differs a lot, so there is something to bake
+        teacher = real(model)
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for p in teacher.parameters():
+                if p.numel() > 1:
+                    p.add_(0.5 * p.std() * torch.randn(p.shape, generator=g))
+        return teacher
+
+    monkeypatch.setattr(bake, "frozen", other_teacher)
+    trainer, _ = run(tmp_path / "run", config(bake=["ooda"], stages=["curriculum", "bake"], bake_steps=30))
+    figures = trainer.stages["bake"].reports["1"]["ooda"]
+    assert figures["kl_after"] < 0.2 * figures["kl_before"], figures
