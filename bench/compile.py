@@ -29,7 +29,8 @@ from engine.trainer import Trainer  # noqa: E402
 
 WARMUP = 3  # steps left out of steps/s, in both arms
 BASE = ["train.device=cpu", "train.threads=1", "train.max_minutes=0", "eval.every=0", "checkpoint.every=0"]
-ARMS = {"quickstart": [], "quickstart+memory": ["model.memory=titans-mag"]}
+# the neural memory runs beside attention, so its arm sets the mixer whatever the config's
+ARMS = {"quickstart": [], "quickstart+memory": ["model.mixer=attention", "model.memory=titans-mag"]}
 SMOKE = ["model.d_model=32", "model.n_layers=1", "train.batch_size=8"]
 
 

@@ -35,7 +35,8 @@ WARMUP = 5  # steps before the timed window, in both arms
 LOSS_RTOL = 1e-5  # the tolerance tests/test_distributed.py holds the arms to, over its TESTED_STEPS steps
 TESTED_STEPS = 40
 WINDOW = 20
-SETS = ["train.threads=1", "train.device=cpu", "model.memory=titans-mag", "sleep.enabled=true",
+# the neural memory runs beside attention, so the mixer is set whatever the config's
+SETS = ["train.threads=1", "train.device=cpu", "model.mixer=attention", "model.memory=titans-mag", "sleep.enabled=true",
         "sleep.wake_steps=20", "sleep.sleep_steps=5", "train.max_minutes=0", "eval.every=0",
         "checkpoint.every=0"]
 SMOKE = ["model.d_model=32", "model.n_layers=1", "train.batch_size=8"]  # seconds: checks the path
