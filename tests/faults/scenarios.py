@@ -744,7 +744,10 @@ def case_hostile_client(work: Path, flood: int = 2000) -> Outcome:
     """14: one client sends a line nested 5,000 deep, then floods commands without ever reading."""
     with live_engine(work) as (proc, run):
         hostile = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        hostile.connect(str(run / protocol.SOCKET_NAME))
+        address, folder_fd = protocol.socket_address(str(run / protocol.SOCKET_NAME))  # long test paths
+        hostile.connect(address)
+        if folder_fd is not None:
+            os.close(folder_fd)
         hostile.settimeout(10)
         hostile.sendall(b"[" * 5000 + b"\n")
         replies = hostile.makefile("rb")
