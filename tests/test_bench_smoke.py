@@ -31,7 +31,7 @@ def run_smoke(name: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def smoke_runs(request) -> dict[str, Future]:
-    """The smoke runs of the benches this session selected, already started."""
+    """The smoke runs of the benches this pytest run selected, already started."""
     wanted = {item.callspec.params["bench"] for item in request.session.items
               if item.module is request.module and "bench" in getattr(getattr(item, "callspec", None), "params", {})}
     pool = ThreadPoolExecutor(max_workers=2)
