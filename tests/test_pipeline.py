@@ -192,4 +192,4 @@ def test_baking_pulls_the_model_without_the_prompt_to_the_teacher_with_it(tmp_pa
     monkeypatch.setattr(bake, "frozen", other_teacher)
     trainer, _ = run(tmp_path / "run", config(bake=["ooda"], stages=["curriculum", "bake"], bake_steps=30))
     figures = trainer.stages["bake"].reports["1"]["ooda"]
-    assert figures["kl_after"] < 0.2 * figures["kl_before"], figures
+    assert figures["kl_after"] < 0.4 * figures["kl_before"], figures
