@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # slowest first, so the two workers finish close together
-BENCHES = ["kv_gap", "console", "recursion", "curriculum", "memory_speed", "grokking", "overhead", "peers",
+BENCHES = ["kv_gap", "console", "recursion", "curriculum", "phase5", "memory_speed", "grokking", "overhead", "peers",
            "quickstart", "faults"]
 NOT_BENCHES = {"stats"}  # modules in bench/ that other scripts import
 
