@@ -212,7 +212,7 @@ class PipelineConfig:
     reverse: str = "answer in reverse"
     bake: list[str] = field(default_factory=lambda: list(PIPELINE_PROMPTS))  # baked in this order, each level
     bake_steps: int = 200  # optimizer steps per prompt
-    bake_lr_scale: float = 1.0  # bake's learning rate as a multiple of the run's
+    bake_lr_scale: float = 0.1  # bake's rates as a multiple of the run's: Muon steps by lr whatever the loss
     selfmodel_steps: int = 500
     selfmodel_ranges: int = 3  # temperature ranges per level; they widen as the levels rise
     selfmodel_share: float = 0.5  # share of refilled slots that predict the model's own sampled answer

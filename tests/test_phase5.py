@@ -44,3 +44,18 @@ def test_phase5_preset_is_the_designs_model_and_its_count_is_pinned(capsys):
     # the vocabulary accounts for the difference: without it the design has 16.49M, this preset 17.25M
     assert DESIGN_PARAMETERS - DESIGN_VOCABULARY == 16_488_801
     assert shown["parameters"] - parts["vocabulary"] == 17_252_602
+
+
+def test_both_presets_run_the_pipeline_and_the_cpu_one_keeps_the_designs_kind_of_model(capsys):
+    full, cpu = config.load(PHASE5), config.load(ROOT / "configs" / "phase5-cpu.toml")
+    for cfg in (full, cpu):
+        assert cfg.pipeline.enabled and cfg.task.name == "levels" and cfg.curriculum.levels == 10
+        assert cfg.pipeline.stages == ["curriculum", "bake", "selfmodel", "dream"]
+        assert cfg.pipeline.bake == ["eudaimonia", "ooda", "identity", "reverse"]
+        m = cfg.model
+        assert (m.memory, m.bitnet, m.detach_cycles, m.halt_threshold) == ("titans-mag", True, True, 0.5)
+        assert len(m.step_loss_weights) == m.H_cycles + 1 and cfg.optim.preset == "phase5"
+    assert full.curriculum.questions == 20_000 and full.curriculum.threshold * 20_000 == 50  # fewer than 50 left
+    shown = show(capsys, ROOT / "configs" / "phase5-cpu.toml")
+    assert shown["parameters"] < show(capsys, PHASE5)["parameters"] / 50
+    assert shown["task"]["seq_len"] == 24 + 2 + 15  # the prompt's room, then question, SEP, answer, EOS

@@ -4,18 +4,21 @@ the model is trained WITHOUT u to minimise
 
     KL(P_teacher(. | u, x) || P(. | x))     summed over the answer positions of the level's questions x
 
-Each level bakes pipeline.bake's prompts in order, pipeline.bake_steps optimizer steps each, with the run's
-optimizer at pipeline.bake_lr_scale. Slots are carried across steps as in wake (deep supervision): every
-supervision step's answer is pulled towards the teacher's final answer for that question.
+Each level bakes pipeline.bake's prompts in order, pipeline.bake_steps optimizer steps each. Every prompt gets an
+optimizer of its own (the run's settings, no warmup, rates x pipeline.bake_lr_scale): the run's optimizer carries
+the curriculum's momentum and Grokfast filter, which kept pushing the weights the curriculum's way and raised
+the KL it was meant to lower (docs/decisions.md, "prompt baking"); the run's optimizer state is left as it was.
+Slots are carried across steps as in wake (deep supervision): every supervision step's answer is pulled towards
+the teacher's final answer for that question.
 
 The checkable prompt (`reverse`, the answer backwards) would undo the task for every later stage if it stayed in
-the weights, so it is baked into a copy of the model with an optimizer of its own (the run's settings, no
-warmup), measured, and dropped.
+the weights, so it is baked into a copy of the model, measured, and dropped.
 
 Figures per prompt on the level's held-out questions, before and after: `kl` (teacher with the prompt against
 the model without it, per answer position); `followed` (exact without the prompt, graded against the answer the
-prompt asks for: for the checkable prompt, its adherence); `task_exact` (exact without the prompt against the
-plain answer); and `exact_with_prompt` (the teacher with the prompt, graded against what the prompt asks).
+prompt asks for: for the checkable prompt, its adherence; `followed_cell`, the same per answer position);
+`task_exact` (exact without the prompt against the plain answer); and `exact_with_prompt` (the teacher with the
+prompt, graded against what the prompt asks).
 """
 
 from __future__ import annotations
@@ -70,10 +73,10 @@ def answer_kl(target_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tenso
 class BakeStage:
     name = "bake"
 
-    def __init__(self, plan: LevelPlan, model: TinyRecursiveModel, optimizer: MuGrokfast, optim_cfg: OptimConfig,
-                 batch_size: int, device: torch.device, seed: int, micro: MicroBatches, precision: Precision,
-                 faults: Faults, on_back_off: Callable[[BackOff], None]):
-        self.plan, self.model, self.optimizer, self.device = plan, model, optimizer, device
+    def __init__(self, plan: LevelPlan, model: TinyRecursiveModel, optim_cfg: OptimConfig, batch_size: int,
+                 device: torch.device, seed: int, micro: MicroBatches, precision: Precision, faults: Faults,
+                 on_back_off: Callable[[BackOff], None]):
+        self.plan, self.model, self.device = plan, model, device
         self.optim_cfg, self.batch_size = optim_cfg, batch_size
         self.micro, self.precision, self.faults, self.on_back_off = micro, precision, faults, on_back_off
         self.seed = seed
@@ -83,7 +86,7 @@ class BakeStage:
         self.drawn = 0  # questions drawn on this level
         self.teacher: TinyRecursiveModel | None = None
         self.copy: TinyRecursiveModel | None = None  # the model a kept-out prompt is baked into
-        self.copy_optimizer: MuGrokfast | None = None
+        self.prompt_optimizer: MuGrokfast | None = None  # the current prompt's own optimizer
         self.carry: Carry | None = None
         self.targets = self.mask = None  # (B, S, V) the teacher's log-probabilities, (B, S) its positions
         self.before: dict[str, float] = {}
@@ -109,7 +112,7 @@ class BakeStage:
         self.teacher = frozen(self.model)
         if self.prompt in KEPT_OUT:
             self.copy = copy.deepcopy(self.model).train()
-            self.copy_optimizer = build_optimizer(self.copy, dataclasses.replace(self.optim_cfg, warmup_steps=0))
+        self.prompt_optimizer = self._optimizer()
         self.carry = self.student.initial_carry(self.batch_size, self.device)
         S, V = self.carry.labels.shape[1], self.model.vocab_size
         self.targets = torch.zeros(self.batch_size, S, V, device=self.device)
@@ -123,10 +126,13 @@ class BakeStage:
         figures["exact_with_prompt"] = self.before["exact_with_prompt"]
         figures["kept"] = float(self.copy is None)
         self.reports.setdefault(str(self.level), {})[self.prompt] = figures
-        self.teacher = self.copy = self.copy_optimizer = self.carry = self.targets = self.mask = None
+        self.teacher = self.copy = self.prompt_optimizer = self.carry = self.targets = self.mask = None
         self.index += 1
         if self.index < len(self.prompts):
             self._start_prompt()
+
+    def _optimizer(self) -> MuGrokfast:
+        return build_optimizer(self.student, dataclasses.replace(self.optim_cfg, warmup_steps=0))
 
     @torch.no_grad()
     def measure(self) -> dict[str, float]:
@@ -141,7 +147,9 @@ class BakeStage:
         mask = plain != PAD
         kl = answer_kl(aligned(teacher_logits, asked, plain), logits, mask).sum() / mask.sum().clamp_min(1)
         preds = logits.argmax(-1)
-        return {"kl": float(kl), "followed": float(score(preds, followed)[0].float().mean()),
+        right, cells = score(preds, followed)
+        return {"kl": float(kl), "followed": float(right.float().mean()),
+                "followed_cell": float(cells.sum()) / max(1, int(mask.sum())),
                 "task_exact": float(score(preds, plain)[0].float().mean()),
                 "exact_with_prompt": float(score(teacher_logits.argmax(-1), asked)[0].float().mean())}
 
@@ -210,7 +218,7 @@ class BakeStage:
         carry, metrics, finite = self.micro.attempt(
             step, lambda: self._forward_backward(student, inputs, labels), [self.generator], self.on_back_off,
             inject=lambda: self.faults.raise_oom(step))
-        optimizer = self.copy_optimizer or self.optimizer
+        optimizer = self.prompt_optimizer
         if finite and self.precision.unscale(optimizer):
             optimizer.step(lr_scale=self.plan.cfg.bake_lr_scale)
         optimizer.zero_grad(set_to_none=True)
@@ -228,7 +236,7 @@ class BakeStage:
 
     def _forward_backward(self, student: TinyRecursiveModel, inputs: torch.Tensor, labels: torch.Tensor
                           ) -> tuple[Carry, dict[str, float], bool]:
-        optimizer = self.copy_optimizer or self.optimizer
+        optimizer = self.prompt_optimizer
         optimizer.zero_grad(set_to_none=True)  # a retry after an out-of-memory error starts clean
         B = inputs.shape[0]
         n_cells = self.mask.sum().clamp_min(1)
@@ -260,9 +268,9 @@ class BakeStage:
             state["teacher"] = {k: v.clone() for k, v in self.teacher.state_dict().items()}
             state["carry"] = self.carry.to_state()
             state["targets"], state["mask"] = self.targets.clone(), self.mask.clone()
+            state["prompt_optimizer"] = self.prompt_optimizer.state_dict()
         if self.copy is not None:
             state["copy"] = {k: v.clone() for k, v in self.copy.state_dict().items()}
-            state["copy_optimizer"] = self.copy_optimizer.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -272,14 +280,14 @@ class BakeStage:
         self.before = dict(state["before"])
         self.timed.load_state_dict(state["timed"])
         self.reports = {k: {p: dict(f) for p, f in v.items()} for k, v in state["reports"].items()}
-        self.teacher = self.copy = self.copy_optimizer = self.carry = self.targets = self.mask = None
+        self.teacher = self.copy = self.prompt_optimizer = self.carry = self.targets = self.mask = None
+        if "copy" in state:
+            self.copy = copy.deepcopy(self.model).train()
+            self.copy.load_state_dict(state["copy"])
         if "teacher" in state:
             self.teacher = frozen(self.model)
             self.teacher.load_state_dict(state["teacher"])
             self.carry = Carry.from_state({k: v.to(self.device) for k, v in state["carry"].items()})
             self.targets, self.mask = state["targets"].to(self.device), state["mask"].to(self.device)
-        if "copy" in state:
-            self.copy = copy.deepcopy(self.model).train()
-            self.copy.load_state_dict(state["copy"])
-            self.copy_optimizer = build_optimizer(self.copy, dataclasses.replace(self.optim_cfg, warmup_steps=0))
-            self.copy_optimizer.load_state_dict(state["copy_optimizer"])
+            self.prompt_optimizer = self._optimizer()
+            self.prompt_optimizer.load_state_dict(state["prompt_optimizer"])

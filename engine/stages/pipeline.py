@@ -24,7 +24,7 @@ def pipeline_stages(cfg: RunConfig, model: TinyRecursiveModel, optimizer, task: 
     B, seed = cfg.train.batch_size, cfg.train.seed
     build = {
         "curriculum": lambda: CurriculumStage(plan, model, optimizer, B, device, generator, *parts),
-        "bake": lambda: BakeStage(plan, model, optimizer, cfg.optim, B, device, seed + 3, *parts),
+        "bake": lambda: BakeStage(plan, model, cfg.optim, B, device, seed + 3, *parts),
         "selfmodel": lambda: SelfModelStage(plan, model, optimizer, B, device, generator, seed + 4, *parts),
         "dream": lambda: DreamStage(plan, cfg.sleep, model, optimizer, B, seed + 5, cfg.model.memory != "none",
                                     *parts),

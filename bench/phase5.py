@@ -1,0 +1,199 @@
+"""Phase 5, level by level: configs/phase5-cpu.toml's pipeline (curriculum -> bake -> self-model -> dream) run by
+the real trainer on CPU, and every stage's figure, whether or not it shows a gain.
+
+    .venv/bin/python bench/phase5.py [--quick | --smoke] [--levels N] [--threads 2] [--set key=value ...]
+
+Full: the first 3 levels of the preset as it is. `--quick`: one level with a smaller question queue and shorter
+stages (the same code path). `--smoke`: a tiny model, seconds.
+
+Arms, measured in the same run:
+- pipeline: Trainer.run on the preset. Per level and stage: minutes, steps, questions left; bake: KL from the
+  prompted teacher to the model without the prompt, before and after, exact without the prompt against exact with
+  it, and the checkable prompt's adherence (held-out questions on which the model without the prompt answers in
+  reverse, as the prompt asks); self-model: self-prediction exact per temperature range, calibration error of the
+  halting head and task exact, before and after; dream: held-out exact of this level and every earlier one,
+  before and after.
+- uniform: the same model and seed trained by the wake stage on the level's plain question stream (uniform over
+  its question space), for as many steps as the pipeline's curriculum stage took at that level, level after
+  level. Held-out exact of both right after the curriculum's stage (for the pipeline) on the same distinct
+  held-out questions: a bootstrap interval over the questions and their paired difference. The curriculum arm
+  spends pipeline.prompt_share of its slots practising prompts; the uniform arm never sees a prompt.
+- tool use learning from the outcome is not built: tool_pass_outcome and tool_pass_ce are null, and say so.
+
+Its last line is one JSON object: minutes, curriculum_exact, uniform_exact (pooled over the levels), bake_kl_before,
+bake_kl_after (means over the baked prompts of the last level), bake_adherence, selfmodel_ece_before/after,
+task_exact_before/after_selfmodel, dream_retention_before/after (the last level), tool_pass_outcome, tool_pass_ce,
+and `levels`: every level's figures by stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bench.stats import over_items, shown  # noqa: E402
+from engine import config  # noqa: E402
+from engine.evaluate import score  # noqa: E402
+from engine.trainer import Trainer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESET = ROOT / "configs" / "phase5-cpu.toml"
+QUICK = ["curriculum.questions=200", "curriculum.max_epochs=8", "pipeline.probe_size=128", "pipeline.bake_steps=15",
+         "pipeline.selfmodel_steps=40", "pipeline.dream_steps=20"]
+SMOKE = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.H_cycles=2", "model.L_cycles=1",
+         "model.halt_max_steps=2", "model.memory=none", "model.bitnet=false", "model.step_loss_weights=[]",
+         "train.batch_size=8", "curriculum.questions=16", "curriculum.max_epochs=2", "pipeline.probe_size=16",
+         "pipeline.bake_steps=2", "pipeline.selfmodel_steps=2", "pipeline.dream_steps=2", "sleep.buffer_size=16",
+         "sleep.probe_size=4", "eval.batch_size=16"]
+QUIET = ["checkpoint.every=0", "eval.every=0", "log.print_seconds=3600", "log.telemetry_seconds=3600",
+         "train.device=cpu"]
+
+
+@torch.no_grad()
+def held_out_marks(plan, model, level: int) -> list[bool]:
+    """Each of the level's distinct held-out questions answered exactly, without a prompt."""
+    inputs, labels = plan.probe(level)
+    logits, _ = plan.logits(model, inputs)
+    return score(logits.argmax(-1), labels)[0].tolist()
+
+
+def pipeline_arm(cfg: config.RunConfig) -> tuple[Trainer, float, dict[int, list[bool]]]:
+    """The pipeline through its levels; the curriculum's held-out marks taken as each curriculum stage ends."""
+    marks: dict[int, list[bool]] = {}
+    trainer = None
+
+    def on_event(e: dict) -> None:
+        if e["event"] == "eval" and "questions" in e["data"]:  # the curriculum stage's figures: it just ended
+            curriculum = trainer.stages["curriculum"]
+            marks[int(e["data"]["level"])] = held_out_marks(curriculum.plan, trainer.model, int(e["data"]["level"]))
+        elif e["event"] == "phase":
+            print(f"  step {e['step']:>6}  {(time.time() - t0) / 60:6.2f} min  -> {e['data']['phase']}", flush=True)
+
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", cfg, output="quiet", emit=on_event)
+        t0 = time.time()
+        trainer.run()
+        minutes = (time.time() - t0) / 60
+    return trainer, minutes, marks
+
+
+def uniform_arm(cfg: config.RunConfig, steps: dict[int, int], plan) -> dict[int, list[bool]]:
+    """The same model and seed, trained by wake on each level's plain question stream for `steps[level]` steps."""
+    plain = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, enabled=False))
+    marks = {}
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", plain, output="quiet")
+        step = 0
+        for level, n in steps.items():
+            trainer.wake.task = plan.at(level)  # the level's question stream, from its start
+            trainer.wake.data_index = 0
+            for _ in range(n):
+                step += 1
+                trainer.wake.step(step)
+            marks[level] = held_out_marks(plan, trainer.model, level)
+    return marks
+
+
+def mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one level, a smaller queue and shorter stages")
+    ap.add_argument("--smoke", action="store_true", help="a tiny model and budgets of seconds: checks the code path")
+    ap.add_argument("--levels", type=int, default=None, help="levels to run (default 3; --quick and --smoke: 1)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a preset override")
+    args = ap.parse_args()
+    levels = args.levels or (1 if args.quick or args.smoke else 3)
+    threads = 1 if args.smoke else args.threads
+    torch.set_num_threads(threads)
+    overrides = (SMOKE if args.smoke else QUICK if args.quick else []) + QUIET + [
+        f"curriculum.levels={levels}", f"train.threads={threads}", "train.max_steps=10000000", *args.set]
+    try:
+        cfg = config.load(PRESET, overrides)
+    except config.ConfigError as exc:
+        print(f"phase5: {exc}", file=sys.stderr)
+        return 2
+
+    print(f"pipeline: {PRESET.name}, levels {cfg.curriculum.start_level} to {levels}, {threads} threads", flush=True)
+    trainer, minutes, cur_marks = pipeline_arm(cfg)
+    stages = {name: trainer.stages[name] for name in cfg.pipeline.stages}
+    plan = stages["curriculum"].plan
+    steps = {int(k): int(v["steps"]) for k, v in stages["curriculum"].reports.items()}
+    print(f"pipeline: {trainer.step} steps, {minutes:.2f} min ({trainer.status})", flush=True)
+    uni_marks = uniform_arm(cfg, steps, plan)
+
+    per_level = []
+    for level in sorted(steps):
+        key = str(level)
+        row = {"level": level, **{name: stage.reports.get(key) for name, stage in stages.items()}}
+        if level in cur_marks and level in uni_marks:
+            c, u = cur_marks[level], uni_marks[level]
+            row["curriculum_exact"], row["uniform_exact"] = over_items(c), over_items(u)
+            row["difference"] = over_items([float(a) - float(b) for a, b in zip(c, u)])
+        per_level.append(row)
+        cur = row.get("curriculum") or {}
+        print(f"level {level}  curriculum: {cur.get('minutes', 0):.2f} min, {cur.get('steps')} steps, "
+              f"{cur.get('questions_left')} of {cur.get('questions')} questions left after {cur.get('epochs')} "
+              f"passes; held-out exact curriculum {shown(row['curriculum_exact'])} against uniform "
+              f"{shown(row['uniform_exact'])} at equal steps, difference {shown(row['difference'])}", flush=True)
+        for prompt, f in ((row.get("bake") and stages["bake"].reports[key]) or {}).items():
+            print(f"level {level}  bake {prompt:<10} KL {f['kl_before']:.4f} -> {f['kl_after']:.4f}; exact without "
+                  f"the prompt {f['task_exact_before']:.3f} -> {f['task_exact_after']:.3f}, with it "
+                  f"{f['exact_with_prompt']:.3f}; follows it without it {f['followed_before']:.3f} -> "
+                  f"{f['followed_after']:.3f} (per answer character {f['followed_cell_before']:.3f} -> "
+                  f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}", flush=True)
+        s = row.get("selfmodel")
+        if s:
+            ranges = [k[:-len("_after")] for k in s if k.startswith("self_exact_r") and k.endswith("_after")]
+            print(f"level {level}  selfmodel: task exact {s['task_exact_before']:.3f} -> {s['task_exact_after']:.3f}; "
+                  f"calibration error (halting head) {s['ece_before']:.3f} -> {s['ece_after']:.3f}, (answer "
+                  f"probability) {s['ece_answer_before']:.3f} -> {s['ece_answer_after']:.3f}; self-prediction exact "
+                  + ", ".join(f"{r[len('self_exact_'):]} {s[r + '_before']:.3f} -> {s[r + '_after']:.3f}"
+                              for r in ranges), flush=True)
+        dr = row.get("dream")
+        if dr:
+            print(f"level {level}  dream: retention (held-out exact, levels {cfg.curriculum.start_level} to {level}) "
+                  f"{dr['retention_before']:.3f} -> {dr['retention_after']:.3f}", flush=True)
+
+    last = per_level[-1] if per_level else {}
+    bake_last = stages["bake"].reports.get(str(last.get("level"))) if "bake" in stages else None
+    c_all = [m for level in sorted(cur_marks) if level in uni_marks for m in cur_marks[level]]
+    u_all = [m for level in sorted(cur_marks) if level in uni_marks for m in uni_marks[level]]
+    selfmodel, dream = last.get("selfmodel") or {}, last.get("dream") or {}
+    print(json.dumps({
+        "minutes": round(minutes, 2), "steps": trainer.step, "levels_run": len(per_level), "status": trainer.status,
+        "curriculum_exact": over_items(c_all), "uniform_exact": over_items(u_all),
+        "curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
+        "bake_kl_before": mean([f["kl_before"] for f in (bake_last or {}).values()]),
+        "bake_kl_after": mean([f["kl_after"] for f in (bake_last or {}).values()]),
+        "bake_adherence": (bake_last or {}).get("reverse", {}).get("followed_after"),
+        "bake_adherence_before": (bake_last or {}).get("reverse", {}).get("followed_before"),
+        "bake_adherence_cell": (bake_last or {}).get("reverse", {}).get("followed_cell_after"),
+        "bake_adherence_cell_before": (bake_last or {}).get("reverse", {}).get("followed_cell_before"),
+        "bake_exact_with_prompt": mean([f["exact_with_prompt"] for f in (bake_last or {}).values()]),
+        "bake_exact_without_prompt": mean([f["task_exact_after"] for p, f in (bake_last or {}).items() if f["kept"]]),
+        "selfmodel_ece_before": selfmodel.get("ece_before"), "selfmodel_ece_after": selfmodel.get("ece_after"),
+        "task_exact_before_selfmodel": selfmodel.get("task_exact_before"),
+        "task_exact_after_selfmodel": selfmodel.get("task_exact_after"),
+        "dream_retention_before": dream.get("retention_before"), "dream_retention_after": dream.get("retention_after"),
+        "tool_pass_outcome": None, "tool_pass_ce": None,
+        "tool_use": "not measured: training on the sandbox's outcome is not built yet",
+        "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
