@@ -128,7 +128,8 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # float16 needs CUDA (and gets a gradient scaler)
+    # auto: bfloat16 on a CUDA device that supports it, float32 elsewhere; float16 needs CUDA (and a gradient scaler)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     vram_limit: float = 0.85  # used/total VRAM above which the micro-batch is halved before an OOM; 1 = off
     ema_decay: float = 0.999  # of the weights' moving average that evaluation uses (eval.use_ema)
 

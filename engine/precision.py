@@ -1,5 +1,6 @@
 """Mixed precision, as `train.dtype` asks: float32, bfloat16 (autocast on CPU and CUDA) or float16 (CUDA only,
-with a gradient scaler). The master weights, the optimizer state and the loss stay in float32."""
+with a gradient scaler), or auto: bfloat16 on a CUDA device that supports it, float32 elsewhere. The master
+weights, the optimizer state and the loss stay in float32."""
 
 from __future__ import annotations
 
@@ -12,8 +13,19 @@ from engine.config import ConfigError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """The dtype a run trains in: `name`, with auto made concrete for `device`."""
+    if name != "auto":
+        return name
+    # bfloat16 keeps float32's range, so it needs no loss scaling; pre-Ampere cards emulate it slowly
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bfloat16"
+    return "float32"
+
+
 class Precision:
     def __init__(self, dtype: str, device: torch.device):
+        dtype = resolve_dtype(dtype, device)
         if dtype == "float16" and device.type != "cuda":
             raise ConfigError(f"train.dtype = 'float16' needs a CUDA device and this run is on {device.type}; "
                               "use 'bfloat16' or 'float32'.")

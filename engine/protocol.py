@@ -139,7 +139,9 @@ EVENT_DATA: dict[str, Obj] = {
         # carry step_time_rank{r} for every rank r
         "lead": INTEGER,  # the rank that records
         "ranks": [Obj({"rank": INTEGER, "host": STRING, "pid": INTEGER})],
-    }),
+    }, {"device": STRING,  # each rank's device, e.g. "cuda:0" on the lead
+        "dtype": STRING},  # what train.dtype (auto included) resolved to
+        choices={"dtype": ("float32", "bfloat16", "float16")}),
 }
 
 

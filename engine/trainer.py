@@ -153,7 +153,9 @@ class Trainer:
         if self.recorder.enabled:
             self.recorder.server.start()
             self.recorder.store.update_run(pid=os.getpid())
-        self.recorder.event("world", self.world.describe())
+        # what ran, after train.device and train.dtype = auto were made concrete
+        self.recorder.event("world", {**self.world.describe(), "device": str(self.device),
+                                      "dtype": self.precision.name})
         self.set_status("running")
         if self.last_checkpoint_step < 0:
             self.save_checkpoint(reason="start")  # a rollback target from the very first step

@@ -275,7 +275,8 @@ class FakeEngine:
     def run_live(self, steps_per_second: float, stop_at: int | None = None) -> None:
         """Advance in a background thread while not paused (for demos and the console benchmark)."""
         def loop():
-            self.emit("world", {"world_size": 1, "lead": 0, "ranks": [{"rank": 0, "host": "fake", "pid": os.getpid()}]})
+            self.emit("world", {"world_size": 1, "lead": 0, "ranks": [{"rank": 0, "host": "fake", "pid": os.getpid()}],
+                                "device": "cpu", "dtype": "float32"})
             while not self._stop.is_set() and (stop_at is None or self.step < stop_at):
                 if self.status == "running":
                     self.advance(1)

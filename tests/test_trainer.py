@@ -127,6 +127,31 @@ def test_float16_is_refused_off_cuda_with_one_sentence(tmp_path, runs_dir):
     assert not any(runs_dir.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("device, bf16, expected", [("cuda", True, "bfloat16"), ("cuda", False, "float32"),
+                                                    ("cpu", True, "float32")])
+def test_auto_dtype_is_bfloat16_only_on_a_cuda_device_that_supports_it(monkeypatch, device, bf16, expected):
+    from engine.precision import resolve_dtype
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: asked.append(kw) or bf16)
+    assert resolve_dtype("auto", torch.device(device)) == expected
+    assert asked == ([{"including_emulation": False}] if device == "cuda" else [])  # emulated bf16 is slow
+    for name in ("float32", "bfloat16"):
+        assert resolve_dtype(name, torch.device(device)) == name  # an explicit choice is kept
+
+
+def test_auto_is_the_default_and_the_run_says_what_it_resolved_to(tmp_path):
+    events = []
+    tr = trainer(tmp_path, max_steps=2, emit=events.append)
+    assert tr.cfg.train.dtype == "auto" and tr.precision.name == "float32"  # CPU
+    assert tr.run() == 0
+    world = next(e["data"] for e in events if e["event"] == "world")
+    assert (world["device"], world["dtype"]) == ("cpu", "float32")
+    assert protocol.check_data("world", world) == []
+    with pytest.raises(config.ConfigError, match="train.dtype.*auto"):
+        config.load(tiny_config(tmp_path), ["train.dtype=half"])
+
+
 def test_the_optimizer_alone_writes_learning_rates(tmp_path):
     sleepy = ["model.memory=titans-mag", "sleep.enabled=true", "sleep.wake_steps=3", "sleep.sleep_steps=3",
               "sleep.lr_scale=0.25", "optim.warmup_steps=0"]
