@@ -48,6 +48,7 @@ class ModelConfig:
     persistent_tokens: int = 4
     bitnet: bool = False  # BitNet b1.58 ternary hidden linears (STE); no optim preset turns it on
     compile: bool = False  # torch.compile the recursion's network f while training (each stage's first step waits)
+    checkpointing: bool = False  # recompute each block's activations in the backward instead of keeping them
 
 
 @dataclass

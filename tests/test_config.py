@@ -49,6 +49,8 @@ def test_roundtrip_through_toml(tmp_path):
     ("[train]\nbatch_size = true\n", "train.batch_size"),
     ("[model]\nd_model = 130\nn_heads = 4\n", "model.d_model"),
     ("[model] d_model=", "TOML"),
+    ("[model]\ncheckpointing = 'yes'\n", "model.checkpointing"),
+    ("[train]\ndtype = 'half'\n", "train.dtype"),
 ])
 def test_bad_values_name_the_key_and_file(tmp_path, text, needle):
     p = write(tmp_path, text)

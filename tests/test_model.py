@@ -612,3 +612,32 @@ def test_detached_cycles_train_each_cycle_from_its_own_answer_only():
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+# ---- activation checkpointing ----
+
+@pytest.mark.parametrize("kw", [dict(mixer="attention"), dict(mixer="mlp"),
+                                dict(mixer="attention", memory="titans-mag", d_mem=16, memory_chunk=4),
+                                dict(mixer="attention", step_loss_weights=[0.2, 0.3, 0.5, 1.0])])
+def test_checkpointing_gives_the_plain_gradients_and_keeps_fewer_tensors(kw):
+    inputs, labels = data(3)
+    grads, saved = {}, {}
+    for on in (False, True):
+        m = tiny(n_layers=2, checkpointing=on, **kw).train()
+        carry = m.initial_carry(3)
+        carry, _ = m(carry, inputs, labels)  # a second step, so the carried latents and memory are not fresh
+        count = [0]
+
+        def pack(t, count=count):
+            count[0] += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _, out = m(carry, inputs, labels)
+        out.loss.backward()
+        grads[on] = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+        saved[on] = count[0]
+    assert grads[True].keys() == grads[False].keys()
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
+    assert saved[True] < saved[False]  # what autograd holds outside the recomputed blocks

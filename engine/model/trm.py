@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from engine.config import ModelConfig
 from engine.model.blocks import Attention, SequenceMLP, SwiGLU, rms_norm
@@ -85,21 +86,29 @@ class ReasoningNet(nn.Module):
     """The one shared network f of TRM: f(hidden, injection) = blocks(hidden + injection).
 
     forward(hidden, injection, memory) -> (h, memory); memory is a MemoryState joined over the blocks (or None).
+    With `checkpointing`, a block run with gradient keeps only its inputs and recomputes the rest in the backward.
     """
 
     def __init__(self, cfg: ModelConfig, seq_len: int):
         super().__init__()
         self.blocks = nn.ModuleList(Block(cfg, seq_len) for _ in range(cfg.n_layers))
+        self.checkpointing = cfg.checkpointing
+
+    def run_block(self, block: Block, h: torch.Tensor, memory):
+        if self.checkpointing and torch.is_grad_enabled():
+            # non-reentrant: works under autocast and torch.compile, and with the memory state's dict in and out
+            return checkpoint(block, h, memory, use_reentrant=False)
+        return block(h, memory)
 
     def forward(self, hidden: torch.Tensor, injection: torch.Tensor, memory=None):  # (B, L, D) each
         h = hidden + injection
         if memory is None:
             for block in self.blocks:
-                h, _ = block(h)
+                h, _ = self.run_block(block, h, None)
             return h, None
         states = memory.split(len(self.blocks))
         for j, block in enumerate(self.blocks):
-            h, states[j] = block(h, states[j])
+            h, states[j] = self.run_block(block, h, states[j])
         return h, type(memory).join(states)
 
 
