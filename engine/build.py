@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import RunConfig
+from engine.config import ConfigError, RunConfig
 from engine.model.bitlinear import convert_to_bitnet
 from engine.model.trm import TinyRecursiveModel
 from engine.stages import Phase, Schedule
@@ -20,7 +20,14 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """The run's device; a rank of a distributed run on CUDA takes the card of its local rank."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if name != "cuda":
+        return torch.device(name)
+    cards = torch.cuda.device_count()
+    if local_rank >= cards:
+        raise ConfigError(f"train.device = 'cuda' gives each process on a machine a card of its own, and process "
+                          f"{local_rank} of this machine finds {cards}; start at most {cards} per machine "
+                          "(--nproc) or set train.device = 'cpu'.")
+    return torch.device("cuda", local_rank)
 
 
 def make_task(cfg: RunConfig) -> Task:

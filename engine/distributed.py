@@ -38,14 +38,23 @@ class World:
         """Whether torchrun started this process with more than one process in the run."""
         return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
+    @staticmethod
+    def backend() -> str:
+        """Gloo carries CPU tensors (and the collectives of objects); NCCL CUDA tensors, where there is CUDA."""
+        cuda = torch.cuda.is_available() and dist.is_nccl_available()
+        return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
     @classmethod
     def join(cls, holds_run: bool) -> World:
         """Join the process group torchrun described in the environment; the lead is the lowest rank that was
-        given the run folder. Gloo carries CPU tensors, NCCL CUDA tensors where there is CUDA."""
-        cuda = torch.cuda.is_available() and dist.is_nccl_available()
-        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=TIMEOUT)
-        rank, size = dist.get_rank(), dist.get_world_size()
+        given the run folder. A rank on a machine with CUDA makes the card of its local rank its current one."""
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        backend = cls.backend()
+        if "nccl" in backend and local_rank < torch.cuda.device_count():
+            # NCCL's communicators take the current card: without this every rank would open one on card 0
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend, timeout=TIMEOUT)
+        rank, size = dist.get_rank(), dist.get_world_size()
         peers: list = [None] * size
         dist.all_gather_object(peers, {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
                                        "holds_run": holds_run})

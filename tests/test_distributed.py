@@ -144,3 +144,63 @@ def test_commands_take_effect_on_every_rank_at_one_boundary(tmp_path):
     assert not [m for m in alerts(run) if "crashed" in m]
     newest = checkpoint.load(checkpoint.list_checkpoints(run / "checkpoints")[-1])
     assert newest.state["wake"]["carry"]["z_H"].shape[0] == 16  # the whole batch's carry, from both ranks
+
+
+# ---- CUDA, with torch.cuda and the process group mocked (no card here, nor in CI) ----
+
+class FakeGroup:
+    """What World.join asks of torch.distributed, recorded."""
+
+    def __init__(self, rank: int, size: int):
+        self.rank, self.size, self.backend = rank, size, None
+
+    def init_process_group(self, backend, timeout):
+        self.backend = backend
+
+    def all_gather_object(self, out, obj):
+        for r in range(self.size):
+            out[r] = {**obj, "rank": r, "holds_run": r == 0}
+
+
+@pytest.mark.parametrize("local_rank", [0, 1])
+def test_on_cuda_each_rank_joins_with_nccl_and_takes_the_card_of_its_local_rank(monkeypatch, local_rank):
+    import torch
+    import torch.distributed as dist
+
+    from engine.build import pick_device
+    from engine.distributed import World
+
+    group, current = FakeGroup(rank=local_rank, size=2), []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    for name in ("init_process_group", "all_gather_object"):
+        monkeypatch.setattr(dist, name, getattr(group, name))
+    monkeypatch.setattr(dist, "get_rank", lambda: group.rank)
+    monkeypatch.setattr(dist, "get_world_size", lambda: group.size)
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+
+    world = World.join(holds_run=local_rank == 0)
+    assert group.backend == "cpu:gloo,cuda:nccl"  # CUDA tensors over NCCL, objects and CPU tensors over gloo
+    assert current == [local_rank] and world.local_rank == local_rank
+    assert pick_device("cuda", world.local_rank) == torch.device("cuda", local_rank)
+    assert pick_device("auto", world.local_rank) == torch.device("cuda", local_rank)
+
+
+def test_without_cuda_the_group_is_gloo_and_too_many_ranks_for_the_cards_are_refused(monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from engine.build import pick_device
+    from engine.config import ConfigError
+    from engine.distributed import World
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert World.backend() == "gloo"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="process 1 of this machine finds 1"):
+        pick_device("cuda", 1)
+    assert pick_device("cpu", 1) == torch.device("cpu")
