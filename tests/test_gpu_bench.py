@@ -85,3 +85,13 @@ def test_a_batch_that_runs_out_of_memory_or_over_budget_does_not_fit(monkeypatch
     assert not bench.fits(9, budget=100 * 2**20, outside=0)  # out of memory: split by the engine, so refused
     assert not bench.fits(8, budget=8 * 2**20, outside=1)  # under the allocator's peak, over with the context
     assert gpu.largest_batch(lambda b: bench.fits(b, 6 * 2**20, 0), 4, 8) == 6
+
+
+def test_the_device_script_parses_and_its_limits_fit_8_minutes():
+    import re
+    import subprocess
+
+    script = gpu.ROOT / "bench" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    limits = [int(n) for n in re.findall(r"^\s*step \w+ (\d+) ", script.read_text(), re.M)]
+    assert len(limits) == 7 and sum(limits) <= 8 * 60
