@@ -422,6 +422,26 @@ def test_bfloat16_autocast_keeps_float32_carry():
     assert math.isfinite(out.loss.item())
 
 
+def test_the_neural_memory_trains_under_bfloat16_autocast_with_float32_state():
+    # train.dtype = auto is bfloat16 on a CUDA card, and the Phase-5 preset has the memory in every block
+    inputs, labels = data(2)
+    losses, grads = {}, {}
+    for bf16 in (False, True):
+        model = tiny(memory="titans-mag", d_mem=16, memory_chunk=4)
+        carry = model.initial_carry(2)
+        for _ in range(2):  # the second step starts from a written memory
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                carry, out = model(carry, inputs, labels)
+            model.zero_grad()
+            out.loss.backward()
+        assert all(v.dtype == torch.float32 for v in carry.memory.values())
+        losses[bf16] = out.loss.item()
+        grads[bf16] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert losses[True] == pytest.approx(losses[False], rel=0.02)
+    assert torch.isfinite(grads[True]).all()
+    assert F.cosine_similarity(grads[True], grads[False], dim=0) > 0.95
+
+
 # ---- it learns ----
 
 # Attention learns a shift by one position (a fixed relative offset, natural for RoPE); the sequence MLP

@@ -118,6 +118,9 @@ class MemoryStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weights, momentum, Xw, Xu, D, a, e, m, initial):
         ctx.set_materialize_grads(False)
+        # the fast weights are float32 state; under bfloat16 autocast the token terms and gates arrive in bfloat16,
+        # and in-place ops do not autocast, so the update is done in the state's precision
+        Xw, Xu, D, a, e, m = (t.to(weights.dtype) for t in (Xw, Xu, D, a, e, m))
         H = initial.shape[0]
         # a W + (1 - a) M_0 + m S, in two passes over the weights
         base = torch.lerp(initial, weights.view(-1, *initial.shape), a.view(-1, H, 1, 1)).view_as(weights)
