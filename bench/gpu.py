@@ -200,6 +200,10 @@ def measure(cfg_path: str, sets: list[str], device_name: str, dtype: str | None,
     if device.type == "cpu":
         torch.set_num_threads(1)  # the CPU arms are a check of the code path, on a shared machine
     dtype = resolve_dtype(dtype or cfg.train.dtype, device)
+    if device.type == "cuda":  # the peak is this arm's: the arms before it are gone
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     bench = Bench(cfg, device, dtype)
     out = {"dtype": dtype, **bench.timed(cfg.train.batch_size, warmup, steps)}
     flops_per_step = bench.flops.per_sample * cfg.train.batch_size
