@@ -167,7 +167,8 @@ class Bench:
 
     def release(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        gc.collect()
+        if self.device.type == "cuda":  # a failed try's tensors may sit in reference cycles until collected
+            gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
 
