@@ -5,7 +5,8 @@ so every step is a wake step on the levels task's stream).
     .venv/bin/python bench/gpu.py [--quick | --smoke] [--device cuda|cpu] [--peak-tflops T] [--checkpointing]
 
 A step is the engine's own wake step (engine/stages/wake.py: data, forward, backward, optimizer) on the preset's
-model, optimizer and batch, in train.dtype = auto unless --dtype says otherwise. Steps/s is timed over STEPS
+model, optimizer and batch, in train.dtype = auto unless --dtype says otherwise; its samples come from POOL
+samples of the preset's task generated beforehand, so the figures are the step's, not the Python generator's. Steps/s is timed over STEPS
 steps after WARMUP, with the device synchronised; tokens/s counts the L positions f sees per sample.
 
 MFU = model FLOPs per step (engine/flops.py: matmuls from the model's shapes, backpropagated passes x 3, passes
@@ -71,6 +72,7 @@ PEAK_BF16_TFLOPS = [
     ("RTX 3080 Ti", 68.2, "GA102 whitepaper rate x RTX 3080 Ti cores and boost clock"),
 ]
 MB = 2**20
+POOL = 1024  # training samples generated once and reused by every step
 
 
 class BackedOff(RuntimeError):
@@ -104,13 +106,29 @@ def largest_batch(fits, start: int, cap: int) -> int | None:
     return lo or None
 
 
+class SamplePool:
+    """The task's first `size` training samples, served round and round. The task generators are Python: at a batch
+    of thousands a step would wait for them longer than for the card, and the step's work is the same whatever
+    samples it holds."""
+
+    def __init__(self, task, size: int):
+        self.task, self.name, self.vocab_size, self.seq_len = task, task.name, task.vocab_size, task.seq_len
+        self.samples = [task.sample("train", i) for i in range(size)]
+
+    def sample(self, split: str, index: int):
+        return self.samples[index % len(self.samples)]
+
+    def render(self, sample) -> str:
+        return self.task.render(sample)
+
+
 class Bench:
     """One preset's model, optimizer and precision on a device; wake stages of any batch size over them."""
 
     def __init__(self, cfg: config.RunConfig, device: torch.device, dtype: str):
         torch.manual_seed(cfg.train.seed)
         self.cfg, self.device = cfg, device
-        self.task = make_task(cfg)
+        self.task = SamplePool(make_task(cfg), POOL)
         self.model = build_model(cfg, self.task).to(device)
         if cfg.model.compile:
             self.model.net.compile()
@@ -145,7 +163,8 @@ class Bench:
         out = {"batch": batch_size, "steps_per_s": sps, "tokens_per_s": sps * batch_size * self.flops.positions}
         if self.device.type == "cuda":
             out["peak_vram_mb"] = torch.cuda.max_memory_allocated(self.device) / MB
-        else:
+        else:  # no VRAM on a CPU; the figure in its place is the process's
+            out["peak_vram_mb"] = None
             out["peak_rss_growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         return out
 
@@ -228,7 +247,7 @@ def measure_fresh(*args) -> dict:
 
 
 def line(name: str, r: dict) -> str:
-    mem = (f"peak VRAM {r['peak_vram_mb']:8.0f} MB" if "peak_vram_mb" in r
+    mem = (f"peak VRAM {r['peak_vram_mb']:8.0f} MB" if r["peak_vram_mb"] is not None
            else f"peak RSS +{r['peak_rss_growth_mb']:6.0f} MB")
     util = f"MFU {r['mfu']:.1%} of {r['peak_tflops']} TFLOPS" if r["mfu"] is not None else f"MFU n/a ({r['mfu_note']})"
     return (f"{name:<26} {r['dtype']:<9} batch {r['batch']:<5} {r['steps_per_s']:8.2f} steps/s "
@@ -268,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in PRESETS:
         if f"{name}+checkpointing" in results:
             on, off = results[f"{name}+checkpointing"], results[name]
-            key = "peak_vram_mb" if "peak_vram_mb" in off else "peak_rss_growth_mb"
+            key = "peak_vram_mb" if off["peak_vram_mb"] is not None else "peak_rss_growth_mb"
             print(f"{name}: checkpointing on/off  steps/s x{on['steps_per_s'] / off['steps_per_s']:.2f}  "
                   f"{key} x{on[key] / max(off[key], 1e-9):.2f}", flush=True)
     head = {"cuda": device == "cuda", "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",

@@ -53,7 +53,8 @@ def test_a_cpu_measurement_takes_real_steps_and_counts_their_flops():
     assert r["tokens_per_s"] == pytest.approx(r["steps_per_s"] * 4 * 16)  # 16 cells of a 4x4 grid per sample
     assert r["flops_per_step"] == 4 * r["flops"]["per_sample"]
     assert r["mfu"] == pytest.approx(r["flops_per_step"] * r["steps_per_s"] / 100e12)
-    assert r["max_batch_12gb"] is None and r["max_batch_note"]
+    assert r["max_batch_12gb"] is None and r["max_batch_note"] and r["peak_vram_mb"] is None
+    assert {"mfu", "peak_vram_mb", "max_batch_12gb", "steps_per_s", "tokens_per_s", "dtype"} <= r.keys()
 
 
 def test_bad_arguments_are_refused_with_exit_2(capsys):
