@@ -661,3 +661,18 @@ def test_checkpointing_gives_the_plain_gradients_and_keeps_fewer_tensors(kw):
     for name, g in grads[False].items():
         torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
     assert saved[True] < saved[False]  # what autograd holds outside the recomputed blocks
+
+
+@pytest.mark.slow  # torch.compile on a CPU: about a minute and a half on 2 shared cores
+def test_checkpointing_composes_with_compile_and_the_memory():
+    grads = {}
+    for compiled in (False, True):
+        m = tiny(n_layers=2, H_cycles=2, L_cycles=1, memory="titans-mag", d_mem=16, memory_chunk=4,
+                 checkpointing=True).train()
+        if compiled:
+            m.net.compile()
+        inputs, labels = data(2)
+        _, out = m(m.initial_carry(2), inputs, labels)
+        out.loss.backward()
+        grads[compiled] = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-4, atol=1e-5)
