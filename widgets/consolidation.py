@@ -1,6 +1,7 @@
-"""Consolidation pane: per sleep, how the neural memory's parameter norm changed and how far the
-slow weights moved, the importance change, the consolidation loss and the retention probe
-before and after."""
+"""Consolidation pane: the neural memory's figures over the wake steps (surprise frequency, update rate,
+utilisation), and per sleep how far the memory's parameters and the slow weights moved, the consolidation
+efficiency (retention gained per consolidation step), the importance change, the consolidation loss and the
+retention probe before and after."""
 
 from __future__ import annotations
 
@@ -10,14 +11,21 @@ from rich.text import Text
 from textual.widget import Widget
 
 from widgets import plot
+from widgets.curves import Series, downsample_minmax
 
 COLUMNS = (  # (event field, header); the last two go first on a narrow pane
     ("memory_change", "Δ‖mem‖"),
     ("weights_change", "‖Δslow‖"),
+    ("efficiency", "ret/step"),
     ("importance_change", "imp Δ"),
     ("consolidation_loss", "loss"),
 )
-KEY = ("Δ‖mem‖  ‖memory params‖ after−before", "‖Δslow‖ ‖change of the slow weights‖")
+KEY = ("Δ‖mem‖  ‖memory params‖ after−before", "‖Δslow‖ ‖change of the slow weights‖",
+       "ret/step retention gained per consolidation step")
+# the wake steps' memory figures (engine/model/titans.py), with their colors and short names
+MEMORY = (("memory_surprise_rate", 203, "surprise"), ("memory_update_rate", 45, "updates"),
+          ("memory_utilisation", 120, "used"))
+MEMORY_PLOT_ROWS = 7
 NARROW = 52  # below this width the table keeps the two weight columns and retention
 
 
@@ -50,7 +58,43 @@ def sleeps_table(sleeps: list[dict], rows: int, width: int = 80) -> Table:
     return table
 
 
-def render_consolidation(sleeps: list[dict], width: int, height: int):
+def memory_line(memory: dict[str, Series]) -> Text | None:
+    """The memory's latest figures in one line, each in its curve's color; None before the first."""
+    shown = [(name, color, memory[key].values[-1]) for key, color, name in MEMORY if key in memory and len(memory[key])]
+    if not shown:
+        return None
+    line = Text("memory ", style="bold", no_wrap=True, overflow="ellipsis")
+    for name, color, value in shown:
+        line.append(f" ━ {name} {value:.3g}", style=f"color({color})")
+    return line
+
+
+def memory_plot(memory: dict[str, Series], width: int, height: int) -> Text:
+    """The memory's figures over the wake steps, all three on one plot (each is a share, 0 to about 1)."""
+    fig = plot.figure(width, height)
+    for key, color, _ in MEMORY:
+        series = memory.get(key)
+        if series is not None and len(series) >= 2:
+            xs, ys = downsample_minmax(series, max(4, width))
+            plot.line(fig, xs, ys, color)
+    return plot.to_text(fig)
+
+
+def render_consolidation(sleeps: list[dict], width: int, height: int, memory: dict[str, Series] | None = None):
+    memory = memory or {}
+    line = memory_line(memory)
+    if line is None:
+        return render_sleeps(sleeps, width, height)
+    drawn = [line]
+    curves = sum(len(memory.get(key, ())) >= 2 for key, _, _ in MEMORY)
+    # the memory's curves take room only where the retention plot below keeps its own (or there is none yet)
+    if curves and width >= 30 and (height >= MEMORY_PLOT_ROWS + 24 or (not sleeps and height >= MEMORY_PLOT_ROWS + 2)):
+        drawn.append(memory_plot(memory, width, MEMORY_PLOT_ROWS))
+    used = 1 + (MEMORY_PLOT_ROWS if len(drawn) > 1 else 0)
+    return Group(*drawn, render_sleeps(sleeps, width, max(1, height - used)))
+
+
+def render_sleeps(sleeps: list[dict], width: int, height: int):
     if not sleeps:
         return Text("no sleep yet: consolidation figures appear after the first sleep", style="dim")
     key = Text("\n".join(KEY), style="grey50", no_wrap=True, overflow="ellipsis")
@@ -77,17 +121,21 @@ class ConsolidationPlot(Widget):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.sleeps: list[dict] = []
+        self.memory: dict[str, Series] = {}  # the memory's figures by metric key
         self._drawn: tuple | None = None
 
-    def show(self, sleeps: list[dict]) -> None:
-        self.sleeps = sleeps
+    def show(self, sleeps: list[dict], memory: dict[str, Series] | None = None) -> None:
+        self.sleeps, self.memory = sleeps, memory or {}
+
+    def _state(self) -> tuple:
+        return len(self.sleeps), tuple(len(self.memory.get(key, ())) for key, _, _ in MEMORY), self.size
 
     def refresh_if_dirty(self) -> bool:
-        if self._drawn != (len(self.sleeps), self.size):
+        if self._drawn != self._state():
             self.refresh()
             return True
         return False
 
     def render(self):
-        self._drawn = (len(self.sleeps), self.size)
-        return render_consolidation(self.sleeps, self.size.width, self.size.height)
+        self._drawn = self._state()
+        return render_consolidation(self.sleeps, self.size.width, self.size.height, self.memory)
