@@ -54,7 +54,7 @@ class Phase:
         """Steps of its run number `run` (1 = the first)."""
         if not self.first or not self.steps:
             return self.steps
-        return round(self.first + (self.steps - self.first) * min(1.0, (run - 1) / self.ramp))
+        return self.first + (self.steps - self.first) * min(run - 1, self.ramp) // self.ramp
 
 
 class Schedule:
