@@ -65,7 +65,7 @@ def memory_line(memory: dict[str, Series]) -> Text | None:
         return None
     line = Text("memory ", style="bold", no_wrap=True, overflow="ellipsis")
     for name, color, value in shown:
-        line.append(f" ━ {name} {value:.3g}", style=f"color({color})")
+        line.append(f" ━ {name} {value:.2g}", style=f"color({color})")
     return line
 
 
