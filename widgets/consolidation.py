@@ -13,7 +13,7 @@ from textual.widget import Widget
 from widgets import plot
 from widgets.curves import Series, downsample_minmax
 
-COLUMNS = (  # (event field, header); the last two go first on a narrow pane
+COLUMNS = (  # (event field, header); the last two are left out on a narrow pane
     ("memory_change", "Δ‖mem‖"),
     ("weights_change", "‖Δslow‖"),
     ("efficiency", "ret/step"),
@@ -26,7 +26,8 @@ KEY = ("Δ‖mem‖  ‖memory params‖ after−before", "‖Δslow‖ ‖chang
 MEMORY = (("memory_surprise_rate", 203, "surprise"), ("memory_update_rate", 45, "updates"),
           ("memory_utilisation", 120, "used"))
 MEMORY_PLOT_ROWS = 7
-NARROW = 52  # below this width the table keeps the two weight columns and retention
+NARROW = 52  # below this width the table keeps the two weight columns, the efficiency and retention,
+NARROWER = 46  # ... and below this one only the two weight columns and retention
 
 
 def _memory_change(s: dict):
@@ -39,7 +40,7 @@ def _short(v) -> str:
 
 
 def sleeps_table(sleeps: list[dict], rows: int, width: int = 80) -> Table:
-    columns = COLUMNS if width >= NARROW else COLUMNS[:2]
+    columns = COLUMNS if width >= NARROW else COLUMNS[:3] if width >= NARROWER else COLUMNS[:2]
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold grey70", expand=True)
     table.add_column("sleep at", justify="right", no_wrap=True)
     for _, header in columns:
@@ -87,11 +88,20 @@ def render_consolidation(sleeps: list[dict], width: int, height: int, memory: di
         return render_sleeps(sleeps, width, height)
     drawn = [line]
     curves = sum(len(memory.get(key, ())) >= 2 for key, _, _ in MEMORY)
-    # the memory's curves take room only where the retention plot below keeps its own (or there is none yet)
-    if curves and width >= 30 and (height >= MEMORY_PLOT_ROWS + 24 or (not sleeps and height >= MEMORY_PLOT_ROWS + 2)):
+    # the memory's curves take room only where the sleeps' table (and retention plot, once there is one) keep theirs
+    if curves and width >= 30 and height - 1 - MEMORY_PLOT_ROWS >= sleeps_height(sleeps):
         drawn.append(memory_plot(memory, width, MEMORY_PLOT_ROWS))
     used = 1 + (MEMORY_PLOT_ROWS if len(drawn) > 1 else 0)
     return Group(*drawn, render_sleeps(sleeps, width, max(1, height - used)))
+
+
+def sleeps_height(sleeps: list[dict]) -> int:
+    """Rows the sleeps' part wants: a line before the first sleep; then the table (up to 4 rows) and its key, and
+    the retention plot from the second sleep on."""
+    if not sleeps:
+        return 2
+    plotted = sum(isinstance(s.get("retention_after"), (int, float)) for s in sleeps) >= 2
+    return 1 + min(len(sleeps), 4) + len(KEY) + (10 if plotted else 0)
 
 
 def render_sleeps(sleeps: list[dict], width: int, height: int):
