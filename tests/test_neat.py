@@ -197,13 +197,13 @@ def test_the_consolidation_pane_shows_the_memory_figures_and_each_sleeps_efficie
     sleeps = [{"step": 100 * n, **consolidation(n, 100 * n)} for n in (1, 2)]
     tall = plain(render_consolidation(sleeps, 60, 50, memory), 60)
     last = metrics_at(300)
-    assert (f"memory  ━ surprise {last['memory_surprise_rate']:.2g} ━ updates 0.08 "
+    assert (f"mem ━ surprise {last['memory_surprise_rate']:.2g} ━ updates 0.08 "
             f"━ used {last['memory_utilisation']:.2g}") in tall
     assert "┤" in tall.split("retention per sleep")[0]  # the memory's curves, above the sleeps' own plot
     row = next(line for line in tall.splitlines() if line.split()[:1] == ["200"])
     assert row.split()[3] == f"{sleeps[1]['efficiency']:.3g}"
     short = plain(render_consolidation(sleeps, 60, 20, memory), 60)
-    assert "memory  ━ surprise" in short and "┤" not in short.split("retention per sleep")[0]  # sleeps keep their room
+    assert "mem ━ surprise" in short and "┤" not in short.split("retention per sleep")[0]  # sleeps keep their room
     narrow = plain(render_consolidation(sleeps, 48, 12), 48)
     assert "ret/step" in narrow.split("sleep at")[1].splitlines()[0]
     assert plain(render_consolidation([], 60, 20), 60).startswith("no sleep yet")  # no memory figures: as before

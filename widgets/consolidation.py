@@ -64,7 +64,7 @@ def memory_line(memory: dict[str, Series]) -> Text | None:
     shown = [(name, color, memory[key].values[-1]) for key, color, name in MEMORY if key in memory and len(memory[key])]
     if not shown:
         return None
-    line = Text("memory ", style="bold", no_wrap=True, overflow="ellipsis")
+    line = Text("mem", style="bold", no_wrap=True, overflow="ellipsis")  # short: the pane is often 50 wide
     for name, color, value in shown:
         line.append(f" ━ {name} {value:.2g}", style=f"color({color})")
     return line
@@ -73,11 +73,13 @@ def memory_line(memory: dict[str, Series]) -> Text | None:
 def memory_plot(memory: dict[str, Series], width: int, height: int) -> Text:
     """The memory's figures over the wake steps, all three on one plot (each is a share, 0 to about 1)."""
     fig = plot.figure(width, height)
+    drawn = [memory[key] for key, _, _ in MEMORY if len(memory.get(key, ())) >= 2]
     for key, color, _ in MEMORY:
         series = memory.get(key)
         if series is not None and len(series) >= 2:
             xs, ys = downsample_minmax(series, max(4, width))
             plot.line(fig, xs, ys, color)
+    plot.step_ticks(fig, min(s.steps[0] for s in drawn), max(s.steps[-1] for s in drawn), max(2, width // 12))
     return plot.to_text(fig)
 
 
