@@ -3,8 +3,9 @@ out-of-memory back-off that wake and sleep share.
 
 A chunk is a contiguous range of carry slots. Each slot keeps its own carry, so chunks are independent; the
 model scores each chunk against the whole batch's normalisers, so the chunks' losses sum to the batch's.
-An out-of-memory error (or the card fuller than `train.vram_limit`) halves the chunk size; after a quiet
-spell the chunks grow back, one doubling at a time.
+An out-of-memory error (or the card fuller than `train.vram_limit`, or the machine's RAM fuller than
+`train.ram_limit`) halves the chunk size; after a quiet spell the chunks grow back, one doubling at a time, never
+to fewer chunks than `train.accumulation` asks for.
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ class BackOff:
 class MicroBatches:
     """How many chunks a batch of `batch_size` runs as. Saved with the run, so a resumed run splits alike."""
 
-    def __init__(self, batch_size: int):
+    def __init__(self, batch_size: int, least: int = 1):
         self.batch_size = batch_size
-        self.chunks = 1
+        self.least = min(least, batch_size)  # the user's gradient accumulation: chunks never go below it
+        self.chunks = self.least
         self.quiet_until = 0  # no pressure back-off before this step
         self.last_change = 0  # step of the last back-off or growth
 
@@ -80,26 +82,29 @@ class MicroBatches:
         self.last_change = step
         return BackOff(reason, old, self.size(), self.chunks)
 
-    def under_pressure(self, step: int, used: float | None, limit: float) -> BackOff | None:
-        """Back off before an out-of-memory error when the card is fuller than `limit`."""
+    def under_pressure(self, step: int, used: float | None, limit: float, what: str = "VRAM") -> BackOff | None:
+        """Back off before an out-of-memory error when the card (or the machine's RAM) is fuller than `limit`."""
         if limit >= 1.0 or step < self.quiet_until or used is None or used <= limit:
             return None
-        change = self.back_off(step, f"VRAM at {used:.0%} of the card (limit {limit:.0%})")
+        whose = "the card" if what == "VRAM" else "the machine"
+        change = self.back_off(step, f"{what} at {used:.0%} of {whose} (limit {limit:.0%})")
         if change is not None:
             self.quiet_until = step + PRESSURE_QUIET_STEPS
         return change
 
     def grow_due(self, step: int) -> bool:
-        return self.chunks > 1 and step - self.last_change >= GROW_AFTER_STEPS
+        return self.chunks > self.least and step - self.last_change >= GROW_AFTER_STEPS
 
-    def grow(self, step: int, used: float | None, limit: float) -> BackOff | None:
-        """Half the chunks after GROW_AFTER_STEPS quiet steps, if the card has room (or there is no card)."""
+    def grow(self, step: int, used: float | None, limit: float, ram: float | None = None,
+             ram_limit: float = 1.0) -> BackOff | None:
+        """Half the chunks after GROW_AFTER_STEPS quiet steps, if the card (or there is no card) and the RAM have
+        room."""
         if not self.grow_due(step):
             return None
-        if used is not None and used > 0.8 * limit:
+        if (used is not None and used > 0.8 * limit) or (ram is not None and ram_limit < 1.0 and ram > 0.8 * ram_limit):
             return None
         old = self.size()
-        self.chunks = max(1, self.chunks // 2)
+        self.chunks = max(self.least, self.chunks // 2)
         self.last_change = step
         return BackOff(f"{GROW_AFTER_STEPS} steps without memory trouble", old, self.size(), self.chunks)
 

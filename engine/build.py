@@ -49,4 +49,8 @@ def build_schedule(cfg: RunConfig) -> Schedule:
         return Schedule([Phase(stage, 0) for _ in levels for stage in cfg.pipeline.stages], repeat=False)
     if not cfg.sleep.enabled:
         return Schedule([Phase("wake", 0)])
-    return Schedule([Phase("wake", cfg.sleep.wake_steps), Phase("sleep", cfg.sleep.sleep_steps)])
+    s = cfg.sleep
+    # the warm-up: a first wake of warmup_steps when longer, then sleeps growing from warmup_sleep_steps
+    first_wake = s.warmup_steps if s.warmup_steps > s.wake_steps else 0
+    return Schedule([Phase("wake", s.wake_steps, first_wake),
+                     Phase("sleep", s.sleep_steps, s.warmup_sleep_steps, s.warmup_sleeps)])

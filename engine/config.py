@@ -45,6 +45,9 @@ class ModelConfig:
     memory_decay: float = 0.99
     memory_theta_max: float = 1.0  # cap of the memory's inner learning rate
     memory_max_grad_norm: float = 30.0  # per-token clip of the memory's inner gradients (0: off)
+    # a token writes to the memory only when its surprise (relative inner loss) reaches this (0: every token)
+    memory_surprise_threshold: float = 0.0
+    memory_max_updates: int = 0  # most tokens per sequence that write in one memory pass, most surprising first (0: no cap)
     persistent_tokens: int = 4
     bitnet: bool = False  # BitNet b1.58 ternary hidden linears (STE); no optim preset turns it on
     compile: bool = False  # torch.compile the recursion's network f while training (each stage's first step waits)
@@ -132,6 +135,8 @@ class TrainConfig:
     # auto: bfloat16 on a CUDA device that supports it, float32 elsewhere; float16 needs CUDA (and a gradient scaler)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     vram_limit: float = 0.85  # used/total VRAM above which the micro-batch is halved before an OOM; 1 = off
+    ram_limit: float = 1.0  # used/total system RAM above which the micro-batch is halved the same way; 1 = off
+    accumulation: int = 1  # the batch runs as at least this many micro-batches, their gradients accumulated
     ema_decay: float = 0.999  # of the weights' moving average that evaluation uses (eval.use_ema)
 
 
@@ -186,6 +191,16 @@ class SleepConfig:
     tiny_loss: float = 0.01  # a consolidation loss below this raises the rate x1.2
     dream_temperature: float = 2.0  # sampling temperature of dreams
     probe_size: int = 64  # buffer samples in the retention probe
+    importance_decay: float = 1.0  # every wake step multiplies the buffer's importances by this (1: no decay)
+    consolidation_threshold: float = 0.0  # sleep replays only samples whose importance is above this (0: all)
+    consolidation_strength: float = 1.0  # share of a sleep's weight change kept when it ends (1: all of it)
+    prune: Literal["sleep", "interval"] = "sleep"  # prune as each sleep ends, or every prune_every steps
+    prune_every: int = 1000  # steps between prunings under prune = "interval"
+    warmup_steps: int = 0  # the first wake lasts this many steps when longer than wake_steps: no early sleep
+    warmup_sleep_steps: int = 0  # the first sleep's length; later ones grow to sleep_steps (0: full from the start)
+    warmup_sleeps: int = 1  # sleeps over which the length grows linearly from warmup_sleep_steps to sleep_steps
+    # the modes sleeps take in turn, e.g. ["distill", "dream"]: deep sleep, then REM-like; empty: always `mode`
+    modes: list[str] = field(default_factory=list)
 
 
 # The Phase-5 pipeline's stages and prompts, by the names [pipeline] uses.
@@ -258,6 +273,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.memory_theta_max": (1e-6, 2.0),
     "model.memory_max_grad_norm": (0.0, 1e6),
     "model.persistent_tokens": (0, 64),
+    "model.memory_surprise_threshold": (0.0, 1e6),
+    "model.memory_max_updates": (0, 10**6),
     "task.size": (4, 9),
     "task.difficulty": (1, 3),
     "task.seed": (0, 2**31 - 1),
@@ -284,6 +301,13 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "sleep.tiny_loss": (0.0, 1e6),
     "sleep.dream_temperature": (0.01, 100.0),
     "sleep.probe_size": (1, 65536),
+    "sleep.importance_decay": (0.0, 1.0),
+    "sleep.consolidation_threshold": (0.0, 1e6),
+    "sleep.consolidation_strength": (0.0, 1.0),
+    "sleep.prune_every": (1, 10**9),
+    "sleep.warmup_steps": (0, 10**9),
+    "sleep.warmup_sleep_steps": (0, 10**9),
+    "sleep.warmup_sleeps": (1, 10**6),
     "pipeline.probe_size": (1, 100_000),
     "pipeline.prompt_share": (0.0, 1.0),
     "pipeline.bake_steps": (1, 10**9),
@@ -313,6 +337,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.seed": (0, 2**31 - 1),
     "train.threads": (0, 1024),
     "train.vram_limit": (0.05, 1.0),
+    "train.ram_limit": (0.05, 1.0),
+    "train.accumulation": (1, 65536),
     "train.ema_decay": (0.0, 1.0),
     "eval.every": (0, 10**9),
     "eval.n_puzzles": (1, 10**6),
@@ -527,8 +553,26 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
         )
     if m.memory == "titans-mag" and m.mixer != "attention":
         raise ConfigError(f"{where}: model.memory = 'titans-mag' needs model.mixer = 'attention'.")
+    _check_sleep(cfg, where)
     if cfg.pipeline.enabled:
         _check_pipeline(cfg, where)
+
+
+SLEEP_MODES = get_args(get_type_hints(SleepConfig)["mode"])
+
+
+def _check_sleep(cfg: RunConfig, where: str) -> None:
+    s = cfg.sleep
+    unknown = [m for m in s.modes if m not in SLEEP_MODES]
+    if unknown:
+        raise ConfigError(f"{where}: sleep.modes = {s.modes} is not allowed ({unknown[0]!r} is not a mode); "
+                          f"allowed are {', '.join(SLEEP_MODES)}, in any order and number.")
+    if s.warmup_sleep_steps > s.sleep_steps:
+        raise ConfigError(f"{where}: sleep.warmup_sleep_steps = {s.warmup_sleep_steps} is longer than sleep.sleep_steps"
+                          f" = {s.sleep_steps}; the sleeps grow towards sleep_steps, so set it to at most that.")
+    if cfg.train.accumulation > cfg.train.batch_size:
+        raise ConfigError(f"{where}: train.accumulation = {cfg.train.accumulation} is more than train.batch_size = "
+                          f"{cfg.train.batch_size}; a micro-batch holds at least one sample.")
 
 
 def _check_pipeline(cfg: RunConfig, where: str) -> None:

@@ -78,7 +78,9 @@ class Obj:
 FIGURES = Obj({}, others=NUMBER)  # figures by name
 
 EVENT_DATA: dict[str, Obj] = {
-    "metrics": FIGURES,  # one step's figures
+    "metrics": FIGURES,  # one step's figures; with a neural memory, wake's carry memory_surprise_rate (share of
+    # tokens whose surprise reached model.memory_surprise_threshold), memory_update_rate (share that wrote) and
+    # memory_utilisation (||fast weights - initial|| / ||initial||)
     "phase": Obj({"phase": STRING, "manual": BOOLEAN}),  # any stage of the run's schedule
     "consolidation": Obj({  # one per sleep, sent as it ends
         "sleep": INTEGER,  # sleeps begun so far, this one included
@@ -89,8 +91,12 @@ EVENT_DATA: dict[str, Obj] = {
         "consolidation_loss": NUMBER,  # the last consolidation step's loss
         "retention_before": NUMBER,  # memory-free cell accuracy on the probe samples, before and after
         "retention_after": NUMBER,
-        "pruned": INTEGER,  # buffer samples dropped at the end of the sleep
+        "pruned": INTEGER,  # buffer samples dropped at the end of the sleep (or by the interval rule since the last)
         "buffer": INTEGER,  # samples left in the buffer
+    }, {  # sent since the sleep-wake plan's figures (a run stored before them lacks them)
+        "efficiency": NUMBER,  # (retention_after - retention_before) / steps: retention gained per step
+        "steps": INTEGER,  # consolidation steps this sleep took
+        "eligible": INTEGER,  # buffer samples above sleep.consolidation_threshold as the sleep began
     }, choices={"mode": ("replay", "replay-surprise", "distill", "dream")}),
     "curriculum": Obj({  # the question queue after a graded batch
         "level": INTEGER, "levels": INTEGER, "epoch": INTEGER, "size": INTEGER, "remaining": INTEGER,

@@ -82,11 +82,28 @@ class EpisodicBuffer:
             setattr(self, name, getattr(self, name)[keep])
         return dropped
 
-    def sample(self, n: int, generator: torch.Generator, by_importance: bool) -> torch.Tensor:
-        """n indices, uniform or proportional to importance (with replacement); counts the usage."""
+    def important(self, above: float) -> torch.Tensor:
+        """(N,) bool: the samples sleep may consolidate, those whose importance is above `above` (0: every one)."""
+        if above <= 0:
+            return torch.ones(len(self), dtype=torch.bool)
+        return self.importance > above
+
+    def decay(self, factor: float) -> None:
+        """Surprise fades: every importance times `factor`, once per wake step."""
+        if factor < 1.0:
+            self.importance.mul_(factor)
+
+    def sample(self, n: int, generator: torch.Generator, by_importance: bool, above: float = 0.0) -> torch.Tensor:
+        """n indices among the samples important above `above`, uniform or proportional to importance (with
+        replacement); counts the usage."""
         if by_importance:
             weights = self.importance.clamp_min(0) + 1e-6  # a sample of zero loss can still come back
+            if above > 0:
+                weights = weights * self.important(above)
             idx = torch.multinomial(weights, n, replacement=True, generator=generator)
+        elif above > 0:
+            pool = self.important(above).nonzero().squeeze(1)
+            idx = pool[torch.randint(len(pool), (n,), generator=generator)]
         else:
             idx = torch.randint(len(self), (n,), generator=generator)
         self.usage.index_add_(0, idx, torch.ones_like(idx))
@@ -112,17 +129,20 @@ class ConsolidationBatch:
 
 
 class Consolidator:
-    """The batch source and the loss of sleep, one mode per run; its learning rate adapts within a sleep."""
+    """The batch source and the loss of sleep, one mode per sleep (sleep.modes alternates them: deep sleep's
+    distillation, REM's dreams); its learning rate adapts within a sleep."""
 
     def __init__(self, cfg: SleepConfig, batch_size: int):
         self.cfg, self.batch_size = cfg, batch_size
+        self.mode = cfg.mode  # this sleep's
         self.lr = cfg.lr_scale  # a multiple of each parameter group's wake learning rate
         self.loss_mean: float | None = None  # running mean of the consolidation loss within this sleep
         self.teacher: TinyRecursiveModel | None = None  # the frozen pre-sleep copy (distill, dream)
 
-    def begin(self, model: TinyRecursiveModel) -> None:
+    def begin(self, model: TinyRecursiveModel, mode: str | None = None) -> None:
+        self.mode = mode or self.cfg.mode
         self.lr, self.loss_mean = self.cfg.lr_scale, None
-        if self.cfg.mode in ("distill", "dream"):
+        if self.mode in ("distill", "dream"):
             self.teacher = copy.deepcopy(model).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
@@ -132,12 +152,13 @@ class Consolidator:
 
     @torch.no_grad()
     def next_batch(self, buffer: EpisodicBuffer, generator: torch.Generator, device) -> ConsolidationBatch:
-        idx = buffer.sample(self.batch_size, generator, by_importance=self.cfg.mode == "replay-surprise")
+        idx = buffer.sample(self.batch_size, generator, by_importance=self.mode == "replay-surprise",
+                            above=self.cfg.consolidation_threshold)
         inputs, labels = buffer.inputs[idx].to(device), buffer.labels[idx].to(device)
-        if self.cfg.mode in ("replay", "replay-surprise"):
+        if self.mode in ("replay", "replay-surprise"):
             return ConsolidationBatch(inputs, labels, None)
         teacher = self.teacher
-        if self.cfg.mode == "dream":
+        if self.mode == "dream":
             # a dream: the pre-sleep model's own answer, sampled hot, becomes the input it then explains
             logits, _ = teacher.predict_logits(inputs, n_steps=1)  # (B, S, V)
             probs = F.softmax(logits / self.cfg.dream_temperature, -1)
@@ -173,15 +194,15 @@ class Consolidator:
         self.loss_mean = loss if self.loss_mean is None else 0.9 * self.loss_mean + 0.1 * loss
 
     def state_dict(self) -> dict:
-        state = {"lr": self.lr, "loss_mean": self.loss_mean}
+        state = {"lr": self.lr, "loss_mean": self.loss_mean, "mode": self.mode}
         if self.teacher is not None:
             state["teacher"] = {k: v.clone() for k, v in self.teacher.state_dict().items()}
         return state
 
     def load_state_dict(self, state: dict, model: TinyRecursiveModel) -> None:
         self.lr, self.loss_mean = float(state["lr"]), state["loss_mean"]
-        self.teacher = None
+        self.mode, self.teacher = state.get("mode", self.cfg.mode), None
         if "teacher" in state:
-            self.begin(model)
+            self.begin(model, self.mode)
             self.lr, self.loss_mean = float(state["lr"]), state["loss_mean"]
             self.teacher.load_state_dict(state["teacher"])

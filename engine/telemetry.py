@@ -91,6 +91,12 @@ class Telemetry:
             return None
         return s["vram_used_mb"] / s["vram_total_mb"]
 
+    @staticmethod
+    def ram_used_fraction() -> float:
+        """Used / total RAM of the machine (what other processes hold included), cheap enough for every step."""
+        vm = psutil.virtual_memory()
+        return (vm.total - vm.available) / vm.total
+
     def vram_used_fraction(self) -> float | None:
         """Used / total memory of the card, read cheaply enough for every step; None without a GPU."""
         if self.device.type != "cuda":

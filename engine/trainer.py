@@ -67,10 +67,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, total_steps=cfg.train.max_steps)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed + 1)
         B = cfg.train.batch_size
-        self.micro = MicroBatches(B // world.size)  # this rank's slots
+        self.micro = MicroBatches(B // world.size, cfg.train.accumulation)  # this rank's slots
         self.faults = Faults()
         # distill and dream train the memory-free answer alone: the halting head gets no gradient then
-        unused = cfg.sleep.enabled and cfg.sleep.mode in ("distill", "dream")
+        unused = cfg.sleep.enabled and bool({cfg.sleep.mode, *cfg.sleep.modes} & {"distill", "dream"})
         self.forward = world.wrap(self.model, self.device, find_unused=unused)
         if world.size > 1:
             self.optimizer.max_over_ranks = world.max
@@ -108,6 +108,7 @@ class Trainer:
         self.telemetry = Telemetry(self.device)
         # used/total VRAM of the card, or None without a GPU; a test replaces it with an injected reading
         self.vram_fraction: Callable[[], float | None] = self.telemetry.vram_used_fraction
+        self.ram_fraction: Callable[[], float | None] = self.telemetry.ram_used_fraction  # used/total of the machine
         self.recorder = Recorder(self.run_dir, cfg.name, to_toml(cfg), cfg.log, self.telemetry, output, emit,
                                  hello=self._hello, enabled=rank0 and world.is_lead, max_steps=cfg.train.max_steps)
         self.commands = CommandDispatch(self.recorder, run_handlers(self), world)
@@ -312,15 +313,18 @@ class Trainer:
         return False
 
     def _watch_memory(self) -> None:
-        """Back off before an out-of-memory error when the card is fuller than train.vram_limit; grow back
-        after a quiet spell."""
-        limit = self.cfg.train.vram_limit
-        judge, grow = limit < 1.0 and self.step >= self.micro.quiet_until, self.micro.grow_due(self.step)
+        """Back off before an out-of-memory error when the card is fuller than train.vram_limit or the machine's
+        RAM fuller than train.ram_limit; grow back after a quiet spell."""
+        limit, ram_limit = self.cfg.train.vram_limit, self.cfg.train.ram_limit
+        judge = min(limit, ram_limit) < 1.0 and self.step >= self.micro.quiet_until
+        grow = self.micro.grow_due(self.step)
         if not (judge or grow):
             return  # no reading while the allocator settles
-        used = self.vram_fraction()
-        change = (judge and self.micro.under_pressure(self.step, used, limit)) or (
-            grow and self.micro.grow(self.step, used, limit))
+        used = self.vram_fraction() if limit < 1.0 or grow else None
+        ram = self.ram_fraction() if ram_limit < 1.0 else None
+        change = (judge and (self.micro.under_pressure(self.step, used, limit)
+                             or self.micro.under_pressure(self.step, ram, ram_limit, "RAM"))) or (
+            grow and self.micro.grow(self.step, used, limit, ram, ram_limit))
         if change:
             self._back_off_alert(change)
 

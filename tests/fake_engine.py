@@ -75,7 +75,8 @@ def consolidation(sleep: int, step: int) -> dict:
     """One sleep's figures, drifting a little with the step."""
     return {"sleep": sleep, "mode": "replay", "memory_change": round(-0.02 + step / 1e5, 5),
             "weights_change": round(0.4 + step / 1e4, 5), "importance_change": -0.02, "consolidation_loss": 0.3,
-            "retention_before": 0.7, "retention_after": round(0.78 + step / 1e5, 5), "pruned": 3, "buffer": 509}
+            "retention_before": 0.7, "retention_after": round(0.78 + step / 1e5, 5), "pruned": 3, "buffer": 509,
+            "efficiency": round((0.08 + step / 1e5) / 20, 6), "steps": 20, "eligible": 212}
 
 
 def curriculum_change(step: int, steps: int) -> dict:
@@ -91,7 +92,10 @@ def metrics_at(step: int) -> dict:
     """A plausible, deterministic training curve."""
     noise = math.sin(step * 12.9898) * 0.03
     return {"loss": 2.2 * math.exp(-step / 400) + 0.05 + noise, "exact_acc": 1 - math.exp(-step / 600),
-            "cell_acc": 1 - 0.7 * math.exp(-step / 300), "lr": 2e-3 * min(1.0, step / 50)}
+            "cell_acc": 1 - 0.7 * math.exp(-step / 300), "lr": 2e-3 * min(1.0, step / 50),
+            # the neural memory's figures: surprise fades as the model learns, the memory fills
+            "memory_surprise_rate": 0.3 + 0.6 * math.exp(-step / 500), "memory_update_rate": 0.08,
+            "memory_utilisation": 0.4 * (1 - math.exp(-step / 200))}
 
 
 class FakeEngine:

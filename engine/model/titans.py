@@ -154,6 +154,49 @@ class MemoryStep(torch.autograd.Function):
         return (g_W, g_S, g_Xw, g_Xu, g_D, g_a.view_as(a), g_e.view_as(e), g_m.view_as(m), g_initial)
 
 
+STATS = ("memory_tokens", "memory_surprising", "memory_written")  # the sums NeuralMemory.stats keeps
+
+
+def write_mask(surprise: torch.Tensor, threshold: float, remaining: torch.Tensor | None) -> torch.Tensor:
+    """Which tokens of a chunk write: surprise (BH, L) at least `threshold`, and of those at most `remaining`
+    (BH,) per sequence and head, the most surprising first. -> (BH, L) bool."""
+    write = surprise >= threshold
+    if remaining is not None:
+        rank = surprise.masked_fill(~write, -1.0).argsort(1, descending=True).argsort(1)  # 0 = most surprising
+        write &= rank < remaining[:, None]
+    return write
+
+
+def start_stats(model: nn.Module) -> None:
+    """Every neural memory in `model` starts counting its tokens, surprising tokens and writes from zero."""
+    for m in model.modules():
+        if isinstance(m, NeuralMemory):
+            m.stats = torch.zeros(len(STATS))
+
+
+def take_stats(model: nn.Module) -> dict[str, float]:
+    """The counts since start_stats, summed over the memories, as rates: surprise frequency (share of tokens
+    whose surprise reached the threshold) and update rate (share that wrote); counting stops."""
+    total = torch.zeros(len(STATS))
+    for m in model.modules():
+        if isinstance(m, NeuralMemory) and m.stats is not None:
+            total += m.stats.cpu()
+            m.stats = None
+    tokens, surprising, written = total.tolist()
+    if not tokens:
+        return {}
+    return {"memory_surprise_rate": surprising / tokens, "memory_update_rate": written / tokens}
+
+
+@torch.no_grad()
+def utilisation(model: nn.Module, state: MemoryState) -> float:
+    """How much of the memory is in use: the fast weights' distance from the learned initial weights relative
+    to those weights' own norm, ||dW|| / ||M_0|| over every memory layer, averaged over the batch."""
+    initial = sum(float(w.detach().float().square().sum()) for m in model.modules() if isinstance(m, NeuralMemory)
+                  for w in m.initial_weights)
+    return float(state.change_norm().float().mean()) / max(math.sqrt(initial), 1e-12)
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
@@ -172,14 +215,19 @@ class NeuralMemory(nn.Module):
     (0: no clipping, the plain rule). The clip is what keeps a deep memory bounded: the second layer's input
     grows with the first layer's weights, so its curvature, and with it the step that overshoots, is not
     bounded by theta alone (docs/decisions.md, "memory gradient clip").
+    surprise_threshold, max_updates: a token writes only when its surprise, the relative inner loss
+    ||M(k) - v||^2 / ||v||^2, reaches the threshold, and at most max_updates tokens per sequence and head write
+    in one pass, the most surprising of each chunk first (0, 0: every token writes, the plain rule).
     """
 
     def __init__(self, dim: int, d_mem: int = 64, chunk_size: int = 16, n_heads: int = 1, depth: int = 2,
                  head_dim: int | None = None, theta_max: float = 0.1, memory_decay: float = 0.99,
                  momentum: float = 0.9, theta_init: float = 0.5, persistent_tokens: int = 0,
-                 max_grad_norm: float = 0.0):
+                 max_grad_norm: float = 0.0, surprise_threshold: float = 0.0, max_updates: int = 0):
         super().__init__()
         self.max_grad_norm = max_grad_norm
+        self.surprise_threshold, self.max_updates = surprise_threshold, max_updates
+        self.stats: torch.Tensor | None = None  # STATS' running sums while counting (start_stats), else None
         assert depth >= 1 and chunk_size >= 1 and n_heads >= 1
         self.dim, self.d_mem, self.chunk_size, self.n_heads, self.depth = dim, d_mem, chunk_size, n_heads, depth
         self.head_dim = head_dim or dim // n_heads
@@ -245,6 +293,21 @@ class NeuralMemory(nn.Module):
                 h = F.silu(h)
         return h
 
+    def _gate(self, delta, values, token_w, token_u, remaining):
+        """The write rule for one chunk: token weights (BH, L, 1) zeroed where a token does not write; the
+        gradient still reaches the weights of the tokens that do. -> (token_w, token_u, remaining)."""
+        with torch.no_grad():
+            surprise = delta.square().sum(-1) / values.square().sum(-1).clamp_min(1e-12)  # (BH, L)
+            write = write_mask(surprise, self.surprise_threshold, remaining)
+            if remaining is not None:
+                remaining = remaining - write.sum(1)
+            if self.stats is not None:  # kept on the device: read once a step, not once a chunk
+                counts = torch.stack([torch.tensor(surprise.numel(), device=surprise.device),
+                                      (surprise >= self.surprise_threshold).sum(), write.sum()]).float()
+                self.stats = self.stats.to(surprise.device) + counts
+        keep = write.unsqueeze(-1).to(token_w.dtype)
+        return token_w * keep, token_u * keep, remaining
+
     # -- the sequence ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: MemoryState | None = None):
         """x (B, T, dim) -> (retrieved (B, T, dim), state after the last token).
@@ -281,6 +344,8 @@ class NeuralMemory(nn.Module):
         momenta = [state[f"S{i}"].reshape(B * H, *w0.shape[1:]) for i, w0 in enumerate(self.initial_weights, start=1)]
 
         retrieved = []
+        gated = self.surprise_threshold > 0 or self.max_updates > 0 or self.stats is not None
+        remaining = torch.full((B * H,), self.max_updates, device=x.device) if self.max_updates else None
         for (keys, values, queries), ((token_w, token_u), (a, e, m)) in zip(
                 zip(k.split(C, 1), v.split(C, 1), q.split(C, 1)), coefficients):
             L = keys.shape[1]
@@ -302,6 +367,8 @@ class NeuralMemory(nn.Module):
             # closed-form per-token gradients of ||M(k) - v||^2, weighted and summed per layer as (w * X)^T delta
             # inside MemoryStep; the factor 2 and the minus sign of the descent step sit in the token weights
             delta = predicted - values  # (BH, L, hd): half of d loss / d output
+            if gated:
+                token_w, token_u, remaining = self._gate(delta, values, token_w, token_u, remaining)
             for i in reversed(range(self.depth)):
                 if self.layer_scales[i] != 1.0:
                     delta = delta * self.layer_scales[i]  # now relative to (h @ W_i)
@@ -342,12 +409,13 @@ class MAGMixer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, seq_len: int, rope_theta: float = 10000.0, window: int = 0,
                  d_mem: int = 64, chunk_size: int = 16, memory_decay: float = 0.99, theta_max: float = 0.1,
                  persistent_tokens: int = 4, norm_eps: float = 1e-5, causal: bool = False,
-                 max_grad_norm: float = 0.0):
+                 max_grad_norm: float = 0.0, surprise_threshold: float = 0.0, max_updates: int = 0):
         super().__init__()
         self.eps = norm_eps
         self.memory = NeuralMemory(d_model, d_mem, chunk_size, n_heads=n_heads, depth=2, theta_max=theta_max,
                                    memory_decay=memory_decay, persistent_tokens=persistent_tokens,
-                                   max_grad_norm=max_grad_norm)
+                                   max_grad_norm=max_grad_norm, surprise_threshold=surprise_threshold,
+                                   max_updates=max_updates)
         n_persistent = persistent_tokens
         self.attention = Attention(d_model, n_heads, seq_len + n_persistent, rope_theta, window=window,
                                    causal=causal)
@@ -361,7 +429,8 @@ class MAGMixer(nn.Module):
     def from_config(cls, cfg: ModelConfig, seq_len: int) -> "MAGMixer":
         return cls(cfg.d_model, cfg.n_heads, seq_len, cfg.rope_theta, cfg.window, cfg.d_mem, cfg.memory_chunk,
                    cfg.memory_decay, cfg.memory_theta_max, cfg.persistent_tokens, cfg.norm_eps,
-                   max_grad_norm=cfg.memory_max_grad_norm)
+                   max_grad_norm=cfg.memory_max_grad_norm, surprise_threshold=cfg.memory_surprise_threshold,
+                   max_updates=cfg.memory_max_updates)
 
     def init_state(self, batch: int, device=None, dtype=None) -> MemoryState:
         return self.memory.init_state(batch, device, dtype)

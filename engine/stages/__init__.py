@@ -47,6 +47,14 @@ class Stage(Protocol):
 class Phase:
     stage: str  # the name of a stage of the run
     steps: int  # how many steps it runs before the next phase; 0 = until the stage is done
+    first: int = 0  # a warm-up: its first run lasts this many steps instead (0: `steps` from the start) ...
+    ramp: int = 1  # ... and its runs grow linearly from `first` to `steps` over this many runs
+
+    def length(self, run: int) -> int:
+        """Steps of its run number `run` (1 = the first)."""
+        if not self.first or not self.steps:
+            return self.steps
+        return self.first + (self.steps - self.first) * min(run - 1, self.ramp) // self.ramp
 
 
 class Schedule:
@@ -82,7 +90,7 @@ class Schedule:
             return self.index + 1
         if self.requested is not None and self.requested != phase.stage:
             target = next(i for i, p in enumerate(self.phases) if p.stage == self.requested)
-        elif phase.steps and step - self.since >= phase.steps:
+        elif phase.steps and step - self.since >= phase.length(self.run_number()):
             target = self.index + 1
             if target == len(self.phases):
                 if not self.repeat:
@@ -92,6 +100,10 @@ class Schedule:
         else:
             return None
         return target if stages[self.phases[target].stage].ready() else None
+
+    def run_number(self) -> int:
+        """Which run of its stage the current phase is (1 = the first); the first phase began without a switch."""
+        return self.begun.get(self.current, 0) + (self.current == self.phases[0].stage)
 
     def switch(self, step: int, target: int) -> None:
         self.manual = self.requested is not None

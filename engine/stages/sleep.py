@@ -63,6 +63,8 @@ class SleepStage:
         self.before: dict = {}  # taken as the current sleep began
         self.last_loss = float("nan")
         self.sleeps = 0  # sleeps begun
+        self.steps = 0  # consolidation steps of the current (or last) sleep
+        self.pruned = 0  # slots pruned by the interval rule since the last sleep ended
 
     # ---- what wake hands over ----
 
@@ -70,7 +72,13 @@ class SleepStage:
     def observe(self, carry: Carry, logits: torch.Tensor, step: int) -> None:
         """After a wake step: samples on their first step enter the buffer, their loss as importance. Under
         several processes every rank's slots are gathered first, so every buffer takes the same samples in the
-        same order."""
+        same order. The kept samples' importance decays first; the interval rule prunes when it is due."""
+        self.buffer.decay(self.cfg.importance_decay)
+        if self.cfg.prune == "interval" and step % self.cfg.prune_every == 0:
+            self.pruned += self.buffer.prune(step)
+        self._add(carry, logits, step)
+
+    def _add(self, carry: Carry, logits: torch.Tensor, step: int) -> None:
         if self.world.size == 1:
             fresh = carry.steps == 1  # (B,)
             if fresh.any():
@@ -95,12 +103,21 @@ class SleepStage:
             return "a sleep is already requested; it starts at the next step."
         if not len(self.buffer):
             return "the episodic buffer is empty; train a few steps first so there is something to consolidate."
+        if not self.ready():
+            return (f"no buffer sample is more important than sleep.consolidation_threshold = "
+                    f"{self.cfg.consolidation_threshold:g}; train on until a surprising one comes.")
         return None
 
     # ---- the stage ----
 
     def ready(self) -> bool:
-        return len(self.buffer) > 0  # nothing to consolidate yet: stay awake
+        # nothing (important enough) to consolidate yet: stay awake
+        return len(self.buffer) > 0 and bool(self.buffer.important(self.cfg.consolidation_threshold).any())
+
+    def mode(self) -> str:
+        """The mode of sleep number `self.sleeps`: sleep.modes in turn, else sleep.mode."""
+        modes = self.cfg.modes
+        return modes[(self.sleeps - 1) % len(modes)] if modes else self.cfg.mode
 
     def done(self) -> bool:
         return False
@@ -123,30 +140,47 @@ class SleepStage:
         return cells, per_sample_loss(logits, labels).cpu()
 
     def begin(self, step: int) -> None:
-        self.sleeps += 1
+        self.sleeps, self.steps = self.sleeps + 1, 0
         idx = self._probe_indices()
         accuracy, _ = self.retention(idx)
         self.before = {"probe": idx, "retention": accuracy, "importance": float(self.buffer.importance.mean()),
+                       "eligible": int(self.buffer.important(self.cfg.consolidation_threshold).sum()),
                        "weights": {n: p.detach().float().clone() for n, p in self.model.named_parameters()}}
-        self.consolidator.begin(self.model)
+        self.consolidator.begin(self.model, self.mode())
+
+    @torch.no_grad()
+    def _keep_share(self, before: dict[str, torch.Tensor]) -> None:
+        """sleep.consolidation_strength: every weight goes back to before + strength x (its change in the sleep)."""
+        strength = self.cfg.consolidation_strength
+        if strength >= 1.0:
+            return
+        for name, p in self.model.named_parameters():
+            if name in before:
+                p.copy_(torch.lerp(before[name].to(p.device), p.detach().float(), strength).to(p.dtype))
 
     def end(self, step: int) -> list[tuple[str, dict]]:
         before = self.before
         idx = before["probe"]
         idx = idx[idx < len(self.buffer)]
+        self._keep_share(before["weights"])
         accuracy, losses = self.retention(idx)
         self.buffer.importance[idx] = losses  # the probe's surprise as it stands now
         memory_change, weights_change = change_norms(before["weights"], self.model, self.memory_names)
+        pruned, self.pruned = (self.buffer.prune(step) if self.cfg.prune == "sleep" else self.pruned), 0
         figures = {
             "sleep": self.sleeps,
-            "mode": self.cfg.mode,
+            "mode": self.consolidator.mode,
             "memory_change": memory_change,  # the neural memory's own parameters, after minus before
             "weights_change": weights_change,  # every other (slow) weight
             "importance_change": float(self.buffer.importance.mean()) - before["importance"],
             "consolidation_loss": self.last_loss,
             "retention_before": before["retention"],
             "retention_after": accuracy,
-            "pruned": self.buffer.prune(step),
+            # retention gained per consolidation step: what a step of this sleep bought
+            "efficiency": (accuracy - before["retention"]) / max(1, self.steps),
+            "steps": self.steps,
+            "eligible": before["eligible"],  # buffer samples above sleep.consolidation_threshold as it began
+            "pruned": pruned,  # at this sleep's end, or by the interval rule since the last one
             "buffer": len(self.buffer),
         }
         self.consolidator.end()
@@ -168,6 +202,7 @@ class SleepStage:
             shared = self.world.sum(torch.tensor([loss, float(not finite)], dtype=torch.float64))
             loss, finite = float(shared[0]), not bool(shared[1])
         scale = self.consolidator.lr
+        self.steps += 1
         if finite and self.precision.unscale(self.optimizer):
             self.optimizer.step(lr_scale=scale)
             self.last_loss = loss
@@ -197,7 +232,8 @@ class SleepStage:
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict(), "consolidator": self.consolidator.state_dict(),
-                "generator": self.generator.get_state(), "before": dict(self.before), "last_loss": self.last_loss, "sleeps": self.sleeps}
+                "generator": self.generator.get_state(), "before": dict(self.before), "last_loss": self.last_loss, "sleeps": self.sleeps,
+                "steps": self.steps, "pruned": self.pruned}
 
     def load_state_dict(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
@@ -208,3 +244,4 @@ class SleepStage:
             self.before["probe"] = self.before["probe"].cpu()
         self.last_loss = float(state["last_loss"])
         self.sleeps = int(state["sleeps"])
+        self.steps, self.pruned = int(state.get("steps", 0)), int(state.get("pruned", 0))

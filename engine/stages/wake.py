@@ -20,6 +20,7 @@ from engine.accumulate import BackOff, MicroBatches, merge_chunk_metrics
 from engine.curriculum import CurriculumFeed
 from engine.distributed import ModelCall, World
 from engine.faults import Faults
+from engine.model.titans import start_stats, take_stats, utilisation
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.optim import MuGrokfast
 from engine.precision import Precision
@@ -89,6 +90,7 @@ class WakeStage:
             step, lambda: self.forward_backward(inputs, labels, step, n_cells), [self.generator],
             self.on_back_off, inject=lambda: self.faults.raise_oom(step))
         metrics, finite = self.share(metrics, finite, carry.halted, time.perf_counter() - t0)
+        metrics.update(self.memory_figures(carry))
         for observe in self.observers:  # fresh samples enter sleep's episodic buffer
             observe(carry, logits, step)
         if finite and self.precision.unscale(self.optimizer):
@@ -106,6 +108,13 @@ class WakeStage:
         metrics["step_time"] = time.perf_counter() - t0
         return StepResult(metrics, finite, events)
 
+    def memory_figures(self, carry: Carry) -> dict[str, float]:
+        """The neural memory's surprise frequency, update rate and utilisation over this step (this rank's slots)."""
+        figures = take_stats(self.model)
+        if carry.memory is not None:
+            figures["memory_utilisation"] = utilisation(self.model, carry.memory)
+        return figures
+
     def scored_cells(self, labels: torch.Tensor) -> torch.Tensor:
         """The cells scored over the whole batch (every rank's slots) once the halted slots have taken their new
         samples (`labels`: this rank's, after next_data)."""
@@ -120,6 +129,7 @@ class WakeStage:
         its own slots', so neither micro-batches nor ranks change a slot's draws.
         Returns (carry, logits (B, S, V), this rank's figures, finite)."""
         self.optimizer.zero_grad(set_to_none=True)  # a retry after an out-of-memory error starts clean
+        start_stats(self.model)  # the memory counts its surprising tokens and writes from here
         poison = self.faults.loss_factor(step)
         B, start = self.batch_size, self.generator.get_state()
         carries, logits, parts = [], [], []

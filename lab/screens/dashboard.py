@@ -26,7 +26,7 @@ from lab.client import (AlertRules, ConnectionLost, EngineClient, EngineUnreacha
                         StoreFollower, StoreUpdate, has_store)
 from lab.screens.dialogs import ConfirmScreen, HelpScreen
 from lab.screens.runs import STATUS_STYLES, RunsBrowserScreen
-from widgets.consolidation import ConsolidationPlot
+from widgets.consolidation import MEMORY, ConsolidationPlot
 from widgets.curriculum import CurriculumQueue
 from widgets.curves import CurvesPane
 from widgets.eventlog import EventLog
@@ -481,7 +481,7 @@ class DashboardScreen(Screen):
                                                self.query_one(ConsolidationPlot))
         timeline.show(s.phases, s.step)
         curriculum.show(s.curriculum)
-        consolidation.show(s.sleeps)
+        consolidation.show(s.sleeps, {key: s.series[key] for key, _, _ in MEMORY if key in s.series})
         for pane in (timeline, curriculum, consolidation):
             if pane.display and pane.parent.display:
                 pane.refresh_if_dirty()
