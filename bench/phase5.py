@@ -40,9 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.stats import over_items, shown  # noqa: E402
+from bench.stats import over_items, over_seeds, shown  # noqa: E402
 from engine import config  # noqa: E402
 from engine.evaluate import score  # noqa: E402
+from engine.stages.levels import LevelPlan  # noqa: E402
+from engine.tasks.tokenizer import stable_rng  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +103,98 @@ def uniform_arm(cfg: config.RunConfig, steps: dict[int, int], plan) -> dict[int,
                 trainer.wake.step(step)
             marks[level] = held_out_marks(plan, trainer.model, level)
     return marks
+
+
+# ---------------------------------------------------------------------------------------------- curriculum vs uniform
+# Both arms: one small model that learns the first levels within minutes (the preset's BitNet and memory learn too
+# slowly to tell samplers apart in the budget), the same seed, the same total steps, the same levels' questions.
+COMPARE = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.mixer=mlp", "model.memory=none",
+           "model.bitnet=false", "model.H_cycles=2", "model.L_cycles=2", "model.halt_max_steps=1",
+           "model.step_loss_weights=[]", "model.detach_cycles=false", "optim.preset=adamw", "optim.lr=0.003",
+           "optim.warmup_steps=50", "train.batch_size=32", "task.prompt_chars=0", "pipeline.stages=['curriculum']",
+           "pipeline.bake=[]", "pipeline.prompt_share=0.0", "pipeline.probe_size=200", "curriculum.questions=2000",
+           "curriculum.mastery=2", "curriculum.review_share=0.25", "curriculum.review_gap=256",
+           "curriculum.advance_exact=0.6", "curriculum.check_every=50", "curriculum.check_size=100",
+           "curriculum.max_epochs=1000"]
+COMPARE_STEPS = {"full": 1500, "quick": 150, "smoke": 6}  # each arm's steps, per seed
+COMPARE_SEEDS = {"full": 3, "quick": 2, "smoke": 2}
+
+
+class LevelMix:
+    """Uniform sampling over levels 1..n: sample i is question i of a level drawn by (seed, i)."""
+
+    def __init__(self, plan, levels: int, seed: int):
+        self.plan, self.levels, self.seed = plan, levels, seed
+        self.name, self.vocab_size, self.seq_len = "levels", plan.task.vocab_size, plan.task.seq_len
+
+    def sample(self, split: str, index: int):
+        level = 1 + stable_rng(self.seed, "mix", index).randrange(self.levels)
+        return self.plan.at(level).sample(split, index)
+
+
+def compare_config(seed: int, levels: int, steps: int, extra: list[str]) -> config.RunConfig:
+    return config.load(PRESET, COMPARE + QUIET + [f"task.seed={seed}", f"curriculum.levels={levels}",
+                                                  f"train.max_steps={steps}", "train.threads=1", *extra])
+
+
+def curriculum_marks(cfg: config.RunConfig) -> tuple[dict[int, list[bool]], int, dict]:
+    """The curriculum arm: the pipeline's curriculum stage alone, up to train.max_steps; held-out marks of every
+    level at the end, the steps it took, and each level's curriculum figures."""
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", cfg, output="quiet")
+        trainer.run()
+        stage = trainer.stages["curriculum"]
+        plan = stage.plan
+        marks = {level: held_out_marks(plan, trainer.model, level) for level in range(1, cfg.curriculum.levels + 1)}
+        reached = max(int(k) for k in stage.reports) + (not stage.feed.done) if stage.reports else 1
+        return marks, trainer.step, {"reports": stage.reports, "level_reached": min(reached, cfg.curriculum.levels)}
+
+
+def uniform_marks(cfg: config.RunConfig, steps: int) -> dict[int, list[bool]]:
+    """The uniform arm: the same model and seed, wake on a uniform mix of the same levels' questions."""
+    plain = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, enabled=False))
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", plain, output="quiet")
+        plan = LevelPlan(cfg.pipeline, cfg.curriculum, trainer.task, trainer.device)
+        trainer.wake.task, trainer.wake.data_index = LevelMix(plan, cfg.curriculum.levels, cfg.task.seed), 0
+        for step in range(1, steps + 1):
+            trainer.wake.step(step)
+        return {level: held_out_marks(plan, trainer.model, level) for level in range(1, cfg.curriculum.levels + 1)}
+
+
+def curriculum_vs_uniform(mode: str, levels: int, extra: list[str]) -> dict:
+    """Per seed: the curriculum arm, then uniform sampling for as many steps; held-out exact over every level's
+    distinct held-out questions at the end (pooled), their paired difference, and intervals over seeds."""
+    per_seed, c_all, u_all = [], [], []
+    for seed in range(COMPARE_SEEDS[mode]):
+        t0 = time.time()
+        cfg = compare_config(seed, levels, COMPARE_STEPS[mode], extra)
+        c_marks, steps, info = curriculum_marks(cfg)
+        u_marks = uniform_marks(cfg, steps)
+        c = [m for level in sorted(c_marks) for m in c_marks[level]]
+        u = [m for level in sorted(c_marks) for m in u_marks[level]]
+        c_all, u_all = c_all + c, u_all + u
+        row = {"seed": seed, "steps": steps, "minutes": round((time.time() - t0) / 60, 2),
+               "level_reached": info["level_reached"], "curriculum_exact": over_items(c), "uniform_exact": over_items(u),
+               "difference": over_items([float(a) - float(b) for a, b in zip(c, u)]),
+               "by_level": {lv: {"curriculum": mean([float(m) for m in c_marks[lv]]),
+                                 "uniform": mean([float(m) for m in u_marks[lv]]), "n": len(c_marks[lv])}
+                            for lv in sorted(c_marks)},
+               "curriculum_levels": {k: {f: round(v, 4) for f, v in r.items()} for k, r in info["reports"].items()}}
+        per_seed.append(row)
+        print(f"compare seed {seed}: {steps} steps each, curriculum reached level {row['level_reached']}; held-out "
+              f"exact over levels 1 to {levels} ({len(c)} distinct questions): curriculum {shown(row['curriculum_exact'])}"
+              f", uniform {shown(row['uniform_exact'])}, difference {shown(row['difference'])}; by level "
+              + ", ".join(f"L{lv} {b['curriculum']:.3f} vs {b['uniform']:.3f}" for lv, b in row["by_level"].items())
+              + f" ({row['minutes']:.1f} min)", flush=True)
+    seeds_c = [r["curriculum_exact"]["mean"] for r in per_seed]
+    seeds_u = [r["uniform_exact"]["mean"] for r in per_seed]
+    return {"curriculum_exact": over_seeds(seeds_c), "uniform_exact": over_seeds(seeds_u),
+            "curriculum_minus_uniform": over_seeds([a - b for a, b in zip(seeds_c, seeds_u)]),
+            "curriculum_exact_items": over_items(c_all), "uniform_exact_items": over_items(u_all),
+            "curriculum_minus_uniform_items": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
+            "compare_seeds": per_seed, "compare_steps": COMPARE_STEPS[mode], "compare_levels": levels,
+            "compare_settings": COMPARE}
 
 
 def mean(values: list[float]) -> float | None:

@@ -166,6 +166,11 @@ class CurriculumConfig:
     start_level: int = 1
     hint_after: int = 2  # wrong answers in a row on a question before it gets a hint
     hint_from: float = 0.5  # ... and only once this share of the level is mastered (early hints leak answers)
+    review_share: float = 0.0  # share of refilled slots that review mastered questions once they are due
+    review_gap: int = 256  # questions served before a mastered question's first review; each pass doubles it
+    advance_exact: float = 0.0  # the level pipeline ends a level at this held-out exact (0 = off)
+    check_every: int = 50  # ... checked every this many of the level's steps
+    check_size: int = 128  # ... on this many distinct held-out questions, none of them in pipeline.probe_size
 
 
 @dataclass
@@ -271,6 +276,11 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "curriculum.start_level": (1, 1000),
     "curriculum.hint_after": (1, 1000),
     "curriculum.hint_from": (0.0, 1.0),
+    "curriculum.review_share": (0.0, 0.9),
+    "curriculum.review_gap": (1, 10_000_000),
+    "curriculum.advance_exact": (0.0, 1.0),
+    "curriculum.check_every": (1, 1_000_000),
+    "curriculum.check_size": (1, 100_000),
     "sleep.wake_steps": (1, 10**9),
     "sleep.sleep_steps": (1, 10**9),
     "sleep.buffer_size": (1, 10**7),
