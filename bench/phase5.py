@@ -133,7 +133,7 @@ class LevelMix:
 
 
 def compare_config(seed: int, levels: int, steps: int, extra: list[str]) -> config.RunConfig:
-    return config.load(PRESET, COMPARE + QUIET + [f"task.seed={seed}", f"curriculum.levels={levels}",
+    return config.load(PRESET, COMPARE + QUIET + [f"task.seed={seed}", f"train.seed={seed}", f"curriculum.levels={levels}",
                                                   f"train.max_steps={steps}", "train.threads=1", *extra])
 
 
@@ -195,6 +195,78 @@ def curriculum_vs_uniform(mode: str, levels: int, extra: list[str]) -> dict:
             "curriculum_minus_uniform_items": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
             "compare_seeds": per_seed, "compare_steps": COMPARE_STEPS[mode], "compare_levels": levels,
             "compare_settings": COMPARE}
+
+
+# ------------------------------------------------------------------------------------ tool use: outcome vs CE
+# The program task (difficulty 1) from the plain stream: cross-entropy against the reference program, or expert
+# iteration (train.outcome = "expert", engine/outcome.py). Same model, seed, data and steps; the expert arm spends
+# one extra forward pass a step on answering its questions, and the sandbox runs its programs.
+TOOL = ["task.name=program", "task.difficulty=1", "model.d_model=64", "model.n_layers=1", "model.n_heads=4",
+        "model.H_cycles=1", "model.L_cycles=2", "model.halt_max_steps=1", "optim.preset=adamw", "optim.lr=0.003",
+        "optim.warmup_steps=20", "train.batch_size=32", "train.outcome_samples=4", "train.outcome_temperature=1.0"]
+TOOL_STEPS = {"full": 600, "quick": 60, "smoke": 3}
+TOOL_EVAL = {"full": 300, "quick": 100, "smoke": 8}
+
+
+def tool_config(seed: int, outcome: str, steps: int, extra: list[str]) -> config.RunConfig:
+    return config.from_dict({}, "tool-use", TOOL + QUIET + [f"task.seed={seed}", f"train.seed={seed}",
+                                                           f"train.outcome={outcome}", f"train.max_steps={steps}",
+                                                           "train.threads=1", *extra])
+
+
+def distinct_programs(task, n: int) -> list:
+    """The first n distinct held-out program questions (the test split never shares a question with training)."""
+    seen, problems = set(), []
+    for index in range(50 * n):
+        problem = task.problem("test", index)
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            problems.append(problem)
+            if len(problems) == n:
+                break
+    return problems
+
+
+@torch.no_grad()
+def tool_pass_marks(cfg: config.RunConfig, n_eval: int) -> tuple[list[bool], dict]:
+    """Train one arm; each distinct held-out program question passed (greedy answer, run in the sandbox on its
+    test cases), and the outcome arm's own figures."""
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", cfg, output="quiet")
+        trainer.run()
+        task, model = trainer.task, trainer.model.eval()
+        problems = distinct_programs(task, n_eval)
+        samples = [task.encode(p) for p in problems]
+        preds, _ = model.predict(torch.tensor([s.inputs for s in samples], dtype=torch.long, device=trainer.device))
+        marks = [task.grade(p, pred.tolist(), s) for p, pred, s in zip(problems, preds.cpu(), samples)]
+        outcome = trainer.wake.outcome
+        return marks, ({} if outcome is None else {k: round(v, 4) for k, v in outcome.metrics().items()})
+
+
+def tool_use_comparison(mode: str, extra: list[str]) -> dict:
+    """Per seed: cross-entropy only against expert iteration at equal steps; held-out pass rates with intervals."""
+    per_seed, o_all, c_all = [], [], []
+    for seed in range(COMPARE_SEEDS[mode]):
+        t0 = time.time()
+        c, _ = tool_pass_marks(tool_config(seed, "ce", TOOL_STEPS[mode], extra), TOOL_EVAL[mode])
+        o, figures = tool_pass_marks(tool_config(seed, "expert", TOOL_STEPS[mode], extra), TOOL_EVAL[mode])
+        o_all, c_all = o_all + o, c_all + c
+        row = {"seed": seed, "outcome": over_items(o), "ce": over_items(c),
+               "difference": over_items([float(a) - float(b) for a, b in zip(o, c)]), "outcome_figures": figures,
+               "minutes": round((time.time() - t0) / 60, 2)}
+        per_seed.append(row)
+        print(f"tool use seed {seed}: {TOOL_STEPS[mode]} steps each, held-out pass rate on {len(o)} distinct programs"
+              f": outcome {shown(row['outcome'])}, cross-entropy {shown(row['ce'])}, difference "
+              f"{shown(row['difference'])}; training questions answered by a passing program of its own "
+              f"{figures.get('outcome/passed', 0):.3f}, not the reference {figures.get('outcome/own', 0):.3f} "
+              f"({row['minutes']:.1f} min)", flush=True)
+    seeds_o = [r["outcome"]["mean"] for r in per_seed]
+    seeds_c = [r["ce"]["mean"] for r in per_seed]
+    return {"tool_pass_outcome": over_seeds(seeds_o), "tool_pass_ce": over_seeds(seeds_c),
+            "tool_outcome_minus_ce": over_seeds([a - b for a, b in zip(seeds_o, seeds_c)]),
+            "tool_pass_outcome_items": over_items(o_all), "tool_pass_ce_items": over_items(c_all),
+            "tool_outcome_minus_ce_items": over_items([float(a) - float(b) for a, b in zip(o_all, c_all)]),
+            "tool_seeds": per_seed, "tool_steps": TOOL_STEPS[mode], "tool_settings": TOOL}
 
 
 def mean(values: list[float]) -> float | None:

@@ -131,6 +131,10 @@ class TrainConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # float16 needs CUDA (and gets a gradient scaler)
     vram_limit: float = 0.85  # used/total VRAM above which the micro-batch is halved before an OOM; 1 = off
     ema_decay: float = 0.999  # of the weights' moving average that evaluation uses (eval.use_ema)
+    # program task: "expert" trains on the model's own programs that pass the sandbox (engine/outcome.py)
+    outcome: Literal["ce", "expert"] = "ce"
+    outcome_samples: int = 4  # programs tried per fresh question: the greedy one and samples
+    outcome_temperature: float = 1.0  # ... drawn at this temperature
 
 
 @dataclass
@@ -268,6 +272,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "task.train_fraction": (0.01, 0.99),
     "task.side": (7, 31),
     "task.prompt_chars": (0, 200),
+    "train.outcome_samples": (1, 64),
+    "train.outcome_temperature": (0.01, 10.0),
     "curriculum.questions": (1, 10_000_000),
     "curriculum.levels": (1, 1000),
     "curriculum.mastery": (1, 1000),
@@ -518,6 +524,9 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
                           "set task.path = OUT.")
     if t.name == "maze" and t.side % 2 == 0:
         raise ConfigError(f"{where}: task.side = {t.side} is not allowed; a maze side must be odd (7 to 31).")
+    if cfg.train.outcome != "ce" and (t.name != "program" or cfg.curriculum.enabled or cfg.pipeline.enabled):
+        raise ConfigError(f"{where}: train.outcome = {cfg.train.outcome!r} needs task.name = 'program' trained on its "
+                          "plain stream (curriculum and pipeline off); set train.outcome = 'ce' otherwise.")
     if cfg.train.dtype == "float16" and cfg.train.device != "cuda":
         raise ConfigError(f"{where}: train.dtype = 'float16' needs train.device = 'cuda' (it is "
                           f"{cfg.train.device!r}); on a CPU use 'bfloat16' or 'float32'.")
