@@ -2,6 +2,7 @@
 the real trainer on CPU, and every stage's figure, whether or not it shows a gain.
 
     .venv/bin/python bench/phase5.py [--quick | --smoke] [--levels N] [--threads 2] [--set key=value ...]
+                                     [--part all | compare | pipeline]
 
 Full: the first 3 levels of the preset as it is. `--quick`: one level with a smaller question queue and shorter
 stages (the same code path). `--smoke`: a tiny model, seconds.
@@ -13,14 +14,22 @@ Arms, measured in the same run:
   reverse, as the prompt asks); self-model: self-prediction exact per temperature range, calibration error of the
   halting head and task exact, before and after; dream: held-out exact of this level and every earlier one,
   before and after.
-- uniform: the same model and seed trained by the wake stage on the level's plain question stream (uniform over
-  its question space), for as many steps as the pipeline's curriculum stage took at that level, level after
-  level. Held-out exact of both right after the curriculum's stage (for the pipeline) on the same distinct
-  held-out questions: a bootstrap interval over the questions and their paired difference. The curriculum arm
-  spends pipeline.prompt_share of its slots practising prompts; the uniform arm never sees a prompt.
-- tool use learning from the outcome is not built: tool_pass_outcome and tool_pass_ce are null, and say so.
+- pipeline uniform: the same model and seed trained by the wake stage on the level's plain question stream
+  (uniform over its question space), for as many steps as the pipeline's curriculum stage took at that level,
+  level after level. Held-out exact of both right after the curriculum's stage (for the pipeline) on the same
+  distinct held-out questions: a bootstrap interval over the questions and their paired difference
+  (pipeline_curriculum_exact, pipeline_uniform_exact). The curriculum arm spends pipeline.prompt_share of its slots
+  practising prompts; the uniform arm never sees a prompt.
+- curriculum vs uniform (curriculum_exact, uniform_exact): per seed (3; --quick 2), one small model trained on
+  levels 1 to 3 either by the pipeline's curriculum stage alone (spaced review, masked hints, advancement on
+  held-out figures) or by uniform sampling over the same three levels' questions, for the same steps; held-out
+  exact over every level's distinct held-out questions at the end. Intervals over seeds (Student t) and, pooled,
+  over questions (bootstrap), with the paired difference.
+- tool use (tool_pass_outcome, tool_pass_ce): per seed, the program task trained with cross-entropy against the
+  reference program or with expert iteration on the sandbox's outcome (train.outcome = "expert"), the same steps;
+  the share of distinct held-out program questions whose greedy program passes every test case in the sandbox.
 
-Its last line is one JSON object: minutes, curriculum_exact, uniform_exact (pooled over the levels), bake_kl_before,
+Its last line is one JSON object: minutes, curriculum_exact, uniform_exact (over seeds), bake_kl_before,
 bake_kl_after (means over the baked prompts of the last level), bake_adherence, selfmodel_ece_before/after,
 task_exact_before/after_selfmodel, dream_retention_before/after (the last level), tool_pass_outcome, tool_pass_ce,
 and `levels`: every level's figures by stage.
@@ -112,12 +121,13 @@ COMPARE = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.mix
            "model.bitnet=false", "model.H_cycles=2", "model.L_cycles=2", "model.halt_max_steps=1",
            "model.step_loss_weights=[]", "model.detach_cycles=false", "optim.preset=adamw", "optim.lr=0.003",
            "optim.warmup_steps=50", "train.batch_size=32", "task.prompt_chars=0", "pipeline.stages=['curriculum']",
-           "pipeline.bake=[]", "pipeline.prompt_share=0.0", "pipeline.probe_size=200", "curriculum.questions=2000",
+           "pipeline.bake=[]", "pipeline.prompt_share=0.0", "pipeline.probe_size=100", "curriculum.questions=2000",
            "curriculum.mastery=2", "curriculum.review_share=0.25", "curriculum.review_gap=256",
-           "curriculum.advance_exact=0.6", "curriculum.check_every=50", "curriculum.check_size=100",
+           "curriculum.advance_exact=0.5", "curriculum.check_every=50", "curriculum.check_size=100",
            "curriculum.max_epochs=1000"]
 COMPARE_STEPS = {"full": 1500, "quick": 150, "smoke": 6}  # each arm's steps, per seed
-COMPARE_SEEDS = {"full": 3, "quick": 2, "smoke": 2}
+COMPARE_SEEDS = {"full": 3, "quick": 2, "smoke": 1}
+COMPARE_LEVELS = 3
 
 
 class LevelMix:
@@ -204,8 +214,8 @@ def curriculum_vs_uniform(mode: str, levels: int, extra: list[str]) -> dict:
 TOOL = ["task.name=program", "task.difficulty=1", "model.d_model=64", "model.n_layers=1", "model.n_heads=4",
         "model.H_cycles=1", "model.L_cycles=2", "model.halt_max_steps=1", "optim.preset=adamw", "optim.lr=0.003",
         "optim.warmup_steps=20", "train.batch_size=32", "train.outcome_samples=4", "train.outcome_temperature=1.0"]
-TOOL_STEPS = {"full": 600, "quick": 60, "smoke": 3}
-TOOL_EVAL = {"full": 300, "quick": 100, "smoke": 8}
+TOOL_STEPS = {"full": 300, "quick": 40, "smoke": 3}
+TOOL_EVAL = {"full": 300, "quick": 100, "smoke": 8}  # difficulty 1 holds about 40 distinct held-out ones
 
 
 def tool_config(seed: int, outcome: str, steps: int, extra: list[str]) -> config.RunConfig:
@@ -269,6 +279,36 @@ def tool_use_comparison(mode: str, extra: list[str]) -> dict:
             "tool_seeds": per_seed, "tool_steps": TOOL_STEPS[mode], "tool_settings": TOOL}
 
 
+def comparison_figures(args) -> dict:
+    """Curriculum vs uniform sampling and tool use (outcome vs cross-entropy), each over seeds; sized by the mode."""
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    torch.set_num_threads(1)  # both comparisons train at one thread, whatever the pipeline took
+    figures = {}
+    if args.part in ("all", "curriculum"):
+        print(f"curriculum vs uniform: levels 1 to {COMPARE_LEVELS}, {COMPARE_SEEDS[mode]} seeds, "
+              f"{COMPARE_STEPS[mode]} steps an arm", flush=True)
+        figures = curriculum_vs_uniform(mode, COMPARE_LEVELS, [])
+        print(f"curriculum vs uniform over seeds: curriculum {shown(figures['curriculum_exact'])}, uniform "
+              f"{shown(figures['uniform_exact'])}, difference {shown(figures['curriculum_minus_uniform'])}; pooled "
+              f"over the seeds' questions: difference {shown(figures['curriculum_minus_uniform_items'])}", flush=True)
+    if args.part in ("all", "tool"):
+        print(f"tool use: program task, {COMPARE_SEEDS[mode]} seeds, {TOOL_STEPS[mode]} steps an arm", flush=True)
+        tool = tool_use_comparison(mode, [])
+        print(f"tool use over seeds: outcome {shown(tool['tool_pass_outcome'])}, cross-entropy "
+              f"{shown(tool['tool_pass_ce'])}, difference {shown(tool['tool_outcome_minus_ce'])}", flush=True)
+        figures.update(tool)
+    return figures
+
+
+def comparisons(args) -> int:
+    """--part curriculum or tool: that comparison alone, its figures as the last line."""
+    t0 = time.time()
+    figures = comparison_figures(args)
+    print(json.dumps({"minutes": round((time.time() - t0) / 60, 2), **figures, "threads": 1, "quick": args.quick,
+                      "smoke": args.smoke}))
+    return 0
+
+
 def mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
@@ -280,7 +320,11 @@ def main() -> int:
     ap.add_argument("--levels", type=int, default=None, help="levels to run (default 3; --quick and --smoke: 1)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a preset override")
+    ap.add_argument("--part", choices=("all", "pipeline", "curriculum", "tool"), default="all",
+                    help="one part alone: the preset's pipeline, curriculum vs uniform, or tool use")
     args = ap.parse_args()
+    if args.part in ("curriculum", "tool"):
+        return comparisons(args)
     levels = args.levels or (1 if args.quick or args.smoke else 3)
     threads = 1 if args.smoke else args.threads
     torch.set_num_threads(threads)
@@ -338,10 +382,12 @@ def main() -> int:
     c_all = [m for level in sorted(cur_marks) if level in uni_marks for m in cur_marks[level]]
     u_all = [m for level in sorted(cur_marks) if level in uni_marks for m in uni_marks[level]]
     selfmodel, dream = last.get("selfmodel") or {}, last.get("dream") or {}
+    compared = comparison_figures(args) if args.part == "all" else {}
     print(json.dumps({
         "minutes": round(minutes, 2), "steps": trainer.step, "levels_run": len(per_level), "status": trainer.status,
-        "curriculum_exact": over_items(c_all), "uniform_exact": over_items(u_all),
-        "curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
+        # the pipeline's curriculum against level-by-level uniform sampling right after each level's stage
+        "pipeline_curriculum_exact": over_items(c_all), "pipeline_uniform_exact": over_items(u_all),
+        "pipeline_curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
         "bake_kl_before": mean([f["kl_before"] for f in (bake_last or {}).values()]),
         "bake_kl_after": mean([f["kl_after"] for f in (bake_last or {}).values()]),
         "bake_adherence": (bake_last or {}).get("reverse", {}).get("followed_after"),
@@ -354,9 +400,7 @@ def main() -> int:
         "task_exact_before_selfmodel": selfmodel.get("task_exact_before"),
         "task_exact_after_selfmodel": selfmodel.get("task_exact_after"),
         "dream_retention_before": dream.get("retention_before"), "dream_retention_after": dream.get("retention_after"),
-        "tool_pass_outcome": None, "tool_pass_ce": None,
-        "tool_use": "not measured: training on the sandbox's outcome is not built yet",
-        "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke,
+        "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke, **compared,
     }))
     return 0
 
