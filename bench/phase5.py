@@ -214,7 +214,7 @@ def curriculum_vs_uniform(mode: str, levels: int, extra: list[str]) -> dict:
 TOOL = ["task.name=program", "task.difficulty=1", "model.d_model=64", "model.n_layers=1", "model.n_heads=4",
         "model.H_cycles=1", "model.L_cycles=2", "model.halt_max_steps=1", "optim.preset=adamw", "optim.lr=0.003",
         "optim.warmup_steps=20", "train.batch_size=32", "train.outcome_samples=4", "train.outcome_temperature=1.0"]
-TOOL_STEPS = {"full": 300, "quick": 40, "smoke": 3}
+TOOL_STEPS = {"full": 250, "quick": 40, "smoke": 3}
 TOOL_EVAL = {"full": 300, "quick": 100, "smoke": 8}  # difficulty 1 holds about 40 distinct held-out ones
 
 
@@ -237,7 +237,6 @@ def distinct_programs(task, n: int) -> list:
     return problems
 
 
-@torch.no_grad()
 def tool_pass_marks(cfg: config.RunConfig, n_eval: int) -> tuple[list[bool], dict]:
     """Train one arm; each distinct held-out program question passed (greedy answer, run in the sandbox on its
     test cases), and the outcome arm's own figures."""
@@ -247,7 +246,8 @@ def tool_pass_marks(cfg: config.RunConfig, n_eval: int) -> tuple[list[bool], dic
         task, model = trainer.task, trainer.model.eval()
         problems = distinct_programs(task, n_eval)
         samples = [task.encode(p) for p in problems]
-        preds, _ = model.predict(torch.tensor([s.inputs for s in samples], dtype=torch.long, device=trainer.device))
+        with torch.no_grad():
+            preds, _ = model.predict(torch.tensor([s.inputs for s in samples], dtype=torch.long, device=trainer.device))
         marks = [task.grade(p, pred.tolist(), s) for p, pred, s in zip(problems, preds.cpu(), samples)]
         outcome = trainer.wake.outcome
         return marks, ({} if outcome is None else {k: round(v, 4) for k, v in outcome.metrics().items()})
