@@ -57,3 +57,20 @@ def test_outcome_training_is_only_for_the_program_task_stream():
     with pytest.raises(ConfigError, match="train.outcome_samples"):
         from_dict({"task": {"name": "program"}, "train": {"outcome": "expert", "outcome_samples": 0}})
     assert from_dict({"task": {"name": "program"}, "train": {"outcome": "expert"}}).train.outcome == "expert"
+
+
+def test_a_run_with_outcome_training_samples_runs_and_saves_its_counts(tmp_path):
+    from engine.trainer import Trainer
+    cfg = from_dict({"task": {"name": "program"},
+                     "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "H_cycles": 1, "L_cycles": 1,
+                               "halt_max_steps": 1},
+                     "train": {"outcome": "expert", "outcome_samples": 3, "batch_size": 4, "max_steps": 2,
+                               "threads": 1, "device": "cpu"},
+                     "eval": {"every": 0}, "checkpoint": {"every": 0},
+                     "log": {"telemetry_seconds": 100.0, "print_seconds": 100.0}})
+    metrics = []
+    trainer = Trainer(tmp_path / "run", cfg, output="quiet",
+                      emit=lambda e: metrics.append(e["data"]) if e["event"] == "metrics" else None)
+    assert trainer.run() == 0
+    assert trainer.wake.outcome.questions == 8 and {"outcome/passed", "outcome/own"} <= set(metrics[-1])
+    assert trainer.wake.state_dict()["outcome"]["questions"] == 8
