@@ -2,6 +2,7 @@
 the real trainer on CPU, and every stage's figure, whether or not it shows a gain.
 
     .venv/bin/python bench/phase5.py [--quick | --smoke] [--levels N] [--threads 2] [--set key=value ...]
+                                     [--part all | compare | pipeline]
 
 Full: the first 3 levels of the preset as it is. `--quick`: one level with a smaller question queue and shorter
 stages (the same code path). `--smoke`: a tiny model, seconds.
@@ -13,14 +14,22 @@ Arms, measured in the same run:
   reverse, as the prompt asks); self-model: self-prediction exact per temperature range, calibration error of the
   halting head and task exact, before and after; dream: held-out exact of this level and every earlier one,
   before and after.
-- uniform: the same model and seed trained by the wake stage on the level's plain question stream (uniform over
-  its question space), for as many steps as the pipeline's curriculum stage took at that level, level after
-  level. Held-out exact of both right after the curriculum's stage (for the pipeline) on the same distinct
-  held-out questions: a bootstrap interval over the questions and their paired difference. The curriculum arm
-  spends pipeline.prompt_share of its slots practising prompts; the uniform arm never sees a prompt.
-- tool use learning from the outcome is not built: tool_pass_outcome and tool_pass_ce are null, and say so.
+- pipeline uniform: the same model and seed trained by the wake stage on the level's plain question stream
+  (uniform over its question space), for as many steps as the pipeline's curriculum stage took at that level,
+  level after level. Held-out exact of both right after the curriculum's stage (for the pipeline) on the same
+  distinct held-out questions: a bootstrap interval over the questions and their paired difference
+  (pipeline_curriculum_exact, pipeline_uniform_exact). The curriculum arm spends pipeline.prompt_share of its slots
+  practising prompts; the uniform arm never sees a prompt.
+- curriculum vs uniform (curriculum_exact, uniform_exact): per seed (3; --quick 2), one small model trained on
+  levels 1 to 3 either by the pipeline's curriculum stage alone (spaced review, masked hints, advancement on
+  held-out figures) or by uniform sampling over the same three levels' questions, for the same steps; held-out
+  exact over every level's distinct held-out questions at the end. Intervals over seeds (Student t) and, pooled,
+  over questions (bootstrap), with the paired difference.
+- tool use (tool_pass_outcome, tool_pass_ce): per seed, the program task trained with cross-entropy against the
+  reference program or with expert iteration on the sandbox's outcome (train.outcome = "expert"), the same steps;
+  the share of distinct held-out program questions whose greedy program passes every test case in the sandbox.
 
-Its last line is one JSON object: minutes, curriculum_exact, uniform_exact (pooled over the levels), bake_kl_before,
+Its last line is one JSON object: minutes, curriculum_exact, uniform_exact (over seeds), bake_kl_before,
 bake_kl_after (means over the baked prompts of the last level), bake_adherence, selfmodel_ece_before/after,
 task_exact_before/after_selfmodel, dream_retention_before/after (the last level), tool_pass_outcome, tool_pass_ce,
 and `levels`: every level's figures by stage.
@@ -40,9 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.stats import over_items, shown  # noqa: E402
+from bench.stats import over_items, over_seeds, shown  # noqa: E402
 from engine import config  # noqa: E402
 from engine.evaluate import score  # noqa: E402
+from engine.stages.levels import LevelPlan  # noqa: E402
+from engine.tasks.tokenizer import stable_rng  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +114,201 @@ def uniform_arm(cfg: config.RunConfig, steps: dict[int, int], plan) -> dict[int,
     return marks
 
 
+# ---------------------------------------------------------------------------------------------- curriculum vs uniform
+# Both arms: one small model that learns the first levels within minutes (the preset's BitNet and memory learn too
+# slowly to tell samplers apart in the budget), the same seed, the same total steps, the same levels' questions.
+COMPARE = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.mixer=mlp", "model.memory=none",
+           "model.bitnet=false", "model.H_cycles=2", "model.L_cycles=2", "model.halt_max_steps=1",
+           "model.step_loss_weights=[]", "model.detach_cycles=false", "optim.preset=adamw", "optim.lr=0.003",
+           "optim.warmup_steps=50", "train.batch_size=32", "task.prompt_chars=0", "pipeline.stages=['curriculum']",
+           "pipeline.bake=[]", "pipeline.prompt_share=0.0", "pipeline.probe_size=100", "curriculum.questions=2000",
+           "curriculum.mastery=2", "curriculum.review_share=0.25", "curriculum.review_gap=256",
+           "curriculum.advance_exact=0.5", "curriculum.check_every=50", "curriculum.check_size=100",
+           "curriculum.max_epochs=1000"]
+COMPARE_STEPS = {"full": 500, "quick": 100, "smoke": 6}  # each arm's steps, per seed
+COMPARE_SEEDS = {"full": 3, "quick": 2, "smoke": 1}
+COMPARE_LEVELS = 3
+
+
+class LevelMix:
+    """Uniform sampling over levels 1..n: sample i is question i of a level drawn by (seed, i)."""
+
+    def __init__(self, plan, levels: int, seed: int):
+        self.plan, self.levels, self.seed = plan, levels, seed
+        self.name, self.vocab_size, self.seq_len = "levels", plan.task.vocab_size, plan.task.seq_len
+
+    def sample(self, split: str, index: int):
+        level = 1 + stable_rng(self.seed, "mix", index).randrange(self.levels)
+        return self.plan.at(level).sample(split, index)
+
+
+def compare_config(seed: int, levels: int, steps: int, extra: list[str]) -> config.RunConfig:
+    return config.load(PRESET, COMPARE + QUIET + [f"task.seed={seed}", f"train.seed={seed}", f"curriculum.levels={levels}",
+                                                  f"train.max_steps={steps}", "train.threads=1", *extra])
+
+
+def curriculum_marks(cfg: config.RunConfig) -> tuple[dict[int, list[bool]], int, dict]:
+    """The curriculum arm: the pipeline's curriculum stage alone, up to train.max_steps; held-out marks of every
+    level at the end, the steps it took, and each level's curriculum figures."""
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", cfg, output="quiet")
+        trainer.run()
+        stage = trainer.stages["curriculum"]
+        plan = stage.plan
+        marks = {level: held_out_marks(plan, trainer.model, level) for level in range(1, cfg.curriculum.levels + 1)}
+        reached = max(int(k) for k in stage.reports) + (not stage.feed.done) if stage.reports else 1
+        return marks, trainer.step, {"reports": stage.reports, "level_reached": min(reached, cfg.curriculum.levels)}
+
+
+def uniform_marks(cfg: config.RunConfig, steps: int) -> dict[int, list[bool]]:
+    """The uniform arm: the same model and seed, wake on a uniform mix of the same levels' questions."""
+    plain = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, enabled=False))
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", plain, output="quiet")
+        plan = LevelPlan(cfg.pipeline, cfg.curriculum, trainer.task, trainer.device)
+        trainer.wake.task, trainer.wake.data_index = LevelMix(plan, cfg.curriculum.levels, cfg.task.seed), 0
+        for step in range(1, steps + 1):
+            trainer.wake.step(step)
+        return {level: held_out_marks(plan, trainer.model, level) for level in range(1, cfg.curriculum.levels + 1)}
+
+
+def curriculum_vs_uniform(mode: str, levels: int, extra: list[str]) -> dict:
+    """Per seed: the curriculum arm, then uniform sampling for as many steps; held-out exact over every level's
+    distinct held-out questions at the end (pooled), their paired difference, and intervals over seeds."""
+    per_seed, c_all, u_all = [], [], []
+    for seed in range(COMPARE_SEEDS[mode]):
+        t0 = time.time()
+        cfg = compare_config(seed, levels, COMPARE_STEPS[mode], extra)
+        c_marks, steps, info = curriculum_marks(cfg)
+        u_marks = uniform_marks(cfg, steps)
+        c = [m for level in sorted(c_marks) for m in c_marks[level]]
+        u = [m for level in sorted(c_marks) for m in u_marks[level]]
+        c_all, u_all = c_all + c, u_all + u
+        row = {"seed": seed, "steps": steps, "minutes": round((time.time() - t0) / 60, 2),
+               "level_reached": info["level_reached"], "curriculum_exact": over_items(c), "uniform_exact": over_items(u),
+               "difference": over_items([float(a) - float(b) for a, b in zip(c, u)]),
+               "by_level": {lv: {"curriculum": mean([float(m) for m in c_marks[lv]]),
+                                 "uniform": mean([float(m) for m in u_marks[lv]]), "n": len(c_marks[lv])}
+                            for lv in sorted(c_marks)},
+               "curriculum_levels": {k: {f: round(v, 4) for f, v in r.items()} for k, r in info["reports"].items()}}
+        per_seed.append(row)
+        print(f"compare seed {seed}: {steps} steps each, curriculum reached level {row['level_reached']}; held-out "
+              f"exact over levels 1 to {levels} ({len(c)} distinct questions): curriculum {shown(row['curriculum_exact'])}"
+              f", uniform {shown(row['uniform_exact'])}, difference {shown(row['difference'])}; by level "
+              + ", ".join(f"L{lv} {b['curriculum']:.3f} vs {b['uniform']:.3f}" for lv, b in row["by_level"].items())
+              + f" ({row['minutes']:.1f} min)", flush=True)
+    seeds_c = [r["curriculum_exact"]["mean"] for r in per_seed]
+    seeds_u = [r["uniform_exact"]["mean"] for r in per_seed]
+    return {"curriculum_exact": over_seeds(seeds_c), "uniform_exact": over_seeds(seeds_u),
+            "curriculum_minus_uniform": over_seeds([a - b for a, b in zip(seeds_c, seeds_u)]),
+            "curriculum_exact_items": over_items(c_all), "uniform_exact_items": over_items(u_all),
+            "curriculum_minus_uniform_items": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
+            "compare_seeds": per_seed, "compare_steps": COMPARE_STEPS[mode], "compare_levels": levels,
+            "compare_settings": COMPARE}
+
+
+# ------------------------------------------------------------------------------------ tool use: outcome vs CE
+# The program task (difficulty 1) from the plain stream: cross-entropy against the reference program, or expert
+# iteration (train.outcome = "expert", engine/outcome.py). Same model, seed, data and steps; the expert arm spends
+# one extra forward pass a step on answering its questions, and the sandbox runs its programs.
+TOOL = ["task.name=program", "task.difficulty=1", "model.d_model=64", "model.n_layers=1", "model.n_heads=4",
+        "model.H_cycles=1", "model.L_cycles=2", "model.halt_max_steps=1", "optim.preset=adamw", "optim.lr=0.003",
+        "optim.warmup_steps=20", "train.batch_size=32", "train.outcome_samples=4", "train.outcome_temperature=1.0"]
+TOOL_STEPS = {"full": 250, "quick": 40, "smoke": 3}
+TOOL_EVAL = {"full": 300, "quick": 100, "smoke": 8}  # difficulty 1 holds about 40 distinct held-out ones
+
+
+def tool_config(seed: int, outcome: str, steps: int, extra: list[str]) -> config.RunConfig:
+    return config.from_dict({}, "tool-use", TOOL + QUIET + [f"task.seed={seed}", f"train.seed={seed}",
+                                                           f"train.outcome={outcome}", f"train.max_steps={steps}",
+                                                           "train.threads=1", *extra])
+
+
+def distinct_programs(task, n: int) -> list:
+    """The first n distinct held-out program questions (the test split never shares a question with training)."""
+    seen, problems = set(), []
+    for index in range(50 * n):
+        problem = task.problem("test", index)
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            problems.append(problem)
+            if len(problems) == n:
+                break
+    return problems
+
+
+def tool_pass_marks(cfg: config.RunConfig, n_eval: int) -> tuple[list[bool], dict]:
+    """Train one arm; each distinct held-out program question passed (greedy answer, run in the sandbox on its
+    test cases), and the outcome arm's own figures."""
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", cfg, output="quiet")
+        trainer.run()
+        task, model = trainer.task, trainer.model.eval()
+        problems = distinct_programs(task, n_eval)
+        samples = [task.encode(p) for p in problems]
+        with torch.no_grad():
+            preds, _ = model.predict(torch.tensor([s.inputs for s in samples], dtype=torch.long, device=trainer.device))
+        marks = [task.grade(p, pred.tolist(), s) for p, pred, s in zip(problems, preds.cpu(), samples)]
+        outcome = trainer.wake.outcome
+        return marks, ({} if outcome is None else {k: round(v, 4) for k, v in outcome.metrics().items()})
+
+
+def tool_use_comparison(mode: str, extra: list[str]) -> dict:
+    """Per seed: cross-entropy only against expert iteration at equal steps; held-out pass rates with intervals."""
+    per_seed, o_all, c_all = [], [], []
+    for seed in range(COMPARE_SEEDS[mode]):
+        t0 = time.time()
+        c, _ = tool_pass_marks(tool_config(seed, "ce", TOOL_STEPS[mode], extra), TOOL_EVAL[mode])
+        o, figures = tool_pass_marks(tool_config(seed, "expert", TOOL_STEPS[mode], extra), TOOL_EVAL[mode])
+        o_all, c_all = o_all + o, c_all + c
+        row = {"seed": seed, "outcome": over_items(o), "ce": over_items(c),
+               "difference": over_items([float(a) - float(b) for a, b in zip(o, c)]), "outcome_figures": figures,
+               "minutes": round((time.time() - t0) / 60, 2)}
+        per_seed.append(row)
+        print(f"tool use seed {seed}: {TOOL_STEPS[mode]} steps each, held-out pass rate on {len(o)} distinct programs"
+              f": outcome {shown(row['outcome'])}, cross-entropy {shown(row['ce'])}, difference "
+              f"{shown(row['difference'])}; training questions answered by a passing program of its own "
+              f"{figures.get('outcome/passed', 0):.3f}, not the reference {figures.get('outcome/own', 0):.3f} "
+              f"({row['minutes']:.1f} min)", flush=True)
+    seeds_o = [r["outcome"]["mean"] for r in per_seed]
+    seeds_c = [r["ce"]["mean"] for r in per_seed]
+    return {"tool_pass_outcome": over_seeds(seeds_o), "tool_pass_ce": over_seeds(seeds_c),
+            "tool_outcome_minus_ce": over_seeds([a - b for a, b in zip(seeds_o, seeds_c)]),
+            "tool_pass_outcome_items": over_items(o_all), "tool_pass_ce_items": over_items(c_all),
+            "tool_outcome_minus_ce_items": over_items([float(a) - float(b) for a, b in zip(o_all, c_all)]),
+            "tool_seeds": per_seed, "tool_steps": TOOL_STEPS[mode], "tool_settings": TOOL}
+
+
+def comparison_figures(args) -> dict:
+    """Curriculum vs uniform sampling and tool use (outcome vs cross-entropy), each over seeds; sized by the mode."""
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    torch.set_num_threads(1)  # both comparisons train at one thread, whatever the pipeline took
+    figures = {}
+    if args.part in ("all", "curriculum"):
+        print(f"curriculum vs uniform: levels 1 to {COMPARE_LEVELS}, {COMPARE_SEEDS[mode]} seeds, "
+              f"{COMPARE_STEPS[mode]} steps an arm", flush=True)
+        figures = curriculum_vs_uniform(mode, COMPARE_LEVELS, [])
+        print(f"curriculum vs uniform over seeds: curriculum {shown(figures['curriculum_exact'])}, uniform "
+              f"{shown(figures['uniform_exact'])}, difference {shown(figures['curriculum_minus_uniform'])}; pooled "
+              f"over the seeds' questions: difference {shown(figures['curriculum_minus_uniform_items'])}", flush=True)
+    if args.part in ("all", "tool"):
+        print(f"tool use: program task, {COMPARE_SEEDS[mode]} seeds, {TOOL_STEPS[mode]} steps an arm", flush=True)
+        tool = tool_use_comparison(mode, [])
+        print(f"tool use over seeds: outcome {shown(tool['tool_pass_outcome'])}, cross-entropy "
+              f"{shown(tool['tool_pass_ce'])}, difference {shown(tool['tool_outcome_minus_ce'])}", flush=True)
+        figures.update(tool)
+    return figures
+
+
+def comparisons(args) -> int:
+    """--part curriculum or tool: that comparison alone, its figures as the last line."""
+    t0 = time.time()
+    figures = comparison_figures(args)
+    print(json.dumps({"minutes": round((time.time() - t0) / 60, 2), **figures, "threads": 1, "quick": args.quick,
+                      "smoke": args.smoke}))
+    return 0
+
+
 def mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
@@ -114,7 +320,11 @@ def main() -> int:
     ap.add_argument("--levels", type=int, default=None, help="levels to run (default 3; --quick and --smoke: 1)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a preset override")
+    ap.add_argument("--part", choices=("all", "pipeline", "curriculum", "tool"), default="all",
+                    help="one part alone: the preset's pipeline, curriculum vs uniform, or tool use")
     args = ap.parse_args()
+    if args.part in ("curriculum", "tool"):
+        return comparisons(args)
     levels = args.levels or (1 if args.quick or args.smoke else 3)
     threads = 1 if args.smoke else args.threads
     torch.set_num_threads(threads)
@@ -172,10 +382,12 @@ def main() -> int:
     c_all = [m for level in sorted(cur_marks) if level in uni_marks for m in cur_marks[level]]
     u_all = [m for level in sorted(cur_marks) if level in uni_marks for m in uni_marks[level]]
     selfmodel, dream = last.get("selfmodel") or {}, last.get("dream") or {}
+    compared = comparison_figures(args) if args.part == "all" else {}
     print(json.dumps({
         "minutes": round(minutes, 2), "steps": trainer.step, "levels_run": len(per_level), "status": trainer.status,
-        "curriculum_exact": over_items(c_all), "uniform_exact": over_items(u_all),
-        "curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
+        # the pipeline's curriculum against level-by-level uniform sampling right after each level's stage
+        "pipeline_curriculum_exact": over_items(c_all), "pipeline_uniform_exact": over_items(u_all),
+        "pipeline_curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
         "bake_kl_before": mean([f["kl_before"] for f in (bake_last or {}).values()]),
         "bake_kl_after": mean([f["kl_after"] for f in (bake_last or {}).values()]),
         "bake_adherence": (bake_last or {}).get("reverse", {}).get("followed_after"),
@@ -188,9 +400,7 @@ def main() -> int:
         "task_exact_before_selfmodel": selfmodel.get("task_exact_before"),
         "task_exact_after_selfmodel": selfmodel.get("task_exact_after"),
         "dream_retention_before": dream.get("retention_before"), "dream_retention_after": dream.get("retention_after"),
-        "tool_pass_outcome": None, "tool_pass_ce": None,
-        "tool_use": "not measured: training on the sandbox's outcome is not built yet",
-        "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke,
+        "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke, **compared,
     }))
     return 0
 

@@ -138,6 +138,10 @@ class TrainConfig:
     ram_limit: float = 1.0  # used/total system RAM above which the micro-batch is halved the same way; 1 = off
     accumulation: int = 1  # the batch runs as at least this many micro-batches, their gradients accumulated
     ema_decay: float = 0.999  # of the weights' moving average that evaluation uses (eval.use_ema)
+    # program task: "expert" trains on the model's own programs that pass the sandbox (engine/outcome.py)
+    outcome: Literal["ce", "expert"] = "ce"
+    outcome_samples: int = 4  # programs tried per fresh question: the greedy one and samples
+    outcome_temperature: float = 1.0  # ... drawn at this temperature
 
 
 @dataclass
@@ -173,6 +177,11 @@ class CurriculumConfig:
     start_level: int = 1
     hint_after: int = 2  # wrong answers in a row on a question before it gets a hint
     hint_from: float = 0.5  # ... and only once this share of the level is mastered (early hints leak answers)
+    review_share: float = 0.0  # share of refilled slots that review mastered questions once they are due
+    review_gap: int = 256  # questions served before a mastered question's first review; each pass doubles it
+    advance_exact: float = 0.0  # the level pipeline ends a level at this held-out exact (0 = off)
+    check_every: int = 50  # ... checked every this many of the level's steps
+    check_size: int = 128  # ... on this many distinct held-out questions, none of them in pipeline.probe_size
 
 
 @dataclass
@@ -282,6 +291,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "task.train_fraction": (0.01, 0.99),
     "task.side": (7, 31),
     "task.prompt_chars": (0, 200),
+    "train.outcome_samples": (1, 64),
+    "train.outcome_temperature": (0.01, 10.0),
     "curriculum.questions": (1, 10_000_000),
     "curriculum.levels": (1, 1000),
     "curriculum.mastery": (1, 1000),
@@ -290,6 +301,11 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "curriculum.start_level": (1, 1000),
     "curriculum.hint_after": (1, 1000),
     "curriculum.hint_from": (0.0, 1.0),
+    "curriculum.review_share": (0.0, 0.9),
+    "curriculum.review_gap": (1, 10_000_000),
+    "curriculum.advance_exact": (0.0, 1.0),
+    "curriculum.check_every": (1, 1_000_000),
+    "curriculum.check_size": (1, 100_000),
     "sleep.wake_steps": (1, 10**9),
     "sleep.sleep_steps": (1, 10**9),
     "sleep.buffer_size": (1, 10**7),
@@ -536,6 +552,9 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
                           "set task.path = OUT.")
     if t.name == "maze" and t.side % 2 == 0:
         raise ConfigError(f"{where}: task.side = {t.side} is not allowed; a maze side must be odd (7 to 31).")
+    if cfg.train.outcome != "ce" and (t.name != "program" or cfg.curriculum.enabled or cfg.pipeline.enabled):
+        raise ConfigError(f"{where}: train.outcome = {cfg.train.outcome!r} needs task.name = 'program' trained on its "
+                          "plain stream (curriculum and pipeline off); set train.outcome = 'ce' otherwise.")
     if cfg.train.dtype == "float16" and cfg.train.device != "cuda":
         raise ConfigError(f"{where}: train.dtype = 'float16' needs train.device = 'cuda' (it is "
                           f"{cfg.train.device!r}); on a CPU use 'bfloat16' or 'float32'.")

@@ -18,8 +18,15 @@ alone. While most of a level is unmastered, failures are the model not having le
 which practice fixes; hints are for the questions that keep failing once the rest is learned
 (docs/decisions.md, "curriculum hints").
 
-A level ends when fewer than `threshold` of its questions remain, or after `max_epochs`
-passes over its queue; the next level is harder. After the last level the queue is `done`.
+Mastered questions come back for spaced review (`review_share` of the refilled slots, when any
+is due): a question is due `review_gap` served questions after it was mastered, and each review
+it passes doubles its gap; one it fails goes back into the queue when it is of the current level,
+or is due again after one gap when it is of an earlier level. Without review a mastered question
+was never seen again, and the model forgot it (docs/decisions.md, "Curriculum against uniform").
+
+A level ends when fewer than `threshold` of its questions remain, after `max_epochs` passes over
+its queue, or when the caller ends it (`end_level`: the level pipeline does, on held-out figures);
+the next level is harder. After the last level the queue is `done`.
 
 Every change is an event (`drain_events`) for the run store and the console, and the whole
 state is plain JSON-able data (`state_dict` / `load_state_dict`), so a resumed run serves
@@ -30,6 +37,7 @@ the default one, `ProgrammaticProvider`, uses the task generators.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,10 +46,11 @@ from engine.tasks.base import Sample
 from engine.tasks.registry import get_task, task_params
 from engine.tasks.tokenizer import Problem, TextTask, stable_rng
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 HINT_AFTER = 2  # wrong answers in a row on a question before it gets its first hint
 HINT_FROM = 0.5  # ... and only once at least this share of the level is mastered
 ID, INDEX, VARIANT, STREAK, HINT, ATTEMPTS, MISSES = range(7)  # fields of a queue entry (a plain list)
+DUE, R_LEVEL, R_INDEX, R_VARIANT, BOX = range(5)  # fields of a review entry (a plain list, kept as a heap)
 
 
 class QuestionProvider(Protocol):
@@ -123,7 +132,7 @@ class Item:
 class CurriculumQueue:
     def __init__(self, provider: QuestionProvider, questions: int = 20_000, levels: int = 10, mastery: int = 3,
                  threshold: float = 0.025, max_epochs: int = 30, start_level: int = 1, seed: int = 0,
-                 hint_after: int | None = None, hint_from: float | None = None):
+                 hint_after: int | None = None, hint_from: float | None = None, review_gap: int = 256):
         if not 1 <= start_level <= levels:
             raise ConfigError(f"curriculum.start_level = {start_level} is out of range; allowed is 1 to "
                               f"curriculum.levels = {levels}.")
@@ -134,6 +143,11 @@ class CurriculumQueue:
         assert self.hint_after >= 1 and 0.0 <= self.hint_from <= 1.0
         self.questions, self.levels, self.mastery = questions, levels, mastery
         self.threshold, self.max_epochs, self.seed = threshold, max_epochs, seed
+        assert review_gap >= 1
+        self.review_gap = review_gap
+        self.served = 0  # questions served so far, queue and review: the clock of the review gaps
+        self.reviews: list[list[int]] = []  # mastered questions, a heap by the served count they are due at
+        self.reviewing: dict[int, list[int]] = {}  # id -> review entry, for reviews served and not yet graded
         self.events: list[dict] = []
         self._problems: dict[int, Problem] = {}  # id -> problem, a cache: rebuilt on demand after a resume
         self.next_id = 0
@@ -144,7 +158,7 @@ class CurriculumQueue:
     def from_config(cls, cfg: CurriculumConfig, provider: QuestionProvider, seed: int = 0) -> CurriculumQueue:
         return cls(provider, questions=cfg.questions, levels=cfg.levels, mastery=cfg.mastery,
                    threshold=cfg.threshold, max_epochs=cfg.max_epochs, start_level=cfg.start_level,
-                   hint_after=cfg.hint_after, hint_from=cfg.hint_from, seed=seed)
+                   hint_after=cfg.hint_after, hint_from=cfg.hint_from, review_gap=cfg.review_gap, seed=seed)
 
     # ------------------------------------------------------------------------- levels and epochs
 
@@ -176,6 +190,11 @@ class CurriculumQueue:
         else:
             self._shuffle()
 
+    def end_level(self, reason: str) -> None:
+        """End the current level now (the caller's judgement, e.g. held-out figures), as the queue ends it."""
+        assert not self.done, "the queue is done"
+        self._end_level(reason)
+
     def _end_level(self, reason: str) -> None:
         self._emit("level_end", reason=reason, epochs=self.epoch)
         if self.level >= self.levels:
@@ -198,7 +217,38 @@ class CurriculumQueue:
             self.cursor += 1
             if entry is not None:
                 items.append(self._item(entry))
+        self.served += len(items)
         return items
+
+    def due_reviews(self, n: int) -> list[Item]:
+        """Up to `n` mastered questions whose review is due, the longest overdue first; graded like the queue's."""
+        items: list[Item] = []
+        while len(items) < n and self.reviews and self.reviews[0][DUE] <= self.served and not self.done:
+            review = heapq.heappop(self.reviews)
+            problem = self.provider.question(review[R_LEVEL], review[R_INDEX], review[R_VARIANT])
+            self.reviewing[self.next_id] = review
+            items.append(Item(id=self.next_id, level=review[R_LEVEL], index=review[R_INDEX],
+                              variant=review[R_VARIANT], hint=0, streak=self.mastery, problem=problem,
+                              sample=self.provider.encode(problem, 0)))
+            self.next_id += 1
+        self.served += len(items)
+        return items
+
+    def _reviewed(self, review: list[int], ok: bool) -> bool:
+        """A graded review: passed, its gap doubles; failed, back into the queue when it is of this level
+        (True), else due again after one gap."""
+        if not ok and review[R_LEVEL] == self.level:
+            entry = [self.next_id, review[R_INDEX], review[R_VARIANT], 0, 0, 0, 1]
+            self.entries.append(entry)
+            self.order.append(len(self.entries) - 1)  # asked again within this pass
+            self.slot_of[entry[ID]] = len(self.entries) - 1
+            self.next_id += 1
+            self.remaining += 1
+            return True
+        review[BOX] = review[BOX] + 1 if ok else 0
+        review[DUE] = self.served + self.review_gap * 2 ** min(review[BOX], 20)
+        heapq.heappush(self.reviews, review)
+        return False
 
     def _problem(self, entry: list[int]) -> Problem:
         if entry[ID] not in self._problems:
@@ -215,7 +265,12 @@ class CurriculumQueue:
         from a level that has ended) are counted as stale and change nothing."""
         assert len(item_ids) == len(correct), "one grade per item"
         mastered, variants, hinted, retried, stale = [], [], [], [], 0
+        reviewed = forgotten = 0
         for item_id, ok in zip(item_ids, correct):
+            if item_id in self.reviewing:
+                reviewed += 1
+                forgotten += self._reviewed(self.reviewing.pop(item_id), bool(ok))
+                continue
             slot = self.slot_of.pop(item_id, None)
             if slot is None:
                 stale += 1
@@ -231,6 +286,8 @@ class CurriculumQueue:
                     self.entries[slot] = None
                     self.remaining -= 1
                     mastered.append(item_id)
+                    heapq.heappush(self.reviews, [self.served + self.review_gap, self.level, entry[INDEX],
+                                                  entry[VARIANT], 0])
                     continue
                 entry[VARIANT] += 1
                 entry[HINT] = max(0, entry[HINT] - 1)
@@ -250,7 +307,8 @@ class CurriculumQueue:
             if not ok:
                 self._problems[entry[ID]] = problem  # same question, only the hint changed
         self._emit("report", correct=sum(map(bool, correct)), total=len(correct), mastered=mastered,
-                   variants=variants, hinted=hinted, retried=retried, stale=stale)
+                   variants=variants, hinted=hinted, retried=retried, stale=stale, reviewed=reviewed,
+                   forgotten=forgotten)
         if self.remaining == 0 or self.remaining < self.threshold * self.size:
             self._end_level("threshold")
 
@@ -284,16 +342,18 @@ class CurriculumQueue:
             "version": STATE_VERSION,
             "settings": {"questions": self.questions, "levels": self.levels, "mastery": self.mastery,
                          "threshold": self.threshold, "max_epochs": self.max_epochs, "seed": self.seed,
-                         "hint_after": self.hint_after, "hint_from": self.hint_from},
+                         "hint_after": self.hint_after, "hint_from": self.hint_from, "review_gap": self.review_gap},
             "level": self.level, "epoch": self.epoch, "size": self.size, "remaining": self.remaining,
             "done": self.done, "next_id": self.next_id, "cursor": self.cursor,
             "order": list(self.order), "entries": [None if e is None else list(e) for e in self.entries],
+            "served": self.served, "reviews": [list(r) for r in self.reviews],
+            "reviewing": {str(k): list(v) for k, v in self.reviewing.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; its settings (sizes, mastery, threshold...) win over the constructor's."""
         version = state.get("version")
-        assert version in (1, STATE_VERSION), f"curriculum state version {version}"
+        assert version in (1, 2, STATE_VERSION), f"curriculum state version {version}"
         settings = state["settings"]
         # version 1 hinted at the first wrong answer and kept no count of misses
         self.hint_after, self.hint_from = settings.get("hint_after", 1), settings.get("hint_from", 0.0)
@@ -304,6 +364,10 @@ class CurriculumQueue:
         self.cursor, self.order = state["cursor"], list(state["order"])
         self.entries = [None if e is None else list(e) + [0] * (MISSES + 1 - len(e)) for e in state["entries"]]
         self.slot_of = {e[ID]: slot for slot, e in enumerate(self.entries) if e is not None}
+        # versions 1 and 2 had no review: mastered questions had left for good
+        self.review_gap = settings.get("review_gap", self.review_gap)
+        self.served, self.reviews = state.get("served", 0), [list(r) for r in state.get("reviews", [])]
+        self.reviewing = {int(k): list(v) for k, v in state.get("reviewing", {}).items()}
         self._problems.clear()
         self.events = []
 
@@ -316,16 +380,20 @@ class CurriculumFeed:
     the questions its slots were holding, exactly as the interrupted run would have.
     """
 
-    def __init__(self, queue: CurriculumQueue, provider: QuestionProvider, batch_size: int):
+    def __init__(self, queue: CurriculumQueue, provider: QuestionProvider, batch_size: int,
+                 review_share: float = 0.0):
         self.queue, self.provider = queue, provider
         self.slots: list[Item | None] = [None] * batch_size
         self.passed = self.failed = 0  # answers graded in the current level
         self.reviews = 0  # review questions served so far: their position in the level's question set
+        self.review_share = review_share
+        self.review_credit = 0.0  # slots owed to spaced review: review_share of every refill, carried over
 
     @classmethod
     def from_config(cls, task: TaskConfig, curriculum: CurriculumConfig, batch_size: int) -> CurriculumFeed:
         provider = ProgrammaticProvider.from_config(task, curriculum)
-        return cls(CurriculumQueue.from_config(curriculum, provider, seed=task.seed), provider, batch_size)
+        return cls(CurriculumQueue.from_config(curriculum, provider, seed=task.seed), provider, batch_size,
+                   review_share=curriculum.review_share)
 
     @property
     def done(self) -> bool:
@@ -334,10 +402,13 @@ class CurriculumFeed:
     def fill(self, need: list[bool]) -> dict[int, Sample]:
         """New questions for the slots in `need`: {slot: sample}. Once the queue is done, none."""
         slots = [i for i, n in enumerate(need) if n]
+        self.review_credit += self.review_share * len(slots)
+        items = self.queue.due_reviews(int(self.review_credit))
+        self.review_credit -= int(self.review_credit)  # owed slots with nothing due go to the queue
         # Near the end of a level fewer questions remain than slots; serving the last few again
         # and again overfits them and undoes the level, so the other slots review the level's
         # whole question set (ungraded, no hints).
-        items = self.queue.next_batch(min(len(slots), max(1, self.queue.remaining)))
+        items += self.queue.next_batch(min(len(slots) - len(items), max(1, self.queue.remaining)))
         for slot in slots:
             self.slots[slot] = None
         samples = {}
@@ -388,12 +459,13 @@ class CurriculumFeed:
         slots = [None if it is None else [it.id, it.level, it.index, it.variant, it.hint, it.streak]
                  for it in self.slots]
         return {"queue": self.queue.state_dict(), "slots": slots, "passed": self.passed, "failed": self.failed,
-                "reviews": self.reviews}
+                "reviews": self.reviews, "review_credit": self.review_credit}
 
     def load_state_dict(self, state: dict) -> None:
         self.queue.load_state_dict(state["queue"])
         self.passed, self.failed = state["passed"], state["failed"]
         self.reviews = int(state.get("reviews", 0))
+        self.review_credit = float(state.get("review_credit", 0.0))
         self.slots = []
         for s in state["slots"]:
             if s is None:

@@ -33,6 +33,7 @@ from engine.distributed import World
 from engine.evaluate import count_right, held_out
 from engine.faults import Faults
 from engine.optim import build_optimizer
+from engine.outcome import OutcomeTargets
 from engine.precision import Precision
 from engine.protocol import EXIT_FAILED, EXIT_OK
 from engine.recorder import Recorder
@@ -86,9 +87,11 @@ class Trainer:
             observers.append(sleep.observe)
         # with the curriculum on, its question queue is the batch source instead of the task stream
         feed = CurriculumFeed.from_config(cfg.task, cfg.curriculum, B) if cfg.curriculum.enabled else None
+        outcome = (OutcomeTargets(self.task, cfg.train.outcome_samples, cfg.train.outcome_temperature,
+                                  self.generator) if cfg.train.outcome == "expert" else None)
         self.wake = self.stages["wake"] = WakeStage(self.model, self.optimizer, self.task, B, self.device,
                                                     self.generator, *parts, feed=feed, observers=observers,
-                                                    **shared)
+                                                    outcome=outcome, **shared)
         self.stages.update(pipeline_stages(cfg, self.model, self.optimizer, self.task, self.device, self.generator,
                                            *parts))  # the Phase-5 pipeline's stages, when the config has one
         self.schedule = build_schedule(cfg)

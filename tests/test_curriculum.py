@@ -292,3 +292,62 @@ def test_a_version_1_state_loads_and_keeps_hinting_at_the_first_miss(provider):
     assert item.hint == 0 < provider.max_hint(item.problem)
     resumed.report([item.id], [False])  # the old rule: the first miss earns a hint
     assert serve_until(resumed, 0).hint == 1
+
+
+# ----------------------------------------------------------------------------- spaced review
+
+
+def master(q, index, times):
+    """Answer question `index` right `times` times in a row (the rest wrong); the grade of its last answer."""
+    for _ in range(times):
+        item = serve_until(q, index)
+        q.report([item.id], [True])
+    return item
+
+
+def test_a_mastered_question_comes_back_for_review_and_its_gap_doubles_when_it_passes(provider):
+    q = queue(provider, questions=4, mastery=1, review_gap=10)
+    item = master(q, 2, 1)
+    assert q.remaining == 3 and q.due_reviews(5) == []  # not due yet
+    q.next_batch(10)  # ten more questions served: due now
+    (review,) = q.due_reviews(5)
+    assert (review.level, review.index, review.variant, review.hint) == (1, 2, item.variant, 0)
+    assert review.problem == item.problem
+    q.report([review.id], [True])
+    q.next_batch(10)
+    assert q.due_reviews(5) == []  # passed: the next gap is 20
+    q.next_batch(10)
+    assert len(q.due_reviews(5)) == 1
+
+
+def test_a_failed_review_of_this_level_puts_the_question_back_in_the_queue(provider):
+    q = queue(provider, questions=4, mastery=1, review_gap=1)
+    item = master(q, 2, 1)
+    q.next_batch(1)
+    (review,) = q.due_reviews(1)
+    q.report([review.id], [False])
+    assert q.remaining == 4 and q.drain_events()[-1]["forgotten"] == 1
+    back = serve_until(q, 2)
+    assert back.problem == item.problem and back.streak == 0
+
+
+def test_reviews_take_their_share_of_the_slots_and_resume_exactly(provider):
+    from engine.curriculum import CurriculumFeed
+    q = queue(provider, questions=40, mastery=1, review_gap=1)
+    feed = CurriculumFeed(q, provider, batch_size=8, review_share=0.5)
+    first = feed.fill([True] * 8)
+    feed.grade([True] * 8, [list(s.labels) for s in first.values()])  # the labels: every answer right
+    assert q.remaining == 32
+    second = feed.fill([True] * 8)
+    assert not any(item.id in q.reviewing for item in feed.slots)  # due one question after mastery: not yet
+    feed.grade([True] * 8, [[0] * len(s.labels) for s in second.values()])
+    second = feed.fill([True] * 8)
+    assert sum(item.id in q.reviewing for item in feed.slots) == 4
+    state = json.loads(json.dumps(feed.state_dict()))
+    again = CurriculumFeed(queue(provider, questions=40, mastery=1, review_gap=1), provider, 8, review_share=0.5)
+    again.load_state_dict(state)
+    wrong = [[0] * len(s.labels) for s in second.values()]
+    feed.grade([True] * 8, wrong)
+    again.grade([True] * 8, wrong)
+    assert feed.state_dict() == again.state_dict() and q.remaining == 36  # four forgotten, back in the queue
+    assert [s.inputs for s in feed.fill([True] * 8).values()] == [s.inputs for s in again.fill([True] * 8).values()]

@@ -228,3 +228,31 @@ def test_the_checkable_prompt_baked_is_followed_without_it_and_leaves_the_run_mo
     assert f["followed_cell_after"] > f["followed_cell_before"] + 0.05 and f["kl_after"] < f["kl_before"]
     a, b = plain.model.state_dict(), baked.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # baked into a copy, dropped: the run's weights never moved
+
+
+@pytest.mark.parametrize("held_out", [1.0, 0.0])
+def test_a_level_ends_on_its_held_out_figures_not_on_its_training_answers(tmp_path, monkeypatch, held_out):
+    """With curriculum.advance_exact set, the level ends at the first check its held-out questions pass."""
+    from engine.stages.levels import LevelPlan
+    cfg = config(levels=2, max_steps=20, stages=["curriculum"])
+    cfg.curriculum.advance_exact, cfg.curriculum.check_every, cfg.curriculum.max_epochs = 0.5, 3, 1000
+    checked = []
+    monkeypatch.setattr(LevelPlan, "check_exact", lambda self, model, level: checked.append(level) or held_out)
+    trainer, events = run(tmp_path / "run", cfg)
+    ended = trainer.stages["curriculum"].feed.queue.ended
+    if held_out:
+        assert trainer.step == 6 and checked == [1, 2] and trainer.stages["curriculum"].feed.queue.done
+        assert [e["reason"] for e in ended.values()] == ["held-out", "held-out"]
+        assert trainer.stages["curriculum"].reports["1"]["ended_on_held_out"] == 1.0
+    else:
+        assert trainer.step == 20 and checked == [1] * 6 and not ended  # never passed: level 1 to the step cap
+
+
+def test_the_held_out_checks_are_distinct_from_the_reported_probe():
+    from engine.stages.levels import LevelPlan
+    from engine.tasks.levels import LevelTask
+    cfg = config()
+    cfg.curriculum.check_size = 30
+    plan = LevelPlan(cfg.pipeline, cfg.curriculum, LevelTask(2), torch.device("cpu"))
+    probe, checks = {p.prompt for p in plan.held_out(2)}, {p.prompt for p in plan.checks(2)}
+    assert len(probe) == cfg.pipeline.probe_size and len(checks) == 30 and not probe & checks

@@ -63,6 +63,16 @@ class LevelPlan:
             self._held_out[level] = self.at(level).distinct_problems("test", self.cfg.probe_size)
         return self._held_out[level]
 
+    def checks(self, level: int) -> list[Problem]:
+        """The held-out questions a level's advancement is judged on: the `curriculum.check_size` distinct ones
+        after the probe's, so the figures reported after a level were not what ended it (fewer where the
+        level's test split holds fewer)."""
+        key = -level  # beside the probes, in the same cache
+        if key not in self._held_out:
+            n = self.cfg.probe_size + self.curriculum.check_size
+            self._held_out[key] = self.at(level).distinct_problems("test", n)[self.cfg.probe_size:]
+        return self._held_out[key]
+
     def stack(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = torch.tensor([s.inputs for s in samples], dtype=torch.long, device=self.device)
         labels = torch.tensor([s.labels for s in samples], dtype=torch.long, device=self.device)
@@ -74,6 +84,15 @@ class LevelPlan:
         samples = [task.encode(p) if prompt is None else task.prompted(p, prompt, effect)
                    for p in self.held_out(level)]
         return self.stack(samples)
+
+    def check_exact(self, model: TinyRecursiveModel, level: int) -> float:
+        """Exact on the level's advancement questions (`checks`); 0 when the level holds none beyond the probe."""
+        problems = self.checks(level)
+        if not problems:
+            return 0.0
+        inputs, labels = self.stack([self.at(level).encode(p) for p in problems])
+        logits, _ = self.logits(model, inputs)
+        return float(score(logits.argmax(-1), labels)[0].float().mean())
 
     @torch.no_grad()
     def logits(self, model: TinyRecursiveModel, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +162,7 @@ class LevelFeed:
         self.plan = plan
         provider = LevelProvider(plan)
         queue = LevelQueue.from_config(plan.curriculum, provider, seed=plan.task.seed)
-        self.inner = CurriculumFeed(queue, provider, batch_size)
+        self.inner = CurriculumFeed(queue, provider, batch_size, review_share=plan.curriculum.review_share)
         self.level = queue.level  # the level this stage trains; the queue moves on as soon as it ends
         self.drawn = 0  # refills decided so far: refill n draws from stable_rng(seed, "practice", n)
         plan.feed = self
@@ -231,6 +250,7 @@ class CurriculumStage(WakeStage):
                          feed=LevelFeed(plan, batch_size))
         self.plan, self.batch_size = plan, batch_size
         self.timed = Timed()
+        self.checked = -1.0  # the level's last advancement check (held-out exact); -1 before the first
         self.reports: dict[str, dict] = {}  # str(level) -> the level's figures
 
     def begin(self, step: int) -> None:
@@ -238,12 +258,14 @@ class CurriculumStage(WakeStage):
         self.feed.next_level()
         self.carry = self.model.initial_carry(self.batch_size, self.device)  # the slots held the last level
         self.timed = Timed()
+        self.checked = -1.0
         self.timed.add(t0)
 
     def step(self, step: int) -> StepResult:
         t0 = time.perf_counter()
         result = super().step(step)
         self.timed.add(t0, step=True)
+        self.judge()
         if self.done():  # the level ended with this step: its figures go out now (the run may end here)
             result.events.append(level_event(self.report()))
         return result
@@ -251,21 +273,34 @@ class CurriculumStage(WakeStage):
     def end(self, step: int) -> list[tuple[str, dict]]:
         return []
 
+    def judge(self) -> None:
+        """Advancement on held-out figures: every `check_every` steps of the level, end it once its check
+        questions reach `advance_exact` (answers to the queue's own questions can be learned by heart)."""
+        cfg = self.plan.curriculum
+        if cfg.advance_exact <= 0 or self.done() or self.timed.steps % cfg.check_every:
+            return
+        exact = self.plan.check_exact(self.model, self.feed.level)
+        self.checked = exact
+        if exact >= cfg.advance_exact:
+            self.feed.queue.end_level("held-out")
+
     def report(self) -> dict[str, float]:
         level = self.feed.level
         exact, cell = self.plan.exact(self.model, level)
         ended = self.feed.queue.ended.get(str(level), {})
         figures = {"level": level, "eval_exact": exact, "eval_cell": cell, **self.timed.figures(),
                    "questions": ended.get("size", self.feed.queue.size),
-                   "questions_left": ended.get("left", self.feed.queue.remaining), "epochs": ended.get("epochs", 0)}
+                   "questions_left": ended.get("left", self.feed.queue.remaining), "epochs": ended.get("epochs", 0),
+                   "check_exact": self.checked, "ended_on_held_out": float(ended.get("reason") == "held-out")}
         self.reports[str(level)] = figures
         return figures
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "timed": self.timed.state_dict(),
+        return {**super().state_dict(), "timed": self.timed.state_dict(), "checked": self.checked,
                 "reports": {k: dict(v) for k, v in self.reports.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.timed.load_state_dict(state["timed"])
+        self.checked = float(state.get("checked", -1.0))
         self.reports = {k: dict(v) for k, v in state["reports"].items()}

@@ -23,6 +23,7 @@ from engine.faults import Faults
 from engine.model.titans import start_stats, take_stats, utilisation
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.optim import MuGrokfast
+from engine.outcome import OutcomeTargets
 from engine.precision import Precision
 from engine.stages import StepResult
 from engine.tasks.base import Task, batch
@@ -37,10 +38,12 @@ class WakeStage:
     def __init__(self, model: TinyRecursiveModel, optimizer: MuGrokfast, task: Task, batch_size: int,
                  device: torch.device, generator: torch.Generator, micro: MicroBatches, precision: Precision,
                  faults: Faults, on_back_off: Callable[[BackOff], None], feed: CurriculumFeed | None = None,
-                 observers: list[Observer] = (), world: World | None = None, forward: torch.nn.Module | None = None):
+                 observers: list[Observer] = (), world: World | None = None, forward: torch.nn.Module | None = None,
+                 outcome: OutcomeTargets | None = None):
         self.model, self.optimizer, self.task, self.device = model, optimizer, task, device
         self.generator, self.micro, self.precision, self.faults = generator, micro, precision, faults
         self.on_back_off, self.feed, self.observers = on_back_off, feed, list(observers)
+        self.outcome = outcome  # tool use learning from the sandbox's outcome, or None (cross-entropy alone)
         self.world = world or World()
         self.forward = forward or ModelCall(model)  # DistributedDataParallel around it under several processes
         self.batch_size = batch_size  # the global batch
@@ -76,6 +79,8 @@ class WakeStage:
         self.data_index += int(self.halted.sum())
         if idx:
             new_in, new_lab = batch(self.task, "train", idx)
+            if self.outcome is not None:  # the model's own passing programs replace the reference ones
+                new_lab = self.outcome.relabel(self.model, new_in.to(self.device), new_lab, idx)
             need = need.to(self.device)
             inputs[need] = new_in.to(self.device)
             labels[need] = new_lab.to(self.device)
@@ -103,6 +108,8 @@ class WakeStage:
             if change is not None:
                 events.append(("curriculum", change))
             metrics.update(self.feed.metrics())
+        if self.outcome is not None:
+            metrics.update(self.outcome.metrics())
         if self.micro.chunks > 1:
             metrics["micro_batches"] = float(self.micro.chunks)
         metrics["step_time"] = time.perf_counter() - t0
@@ -178,6 +185,8 @@ class WakeStage:
         state = {"carry": self.global_carry().to_state(), "data_index": self.data_index}
         if self.feed is not None:
             state["curriculum"] = self.feed.state_dict()
+        if self.outcome is not None:
+            state["outcome"] = self.outcome.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -188,3 +197,5 @@ class WakeStage:
         self.data_index = int(state["data_index"])
         if self.feed is not None and "curriculum" in state:
             self.feed.load_state_dict(state["curriculum"])
+        if self.outcome is not None and "outcome" in state:
+            self.outcome.load_state_dict(state["outcome"])
