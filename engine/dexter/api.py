@@ -8,12 +8,13 @@
     ReasoningTRM.from_checkpoint(...).plan("build a website for Harbor") / .next_step(goal, completed)
     every model: reset_carry()
 
-The carry (`use_carry=True`, the default) is what persists between calls, until reset_carry(): the
-conversation's earlier queries (memory; a follow-up is read with them as its context, as the model was
-trained on multi-turn samples), the last error met on each task (tool), the steps done towards each goal
-(reasoning). Each call runs the model's full recursion (N_sup supervision steps) from the initial latents:
-carrying z_H, z_L into a *different* input is not what the engine's wake stage trains (a slot restarts when
-its input changes), so the API does not feed them forward.
+The carry (`use_carry=True`, the default) is what persists between calls, until reset_carry(). A memory model
+trained with task.carry_turns (the preset) carries its latents z_H, z_L: each call starts from where the last
+one ended, as the wake stage trained a conversation's follow-up turn to continue its slot, so "tell me more" is
+read in the state the earlier turns left. A memory model trained without it carries the conversation's earlier
+queries as text context instead. The tool model carries the last error met on each task, the reasoning model the
+steps done towards each goal; both start every call from the initial latents, as they were trained.
+A call runs up to N_sup supervision steps and stops early once the halting head is confident (`halt_early`).
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ class DexterAPIError(ValueError):
 class DexterModel:
     kind = ""
 
-    def __init__(self, model, layout: Layout, use_carry: bool = True):
+    def __init__(self, model, layout: Layout, use_carry: bool = True, carry_latents: bool = False,
+                 halt_early: bool = True):
         self.model, self.layout, self.vocab, self.use_carry = model.eval(), layout, layout.vocab, use_carry
+        # latents go forward only into a model trained to read them (task.carry_turns); others restart each call
+        self.carry_latents = carry_latents and use_carry
+        self.halt_early = halt_early
+        self.last_steps = 0  # supervision steps the last call took
         self.reset_carry()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, use_carry: bool = True, use_ema: bool = True):
+    def from_checkpoint(cls, path: str | Path, use_carry: bool = True, use_ema: bool = True, halt_early: bool = True):
         """A model from a folder `lab dexter train` kept (model.safetensors, config.toml, tokenizer.json,
         dataset.json), that folder's model.safetensors, or a run folder (its newest checkpoint that verifies)."""
         path = Path(path)
@@ -86,20 +92,25 @@ class DexterModel:
         except RuntimeError:
             raise DexterAPIError(f"{path}: the weights do not fit the model its config.toml describes (a vocabulary "
                                  "or size that changed?); retrain or copy the matching files.") from None
-        return cls(model, layout, use_carry)
+        return cls(model, layout, use_carry, carry_latents=cfg.task.carry_turns, halt_early=halt_early)
 
     def reset_carry(self) -> None:
         """Forget the conversation: start the next call as if it were the first."""
+        self.latents: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _answer(self, text: str, answer_kind: str) -> tuple[list[int], torch.Tensor, int]:
-        """(answer tokens after the kind token, probabilities (S, V), answer start) for one input text."""
+        """(answer tokens after the kind token, probabilities (S, V), answer start) for one input text; a model
+        that carries latents starts from the last call's and keeps this call's."""
         try:
             inputs, start = self.layout.query(text, answer_kind)
         except ValueError as exc:
             raise DexterAPIError(str(exc)) from None
         x = torch.tensor([inputs], dtype=torch.long, device=self.model.H_init.device)
-        logits, _ = self.model.predict_logits(x)
+        logits, _, (z_H, z_L, self.last_steps) = self.model.recur(
+            x, self.latents, halt_early=self.halt_early, memory=self.model.initial_memory(1))
+        if self.carry_latents:
+            self.latents = (z_H, z_L)
         probs = logits[0].float().softmax(-1)  # (S, V)
         preds = probs.argmax(-1).tolist()
         preds[start] = self.vocab.id(answer_kind)
@@ -124,7 +135,8 @@ class MemoryTRM(DexterModel):
         reads the query in the context of the conversation's earlier queries."""
         if not isinstance(query, str) or not query.strip():
             raise DexterAPIError("retrieve() needs a query: a non-empty string.")
-        used = context if context is not None else " | ".join(self.turns[-CONTEXT_TURNS:]) if self.use_carry else ""
+        text_carry = self.use_carry and not self.carry_latents  # else the conversation rides in the latents
+        used = context if context is not None else " | ".join(self.turns[-CONTEXT_TURNS:]) if text_carry else ""
         answer, probs, start = self._answer(memory_query(" ".join(query.split()), used), "<MEM_FACT>")
         if self.use_carry:
             self.turns.append(" ".join(query.split()))
