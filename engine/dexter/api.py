@@ -19,7 +19,9 @@ A call runs up to N_sup supervision steps and stops early once the halting head 
 
 from __future__ import annotations
 
+import copy
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -28,8 +30,11 @@ from engine import checkpoint, config
 from engine.build import build_model
 from engine.dexter.dataset import CONTEXT_TURNS, complexity, memory_query, reasoning_query, tool_query
 from engine.dexter.task import Layout
+from engine.model.bitlinear import BitLinear, TernaryFileError, TernaryLinear, convert_to_bitnet, export_ternary, \
+    load_ternary
 
 WEIGHTS = "model.safetensors"
+TERNARY = "model-ternary.safetensors"  # export_ternary's file in a kept folder
 
 
 class DexterAPIError(ValueError):
@@ -43,28 +48,26 @@ class DexterModel:
                  halt_early: bool = True):
         self.model, self.layout, self.vocab, self.use_carry = model.eval(), layout, layout.vocab, use_carry
         # latents go forward only into a model trained to read them (task.carry_turns); others restart each call
-        self.carry_latents = carry_latents and use_carry
+        self.trained_carry, self.carry_latents = carry_latents, carry_latents and use_carry
         self.halt_early = halt_early
         self.last_steps = 0  # supervision steps the last call took
         self.reset_carry()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, use_carry: bool = True, use_ema: bool = True, halt_early: bool = True):
+    def from_checkpoint(cls, path: str | Path, use_carry: bool = True, use_ema: bool = True, halt_early: bool = True,
+                        ternary: bool = False):
         """A model from a folder `lab dexter train` kept (model.safetensors, config.toml, tokenizer.json,
-        dataset.json), that folder's model.safetensors, or a run folder (its newest checkpoint that verifies)."""
+        dataset.json), that folder's model.safetensors, or a run folder (its newest checkpoint that verifies).
+        `ternary`: the folder's ternary export (model-ternary.safetensors, see export_ternary) instead."""
         path = Path(path)
         folder = path.parent if path.name == WEIGHTS else path
         if not (folder / "config.toml").is_file():
             raise DexterAPIError(f"{path} is neither a folder `lab dexter train` kept nor a run folder (it has no "
                                  "config.toml).")
         kept = (folder / WEIGHTS).is_file()
-        try:
-            cfg = config.load(folder / "config.toml", [f"task.path={folder}"] if kept else None)
-        except config.ConfigError as exc:
-            raise DexterAPIError(str(exc)) from None
-        if cfg.task.name != f"dexter-{cls.kind}":
-            raise DexterAPIError(f"{path} holds a model trained on task {cfg.task.name!r}, not the Dexter {cls.kind} "
-                                 f"model; load it with the class for its task.")
+        cfg = cls._config(path, folder, kept)
+        if ternary:
+            return cls._from_ternary(cfg, folder, use_carry, halt_early)
         if kept:
             from safetensors import SafetensorError
             from safetensors.torch import load_file
@@ -80,11 +83,7 @@ class DexterModel:
                 why = f" ({warnings[0]})" if warnings else ""
                 raise DexterAPIError(f"run {folder.name} has no usable checkpoint{why}; train it first.")
             tensors = ckpt.tensors
-        try:
-            layout = Layout(cls.kind, cfg.task.path)
-        except ValueError as exc:
-            raise DexterAPIError(str(exc)) from None
-        model = build_model(cfg, layout)
+        layout, model = cls._build(cfg)
         prefix = "ema." if use_ema else "model."
         weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
@@ -93,6 +92,59 @@ class DexterModel:
             raise DexterAPIError(f"{path}: the weights do not fit the model its config.toml describes (a vocabulary "
                                  "or size that changed?); retrain or copy the matching files.") from None
         return cls(model, layout, use_carry, carry_latents=cfg.task.carry_turns, halt_early=halt_early)
+
+    @classmethod
+    def _config(cls, path: Path, folder: Path, kept: bool) -> config.RunConfig:
+        try:
+            cfg = config.load(folder / "config.toml", [f"task.path={folder}"] if kept else None)
+        except config.ConfigError as exc:
+            raise DexterAPIError(str(exc)) from None
+        if cfg.task.name != f"dexter-{cls.kind}":
+            raise DexterAPIError(f"{path} holds a model trained on task {cfg.task.name!r}, not the Dexter {cls.kind} "
+                                 f"model; load it with the class for its task.")
+        return cfg
+
+    @classmethod
+    def _build(cls, cfg: config.RunConfig):
+        try:
+            layout = Layout(cls.kind, cfg.task.path)
+        except ValueError as exc:
+            raise DexterAPIError(str(exc)) from None
+        return layout, build_model(cfg, layout)
+
+    @classmethod
+    def _from_ternary(cls, cfg: config.RunConfig, folder: Path, use_carry: bool, halt_early: bool):
+        from safetensors import SafetensorError
+
+        file = folder / TERNARY
+        if not file.is_file():
+            raise DexterAPIError(f"{folder} has no {TERNARY}; write one with `lab dexter export {folder}`.")
+        layout, model = cls._build(cfg)
+        try:
+            load_ternary(model, file)
+        except (TernaryFileError, SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise DexterAPIError(f"{file} could not be loaded ({str(exc).rstrip('.')}); export it again.") from None
+        return cls(model, layout, use_carry, carry_latents=cfg.task.carry_turns, halt_early=halt_early)
+
+    def ternary(self) -> DexterModel:
+        """This model with every hidden linear ternary, b1.58 of its trained weights (the embedding and the heads
+        stay float32): what export_ternary writes and from_checkpoint(..., ternary=True) loads back."""
+        model = copy.deepcopy(self.model)
+        if not any(isinstance(m, (BitLinear, TernaryLinear)) for m in model.modules()):
+            convert_to_bitnet(model)
+        return type(self)(model, self.layout, self.use_carry, self.trained_carry, self.halt_early)
+
+    def export_ternary(self, path: str | Path) -> dict[str, int]:
+        """Write the ternary model's weights, packed 2 bits a weight, as one safetensors file (whole or not at all).
+        Returns the byte counts of the packed weights and of the file."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            sizes = export_ternary(self.ternary().model, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise DexterAPIError(f"{path} could not be written ({exc.strerror or exc}).") from None
+        return {**sizes, "file_bytes": path.stat().st_size}
 
     def reset_carry(self) -> None:
         """Forget the conversation: start the next call as if it were the first."""
@@ -217,3 +269,24 @@ class ReasoningTRM(DexterModel):
             raise DexterAPIError("a goal must be a non-empty string.")
         return " ".join(goal.split())
 
+
+
+MODELS = {cls.kind: cls for cls in (MemoryTRM, ToolTRM, ReasoningTRM)}
+
+
+def open_model(path: str | Path, **options) -> DexterModel:
+    """The Dexter model in `path` (as from_checkpoint takes it), whichever of the three its config.toml names."""
+    import tomllib
+
+    path = Path(path)
+    folder = path.parent if path.name == WEIGHTS else path
+    try:
+        name = tomllib.loads((folder / "config.toml").read_text(encoding="utf-8"))["task"]["name"]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        raise DexterAPIError(f"{path} is not a folder `lab dexter train` kept nor a run folder (no readable "
+                             "config.toml naming its task).") from None
+    cls = MODELS.get(str(name).removeprefix("dexter-")) if str(name).startswith("dexter-") else None
+    if cls is None:
+        raise DexterAPIError(f"{path} holds a model of task {name!r}, not a Dexter model (dexter-memory, dexter-tool "
+                             "or dexter-reasoning).")
+    return cls.from_checkpoint(path, **options)
