@@ -58,7 +58,7 @@ def test_the_wake_stage_keeps_a_slots_latents_into_its_conversations_next_turn(b
     trainer = Trainer(tmp_path / "run", cfg, output="quiet")
     wake, task = trainer.wake, trainer.task
     seen_follow_up = False
-    for step in range(1, 13):
+    for step in range(1, 9):
         before = wake.carry
         halted, turn = wake.halted.clone(), wake.turn.clone()
         inputs, _ = wake.next_data()
@@ -100,3 +100,41 @@ def test_the_api_carries_latents_only_for_a_model_trained_to_read_them(built):
     assert reset.retrieve("tell me more")["context"] == "tell me more"  # text carry: the earlier query
     carried.reset_carry()
     assert carried.latents is None and carried.retrieve("tell me more") == alone
+
+
+def test_a_text_probe_answers_and_shows_the_carry_moving(built, tmp_path):
+    from engine.probe import probe
+
+    cfg = config.from_dict({"task": {"name": "dexter-memory", "path": str(built), "carry_turns": True}},
+                           overrides=TINY)
+    trainer = Trainer(tmp_path / "run", cfg, output="quiet")
+    model, task, cpu = trainer.ema, trainer.task, torch.device("cpu")
+    ok, error, first = probe(model, task, cpu, {"input": "what website projects do I have?", "reset": True})
+    assert ok and error is None and first["answer"].startswith("<MEM_FACT>") and not first["carried"]
+    assert first["z_H_change"] > 0 and first["steps"] == 2
+    ok, _, follow = probe(model, task, cpu, {"input": "tell me more"})
+    assert ok and follow["carried"]  # the follow-up starts from the first probe's latents
+    ok, _, alone = probe(model, task, cpu, {"input": "tell me more", "reset": True})
+    assert ok and not alone["carried"] and alone["z_H_change"] != follow["z_H_change"]
+    for bad in ("", "x " * 400, 7):
+        ok, error, _ = probe(model, task, cpu, {"input": bad})
+        assert not ok and error.endswith(".") and "\n" not in error
+
+
+def test_lab_ctl_probe_sends_text_and_refuses_bad_use_with_exit_2(tmp_path, capsys):
+    from lab import cli
+    from tests.fake_engine import FakeEngine
+
+    fake = FakeEngine(tmp_path / "fake-run")
+    (fake.run_dir / "config.toml").write_text("")  # what makes a folder a run for `lab ctl`
+    fake.start()
+    try:
+        rd = ["--runs-dir", str(tmp_path)]
+        assert cli.main(["ctl", "fake-run", "probe", "tell me more", "--reset", *rd]) == 0
+        assert "z_H_change" in capsys.readouterr().out and fake.commands[-1].args == {"input": "tell me more",
+                                                                                 "reset": True}
+        for argv in (["probe"], ["status", "some text"]):
+            assert cli.main(["ctl", "fake-run", *argv, *rd]) == 2
+            assert capsys.readouterr().err.count("\n") == 1
+    finally:
+        fake.stop()

@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from engine.dexter.dataset import FORMAT, KINDS, META, TOKENIZER, memory_query
+from engine.dexter.dataset import FORMAT, KINDS, META, TOKENIZER, memory_query, reasoning_query, tool_query
 from engine.dexter.vocab import BLANK, EOS, PAD, Vocabulary, VocabularyError
 from engine.tasks.base import Sample
 from engine.tasks.tokenizer import check_split, stable_int
@@ -27,6 +27,7 @@ DESCRIPTIONS = {
     "tool": "dexter/tool: a task, the available tools and any previous error -> the tool; graded on the tool",
     "reasoning": "dexter/reasoning: a goal and what is done -> the plan or the next step; graded exactly",
 }
+PROBE_ANSWER = {"memory": "<MEM_FACT>", "tool": "<TOOL_RESULT>", "reasoning": "<REASON_PLAN>"}
 
 
 class Layout:
@@ -182,6 +183,25 @@ class DexterTask:
     def turn_sample(self, split: str, example: int) -> Sample:
         e = self.examples[split][example]
         return self.layout.encode(self.input_of(e), e["output"])
+
+    # ---- probes: a person's text in, the answer out (engine/probe.py) ----
+
+    def probe_input(self, text: str) -> list[int]:
+        """`text` as this model's input positions: a query (memory), a task with every known tool available
+        (tool), a goal to plan (reasoning); text that starts with one of the layout's markers is taken as it is.
+        Raises ValueError (one sentence) when it does not fit."""
+        if not text.startswith("<"):
+            text = {"memory": lambda: memory_query(text), "reasoning": lambda: reasoning_query(text),
+                    "tool": lambda: tool_query(text, self.vocab.tools)}[self.kind]()
+        kind = "<REASON_STEP>" if self.kind == "reasoning" and "state: done" in text else PROBE_ANSWER[self.kind]
+        try:
+            return self.layout.query(text, kind)[0]
+        except ValueError as exc:
+            raise ValueError(f"the probe {exc}") from None
+
+    def probe_answer(self, inputs: list[int], predicted: list[int]) -> str:
+        start = inputs.index(BLANK) - 1  # the answer's kind token, given, sits before the first blank
+        return self.vocab.decode([inputs[start]] + self.layout.answer(predicted, start)[1:])
 
     def render(self, sample: Sample) -> str:
         start = next(i for i, t in enumerate(sample.labels) if t != PAD)
