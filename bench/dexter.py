@@ -10,15 +10,21 @@ code path only). With --out it measures the models `lab dexter train` kept in OU
 through the Python API (engine/dexter/api.py) on the held-out examples, one run per model, so each accuracy
 carries a bootstrap interval over the items.
 
-- memory_recall_at_3: the share of an example's relevant facts among the first three retrieved, averaged.
+- memory_recall_at_3: the share of an example's relevant facts among the first three retrieved, averaged; a
+  conversation's turn is asked after its earlier turns, as a host would ask it.
 - followup_exact_stateful / _stateless: held-out follow-up turns ("tell me more", "who works on it?") answered
   with every relevant fact, by a carried model that was asked the conversation's earlier turns first, against one
-  whose carry was reset before the follow-up.
+  whose carry was reset before the follow-up; followup_stateful_minus_stateless is their paired difference. The
+  memory preset trains with task.carry_turns, so the follow-up's input is its query alone and what the carry holds
+  is the latents z_H, z_L (followup_carry says which carry the model has).
 - tool_top1 (all held-out calls); tool_top1_after_error (retries, given the previous error) against
   tool_top1_after_error_untold (the same retries without it).
 - reasoning_plan_exact, reasoning_step_exact: whole plans and next steps.
-- latency_ms_p50 / _p95: one query at a time on the CPU with one thread. size_mb: the float32 weights of the
-  model measured; size_mb_design: the same at the presets' sizes (configs/dexter-*.toml) on this vocabulary.
+- ternary: every figure again for the ternary form (hidden linears b1.58 of the trained weights, after training).
+- latency_ms_p50 / _p95: one query at a time on the CPU with one thread, stopping once the halting head is
+  confident (the API's default); _every_step: all N_sup steps; tokenize_ms_p50: the tokenizer's share.
+- size_mb: bytes on disk of the weights alone, float32 safetensors and the ternary export, per model; the
+  same at the presets' sizes (configs/dexter-*.toml) on this vocabulary in size_mb_design.
 """
 
 from __future__ import annotations
