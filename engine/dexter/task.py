@@ -146,11 +146,14 @@ class DexterTask:
     def problem(self, split: str, index: int) -> dict:
         """The example behind sample (split, index)."""
         check_split(split)
-        rows = self.examples[split]
+        return self._streamed(split, index, self.examples[split])
+
+    def _streamed(self, split: str, index: int, items: list):
+        """Item `index` of a split's stream: held out in file order, training in a fresh order every pass."""
         if split == "test":
-            return rows[index % len(rows)]
-        epoch, i = divmod(index, len(rows))
-        return rows[self._pass_order(epoch, len(rows))[i]]
+            return items[index % len(items)]
+        epoch, i = divmod(index, len(items))
+        return items[self._pass_order(epoch, len(items))[i]]
 
     def _pass_order(self, epoch: int, n: int) -> list[int]:
         if self._order is None or self._order[:2] != (epoch, n):
@@ -174,11 +177,7 @@ class DexterTask:
     def chain(self, split: str, index: int) -> list[int]:
         """Stream item `index` as example numbers in turn order (training: a fresh order of chains every pass)."""
         check_split(split)
-        chains = self.chains[split]
-        if split == "test":
-            return chains[index % len(chains)]
-        epoch, i = divmod(index, len(chains))
-        return chains[self._pass_order(epoch, len(chains))[i]]
+        return self._streamed(split, index, self.chains[split])
 
     def turn_sample(self, split: str, example: int) -> Sample:
         e = self.examples[split][example]
