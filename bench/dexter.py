@@ -10,15 +10,21 @@ code path only). With --out it measures the models `lab dexter train` kept in OU
 through the Python API (engine/dexter/api.py) on the held-out examples, one run per model, so each accuracy
 carries a bootstrap interval over the items.
 
-- memory_recall_at_3: the share of an example's relevant facts among the first three retrieved, averaged.
+- memory_recall_at_3: the share of an example's relevant facts among the first three retrieved, averaged; a
+  conversation's turn is asked after its earlier turns, as a host would ask it.
 - followup_exact_stateful / _stateless: held-out follow-up turns ("tell me more", "who works on it?") answered
   with every relevant fact, by a carried model that was asked the conversation's earlier turns first, against one
-  whose carry was reset before the follow-up.
+  whose carry was reset before the follow-up; followup_stateful_minus_stateless is their paired difference. The
+  memory preset trains with task.carry_turns, so the follow-up's input is its query alone and what the carry holds
+  is the latents z_H, z_L (followup_carry says which carry the model has).
 - tool_top1 (all held-out calls); tool_top1_after_error (retries, given the previous error) against
   tool_top1_after_error_untold (the same retries without it).
 - reasoning_plan_exact, reasoning_step_exact: whole plans and next steps.
-- latency_ms_p50 / _p95: one query at a time on the CPU with one thread. size_mb: the float32 weights of the
-  model measured; size_mb_design: the same at the presets' sizes (configs/dexter-*.toml) on this vocabulary.
+- ternary: every figure again for the ternary form (hidden linears b1.58 of the trained weights, after training).
+- latency_ms_p50 / _p95: one query at a time on the CPU with one thread, stopping once the halting head is
+  confident (the API's default); _every_step: all N_sup steps; tokenize_ms_p50: the tokenizer's share.
+- size_mb: bytes on disk of the weights alone, float32 safetensors and the ternary export, per model; the
+  same at the presets' sizes (configs/dexter-*.toml) on this vocabulary in size_mb_design.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import torch  # noqa: E402
 from bench.stats import over_items, shown  # noqa: E402
 from engine import config  # noqa: E402
 from engine.build import build_model  # noqa: E402
-from engine.dexter.api import MemoryTRM, ReasoningTRM, ToolTRM  # noqa: E402
+from engine.dexter.api import MODELS, MemoryTRM, ReasoningTRM, ToolTRM  # noqa: E402
 from engine.dexter.dataset import KINDS, build  # noqa: E402
 from engine.dexter.sample import write_sample  # noqa: E402
 from engine.dexter.task import Layout  # noqa: E402
@@ -60,31 +66,37 @@ def norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def memory_figures(path: Path, out: Path, limit: int) -> dict:
-    stateless = MemoryTRM.from_checkpoint(path, use_carry=False)
-    carried = MemoryTRM.from_checkpoint(path, use_carry=True)
+def asked_in_conversation(model: MemoryTRM, e: dict) -> set[str]:
+    """The memories `model` retrieves for held-out example `e`: a conversation's turn after its earlier turns were
+    asked (the carry, latents or text, holds them); any other example alone, with its own context."""
+    model.reset_carry()
+    if not e["followup"]:
+        return {norm(m) for m in model.retrieve(e["query"], context=e["context"] or None)["memories"]}
+    for turn in e["context"].split(" | "):
+        model.retrieve(turn)
+    return {norm(m) for m in model.retrieve(e["query"])["memories"]}
+
+
+def memory_figures(carried: MemoryTRM, out: Path, limit: int) -> dict:
     rows = held_out(out, "memory")[:limit]
     recall = []
     for e in rows:
-        got = {norm(m) for m in stateless.retrieve(e["query"], context=e["context"])["memories"]}
+        got = asked_in_conversation(carried, e)
         recall.append(sum(norm(f) in got for f in e["facts"]) / len(e["facts"]))
     follow = [e for e in held_out(out, "memory") if e["followup"]][:limit]
     kept, reset = [], []
     for e in follow:
-        carried.reset_carry()
-        for turn in e["context"].split(" | "):
-            carried.retrieve(turn)
-        got = {norm(m) for m in carried.retrieve(e["query"])["memories"]}
-        kept.append(all(norm(f) in got for f in e["facts"]))
+        kept.append(all(norm(f) in asked_in_conversation(carried, e) for f in e["facts"]))
         carried.reset_carry()
         got = {norm(m) for m in carried.retrieve(e["query"])["memories"]}
         reset.append(all(norm(f) in got for f in e["facts"]))
     return {"memory_recall_at_3": over_items(recall), "followup_exact_stateful": over_items(kept),
-            "followup_exact_stateless": over_items(reset)}
+            "followup_exact_stateless": over_items(reset),
+            "followup_stateful_minus_stateless": over_items([float(a) - float(b) for a, b in zip(kept, reset)]),
+            "followup_carry": "latents" if carried.carry_latents else "text of the earlier queries"}
 
 
-def tool_figures(path: Path, out: Path, limit: int) -> dict:
-    tool = ToolTRM.from_checkpoint(path, use_carry=False)
+def tool_figures(tool: ToolTRM, out: Path, limit: int) -> dict:
     rows = [e for e in held_out(out, "tool") if e["output"].startswith("<TOOL_RESULT>")][:limit]
 
     def right(e, told: bool) -> bool:
@@ -97,8 +109,7 @@ def tool_figures(path: Path, out: Path, limit: int) -> dict:
             "tool_top1_after_error_untold": over_items([right(e, False) for e in retries])}
 
 
-def reasoning_figures(path: Path, out: Path, limit: int) -> dict:
-    reasoning = ReasoningTRM.from_checkpoint(path, use_carry=False)
+def reasoning_figures(reasoning: ReasoningTRM, out: Path, limit: int) -> dict:
     rows = held_out(out, "reasoning")
     plans = [e for e in rows if e["mode"] == "plan"][:limit]
     steps = [e for e in rows if e["mode"] == "step"][:limit]
@@ -109,25 +120,44 @@ def reasoning_figures(path: Path, out: Path, limit: int) -> dict:
     return {"reasoning_plan_exact": over_items(plan_marks), "reasoning_step_exact": over_items(step_marks)}
 
 
-def latency_ms(path: Path, kind: str, out: Path, calls: int) -> tuple[float, float]:
-    """p50 and p95 of one query at a time, after two warm-up calls."""
-    cls = {"memory": MemoryTRM, "tool": ToolTRM, "reasoning": ReasoningTRM}[kind]
-    model = cls.from_checkpoint(path, use_carry=False)
+def all_figures(models: dict, out: Path, limit: int) -> dict:
+    return {**memory_figures(models["memory"], out, limit), **tool_figures(models["tool"], out, limit),
+            **reasoning_figures(models["reasoning"], out, limit)}
+
+
+def latency_ms(model, kind: str, out: Path, calls: int) -> dict:
+    """p50 and p95 of one query at a time after two warm-up calls, the tokenizer's share alone, and the supervision
+    steps the calls took (they stop early once the halting head is confident)."""
     rows = held_out(out, kind)
     ask = {"memory": lambda e: model.retrieve(e["query"], context=e["context"]),
            "tool": lambda e: model.select_tool(e["task"], e["available"], e["previous_error"] or None),
            "reasoning": lambda e: model.plan(e["goal"], tuple(e["constraints"]))}[kind]
-    times = []
+    times, tokenize, steps = [], [], []
     for i in range(calls + 2):
+        e = rows[i % len(rows)]
+        model.reset_carry()
         t0 = time.perf_counter()
-        ask(rows[i % len(rows)])
+        ask(e)
         times.append((time.perf_counter() - t0) * 1000)
-    times = sorted(times[2:])
-    return round(statistics.median(times), 2), round(times[min(len(times) - 1, int(0.95 * len(times)))], 2)
+        steps.append(model.last_steps)
+        t0 = time.perf_counter()
+        model.vocab.encode(e["input"])
+        tokenize.append((time.perf_counter() - t0) * 1000)
+
+    def pct(values, q):
+        values = sorted(values[2:])
+        return round(values[min(len(values) - 1, int(q * len(values)))], 2)
+    return {"p50": pct(times, 0.5), "p95": pct(times, 0.95), "tokenize_p50": pct(tokenize, 0.5),
+            "steps_mean": round(statistics.mean(steps[2:]), 2)}
 
 
-def megabytes(model) -> float:
-    return round(sum(t.numel() * 4 for t in model.state_dict().values()) / 2**20, 2)
+def file_mb(model, folder: Path) -> dict:
+    """Bytes on disk of the weights alone: float32 safetensors, and the ternary export."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, str(folder / "float32.safetensors"))
+    model.export_ternary(folder / "ternary.safetensors")
+    return {name: round((folder / f"{name}.safetensors").stat().st_size / 2**20, 2) for name in ("float32", "ternary")}
 
 
 def main() -> None:
@@ -154,34 +184,49 @@ def main() -> None:
             raise SystemExit(f"bench/dexter.py: the {', '.join(failed)} run failed; see its engine.log.")
     train_s = round(time.time() - t0, 1)
     paths = {kind: out / "models" / kind for kind in KINDS}
-    figures = {**memory_figures(paths["memory"], out, limit), **tool_figures(paths["tool"], out, limit),
-               **reasoning_figures(paths["reasoning"], out, limit)}
-    latency = {kind: latency_ms(paths[kind], kind, out, calls) for kind in KINDS}
+    models = {kind: MODELS[kind].from_checkpoint(paths[kind], use_carry=kind == "memory") for kind in KINDS}
+    figures = all_figures(models, out, limit)
+    ternary = all_figures({k: m.ternary() for k, m in models.items()}, out, limit)
+    latency = {kind: latency_ms(models[kind], kind, out, calls) for kind in KINDS}
+    for m in models.values():
+        m.halt_early = False
+    all_steps = {kind: latency_ms(models[kind], kind, out, calls) for kind in KINDS}
     size, design = {}, {}
+    sizes_dir = Path(tmp.name) / "sizes"
+    sizes_dir.mkdir()
     for kind in KINDS:
-        cfg = config.load(paths[kind] / "config.toml", [f"task.path={paths[kind]}"])
+        size[kind] = file_mb(models[kind], sizes_dir)
+        cfg = config.load(ROOT / "configs" / f"dexter-{kind}.toml", [f"task.path={paths[kind]}"])
         layout = Layout(kind, paths[kind])
-        size[kind] = megabytes(build_model(cfg, layout))
-        design[kind] = megabytes(build_model(config.load(ROOT / "configs" / f"dexter-{kind}.toml",
-                                                         [f"task.path={paths[kind]}"]), layout))
+        design[kind] = file_mb(MODELS[kind](build_model(cfg, layout), layout), sizes_dir)
     for key, value in figures.items():
-        print(f"{key:<32} {shown(value)}  (n={value['n']})")
+        if isinstance(value, dict):
+            print(f"{key:<36} {shown(value)}  (n={value['n']})   ternary: {shown(ternary[key])}")
     ratio = None
     stateful, stateless = figures["followup_exact_stateful"]["mean"], figures["followup_exact_stateless"]["mean"]
     if stateful is not None and stateless:
         ratio = round(stateful / stateless, 3)
-    print(f"follow-ups, carried / reset: {ratio if ratio is not None else 'n/a (nothing right when reset)'}")
+    print(f"follow-ups ({figures['followup_carry']} carried), carried / reset: "
+          f"{ratio if ratio is not None else 'n/a (nothing right when reset)'}")
     for kind in KINDS:
-        print(f"{kind:<10} latency p50 {latency[kind][0]} ms  p95 {latency[kind][1]} ms  "
-              f"size {size[kind]} MB (presets' size: {design[kind]} MB)")
+        lat, full = latency[kind], all_steps[kind]
+        print(f"{kind:<10} latency p50 {lat['p50']} ms  p95 {lat['p95']} ms ({lat['steps_mean']} steps; every step: "
+              f"p50 {full['p50']} ms, ratio {round(full['p50'] / lat['p50'], 2)}; tokenizer {lat['tokenize_p50']} ms)"
+              f"  size {size[kind]['float32']} MB float32, {size[kind]['ternary']} MB ternary (presets' size: "
+              f"{design[kind]['float32']} / {design[kind]['ternary']} MB)")
     best = {kind: json.loads((paths[kind] / "best.json").read_text()) for kind in KINDS if
             (paths[kind] / "best.json").is_file()}
     print(json.dumps({
         **figures, "followup_stateful_over_stateless": ratio,
-        "latency_ms_p50": {k: v[0] for k, v in latency.items()}, "latency_ms_p95": {k: v[1] for k, v in latency.items()},
-        "size_mb": size, "size_mb_design": design, "size_mb_ternary": None,
-        "size_mb_ternary_why": "the models train with full-precision weights (model.bitnet = false)",
+        "ternary": {k: v for k, v in ternary.items() if isinstance(v, dict)},
+        "latency_ms_p50": {k: v["p50"] for k, v in latency.items()}, "latency_ms_p95": {k: v["p95"] for k, v in latency.items()},
+        "latency_ms_p50_every_step": {k: v["p50"] for k, v in all_steps.items()},
+        "latency_ms_p95_every_step": {k: v["p95"] for k, v in all_steps.items()},
+        "tokenize_ms_p50": {k: v["tokenize_p50"] for k, v in latency.items()},
+        "steps_mean": {k: v["steps_mean"] for k, v in latency.items()},
+        "size_mb": size, "size_mb_design": design,
         "best": best, "steps": None if args.out else steps, "train_seconds": None if args.out else train_s,
+        "settings": (SMOKE_SIZE if args.smoke else CPU_SIZE) + args.set if not args.out else args.set,
         "threads": 1, "device": "cpu"}))
 
 

@@ -137,4 +137,4 @@ def run_handlers(run) -> dict[str, Handler]:
 
     return {"pause": pause, "resume": resume, "sleep": sleep, "checkpoint": checkpoint, "stop": stop,
             "inspect": inspect, "status": lambda args: (True, None, run.status_dict()),
-            "probe": lambda args: probe(run.ema, run.task.seq_len, run.device, args)}
+            "probe": lambda args: probe(run.ema, run.task, run.device, args)}

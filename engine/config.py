@@ -71,6 +71,7 @@ class TaskConfig:
     side: int = 11  # maze: grid side (odd)
     path: str = ""  # dexter-*: the folder `lab dexter build` wrote (dataset.json, tokenizer.json, *.jsonl)
     prompt_chars: int = 0  # levels: room for a prompt before the question, in characters
+    carry_turns: bool = False  # dexter-memory: a follow-up turn continues its conversation's slot, latents kept
 
 
 # The [task] keys each task takes (a test keeps this equal to what engine/tasks/registry.py's tasks take);
@@ -88,7 +89,7 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
     "surprise": ("difficulty", "seed"),
     "maze": ("difficulty", "seed", "side"),
     "program": ("difficulty", "seed"),
-    "dexter-memory": ("path", "difficulty", "seed"),
+    "dexter-memory": ("path", "difficulty", "seed", "carry_turns"),
     "dexter-tool": ("path", "difficulty", "seed"),
     "dexter-reasoning": ("path", "difficulty", "seed"),
     "levels": ("difficulty", "seed", "prompt_chars"),
@@ -550,6 +551,9 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
     if t.name.startswith("dexter-") and not t.path:
         raise ConfigError(f"{where}: task {t.name!r} needs task.path, the folder `lab dexter build RAW_DIR OUT` wrote; "
                           "set task.path = OUT.")
+    if t.carry_turns and cfg.curriculum.enabled:
+        raise ConfigError(f"{where}: task.carry_turns = true needs curriculum.enabled = false; the curriculum's queue "
+                          "hands out single questions, not a conversation's turns in order.")
     if t.name == "maze" and t.side % 2 == 0:
         raise ConfigError(f"{where}: task.side = {t.side} is not allowed; a maze side must be odd (7 to 31).")
     if cfg.train.outcome != "ce" and (t.name != "program" or cfg.curriculum.enabled or cfg.pipeline.enabled):

@@ -7,7 +7,7 @@
     lab run --resume RUN               continue a run from its newest good checkpoint
     lab runs                           list runs
     lab show RUN                       one run's status, figures and checkpoints
-    lab ctl RUN COMMAND                pause | resume | sleep | checkpoint | stop | inspect | status
+    lab ctl RUN COMMAND                pause | resume | sleep | checkpoint | stop | inspect | status | probe TEXT
     lab eval RUN --puzzles FILE        exact-match accuracy on a puzzle file
     lab eval RUN --task NAME --n 1000  held-out exact accuracy per difficulty (and curriculum level)
     lab config show CONFIG             the resolved config and the parameter count
@@ -159,6 +159,12 @@ def cmd_ctl(args) -> int:
     cmd_args: dict = {}
     if args.command == "inspect":
         cmd_args["slot"] = args.slot
+    if args.text is not None and args.command != "probe":
+        raise UserError(f"lab ctl {args.command} takes no text; only probe does (lab ctl RUN probe TEXT).")
+    if args.command == "probe":
+        if args.text is None and not args.reset:
+            raise UserError("lab ctl RUN probe needs TEXT (an input for the run's model) or --reset.")
+        cmd_args = {"input": args.text, "reset": args.reset}
     try:
         reply = send_command(run_dir, args.command, cmd_args, timeout=args.timeout)
     except ConnectionError as exc:
@@ -172,6 +178,9 @@ def cmd_ctl(args) -> int:
             print(json.dumps(reply["result"], indent=1))
     else:
         print(f"{args.command}: refused at step {reply['step']}: {reply['error']}")
+    if not reply["ok"] and args.command == "probe":  # what was typed was wrong: the engine's one sentence
+        print(f"lab: {reply['error']}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK if reply["ok"] else EXIT_FAILED
 
 
@@ -355,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ctl", help="send a command to a live run")
     p.add_argument("run")
-    p.add_argument("command", choices=["pause", "resume", "sleep", "checkpoint", "stop", "inspect", "status"])
+    p.add_argument("command", choices=["pause", "resume", "sleep", "checkpoint", "stop", "inspect", "status",
+                                        "probe"])
+    p.add_argument("text", nargs="?", help="probe: an input for the run's model (a question, a task, a puzzle line)")
+    p.add_argument("--reset", action="store_true", help="probe: reset the carry first")
     p.add_argument("--slot", type=int, default=0, help="slot for inspect")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true")

@@ -5,6 +5,7 @@
     lab dexter train OUT                        the three models as ordinary runs; each one's best checkpoint
                                                 by held-out score is copied to OUT/models/<kind>/
     lab dexter brain RAW_DIR                    sample (when RAW_DIR holds no records), build and train
+    lab dexter export MODEL_DIR                 a kept model's ternary export, loadable by the Python API
 
 The engine's Dexter modules are imported inside the commands, like every command that needs more than the
 console's own contract with the engine.
@@ -189,6 +190,26 @@ def cmd_brain(args) -> int:
     return EXIT_OK if all(r["exit"] == 0 for r in results.values()) else EXIT_FAILED
 
 
+def cmd_export(args) -> int:
+    from engine.dexter.api import TERNARY, DexterAPIError, open_model
+
+    folder = Path(args.model)
+    out = Path(args.out) if args.out else folder / TERNARY
+    if out.exists() and not args.force:
+        raise DexterError(f"{out} exists; pass --force to overwrite it or --out to choose another file.")
+    try:
+        model = open_model(folder)
+        sizes = model.export_ternary(out)
+    except DexterAPIError as exc:
+        raise DexterError(str(exc)) from None
+    float32 = sum(t.numel() * 4 for t in model.model.state_dict().values())
+    print(f"wrote {out}: {sizes['file_bytes'] / 2**20:.2f} MB (float32 weights: {float32 / 2**20:.2f} MB; hidden "
+          f"linears {sizes['ternary_packed_bytes']:,} bytes packed, the embedding and heads float32)")
+    if args.json:
+        print(json.dumps({"file": str(out), "float32_bytes": float32, **sizes}))
+    return EXIT_OK
+
+
 def _kinds(only: str | None) -> list[str]:
     if not only:
         return list(KINDS)
@@ -241,3 +262,10 @@ def add_parser(sub, parser_class, runs_dir_opt) -> None:
     q.add_argument("--vocab-size", type=int, default=8000)
     training(q)
     q.set_defaults(func=cmd_brain)
+
+    q = dsub.add_parser("export", help="a kept model's ternary export (hidden linears b1.58, 2 bits a weight)")
+    q.add_argument("model", help="a folder `lab dexter train` kept (OUT/models/<kind>) or a Dexter run folder")
+    q.add_argument("--out", help="the file to write (default: MODEL/model-ternary.safetensors)")
+    q.add_argument("--force", action="store_true", help="overwrite the file")
+    q.add_argument("--json", action="store_true", help="the sizes as one JSON object after the printed line")
+    q.set_defaults(func=cmd_export)

@@ -239,7 +239,11 @@ class FakeEngine:
             result = carry_snapshot(int(cmd.args.get("slot", 0)))
             self.emit("carry", result)  # as the engine does: other consoles see the snapshot too
         elif cmd.cmd == "probe":
-            if cmd.args.get("input"):
+            text = cmd.args.get("input")
+            if text and " " in text:  # text for a text model: the answer and how far the carry moved
+                result = {"answer": "<MEM_FACT> Harbor is a website project", "steps": 3, "q_halt": 1.5,
+                          "carried": True, "z_H_change": 4.25, "z_L_change": 6.5}
+            elif text:
                 result = {"answer": "1234341221434321", "steps": 2}
             else:
                 result = {"reset": True}

@@ -358,6 +358,11 @@ def test_carry_inspector_shows_the_snapshot_and_probes(runs, fake):
             answer = app.screen.query_one("#probe-answer")
             await until(pilot, lambda: "1234341221434321" in str(answer.render()), what="answer")
             assert fake.commands[-1].cmd == "probe" and fake.commands[-1].args == {"input": "1.3..2.4...1.2.3", "reset": False}
+            app.screen.query_one("#probe-input").value = "what website projects do I have?"
+            await pilot.press("enter")
+            await until(pilot, lambda: "carry moved z_H 4.250, z_L 6.500 from the last probe's" in
+                        str(answer.render()), what="text answer")
+            assert "<MEM_FACT> Harbor is a website project" in str(answer.render())
             await pilot.press("escape")
             await until(pilot, lambda: isinstance(app.screen, DashboardScreen), what="back")
 

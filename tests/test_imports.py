@@ -15,7 +15,7 @@ LAB_MAY_IMPORT = {"engine.config", "engine.protocol", "engine.store", "engine.fa
 # ... and these only inside the functions of commands that need the model or the Dexter records (lab eval,
 # export, tasks, config show, dexter)
 LAB_MAY_IMPORT_LAZILY = {"engine.evaluate", "engine.model.bitlinear", "engine.tasks.registry", "engine.describe",
-                         "engine.dexter.records", "engine.dexter.sample", "engine.dexter.dataset"}
+                         "engine.dexter.records", "engine.dexter.sample", "engine.dexter.dataset", "engine.dexter.api"}
 # widgets draw plain data; the event types are the only plain data types of ours they may name
 WIDGETS_MAY_IMPORT = {"engine.protocol"}
 

@@ -8,17 +8,20 @@
     ReasoningTRM.from_checkpoint(...).plan("build a website for Harbor") / .next_step(goal, completed)
     every model: reset_carry()
 
-The carry (`use_carry=True`, the default) is what persists between calls, until reset_carry(): the
-conversation's earlier queries (memory; a follow-up is read with them as its context, as the model was
-trained on multi-turn samples), the last error met on each task (tool), the steps done towards each goal
-(reasoning). Each call runs the model's full recursion (N_sup supervision steps) from the initial latents:
-carrying z_H, z_L into a *different* input is not what the engine's wake stage trains (a slot restarts when
-its input changes), so the API does not feed them forward.
+The carry (`use_carry=True`, the default) is what persists between calls, until reset_carry(). A memory model
+trained with task.carry_turns (the preset) carries its latents z_H, z_L: each call starts from where the last
+one ended, as the wake stage trained a conversation's follow-up turn to continue its slot, so "tell me more" is
+read in the state the earlier turns left. A memory model trained without it carries the conversation's earlier
+queries as text context instead. The tool model carries the last error met on each task, the reasoning model the
+steps done towards each goal; both start every call from the initial latents, as they were trained.
+A call runs up to N_sup supervision steps and stops early once the halting head is confident (`halt_early`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -27,8 +30,11 @@ from engine import checkpoint, config
 from engine.build import build_model
 from engine.dexter.dataset import CONTEXT_TURNS, complexity, memory_query, reasoning_query, tool_query
 from engine.dexter.task import Layout
+from engine.model.bitlinear import BitLinear, TernaryFileError, TernaryLinear, convert_to_bitnet, export_ternary, \
+    load_ternary
 
 WEIGHTS = "model.safetensors"
+TERNARY = "model-ternary.safetensors"  # export_ternary's file in a kept folder
 
 
 class DexterAPIError(ValueError):
@@ -38,27 +44,30 @@ class DexterAPIError(ValueError):
 class DexterModel:
     kind = ""
 
-    def __init__(self, model, layout: Layout, use_carry: bool = True):
+    def __init__(self, model, layout: Layout, use_carry: bool = True, carry_latents: bool = False,
+                 halt_early: bool = True):
         self.model, self.layout, self.vocab, self.use_carry = model.eval(), layout, layout.vocab, use_carry
+        # latents go forward only into a model trained to read them (task.carry_turns); others restart each call
+        self.trained_carry, self.carry_latents = carry_latents, carry_latents and use_carry
+        self.halt_early = halt_early
+        self.last_steps = 0  # supervision steps the last call took
         self.reset_carry()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, use_carry: bool = True, use_ema: bool = True):
+    def from_checkpoint(cls, path: str | Path, use_carry: bool = True, use_ema: bool = True, halt_early: bool = True,
+                        ternary: bool = False):
         """A model from a folder `lab dexter train` kept (model.safetensors, config.toml, tokenizer.json,
-        dataset.json), that folder's model.safetensors, or a run folder (its newest checkpoint that verifies)."""
+        dataset.json), that folder's model.safetensors, or a run folder (its newest checkpoint that verifies).
+        `ternary`: the folder's ternary export (model-ternary.safetensors, see export_ternary) instead."""
         path = Path(path)
         folder = path.parent if path.name == WEIGHTS else path
         if not (folder / "config.toml").is_file():
             raise DexterAPIError(f"{path} is neither a folder `lab dexter train` kept nor a run folder (it has no "
                                  "config.toml).")
         kept = (folder / WEIGHTS).is_file()
-        try:
-            cfg = config.load(folder / "config.toml", [f"task.path={folder}"] if kept else None)
-        except config.ConfigError as exc:
-            raise DexterAPIError(str(exc)) from None
-        if cfg.task.name != f"dexter-{cls.kind}":
-            raise DexterAPIError(f"{path} holds a model trained on task {cfg.task.name!r}, not the Dexter {cls.kind} "
-                                 f"model; load it with the class for its task.")
+        cfg = cls._config(path, folder, kept)
+        if ternary:
+            return cls._from_ternary(cfg, folder, use_carry, halt_early)
         if kept:
             from safetensors import SafetensorError
             from safetensors.torch import load_file
@@ -74,11 +83,7 @@ class DexterModel:
                 why = f" ({warnings[0]})" if warnings else ""
                 raise DexterAPIError(f"run {folder.name} has no usable checkpoint{why}; train it first.")
             tensors = ckpt.tensors
-        try:
-            layout = Layout(cls.kind, cfg.task.path)
-        except ValueError as exc:
-            raise DexterAPIError(str(exc)) from None
-        model = build_model(cfg, layout)
+        layout, model = cls._build(cfg)
         prefix = "ema." if use_ema else "model."
         weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
@@ -86,20 +91,78 @@ class DexterModel:
         except RuntimeError:
             raise DexterAPIError(f"{path}: the weights do not fit the model its config.toml describes (a vocabulary "
                                  "or size that changed?); retrain or copy the matching files.") from None
-        return cls(model, layout, use_carry)
+        return cls(model, layout, use_carry, carry_latents=cfg.task.carry_turns, halt_early=halt_early)
+
+    @classmethod
+    def _config(cls, path: Path, folder: Path, kept: bool) -> config.RunConfig:
+        try:
+            cfg = config.load(folder / "config.toml", [f"task.path={folder}"] if kept else None)
+        except config.ConfigError as exc:
+            raise DexterAPIError(str(exc)) from None
+        if cfg.task.name != f"dexter-{cls.kind}":
+            raise DexterAPIError(f"{path} holds a model trained on task {cfg.task.name!r}, not the Dexter {cls.kind} "
+                                 f"model; load it with the class for its task.")
+        return cfg
+
+    @classmethod
+    def _build(cls, cfg: config.RunConfig):
+        try:
+            layout = Layout(cls.kind, cfg.task.path)
+        except ValueError as exc:
+            raise DexterAPIError(str(exc)) from None
+        return layout, build_model(cfg, layout)
+
+    @classmethod
+    def _from_ternary(cls, cfg: config.RunConfig, folder: Path, use_carry: bool, halt_early: bool):
+        from safetensors import SafetensorError
+
+        file = folder / TERNARY
+        if not file.is_file():
+            raise DexterAPIError(f"{folder} has no {TERNARY}; write one with `lab dexter export {folder}`.")
+        layout, model = cls._build(cfg)
+        try:
+            load_ternary(model, file)
+        except (TernaryFileError, SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise DexterAPIError(f"{file} could not be loaded ({str(exc).rstrip('.')}); export it again.") from None
+        return cls(model, layout, use_carry, carry_latents=cfg.task.carry_turns, halt_early=halt_early)
+
+    def ternary(self) -> DexterModel:
+        """This model with every hidden linear ternary, b1.58 of its trained weights (the embedding and the heads
+        stay float32): what export_ternary writes and from_checkpoint(..., ternary=True) loads back."""
+        model = copy.deepcopy(self.model)
+        if not any(isinstance(m, (BitLinear, TernaryLinear)) for m in model.modules()):
+            convert_to_bitnet(model)
+        return type(self)(model, self.layout, self.use_carry, self.trained_carry, self.halt_early)
+
+    def export_ternary(self, path: str | Path) -> dict[str, int]:
+        """Write the ternary model's weights, packed 2 bits a weight, as one safetensors file (whole or not at all).
+        Returns the byte counts of the packed weights and of the file."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            sizes = export_ternary(self.ternary().model, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise DexterAPIError(f"{path} could not be written ({exc.strerror or exc}).") from None
+        return {**sizes, "file_bytes": path.stat().st_size}
 
     def reset_carry(self) -> None:
         """Forget the conversation: start the next call as if it were the first."""
+        self.latents: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _answer(self, text: str, answer_kind: str) -> tuple[list[int], torch.Tensor, int]:
-        """(answer tokens after the kind token, probabilities (S, V), answer start) for one input text."""
+        """(answer tokens after the kind token, probabilities (S, V), answer start) for one input text; a model
+        that carries latents starts from the last call's and keeps this call's."""
         try:
             inputs, start = self.layout.query(text, answer_kind)
         except ValueError as exc:
             raise DexterAPIError(str(exc)) from None
         x = torch.tensor([inputs], dtype=torch.long, device=self.model.H_init.device)
-        logits, _ = self.model.predict_logits(x)
+        logits, _, (z_H, z_L, self.last_steps) = self.model.recur(
+            x, self.latents, halt_early=self.halt_early, memory=self.model.initial_memory(1))
+        if self.carry_latents:
+            self.latents = (z_H, z_L)
         probs = logits[0].float().softmax(-1)  # (S, V)
         preds = probs.argmax(-1).tolist()
         preds[start] = self.vocab.id(answer_kind)
@@ -124,7 +187,8 @@ class MemoryTRM(DexterModel):
         reads the query in the context of the conversation's earlier queries."""
         if not isinstance(query, str) or not query.strip():
             raise DexterAPIError("retrieve() needs a query: a non-empty string.")
-        used = context if context is not None else " | ".join(self.turns[-CONTEXT_TURNS:]) if self.use_carry else ""
+        text_carry = self.use_carry and not self.carry_latents  # else the conversation rides in the latents
+        used = context if context is not None else " | ".join(self.turns[-CONTEXT_TURNS:]) if text_carry else ""
         answer, probs, start = self._answer(memory_query(" ".join(query.split()), used), "<MEM_FACT>")
         if self.use_carry:
             self.turns.append(" ".join(query.split()))
@@ -205,3 +269,24 @@ class ReasoningTRM(DexterModel):
             raise DexterAPIError("a goal must be a non-empty string.")
         return " ".join(goal.split())
 
+
+
+MODELS = {cls.kind: cls for cls in (MemoryTRM, ToolTRM, ReasoningTRM)}
+
+
+def open_model(path: str | Path, **options) -> DexterModel:
+    """The Dexter model in `path` (as from_checkpoint takes it), whichever of the three its config.toml names."""
+    import tomllib
+
+    path = Path(path)
+    folder = path.parent if path.name == WEIGHTS else path
+    try:
+        name = tomllib.loads((folder / "config.toml").read_text(encoding="utf-8"))["task"]["name"]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        raise DexterAPIError(f"{path} is not a folder `lab dexter train` kept nor a run folder (no readable "
+                             "config.toml naming its task).") from None
+    cls = MODELS.get(str(name).removeprefix("dexter-")) if str(name).startswith("dexter-") else None
+    if cls is None:
+        raise DexterAPIError(f"{path} holds a model of task {name!r}, not a Dexter model (dexter-memory, dexter-tool "
+                             "or dexter-reasoning).")
+    return cls.from_checkpoint(path, **options)

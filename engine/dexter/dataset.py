@@ -114,10 +114,8 @@ def tool_examples(raw: RawRecords, problems: list[str]) -> list[dict]:
     known = sorted({c.tool for c in raw.ui_calls} | {a.tool for a in raw.artifacts} |
                    {t for c in raw.ui_calls for t in c.available} | {t for a in raw.artifacts for t in a.available})
     for c in raw.ui_calls:
-        available = list(c.available) or known
-        if c.tool not in available:
-            problems.append(f"training_data_fast.jsonl: line {c.line} calls {c.tool}, which its available_tools "
-                            "do not list; it was left out.")
+        available = _offered(c.available, c.tool, known, f"training_data_fast.jsonl: line {c.line}", problems)
+        if available is None:
             continue
         text = tool_query(c.instruction, available, c.context)
         out.append({"input": text, "output": f"<TOOL_RESULT> {c.tool}", "group": f"ui:{text}",
@@ -133,10 +131,8 @@ def tool_examples(raw: RawRecords, problems: list[str]) -> list[dict]:
         return a.id
 
     for a in raw.artifacts:
-        available = list(a.available) or known
-        if a.tool not in available:
-            problems.append(f"art_*.json: artifact {a.id} calls {a.tool}, which its available_tools do not list; "
-                            "it was left out.")
+        available = _offered(a.available, a.tool, known, f"art_*.json: artifact {a.id}", problems)
+        if available is None:
             continue
         before = by_id.get(a.retry_of)
         if a.retry_of and before is None:
@@ -149,6 +145,16 @@ def tool_examples(raw: RawRecords, problems: list[str]) -> list[dict]:
                     "task": a.task, "context": "", "available": available, "previous_error": error,
                     "after_error": bool(error), "failed_tool": before.tool if error else ""})
     return out
+
+
+def _offered(available, tool: str, known: list[str], where: str, problems: list[str]) -> list[str] | None:
+    """The tools a call chose from (every known tool when its record lists none); None, with a problem named,
+    when the call's own tool is not among them."""
+    offered = list(available) or known
+    if tool in offered:
+        return offered
+    problems.append(f"{where} calls {tool}, which its available_tools do not list; it was left out.")
+    return None
 
 
 def reasoning_examples(raw: RawRecords, problems: list[str]) -> list[dict]:

@@ -20,14 +20,36 @@ from engine.dexter.records import ARTIFACTS, BRAIN_DB, D2_MEMORY, UI_CALLS
 
 NAMES = ["Maya", "Tomas", "Priya", "Jonah", "Lena", "Omar", "Ines", "Kofi", "Hana", "Mateo", "Sofia", "Arjun",
          "Elif", "Noah", "Zara", "Felix", "Amara", "Luca", "Nadia", "Theo", "Yara", "Ravi", "Clara", "Emil",
-         "Leila", "Oscar", "Mina", "Diego", "Freya", "Sami"]
+         "Leila", "Oscar", "Mina", "Diego", "Freya", "Sami", "Aisha", "Bruno", "Chiara", "Dmitri", "Esther", "Farid",
+         "Greta", "Hugo", "Ingrid", "Jasper", "Keiko", "Lorenzo", "Marisol", "Nikolai", "Olga", "Pablo", "Quentin",
+         "Rosa", "Stellan", "Tamsin", "Ulrich", "Valentina", "Wendell", "Ximena", "Yusuf", "Zofia", "Anouk", "Bjorn",
+         "Camille", "Dario", "Eleni", "Fatima", "Gideon", "Helga", "Ibrahim", "Juno", "Kasimir", "Lucinda", "Magnus",
+         "Noor", "Orla", "Petra", "Rafael", "Saoirse", "Tobias", "Uma", "Vikram", "Wilhelmina", "Yannick", "Zainab",
+         "Agnieszka", "Bartholomew", "Cosima", "Desmond", "Evangeline", "Florian", "Giulia", "Horatio", "Isadora",
+         "Jorge", "Katarina", "Leopold", "Matilda", "Nicolette", "Octavia", "Percival", "Rosalind", "Sebastian"]
+SURNAMES = ["Okafor", "Lindqvist", "Moreau", "Tanaka", "Kowalski", "Haddad", "Fernandes", "Nakamura", "Schneider",
+            "Abernathy", "Castellanos", "Duchamp", "Eriksson", "Fitzgerald", "Grimaldi", "Hoffmann", "Iglesias",
+            "Jankowski", "Kaminski", "Laurent", "Mbeki", "Novak", "Oyelaran", "Petrov", "Quintero", "Rasmussen",
+            "Sandoval", "Takahashi", "Uchenna", "Vasquez", "Whitfield", "Yamamoto", "Zielinski", "Achterberg",
+            "Blackwood", "Chowdhury", "Delacroix", "Echeverria", "Forsberg", "Gallagher", "Halvorsen", "Ivanova",
+            "Jaramillo", "Kristiansen", "Lombardi", "Montgomery", "Nakashima", "Oberholzer", "Pemberton", "Rosenthal",
+            "Szymanski", "Thorvaldsen", "Underwood", "Villanueva", "Wojcik", "Xiong", "Yilmaz", "Zamora"]
 CITIES = ["Lisbon", "Berlin", "Nairobi", "Osaka", "Toronto", "Lima", "Oslo", "Seoul", "Porto", "Denver", "Cairo",
-          "Dublin", "Hanoi", "Quito", "Madrid", "Perth"]
+          "Dublin", "Hanoi", "Quito", "Madrid", "Perth", "Marseille", "Kraków", "Montevideo", "Reykjavik", "Tbilisi",
+          "Valparaíso", "Edinburgh", "Ljubljana", "Kyoto", "Accra", "Bangalore", "Cartagena", "Helsinki", "Antwerp",
+          "Bologna", "Guadalajara", "Wellington", "Vancouver", "Marrakesh", "Istanbul", "Copenhagen", "Salzburg",
+          "Tallinn", "Zanzibar", "Brisbane", "Winnipeg", "Santiago", "Budapest", "Bordeaux", "Gdańsk", "Mombasa"]
 ROLES = ["designer", "accountant", "developer", "photographer", "teacher", "lawyer", "writer", "engineer",
-         "translator", "marketer"]
-RELATIONS = ["colleague", "sister", "brother", "friend", "client", "manager", "neighbour", "cousin", "mentor"]
+         "translator", "marketer", "architect", "pharmacist", "illustrator", "economist", "copywriter", "nurse",
+         "statistician", "carpenter", "electrician", "researcher", "librarian", "consultant", "veterinarian",
+         "animator", "journalist", "physiotherapist", "sommelier", "cartographer", "recruiter", "surveyor"]
+RELATIONS = ["colleague", "sister", "brother", "friend", "client", "manager", "neighbour", "cousin", "mentor",
+             "landlord", "accountant", "teammate", "supplier", "investor"]
 PROJECTS = ["Harbor", "Quill", "Bluebird", "Lantern", "Orchard", "Pebble", "Summit", "Tidewater", "Juniper",
-            "Copper", "Meadow", "Falcon", "Willow", "Ember", "Nimbus", "Atlas"]
+            "Copper", "Meadow", "Falcon", "Willow", "Ember", "Nimbus", "Atlas", "Kestrel", "Marigold", "Driftwood",
+            "Saffron", "Basalt", "Cobalt", "Heron", "Lighthouse", "Mosaic", "Nettle", "Obsidian", "Paprika",
+            "Quarry", "Rookery", "Sequoia", "Thistle", "Umber", "Vantage", "Wavelength", "Yarrow", "Zephyr",
+            "Aurora", "Bramble", "Citadel", "Dandelion", "Everglade", "Foxglove", "Glacier", "Hollyhock"]
 KINDS = ["website", "mobile app", "newsletter", "online shop", "podcast", "course"]
 STATUSES = ["in planning", "in progress", "launched", "paused"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -35,33 +57,61 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
 PREFERENCES = {"drink": ["tea", "coffee", "matcha", "sparkling water"], "editor": ["vim", "vs code", "emacs"],
                "meeting time": ["mornings", "afternoons", "late evenings"], "theme": ["dark mode", "light mode"],
                "music": ["jazz", "lo-fi beats", "classical music", "no music"]}
-DIRS = ["~/projects", "~/documents", "~/downloads", "~/photos", "~/notes", "/var/log", "~/music", "~/desktop"]
-FILES = ["report.pdf", "budget.xlsx", "notes.md", "config.yaml", "invoice.pdf", "todo.txt", "draft.docx",
-         "readme.md"]
+DIRS = ["~/projects", "~/documents", "~/downloads", "~/photos", "~/notes", "/var/log", "~/music", "~/desktop",
+        "~/archive", "~/invoices", "~/screenshots", "~/backups", "/etc/nginx", "~/recordings", "~/contracts"]
+FILE_STEMS = ["report", "budget", "notes", "config", "invoice", "todo", "draft", "readme", "minutes", "roadmap",
+              "contract", "proposal", "timesheet", "itinerary", "manuscript", "changelog", "inventory", "brochure",
+              "wireframes", "transcript", "payroll", "questionnaire", "receipts", "floorplan", "syllabus",
+              "storyboard", "whitepaper", "postmortem", "benchmarks", "onboarding", "newsletter", "testimonials",
+              "mortgage", "insurance", "prescription", "warranty", "portfolio", "headshots", "spreadsheet", "agenda"]
+EXTENSIONS = ["pdf", "xlsx", "md", "yaml", "txt", "docx", "csv", "json", "pptx", "png", "odt", "toml"]
+FILES = [f"{stem}.{EXTENSIONS[(i * k + k) % len(EXTENSIONS)]}" for i, stem in enumerate(FILE_STEMS) for k in (1, 5)]
 TOPICS = ["hosting prices", "python packaging", "tax deadlines", "flight deals", "coffee machines", "rust async",
-          "seo basics", "podcast microphones", "vegan recipes", "standing desks"]
-SITES = ["news.example.org", "docs.example.com", "shop.example.net", "blog.example.io", "weather.example.org"]
-SERVICES = ["nginx", "postgres", "redis", "docker", "cron"]
+          "seo basics", "podcast microphones", "vegan recipes", "standing desks", "sourdough starters",
+          "mechanical keyboards", "solar panels", "electric bicycles", "kubernetes autoscaling", "watercolour brushes",
+          "marathon training", "houseplant fertiliser", "noise cancelling headphones", "typescript generics",
+          "sleep hygiene", "composting bins", "mortgage refinancing", "espresso grinders", "birdwatching binoculars",
+          "postgres indexing", "camping stoves", "language exchange apps", "retirement accounts", "ergonomic chairs",
+          "climbing shoes", "fermentation crocks", "wedding photographers", "vintage synthesizers", "fountain pens",
+          "accessibility guidelines", "chess openings", "pottery classes", "trail running", "insulation materials"]
+SITES = [f"{w}.example.{tld}" for w, tld in zip(
+    ["news", "docs", "shop", "blog", "weather", "recipes", "forum", "wiki", "maps", "status", "tickets", "library",
+     "gallery", "market", "journal", "support", "careers", "events", "travel", "music"],
+    ["org", "com", "net", "io", "org", "com", "net", "io", "org", "com", "net", "io", "org", "com", "net", "io",
+     "org", "com", "net", "io"])]
+SERVICES = ["nginx", "postgres", "redis", "docker", "cron", "rabbitmq", "elasticsearch", "grafana", "prometheus",
+            "memcached", "haproxy", "mosquitto", "jenkins"]
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
 
 # Tool -> the instructions that call it. Tools with no instructions are reached only as a retry.
 TOOL_TASKS = {
-    "file_system.list": ["list the files in {dir}", "show me what is in {dir}", "what files are in {dir}?"],
-    "file_system.read": ["open {file}", "read {file} for me", "show me the contents of {file}"],
-    "file_system.search": ["find files named {file}", "where did I save {file}?"],
-    "file_system.write": ["save the meeting notes to {file}", "write the summary into {file}"],
-    "system_ops.get_info": ["check system status", "how much disk space is left?", "how is the machine doing?"],
-    "system_ops.run_command": ["restart the {service} service", "reload {service}", "stop {service} for now"],
+    "file_system.list": ["list the files in {dir}", "show me what is in {dir}", "what files are in {dir}?",
+                         "give me a directory listing of {dir}", "anything new in {dir}?"],
+    "file_system.read": ["open {file}", "read {file} for me", "show me the contents of {file}",
+                         "pull up {file}", "display {file} please"],
+    "file_system.search": ["find files named {file}", "where did I save {file}?", "locate {file} somewhere on disk"],
+    "file_system.write": ["save the meeting notes to {file}", "write the summary into {file}",
+                          "store these paragraphs in {file}", "overwrite {file} with the revised text"],
+    "system_ops.get_info": ["check system status", "how much disk space is left?", "how is the machine doing?",
+                            "report memory usage and uptime", "is the processor overheating?"],
+    "system_ops.run_command": ["restart the {service} service", "reload {service}", "stop {service} for now",
+                               "bounce {service} gracefully", "start {service} again"],
     "system_ops.run_as_admin": [],
-    "web.search": ["search the web for {topic}", "look up {topic} online"],
-    "web.fetch": ["fetch the page at {site}", "download {site} for reading"],
+    "web.search": ["search the web for {topic}", "look up {topic} online", "research {topic} for me",
+                   "compare reviews of {topic}"],
+    "web.fetch": ["fetch the page at {site}", "download {site} for reading", "grab the homepage of {site}"],
     "web.fetch_cached": [],
-    "calendar.create_event": ["schedule a meeting with {person} on {day}", "put lunch with {person} on {day}"],
-    "calendar.list_events": ["what is on my calendar on {day}?", "am I free on {day}?"],
-    "email.send": ["email {person} about {project}", "send {person} the {project} update"],
+    "calendar.create_event": ["schedule a meeting with {person} on {day}", "put lunch with {person} on {day}",
+                              "book a call with {contact} on {day}", "block {day} afternoon for {project}"],
+    "calendar.list_events": ["what is on my calendar on {day}?", "am I free on {day}?",
+                             "which appointments do I have {day}?"],
+    "email.send": ["email {person} about {project}", "send {person} the {project} update",
+                   "write to {contact} about the {file}", "reply to {contact} regarding {project}"],
     "email.queue": [],
-    "email.search": ["find the last email from {person}", "did {person} write about {project}?"],
-    "notes.add": ["remember that {person} likes {drink}", "note that {project} needs a logo"],
+    "email.search": ["find the last email from {person}", "did {person} write about {project}?",
+                     "search my inbox for messages from {contact}"],
+    "notes.add": ["remember that {person} likes {drink}", "note that {project} needs a logo",
+                  "jot down that {contact} moved to {city}", "remind me that {project} invoices are overdue"],
     "code.run_tests": ["run the tests of {project}", "check that {project} still builds"],
     "code.git_status": ["what changed in {project}?", "show the uncommitted work in {project}"],
 }
@@ -160,7 +210,8 @@ class World:
                   "city": rng.choice(CITIES), "role": rng.choice(ROLES), "month": rng.choice(MONTHS),
                   "dir": rng.choice(DIRS), "file": rng.choice(FILES), "topic": rng.choice(TOPICS),
                   "site": rng.choice(SITES), "service": rng.choice(SERVICES), "day": rng.choice(DAYS),
-                  "drink": rng.choice(PREFERENCES["drink"])}
+                  "drink": rng.choice(PREFERENCES["drink"]),
+                  "contact": f"{rng.choice(NAMES)} {rng.choice(SURNAMES)}"}  # anyone in the address book
         values.update(fixed)
         return template.format(**values)
 
@@ -262,7 +313,7 @@ def _session(world: World, rng: random.Random, session: str, first_id: int) -> l
     # half the sessions start with a tool that can fail, so corrections are common enough to learn from
     tool = rng.choice(sorted(RETRIES) if rng.random() < 0.5 else [t for t in TOOLS if TOOL_TASKS[t]])
     slots = {k: world.fill("{" + k + "}", rng) for k in ("file", "service", "site", "day", "person", "project",
-                                                         "dir", "topic", "drink")}
+                                                         "dir", "topic", "drink", "contact", "city")}
     task = rng.choice(TOOL_TASKS[tool]).format(**slots)
     retry = RETRIES.get(tool)
     available = _available([tool] + ([retry[1]] if retry else []), rng)

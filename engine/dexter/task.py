@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from engine.dexter.dataset import FORMAT, KINDS, META, TOKENIZER
+from engine.dexter.dataset import FORMAT, KINDS, META, TOKENIZER, memory_query, reasoning_query, tool_query
 from engine.dexter.vocab import BLANK, EOS, PAD, Vocabulary, VocabularyError
 from engine.tasks.base import Sample
 from engine.tasks.tokenizer import check_split, stable_int
@@ -27,6 +27,7 @@ DESCRIPTIONS = {
     "tool": "dexter/tool: a task, the available tools and any previous error -> the tool; graded on the tool",
     "reasoning": "dexter/reasoning: a goal and what is done -> the plan or the next step; graded exactly",
 }
+PROBE_ANSWER = {"memory": "<MEM_FACT>", "tool": "<TOOL_RESULT>", "reasoning": "<REASON_PLAN>"}
 
 
 class Layout:
@@ -101,11 +102,13 @@ class Layout:
 class DexterTask:
     """One Dexter model's built dataset, served as (inputs, labels) samples and graded the way its model is used."""
 
-    def __init__(self, kind: str, path: str = "", difficulty: int = 1, seed: int = 0):
+    def __init__(self, kind: str, path: str = "", difficulty: int = 1, seed: int = 0, carry_turns: bool = False):
         if difficulty != 1:
             raise ValueError("the Dexter datasets have one difficulty; leave task.difficulty at 1.")
+        if carry_turns and kind != "memory":
+            raise ValueError(f"task.carry_turns is for the memory model's conversations; the {kind} model has none.")
         self.layout = Layout(kind, path)
-        self.kind, self.seed = kind, seed
+        self.kind, self.seed, self.carry_turns = kind, seed, carry_turns
         self.name = f"dexter-{kind}"
         self.description = DESCRIPTIONS[kind]
         self.vocab, self.vocab_size, self.seq_len = self.layout.vocab, self.layout.vocab_size, self.layout.seq_len
@@ -127,7 +130,10 @@ class DexterTask:
         for split, rows in self.examples.items():
             if not rows:
                 raise ValueError(f"{file} has no {split} examples; rebuild the dataset from more records.")
-        self._order: tuple[int, list[int]] | None = None  # (pass, its order), the one the stream is in
+        self._order: tuple[int, int, list[int]] | None = None  # (pass, items, its order): the stream's
+        # with carry_turns the training stream is over chains: a conversation's turns in order, anything else alone
+        self.chains = {split: _chains(rows) if carry_turns else [[i] for i in range(len(rows))]
+                       for split, rows in self.examples.items()}
 
     @staticmethod
     def description_of(name: str) -> str:
@@ -140,19 +146,61 @@ class DexterTask:
     def problem(self, split: str, index: int) -> dict:
         """The example behind sample (split, index)."""
         check_split(split)
-        rows = self.examples[split]
+        return self._streamed(split, index, self.examples[split])
+
+    def _streamed(self, split: str, index: int, items: list):
+        """Item `index` of a split's stream: held out in file order, training in a fresh order every pass."""
         if split == "test":
-            return rows[index % len(rows)]
-        epoch, i = divmod(index, len(rows))
-        if self._order is None or self._order[0] != epoch:
-            order = list(range(len(rows)))
+            return items[index % len(items)]
+        epoch, i = divmod(index, len(items))
+        return items[self._pass_order(epoch, len(items))[i]]
+
+    def _pass_order(self, epoch: int, n: int) -> list[int]:
+        if self._order is None or self._order[:2] != (epoch, n):
+            order = list(range(n))
             random.Random(stable_int("dexter", self.kind, self.seed, epoch)).shuffle(order)
-            self._order = (epoch, order)
-        return rows[self._order[1][i]]
+            self._order = (epoch, n, order)
+        return self._order[2]
 
     def sample(self, split: str, index: int) -> Sample:
         e = self.problem(split, index)
-        return self.layout.encode(e["input"], e["output"])
+        return self.layout.encode(self.input_of(e), e["output"])
+
+    def input_of(self, e: dict) -> str:
+        """The model's input text: with carry_turns a turn is its query alone, its conversation being in the
+        latents carried from the turns before."""
+        turn = self.carry_turns and e["group"].startswith("conversation:")
+        return memory_query(e["query"]) if turn else e["input"]
+
+    # ---- the chained stream (carry_turns): a slot takes a conversation's turns one after another ----
+
+    def chain(self, split: str, index: int) -> list[int]:
+        """Stream item `index` as example numbers in turn order (training: a fresh order of chains every pass)."""
+        check_split(split)
+        return self._streamed(split, index, self.chains[split])
+
+    def turn_sample(self, split: str, example: int) -> Sample:
+        e = self.examples[split][example]
+        return self.layout.encode(self.input_of(e), e["output"])
+
+    # ---- probes: a person's text in, the answer out (engine/probe.py) ----
+
+    def probe_input(self, text: str) -> list[int]:
+        """`text` as this model's input positions: a query (memory), a task with every known tool available
+        (tool), a goal to plan (reasoning); text that starts with one of the layout's markers is taken as it is.
+        Raises ValueError (one sentence) when it does not fit."""
+        if not text.startswith("<"):
+            text = {"memory": lambda: memory_query(text), "reasoning": lambda: reasoning_query(text),
+                    "tool": lambda: tool_query(text, self.vocab.tools)}[self.kind]()
+        kind = "<REASON_STEP>" if self.kind == "reasoning" and "state: done" in text else PROBE_ANSWER[self.kind]
+        try:
+            return self.layout.query(text, kind)[0]
+        except ValueError as exc:
+            raise ValueError(f"the probe {exc}") from None
+
+    def probe_answer(self, inputs: list[int], predicted: list[int]) -> str:
+        start = inputs.index(BLANK) - 1  # the answer's kind token, given, sits before the first blank
+        return self.vocab.decode([inputs[start]] + self.layout.answer(predicted, start)[1:])
 
     def render(self, sample: Sample) -> str:
         start = next(i for i, t in enumerate(sample.labels) if t != PAD)
@@ -162,7 +210,7 @@ class DexterTask:
     def grade(self, problem: dict, predicted: list[int], sample: Sample | None = None) -> bool:
         """Memory: every relevant fact among the first three predicted. Tool: the right tool. Reasoning: the
         whole answer."""
-        sample = sample or self.layout.encode(problem["input"], problem["output"])
+        sample = sample or self.layout.encode(self.input_of(problem), problem["output"])
         start = next(i for i, t in enumerate(sample.labels) if t != PAD)
         if self.kind == "memory":
             got = set(self.layout.facts(self.layout.answer(predicted, start))[:3])
@@ -170,3 +218,19 @@ class DexterTask:
         if self.kind == "tool":
             return predicted[start + 1] == sample.labels[start + 1]
         return all(p == t for p, t in zip(predicted, sample.labels) if t != PAD)
+
+
+def _chains(rows: list[dict]) -> list[list[int]]:
+    """Example numbers grouped by conversation in turn order; examples of no conversation stand alone."""
+    chains: dict[str, list[int]] = {}
+    for i, e in enumerate(rows):
+        key = e["group"] if e["group"].startswith("conversation:") else f"#{i}"
+        chains.setdefault(key, []).append(i)
+    return [sorted(c, key=lambda i: rows[i].get("turn", 0)) for c in chains.values()]
+
+
+def single_turn(kind: str):
+    """The tool or reasoning task's constructor: their examples are single turns, so no carry_turns to take."""
+    def task(path: str = "", difficulty: int = 1, seed: int = 0) -> DexterTask:
+        return DexterTask(kind, path, difficulty, seed)
+    return task

@@ -139,6 +139,13 @@ class Carry:
         """The carry of a contiguous range of slots."""
         return self.map(lambda t: t[sl])
 
+    def follow_up(self, mask: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> Carry:
+        """Slots in `mask` (B,) take a follow-up turn's data and keep their latents and memory: their steps restart
+        and they are no longer halted, so the next step does not reset them to the initial latents."""
+        return dataclasses.replace(self, steps=torch.where(mask, 0, self.steps), halted=self.halted & ~mask,
+                                   inputs=torch.where(mask[:, None], inputs, self.inputs),
+                                   labels=torch.where(mask[:, None], labels, self.labels))
+
     @classmethod
     def cat(cls, parts: list[Carry]) -> Carry:
         """Slot ranges joined back into one carry, in order."""
@@ -397,13 +404,31 @@ class TinyRecursiveModel(nn.Module):
         """predict() before the argmax: (logits (B, S, V), q_halt (B,)). `memory_free`: carry no memory state,
         so every pass through f starts from an empty memory (what the slow weights know on their own)."""
         n_steps = self.cfg.halt_max_steps if n_steps is None else n_steps
-        start = self.initial_carry(inputs.shape[0], inputs.device)
+        memory = None if memory_free else self.initial_memory(inputs.shape[0], inputs.device) \
+            if memory is None else memory
+        logits, q_halt, _ = self.recur(inputs, None, n_steps, memory=memory)
+        return logits, q_halt
+
+    @torch.no_grad()
+    def recur(self, inputs: torch.Tensor, latents: tuple[torch.Tensor, torch.Tensor] | None = None,
+              n_steps: int | None = None, halt_early: bool = False, memory: MemoryState | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, int]]:
+        """Up to n_steps (default N_sup) supervision steps from `latents` (z_H, z_L), or the initial latents, with
+        eval semantics. `halt_early`: stop after the first step whose q_halt passes halt_threshold, as training
+        lets a slot halt (the whole batch must pass). Returns (logits (B, S, V), q_halt (B,), (z_H, z_L, steps))."""
+        n_steps = self.cfg.halt_max_steps if n_steps is None else n_steps
+        B = inputs.shape[0]
+        if latents is None:
+            latents = (self.H_init.expand(B, self.length, -1), self.L_init.expand(B, self.length, -1))
+        z_H, z_L = latents
         x = self.input_embedding(inputs)
-        z_H, z_L = start.z_H, start.z_L
-        memory = None if memory_free else start.memory if memory is None else memory
-        for _ in range(n_steps):
+        done, bar = 0, halt_logit(self.cfg.halt_threshold)
+        for done in range(1, n_steps + 1):
             z_H, z_L, _, memory = self.deep_recursion(z_H, z_L, x, memory=memory)
-        return self.readout(z_H)
+            if halt_early and done < n_steps and bool((self.q_head(z_H[:, 0])[:, 0] > bar).all()):
+                break
+        logits, q_halt = self.readout(z_H)
+        return logits, q_halt, (z_H, z_L, done)
 
     @torch.no_grad()
     def infer(self, inputs: torch.Tensor) -> torch.Tensor:

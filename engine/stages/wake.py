@@ -51,6 +51,12 @@ class WakeStage:
         self.carry: Carry = model.initial_carry(self.slots.stop - self.slots.start, device)
         self.halted = torch.ones(batch_size, dtype=torch.bool)  # every slot's, on every rank: who takes new data
         self.data_index = 0  # next training sample index: the stream position
+        # task.carry_turns: the stream's items are chains of turns; per slot (whole batch): example numbers of its
+        # chain's current turn and of its last turn, and the turn's place; a slot goes on to the next turn
+        self.chained = getattr(task, "carry_turns", False) and feed is None
+        self.turn = torch.zeros(batch_size, dtype=torch.long)
+        self.turns = torch.zeros(batch_size, dtype=torch.long)  # turns in the slot's chain (0: none yet)
+        self.chain_of = torch.zeros(batch_size, dtype=torch.long)  # the slot's stream item
 
     def ready(self) -> bool:
         return True
@@ -73,6 +79,8 @@ class WakeStage:
                 inputs[slot] = torch.tensor(sample.inputs, dtype=torch.long, device=self.device)
                 labels[slot] = torch.tensor(sample.labels, dtype=torch.long, device=self.device)
             return inputs, labels
+        if self.chained:
+            return self.next_turns(inputs, labels)
         position = self.halted.cumsum(0) - 1  # each halted slot's place among the batch's halted slots
         need = self.halted[self.slots]
         idx = (self.data_index + position[self.slots][need]).tolist()
@@ -84,6 +92,26 @@ class WakeStage:
             need = need.to(self.device)
             inputs[need] = new_in.to(self.device)
             labels[need] = new_lab.to(self.device)
+        return inputs, labels
+
+    def next_turns(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chained stream: a halted slot whose chain has turns left takes the next turn with its latents kept (the
+        carry's follow_up); the other halted slots take the next chains of the stream, in slot order."""
+        going_on = self.halted & (self.turn + 1 < self.turns)
+        fresh = self.halted & ~going_on
+        position = fresh.cumsum(0) - 1
+        self.chain_of[fresh] = self.data_index + position[fresh]
+        self.data_index += int(fresh.sum())
+        self.turn = torch.where(fresh, 0, self.turn + going_on.long())
+        for g in fresh.nonzero().flatten().tolist():
+            self.turns[g] = len(self.task.chain("train", int(self.chain_of[g])))
+        local = range(self.slots.start, self.slots.stop)
+        for i, g in enumerate(local):
+            if self.halted[g]:
+                sample = self.task.turn_sample("train", self.task.chain("train", int(self.chain_of[g]))[self.turn[g]])
+                inputs[i] = torch.tensor(sample.inputs, dtype=torch.long, device=self.device)
+                labels[i] = torch.tensor(sample.labels, dtype=torch.long, device=self.device)
+        self.carry = self.carry.follow_up(going_on[self.slots].to(self.device), inputs, labels)
         return inputs, labels
 
     def step(self, step: int) -> StepResult:
@@ -183,6 +211,8 @@ class WakeStage:
 
     def state_dict(self) -> dict:
         state = {"carry": self.global_carry().to_state(), "data_index": self.data_index}
+        if self.chained:
+            state["chains"] = torch.stack([self.chain_of, self.turn, self.turns])
         if self.feed is not None:
             state["curriculum"] = self.feed.state_dict()
         if self.outcome is not None:
@@ -195,6 +225,8 @@ class WakeStage:
         self.halted = carry.halted.cpu()
         self.carry = carry.slots(self.slots)  # a run saved at any number of processes resumes at any other
         self.data_index = int(state["data_index"])
+        if self.chained and "chains" in state:
+            self.chain_of, self.turn, self.turns = (t.long().clone() for t in state["chains"])
         if self.feed is not None and "curriculum" in state:
             self.feed.load_state_dict(state["curriculum"])
         if self.outcome is not None and "outcome" in state:

@@ -8,7 +8,7 @@ import sys
 from functools import partial
 
 from engine.config import MIXED_DIFFICULTY_TASKS, ConfigError, TaskConfig
-from engine.dexter.task import DexterTask
+from engine.dexter.task import DexterTask, single_turn
 from engine.tasks.arith import MathTask
 from engine.tasks.base import Task
 from engine.tasks.levels import LevelTask
@@ -33,8 +33,8 @@ TASKS = {
     "maze": MazeTask,
     "program": ProgramTask,
     "dexter-memory": partial(DexterTask, "memory"),
-    "dexter-tool": partial(DexterTask, "tool"),
-    "dexter-reasoning": partial(DexterTask, "reasoning"),
+    "dexter-tool": single_turn("tool"),
+    "dexter-reasoning": single_turn("reasoning"),
     "levels": LevelTask,
 }
 # Tasks served from a dataset built on disk (task.path): their vocabulary and length are the dataset's.

@@ -40,7 +40,7 @@ class CarryInspectorScreen(Screen):
         with VerticalScroll(id="carry-scroll"):
             yield CarryView(id="carry")
         with Horizontal(id="probe-controls"):
-            yield Input(placeholder="probe: a task input, e.g. a puzzle line 1.3..2.4...", id="probe-input")
+            yield Input(placeholder="probe: a puzzle line 1.3..2.4... or, for a text model, a question", id="probe-input")
             yield Checkbox("reset carry first", id="probe-reset")
             yield Button("Probe", id="probe")
         yield Static(id="probe-answer")
@@ -119,8 +119,7 @@ class CarryInspectorScreen(Screen):
             out.update("[green]carry reset[/green]")
             return
         self.probes_since_reset += 1
-        out.update(f"[b]answer[/b] {result.get('answer')}   [dim]steps {result.get('steps')} · step {pending.step:,} · "
-                   f"probe {self.probes_since_reset} on this carry[/dim]")
+        out.update(probe_line(result, pending.step, self.probes_since_reset))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "refresh":
@@ -136,3 +135,14 @@ class CarryInspectorScreen(Screen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+
+def probe_line(result: dict, step: int, probes: int) -> str:
+    """A probe's answer; for a text model also how far the carry moved (z_H, z_L) and whether it went on from
+    the probe before."""
+    escaped = str(result.get("answer", "")).replace("[", "\\[")
+    line = f"[b]answer[/b] {escaped}   [dim]steps {result.get('steps')} · step {step:,} · probe {probes} on this carry"
+    if "z_H_change" in result:
+        line += (f" · carry moved z_H {result['z_H_change']:.3f}, z_L {result['z_L_change']:.3f} from "
+                 + ("the last probe's" if result.get("carried") else "the initial latents"))
+    return line + "[/dim]"
