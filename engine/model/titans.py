@@ -32,8 +32,9 @@ a_m = sum_{j=0..m} beta^(m-j) eta^j:
 and for a layer with input X (L, d_in) and output gradient D (L, d_out) the weighted sum of per-token
 gradients sum_s w_s X_s^T D_s is the single matmul (w * X)^T D: no per-token weight copies are made.
 The per-token gradients are written in closed form (backprop through the MLP by hand, at the chunk-start
-weights), but everything stays differentiable, so the outer loss trains the projections, the gates and M_0
-through the memory updates; one small autograd.Function (MemoryStep) has a hand-written backward for speed.
+weights), and the outer loss trains the projections, the gates and M_0 through the memory updates. Each
+chunk's reads, inner gradients and update run as one autograd.Function with a hand-written backward
+(engine/model/memory_kernel.py), held to the autograd path by gradcheck.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import torch.nn.functional as F
 
 from engine.config import ModelConfig
 from engine.model.blocks import Attention, attention_mask, rms_norm
+from engine.model.memory_kernel import MemoryChunk
 
 
 class MemoryState(dict):
@@ -100,55 +102,6 @@ def chunk_update_coefficients(theta: torch.Tensor, eta: torch.Tensor, beta: torc
     grad_to_weights = theta * a[..., :length].flip(-1)  # token s = 1..L uses a_{L-s}
     grad_to_momentum = theta * eta_pow[..., :length].flip(-1)
     return grad_to_weights, grad_to_momentum, beta_pow[..., length], eta * a[..., length - 1], eta_pow[..., length]
-
-
-class MemoryStep(torch.autograd.Function):
-    """One chunk of the recurrence for one memory layer, the gradient sums fused in: with W = M_0 + dW the full
-    fast weights (BH, d_in, d_out), so that W itself is what the next chunk multiplies with,
-
-        W' = a W + (1 - a) M_0 + m S + Xw^T D,   S' = e S + Xu^T D        (that is, dW' = a dW + m S + Gw)
-
-    Xw, Xu (BH, L, d_in): the layer's inputs scaled by each token's weight in the sum; D (BH, L, d_out): its
-    per-token output gradients; a, e (BH, 1, 1); m (BH, 1, 1); initial = M_0 (H, d_in, d_out).
-    Written by hand because autograd would keep the weight-sized gradient sums Gw, Gu alive and materialise a
-    weight-sized product per gate to get each gate's gradient; here every weight-sized tensor is read or
-    written a few times per chunk, which is what bounds the speed at large d_mem.
-    """
-
-    @staticmethod
-    def forward(ctx, weights, momentum, Xw, Xu, D, a, e, m, initial):
-        ctx.set_materialize_grads(False)
-        H = initial.shape[0]
-        # a W + (1 - a) M_0 + m S, in two passes over the weights
-        base = torch.lerp(initial, weights.view(-1, *initial.shape), a.view(-1, H, 1, 1)).view_as(weights)
-        base.addcmul_(m, momentum)
-        new_weights = base.baddbmm_(Xw.transpose(1, 2), D)  # in place: an out-of-place baddbmm copies its input
-        new_momentum = (momentum * e).baddbmm_(Xu.transpose(1, 2), D)
-        ctx.save_for_backward(weights, momentum, Xw, Xu, D, a, e, m, initial)
-        return new_weights, new_momentum
-
-    @staticmethod
-    def backward(ctx, g_weights, g_momentum):
-        weights, momentum, Xw, Xu, D, a, e, m, initial = ctx.saved_tensors
-        BH, H = weights.shape[0], initial.shape[0]
-        if g_weights is None:
-            g_weights = torch.zeros_like(weights)
-        if g_momentum is None:
-            g_momentum = torch.zeros_like(momentum)
-        g_W = g_weights * a
-        g_S = torch.addcmul(g_momentum * e, m, g_weights)
-        g_Xw = torch.bmm(D, g_weights.transpose(1, 2))  # (BH, L, d_in)
-        g_Xu = torch.bmm(D, g_momentum.transpose(1, 2))
-        g_D = torch.baddbmm(torch.bmm(Xw, g_weights), Xu, g_momentum)  # (BH, L, d_out)
-        # the gate gradients: <g_W', W - M_0>, <g_S', S>, <g_W', S>
-        flat_gw = g_weights.view(BH // H, H, -1)  # (B, H, d_in d_out)
-        g_a = (torch.linalg.vecdot(g_weights.flatten(1), weights.flatten(1))
-               - torch.linalg.vecdot(flat_gw, initial.view(1, H, -1)).reshape(BH))
-        g_e = torch.linalg.vecdot(g_momentum.flatten(1), momentum.flatten(1))
-        g_m = torch.linalg.vecdot(g_weights.flatten(1), momentum.flatten(1))
-        one_minus_a = (1.0 - a).view(BH // H, H)
-        g_initial = (one_minus_a.t().unsqueeze(1) @ flat_gw.transpose(0, 1)).view_as(initial)
-        return (g_W, g_S, g_Xw, g_Xu, g_D, g_a.view_as(a), g_e.view_as(e), g_m.view_as(m), g_initial)
 
 
 def _logit(p: float) -> float:
@@ -278,43 +231,17 @@ class NeuralMemory(nn.Module):
         momenta = [state[f"S{i}"].reshape(B * H, *w0.shape[1:]) for i, w0 in enumerate(self.initial_weights, start=1)]
 
         retrieved = []
+        depth = self.depth
         for (keys, values, queries), ((token_w, token_u), (a, e, m)) in zip(
                 zip(k.split(C, 1), v.split(C, 1), q.split(C, 1)), coefficients):
-            L = keys.shape[1]
-            # keys and queries go through the chunk-start memory together; keep what the gradient needs
-            inputs, pre_activations, activations = [], [], []
-            h = torch.cat([keys, queries], 1)  # (BH, 2L, hd)
-            for i, (W, scale) in enumerate(zip(weights, self.layer_scales)):
-                inputs.append(h[:, :L])
-                h = h @ W
-                if scale != 1.0:
-                    h = h * scale
-                if i < self.depth - 1:
-                    pre_activations.append(h[:, :L])
-                    h = F.silu(h)
-                    activations.append(h[:, :L])
-            predicted, read = h.split(L, 1)
-            retrieved.append(read)  # queries read the memory as of the chunk start
-
-            # closed-form per-token gradients of ||M(k) - v||^2, weighted and summed per layer as (w * X)^T delta
-            # inside MemoryStep; the factor 2 and the minus sign of the descent step sit in the token weights
-            delta = predicted - values  # (BH, L, hd): half of d loss / d output
-            for i in reversed(range(self.depth)):
-                if self.layer_scales[i] != 1.0:
-                    delta = delta * self.layer_scales[i]  # now relative to (h @ W_i)
-                layer_delta = delta
-                token_scale_w, token_scale_u = token_w, token_u
-                if self.max_grad_norm > 0:  # clip each token's gradient 2 x^T delta, whose norm is 2 |x| |delta|
-                    norm = 2.0 * inputs[i].norm(dim=-1, keepdim=True) * layer_delta.norm(dim=-1, keepdim=True)
-                    clip = (self.max_grad_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
-                    token_scale_w, token_scale_u = token_w * clip, token_u * clip
-                if i > 0:  # back through silu, at the chunk-start weights: silu'(z) = sig + silu(z) (1 - sig)
-                    sig = torch.sigmoid(pre_activations[i - 1])
-                    silu_grad = torch.addcmul(sig, activations[i - 1], 1.0 - sig)
-                    delta = (delta @ weights[i].transpose(1, 2)) * silu_grad
-                weights[i], momenta[i] = MemoryStep.apply(weights[i], momenta[i], token_scale_w * inputs[i],
-                                                          token_scale_u * inputs[i], layer_delta, a, e, m,
-                                                          self.initial_weights[i])
+            # reads at the chunk-start weights, the per-token inner gradients (clipped to max_grad_norm) and the
+            # update, with one hand-written backward (memory_kernel); the factor 2 and the descent's minus sign
+            # sit in the token weights
+            read, *state_out = MemoryChunk.apply(keys, values, queries, token_w, token_u, a, e, m,
+                                                 tuple(self.layer_scales), self.max_grad_norm,
+                                                 *weights, *momenta, *self.initial_weights)
+            weights, momenta = state_out[:depth], state_out[depth:]
+            retrieved.append(read)
 
         out = torch.cat(retrieved, 1).view(B, H, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
         new_state = MemoryState()
