@@ -334,6 +334,8 @@ def main() -> None:
     parser.add_argument("--wake-steps", type=int, default=None, help="wake steps per cycle (default 40)")
     parser.add_argument("--continual-theta-max", type=float, default=CONTINUAL.memory_theta_max,
                         help="the continual part's memory_theta_max (the inner learning-rate cap)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run from this one on, so a run can be split across processes (default 0)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
                         help="the continual part's conditions to run, comma-separated (default all)")
     args = parser.parse_args()
@@ -341,6 +343,8 @@ def main() -> None:
     if not set(conditions) <= set(CONDITIONS):
         parser.error(f"--conditions takes a comma-separated subset of {', '.join(CONDITIONS)}; "
                      f"got {args.conditions!r}")
+    if not 0 <= args.first_seed <= 10**6:
+        parser.error(f"--first-seed must be a whole number from 0 to 1000000; got {args.first_seed}")
     if not 0 < args.continual_theta_max <= 2:
         parser.error("--continual-theta-max must be in (0, 2]")
     CONTINUAL = dataclasses.replace(CONTINUAL, memory_theta_max=args.continual_theta_max)
@@ -351,14 +355,16 @@ def main() -> None:
     if args.smoke:
         BATCH = 4  # every condition's path in seconds
     seeds = 1 if args.smoke else 2 if args.quick else args.seeds
-    # replay-surprise against replay: more seeds
-    extra_surprise_seeds = seeds if args.quick or args.smoke else 2 * seeds
+    # replay-surprise against replay: more seeds, when both run
+    both = {"replay", "replay-surprise"} <= set(conditions)
+    extra_surprise_seeds = 2 * seeds if both and not (args.quick or args.smoke) else seeds
+    first = args.first_seed
     seconds: dict[str, list[float]] = {c: [] for c in ["recall-memory", "recall-attention", "continual-start"]
                                        + CONDITIONS}
 
     recall_memory, recall_attention = [], []
     if args.part in ("recall", "all"):
-        for seed in range(seeds):
+        for seed in range(first, first + seeds):
             t0 = time.time()
             acc_mem, _ = in_context_recall(RECALL, "titans-mag", seed, args.recall_steps)
             t1 = time.time()
@@ -387,7 +393,7 @@ def main() -> None:
     inner_losses: dict[str, list] = {c: [] for c in CONDITIONS}
     for condition in [c for c in CONDITIONS if c in conditions] if args.part in ("continual", "all") else []:
         n = extra_surprise_seeds if condition in ("replay", "replay-surprise") else seeds
-        for seed in range(n):
+        for seed in range(first, first + n):
             start = start_for(seed)
             t0 = time.time()
             R, losses, inner = continual(condition, seed, start, args.wake_steps)
