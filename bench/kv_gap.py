@@ -75,7 +75,7 @@ from bench.stats import over_seeds, shown  # noqa: E402
 from engine.accumulate import MicroBatches  # noqa: E402
 from engine.config import ModelConfig, OptimConfig, SleepConfig  # noqa: E402
 from engine.faults import Faults  # noqa: E402
-from engine.model.titans import NeuralMemory  # noqa: E402
+from engine.model.titans import MemoryState, NeuralMemory  # noqa: E402
 from engine.model.trm import PAD, TinyRecursiveModel  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.precision import Precision  # noqa: E402
@@ -193,17 +193,28 @@ def closed_book_row(model: TinyRecursiveModel, fmt: Format, tables: torch.Tensor
 
 
 @torch.no_grad()
-def inner_memory_loss(model: TinyRecursiveModel, inputs) -> tuple[float, float]:
+def inner_memory_loss(model: TinyRecursiveModel, inputs) -> dict:
     """The neural memory's own associative loss mean_t ||M(k_t) - v_t||^2 after it has read `inputs`: every
     memory call's keys and values scored against the state that call ends with (what the fast weights hold).
-    Returns (loss, loss / mean_t ||v_t||^2): the second is the share of the values' energy the memory misses,
-    which does not move when outer training rescales the values."""
-    losses, energies = [], []
+    Returns the loss, `relative` = loss / mean_t ||v_t||^2 (the share of the values' energy the memory misses,
+    which does not move when outer training rescales the values), `before` = the same loss against the empty
+    memory (what reading the episode gained), the values' energy, the mean gates (theta, eta, alpha), the fast
+    weights' norm |M - M_0| and the momentum's norm |S| (the surprise carried), all means over memory calls."""
+    rows: list[dict] = []
 
     def score(module: NeuralMemory, args, output) -> None:
-        _, keys, values = module.project(args[0])
-        losses.append(float((module.recall(output[1], keys) - values).pow(2).sum(-1).mean()))
-        energies.append(float(values.pow(2).sum(-1).mean()))
+        x, state = args[0], output[1]
+        _, keys, values = module.project(x)
+        empty = module.init_state(x.shape[0], x.device, x.dtype)
+        B, T, C = x.shape[0], x.shape[1], module.chunk_size
+        theta, eta, alpha = (g.mean() for g in module.gates(x[:, : T // C * C].reshape(B, T // C, C, -1).mean(2)))
+        momentum = MemoryState({n: t for n, t in state.items() if n.startswith("S")})
+        rows.append({"loss": float((module.recall(state, keys) - values).pow(2).sum(-1).mean()),
+                     "before": float((module.recall(empty, keys) - values).pow(2).sum(-1).mean()),
+                     "energy": float(values.pow(2).sum(-1).mean()), "theta": float(theta), "eta": float(eta),
+                     "alpha": float(alpha), "fast_norm": float(state.change_norm().mean()),
+                     "momentum_norm": float(torch.stack([t.pow(2).flatten(1).sum(1) for t in momentum.values()])
+                                            .sum(0).sqrt().mean())})
 
     handles = [m.register_forward_hook(score) for m in model.modules() if isinstance(m, NeuralMemory)]
     try:
@@ -213,7 +224,10 @@ def inner_memory_loss(model: TinyRecursiveModel, inputs) -> tuple[float, float]:
         model.train()
         for handle in handles:
             handle.remove()
-    return sum(losses) / len(losses), sum(losses) / sum(energies)
+    figures = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+    figures["relative"] = figures["loss"] / figures["energy"]
+    figures["relative_before"] = figures["before"] / figures["energy"]
+    return figures
 
 
 def train_step(model, optimizer, inputs, labels) -> tuple[float, object, object]:
@@ -289,8 +303,12 @@ def continual(condition: str, seed: int, start: dict, wake_steps: int):
         R.append(closed_book_row(model, fmt, tables))
         probe, _ = episodes(fmt, 2 * BATCH, torch.Generator().manual_seed(20_000 + 10 * seed + cycle), tables, [cycle])
         inner.append(inner_memory_loss(model, probe))
-        assert all(map(math.isfinite, inner[-1])), f"{condition}: non-finite inner memory loss"
+        assert all(map(math.isfinite, inner[-1].values())), f"{condition}: non-finite inner memory loss"
     return R, losses, inner
+
+
+def series(per_cycle: list[dict], key: str, digits: int = 2) -> str:
+    return " ".join(f"{figures[key]:.{digits}f}" for figures in per_cycle)
 
 
 def summarise(R: list[list[float]]) -> dict:
@@ -316,7 +334,17 @@ def main() -> None:
     parser.add_argument("--wake-steps", type=int, default=None, help="wake steps per cycle (default 40)")
     parser.add_argument("--continual-theta-max", type=float, default=CONTINUAL.memory_theta_max,
                         help="the continual part's memory_theta_max (the inner learning-rate cap)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run from this one on, so a run can be split across processes (default 0)")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help="the continual part's conditions to run, comma-separated (default all)")
     args = parser.parse_args()
+    conditions = args.conditions.split(",")
+    if not set(conditions) <= set(CONDITIONS):
+        parser.error(f"--conditions takes a comma-separated subset of {', '.join(CONDITIONS)}; "
+                     f"got {args.conditions!r}")
+    if not 0 <= args.first_seed <= 10**6:
+        parser.error(f"--first-seed must be a whole number from 0 to 1000000; got {args.first_seed}")
     if not 0 < args.continual_theta_max <= 2:
         parser.error("--continual-theta-max must be in (0, 2]")
     CONTINUAL = dataclasses.replace(CONTINUAL, memory_theta_max=args.continual_theta_max)
@@ -327,14 +355,16 @@ def main() -> None:
     if args.smoke:
         BATCH = 4  # every condition's path in seconds
     seeds = 1 if args.smoke else 2 if args.quick else args.seeds
-    # replay-surprise against replay: more seeds
-    extra_surprise_seeds = seeds if args.quick or args.smoke else 2 * seeds
+    # replay-surprise against replay: more seeds, when both run
+    both = {"replay", "replay-surprise"} <= set(conditions)
+    extra_surprise_seeds = 2 * seeds if both and not (args.quick or args.smoke) else seeds
+    first = args.first_seed
     seconds: dict[str, list[float]] = {c: [] for c in ["recall-memory", "recall-attention", "continual-start"]
                                        + CONDITIONS}
 
     recall_memory, recall_attention = [], []
     if args.part in ("recall", "all"):
-        for seed in range(seeds):
+        for seed in range(first, first + seeds):
             t0 = time.time()
             acc_mem, _ = in_context_recall(RECALL, "titans-mag", seed, args.recall_steps)
             t1 = time.time()
@@ -361,9 +391,9 @@ def main() -> None:
     results: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
     matrices: dict[str, list] = {c: [] for c in CONDITIONS}
     inner_losses: dict[str, list] = {c: [] for c in CONDITIONS}
-    for condition in CONDITIONS if args.part in ("continual", "all") else []:
+    for condition in [c for c in CONDITIONS if c in conditions] if args.part in ("continual", "all") else []:
         n = extra_surprise_seeds if condition in ("replay", "replay-surprise") else seeds
-        for seed in range(n):
+        for seed in range(first, first + n):
             start = start_for(seed)
             t0 = time.time()
             R, losses, inner = continual(condition, seed, start, args.wake_steps)
@@ -374,8 +404,9 @@ def main() -> None:
             matrices[condition].append(R)
             print(f"{condition:>15} seed {seed}: final acc {s['acc']:.3f}  forgetting {s['forgetting']:.3f}  "
                   f"bwt {s['bwt']:.3f}  consolidation loss {losses[-1] if losses else float('nan'):.4f}  "
-                  f"inner loss by cycle {' '.join(f'{x:.2f}' for x, _ in inner)} "
-                  f"(relative {' '.join(f'{r:.3f}' for _, r in inner)})  "
+                  f"inner loss by cycle {series(inner, 'loss')} (relative {series(inner, 'relative', 3)}; "
+                  f"empty memory {series(inner, 'relative_before', 3)}; theta {series(inner, 'theta', 3)}; "
+                  f"|M - M_0| {series(inner, 'fast_norm')}; |S| {series(inner, 'momentum_norm')})  "
                   f"({seconds[condition][-1]:.0f} s)", flush=True)
 
     def acc(c):
@@ -385,9 +416,9 @@ def main() -> None:
         """a - b in final accuracy, paired by seed over the seeds both ran."""
         return over_seeds([x["acc"] - y["acc"] for x, y in zip(results[a], results[b])])
 
-    # the inner memory loss per cycle (raw, and relative to the values' energy), averaged over seeds;
-    # "rising" = the last cycle's above the first's by more than 10%
-    inner_mean = {c: [[sum(run[i][part] for run in v) / len(v) for i in range(N_CYCLES)] for part in (0, 1)]
+    # the memory's figures per cycle (inner loss raw and relative to the values' energy, gates, norms), averaged
+    # over seeds; "rising" = the last cycle's loss above the first's by more than 10%
+    inner_mean = {c: {key: [sum(run[i][key] for run in v) / len(v) for i in range(N_CYCLES)] for key in v[0][0]}
                   for c, v in inner_losses.items() if v}
     gain = minus("replay-surprise", "replay")
     if results["no-sleep"]:
@@ -407,10 +438,13 @@ def main() -> None:
         "surprise_gain": gain["mean"], "surprise_gain_ci_low": gain["ci_low"], "surprise_gain_ci_high": gain["ci_high"],
         "surprise_helps": bool(gain["ci_low"] is not None and gain["mean"] >= 0.03 and gain["ci_low"] > 0),
         "replay_minus": {c.replace("-", "_"): minus("replay", c) for c in ["no-sleep", *CONTROLS]},
-        "inner_loss_by_cycle": {c: [round(x, 3) for x in v[0]] for c, v in inner_mean.items()},
-        "inner_loss_relative_by_cycle": {c: [round(x, 4) for x in v[1]] for c, v in inner_mean.items()},
-        "inner_loss_rising": sorted(c for c, v in inner_mean.items() if v[0][-1] > 1.1 * v[0][0]),
-        "inner_loss_relative_rising": sorted(c for c, v in inner_mean.items() if v[1][-1] > 1.1 * v[1][0]),
+        "inner_loss_by_cycle": {c: [round(x, 3) for x in v["loss"]] for c, v in inner_mean.items()},
+        "inner_loss_relative_by_cycle": {c: [round(x, 4) for x in v["relative"]] for c, v in inner_mean.items()},
+        "inner_loss_rising": sorted(c for c, v in inner_mean.items() if v["loss"][-1] > 1.1 * v["loss"][0]),
+        "inner_loss_relative_rising": sorted(c for c, v in inner_mean.items()
+                                             if v["relative"][-1] > 1.1 * v["relative"][0]),
+        "memory_by_cycle": {c: {key: [round(x, 4) for x in xs] for key, xs in v.items()}
+                            for c, v in inner_mean.items()},
         "seconds_per_condition_seed": {c: max(v) for c, v in seconds.items() if v},
         "R": {c: [[[round(x, 3) for x in row] for row in R] for R in matrices[c]] for c in CONDITIONS},
         "seeds": seeds, "wake_steps": args.wake_steps, "batch": BATCH,
