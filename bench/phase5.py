@@ -107,6 +107,65 @@ def mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def print_stages(level: int, row: dict, stages: dict, start_level: int) -> None:
+    """The level's bake, self-model and dream figures, one line each (a prompt's bake per line)."""
+    key = str(level)
+    for prompt, f in ((row.get("bake") and stages["bake"].reports[key]) or {}).items():
+        print(f"level {level}  bake {prompt:<10} KL {f['kl_before']:.4f} -> {f['kl_after']:.4f}; exact without "
+              f"the prompt {f['task_exact_before']:.3f} -> {f['task_exact_after']:.3f}, with it "
+              f"{f['exact_with_prompt']:.3f}; gives the teacher's answer without the prompt {f['agree_before']:.3f} "
+              f"-> {f['agree_after']:.3f}; the prompt's answer graded {f['followed_before']:.3f} -> "
+              f"{f['followed_after']:.3f} (per answer character {f['followed_cell_before']:.3f} -> "
+              f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}", flush=True)
+    s = row.get("selfmodel")
+    if s:
+        ranges = [k[:-len("_after")] for k in s if k.startswith("self_exact_r") and k.endswith("_after")]
+        print(f"level {level}  selfmodel: task exact {s['task_exact_before']:.3f} -> {s['task_exact_after']:.3f}; "
+              f"calibration error (halting head) {s['ece_before']:.3f} -> {s['ece_after']:.3f}, (answer "
+              f"probability) {s['ece_answer_before']:.3f} -> {s['ece_answer_after']:.3f}; self-prediction exact "
+              + ", ".join(f"{r[len('self_exact_'):]} {s[r + '_before']:.3f} -> {s[r + '_after']:.3f}" for r in ranges),
+              flush=True)
+    dr = row.get("dream")
+    if dr:
+        each = ", ".join(f"L{k} {dr[f'L{k}_before']:.3f} -> {dr[f'L{k}_after']:.3f}"
+                         for k in range(start_level, level + 1) if f"L{k}_before" in dr)
+        print(f"level {level}  dream: retention (held-out exact, levels {start_level} to {level}) "
+              f"{dr['retention_before']:.3f} -> {dr['retention_after']:.3f} ({each})", flush=True)
+
+
+def stage_keys(last: dict, bake_last: dict | None) -> dict:
+    """The JSON keys of the bake, self-model and dream stages, from the last level's figures. bake_adherence: the
+    checkable prompt baked from a teacher that follows it (the model's own answer written backwards), the share of
+    held-out questions on which the model without the prompt writes that answer; bake_adherence_exact grades the
+    same answers against the right answer written backwards."""
+    bake_last = bake_last or {}
+    reverse, selfmodel, dream = bake_last.get("reverse", {}), last.get("selfmodel") or {}, last.get("dream") or {}
+    ranges = sorted(k[:-len("_after")] for k in selfmodel if k.startswith("self_exact_r") and k.endswith("_after"))
+    levels = sorted(k[:-len("_after")] for k in dream if k.startswith("L") and k.endswith("_after"))
+    return {
+        "bake_kl_before": mean([f["kl_before"] for f in bake_last.values()]),
+        "bake_kl_after": mean([f["kl_after"] for f in bake_last.values()]),
+        "bake_kl": {p: [f["kl_before"], f["kl_after"]] for p, f in bake_last.items()},
+        "bake_adherence": reverse.get("agree_after"), "bake_adherence_before": reverse.get("agree_before"),
+        "bake_adherence_exact": reverse.get("followed_after"),
+        "bake_adherence_exact_before": reverse.get("followed_before"),
+        "bake_adherence_cell": reverse.get("followed_cell_after"),
+        "bake_adherence_cell_before": reverse.get("followed_cell_before"),
+        "bake_reverse_exact_with_prompt": reverse.get("exact_with_prompt"),
+        "bake_exact_with_prompt": mean([f["exact_with_prompt"] for f in bake_last.values()]),
+        "bake_exact_without_prompt": mean([f["task_exact_after"] for f in bake_last.values() if f["kept"]]),
+        "selfmodel_ece_before": selfmodel.get("ece_before"), "selfmodel_ece_after": selfmodel.get("ece_after"),
+        "selfmodel_ece_answer_before": selfmodel.get("ece_answer_before"),
+        "selfmodel_ece_answer_after": selfmodel.get("ece_answer_after"),
+        "task_exact_before_selfmodel": selfmodel.get("task_exact_before"),
+        "task_exact_after_selfmodel": selfmodel.get("task_exact_after"),
+        "selfmodel_self_exact": {r[len("self_exact_"):]: [selfmodel[r + "_before"], selfmodel[r + "_after"]]
+                                 for r in ranges},
+        "dream_retention_before": dream.get("retention_before"), "dream_retention_after": dream.get("retention_after"),
+        "dream_retention_levels": {k: [dream[k + "_before"], dream[k + "_after"]] for k in levels},
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one level, a smaller queue and shorter stages")
@@ -148,46 +207,17 @@ def main() -> int:
               f"{cur.get('questions_left')} of {cur.get('questions')} questions left after {cur.get('epochs')} "
               f"passes; held-out exact curriculum {shown(row['curriculum_exact'])} against uniform "
               f"{shown(row['uniform_exact'])} at equal steps, difference {shown(row['difference'])}", flush=True)
-        for prompt, f in ((row.get("bake") and stages["bake"].reports[key]) or {}).items():
-            print(f"level {level}  bake {prompt:<10} KL {f['kl_before']:.4f} -> {f['kl_after']:.4f}; exact without "
-                  f"the prompt {f['task_exact_before']:.3f} -> {f['task_exact_after']:.3f}, with it "
-                  f"{f['exact_with_prompt']:.3f}; follows it without it {f['followed_before']:.3f} -> "
-                  f"{f['followed_after']:.3f} (per answer character {f['followed_cell_before']:.3f} -> "
-                  f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}", flush=True)
-        s = row.get("selfmodel")
-        if s:
-            ranges = [k[:-len("_after")] for k in s if k.startswith("self_exact_r") and k.endswith("_after")]
-            print(f"level {level}  selfmodel: task exact {s['task_exact_before']:.3f} -> {s['task_exact_after']:.3f}; "
-                  f"calibration error (halting head) {s['ece_before']:.3f} -> {s['ece_after']:.3f}, (answer "
-                  f"probability) {s['ece_answer_before']:.3f} -> {s['ece_answer_after']:.3f}; self-prediction exact "
-                  + ", ".join(f"{r[len('self_exact_'):]} {s[r + '_before']:.3f} -> {s[r + '_after']:.3f}"
-                              for r in ranges), flush=True)
-        dr = row.get("dream")
-        if dr:
-            print(f"level {level}  dream: retention (held-out exact, levels {cfg.curriculum.start_level} to {level}) "
-                  f"{dr['retention_before']:.3f} -> {dr['retention_after']:.3f}", flush=True)
+        print_stages(level, row, stages, cfg.curriculum.start_level)
 
     last = per_level[-1] if per_level else {}
     bake_last = stages["bake"].reports.get(str(last.get("level"))) if "bake" in stages else None
     c_all = [m for level in sorted(cur_marks) if level in uni_marks for m in cur_marks[level]]
     u_all = [m for level in sorted(cur_marks) if level in uni_marks for m in uni_marks[level]]
-    selfmodel, dream = last.get("selfmodel") or {}, last.get("dream") or {}
     print(json.dumps({
         "minutes": round(minutes, 2), "steps": trainer.step, "levels_run": len(per_level), "status": trainer.status,
         "curriculum_exact": over_items(c_all), "uniform_exact": over_items(u_all),
         "curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
-        "bake_kl_before": mean([f["kl_before"] for f in (bake_last or {}).values()]),
-        "bake_kl_after": mean([f["kl_after"] for f in (bake_last or {}).values()]),
-        "bake_adherence": (bake_last or {}).get("reverse", {}).get("followed_after"),
-        "bake_adherence_before": (bake_last or {}).get("reverse", {}).get("followed_before"),
-        "bake_adherence_cell": (bake_last or {}).get("reverse", {}).get("followed_cell_after"),
-        "bake_adherence_cell_before": (bake_last or {}).get("reverse", {}).get("followed_cell_before"),
-        "bake_exact_with_prompt": mean([f["exact_with_prompt"] for f in (bake_last or {}).values()]),
-        "bake_exact_without_prompt": mean([f["task_exact_after"] for p, f in (bake_last or {}).items() if f["kept"]]),
-        "selfmodel_ece_before": selfmodel.get("ece_before"), "selfmodel_ece_after": selfmodel.get("ece_after"),
-        "task_exact_before_selfmodel": selfmodel.get("task_exact_before"),
-        "task_exact_after_selfmodel": selfmodel.get("task_exact_after"),
-        "dream_retention_before": dream.get("retention_before"), "dream_retention_after": dream.get("retention_after"),
+        **stage_keys(last, bake_last),
         "tool_pass_outcome": None, "tool_pass_ce": None,
         "tool_use": "not measured: training on the sandbox's outcome is not built yet",
         "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke,
