@@ -466,6 +466,12 @@ class RunState:
         return (s1 - s0) / (t1 - t0) if t1 > t0 else None
 
     @property
+    def first_stage(self) -> str:
+        """The stage a run begins with, before any phase change: a level pipeline's first, else wake."""
+        stages = (self.pipeline or {}).get("stages")
+        return stages[0] if isinstance(stages, list) and stages else "wake"
+
+    @property
     def world_size(self) -> int:
         size = (self.world or {}).get("world_size")
         return size if isinstance(size, int) and size > 0 else 1

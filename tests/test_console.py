@@ -190,10 +190,10 @@ def test_the_pipeline_strip_shows_level_stage_progress_and_questions_and_follows
                 assert "level 1 of 10" in text and "✓ curriculum ▸ ✓ bake ▸ ✓ selfmodel ▸  dream " in text
                 assert "75 of 300 questions left" in text and " 0%" in text
                 eng.advance(120)  # live: 20 steps into level 2's curriculum
-                await until(pilot, lambda: "step 20 " in bar.render().plain, what="the next level")
+                await until(pilot, lambda: "285 of 300" in bar.render().plain, what="the next level")
                 text = bar.render().plain
                 assert "level 2 of 10" in text and " curriculum  ▸ bake" in text and "✓" not in text
-                assert "20%" in text and "285 of 300 questions left" in text
+                assert "20%" in text and "285 of 300 questions left" in text  # the fake's step 420
                 assert "level&#160;pipeline" in app.export_screenshot()
 
         run(go())

@@ -501,6 +501,16 @@ def test_the_timeline_shows_the_pipelines_stage_changes():
     assert len({style for _, style in stage_look(stages).values()}) == 4  # each stage its own colour
 
 
+def test_a_pipelines_curves_show_the_baking_kl_and_the_self_models_calibration():
+    from widgets.curves import default_keys
+
+    plain = ["cell_acc", "exact_acc", "loss", "lr", "pipeline/level"]
+    assert default_keys(plain) == ["loss", "exact_acc", "lr"]
+    assert default_keys(plain + ["bake_kl"]) == ["loss", "exact_acc", "bake_kl"]
+    assert default_keys(plain + ["bake_kl", "selfmodel/ece", "selfmodel/ece_answer"]) == [
+        "loss", "exact_acc", "bake_kl", "selfmodel/ece"]
+
+
 def test_lab_ctl_stage_prints_where_the_pipeline_stands(tmp_path):
     from tests.helpers import lab
 

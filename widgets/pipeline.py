@@ -23,7 +23,7 @@ def render_strip(position: dict | None, width: int) -> Text:
     stages, stage = list(position.get("stages") or []), position.get("stage", "?")
     now = stages.index(stage) if stage in stages else -1
     text.append(f"level {position.get('level', '?')} of {position.get('levels', '?')}", style="bold")
-    text.append("  │  ", style=LATER_STYLE)
+    text.append(" │ ", style=LATER_STYLE)
     for i, name in enumerate(stages):
         if i:
             text.append(" ▸ ", style=LATER_STYLE)
@@ -34,12 +34,15 @@ def render_strip(position: dict | None, width: int) -> Text:
     if now < 0:
         text.append(f"  {stage}", style=NOW_STYLE)
     fraction = float(position.get("progress") or 0.0)
-    left, size = position.get("questions_left"), position.get("questions")
-    tail = f" {fraction:4.0%}  step {position.get('steps', 0):,}  │  {left:,} of {size:,} questions left"
-    bar = max(4, min(30, width - text.cell_len - len(tail) - 6))
-    text.append("  │  ", style=LATER_STYLE)
+    questions = f" │ {position.get('questions_left', 0):,} of {position.get('questions', 0):,} questions left"
+    steps = f"  step {position.get('steps', 0):,}"
+    room = width - text.cell_len - 3 - 5 - len(questions)  # 3: the separator, 5: the percentage
+    if room - len(steps) < 4:
+        steps = ""  # a narrow pane keeps the bar and the questions
+    bar = max(4, min(30, room - len(steps)))
+    text.append(" │ ", style=LATER_STYLE)
     text.append(progress_bar(fraction, bar), style=BAR_STYLE)
-    text.append(tail)
+    text.append(f" {fraction:4.0%}{steps}{questions}")
     return text
 
 

@@ -487,7 +487,7 @@ class DashboardScreen(Screen):
             return  # the slower panes redraw once a second
         timeline, curriculum, consolidation = (self.query_one(PhaseTimeline), self.query_one(CurriculumQueue),
                                                self.query_one(ConsolidationPlot))
-        timeline.show(s.phases, s.step)
+        timeline.show(s.phases, s.step, s.first_stage)
         curriculum.show(s.curriculum)
         consolidation.show(s.sleeps)
         for pane in (timeline, curriculum, consolidation):
