@@ -9,10 +9,11 @@ stages (the same code path). `--smoke`: a tiny model, seconds.
 Arms, measured in the same run:
 - pipeline: Trainer.run on the preset. Per level and stage: minutes, steps, questions left; bake: KL from the
   prompted teacher to the model without the prompt, before and after, exact without the prompt against exact with
-  it, and the checkable prompt's adherence (held-out questions on which the model without the prompt answers in
-  reverse, as the prompt asks); self-model: self-prediction exact per temperature range, calibration error of the
-  halting head and task exact, before and after; dream: held-out exact of this level and every earlier one,
-  before and after.
+  it, and the checkable prompt's adherence (held-out questions on which the model without the prompt writes its
+  own answer backwards, as the prompt asks; its teacher is that answer, since the small model given the prompt
+  does not follow it; graded against the right answer too); self-model: self-prediction exact per temperature
+  range, calibration error of the halting head and of the answer's probability, and task exact, before and
+  after; dream: held-out exact of this level and every earlier one, before and after.
 - uniform: the same model and seed trained by the wake stage on the level's plain question stream (uniform over
   its question space), for as many steps as the pipeline's curriculum stage took at that level, level after
   level. Held-out exact of both right after the curriculum's stage (for the pipeline) on the same distinct
