@@ -167,12 +167,43 @@ def stage_keys(last: dict, bake_last: dict | None) -> dict:
     }
 
 
+def selfmodel_control(cfg: config.RunConfig) -> dict | None:
+    """The first level again up to the self-model's end, with no self-prediction slots (selfmodel_share 0): the same
+    steps of the plain task alone. Every earlier stage runs the same way with the same seed, so the two self-model
+    stages start from the same weights (`same_start` checks it on the figures taken before)."""
+    if "selfmodel" not in cfg.pipeline.stages:
+        return None
+    stages = cfg.pipeline.stages[:cfg.pipeline.stages.index("selfmodel") + 1]
+    control = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, stages=stages, selfmodel_share=0.0),
+                                  curriculum=dataclasses.replace(cfg.curriculum, levels=cfg.curriculum.start_level))
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", control, output="quiet")
+        trainer.run()
+    return trainer.stages["selfmodel"].reports.get(str(cfg.curriculum.start_level))
+
+
+def control_keys(with_self: dict | None, without: dict | None) -> dict:
+    """The self-model stage against the same steps without its self-prediction slots, at the first level."""
+    if not with_self or not without:
+        return {}
+    same = all(with_self[f"{k}_before"] == without[f"{k}_before"] for k in ("ece", "ece_answer", "task_exact"))
+    keys = ("ece", "ece_answer", "task_exact")
+    print(f"level 1  selfmodel against the same steps without self-prediction (same start: {same}): calibration "
+          f"error (halting head) {with_self['ece_after']:.3f} against {without['ece_after']:.3f}, (answer "
+          f"probability) {with_self['ece_answer_after']:.3f} against {without['ece_answer_after']:.3f}; task exact "
+          f"{with_self['task_exact_after']:.3f} against {without['task_exact_after']:.3f}", flush=True)
+    return {"selfmodel_control": {"same_start": same, **{f"{k}_after_without_selfmodel": without[f"{k}_after"]
+                                                         for k in keys}}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one level, a smaller queue and shorter stages")
     ap.add_argument("--smoke", action="store_true", help="a tiny model and budgets of seconds: checks the code path")
     ap.add_argument("--levels", type=int, default=None, help="levels to run (default 3; --quick and --smoke: 1)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--selfmodel-control", action="store_true",
+                    help="run the first level again without the self-prediction slots (always on with --smoke)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a preset override")
     args = ap.parse_args()
     levels = args.levels or (1 if args.quick or args.smoke else 3)
@@ -193,6 +224,7 @@ def main() -> int:
     steps = {int(k): int(v["steps"]) for k, v in stages["curriculum"].reports.items()}
     print(f"pipeline: {trainer.step} steps, {minutes:.2f} min ({trainer.status})", flush=True)
     uni_marks = uniform_arm(cfg, steps, plan)
+    control = selfmodel_control(cfg) if args.selfmodel_control or args.smoke else None
 
     per_level = []
     for level in sorted(steps):
@@ -219,6 +251,8 @@ def main() -> int:
         "curriculum_exact": over_items(c_all), "uniform_exact": over_items(u_all),
         "curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
         **stage_keys(last, bake_last),
+        **control_keys((stages.get("selfmodel").reports.get(str(cfg.curriculum.start_level))
+                        if "selfmodel" in stages else None), control),
         "tool_pass_outcome": None, "tool_pass_ce": None,
         "tool_use": "not measured: training on the sandbox's outcome is not built yet",
         "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke,
