@@ -158,7 +158,8 @@ def test_ctl_steers_a_live_run(tmp_path, runs_dir):
         assert ack["ok"]
         assert proc.wait(timeout=60) == 0
         cmds = RunReader(run).commands()
-        assert [c["cmd"] for c in cmds] == ["pause", "status", "pause", "inspect", "sleep", "checkpoint", "resume", "stop"]
+        assert [c["cmd"] for c in cmds] == ["pause", "status", "pause", "inspect", "sleep", "stage", "checkpoint",
+                                            "resume", "stop"]
     finally:
         if proc.poll() is None:
             proc.kill()
