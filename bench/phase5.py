@@ -2,7 +2,7 @@
 the real trainer on CPU, and every stage's figure, whether or not it shows a gain.
 
     .venv/bin/python bench/phase5.py [--quick | --smoke] [--levels N] [--threads 2] [--set key=value ...]
-                                     [--part all | compare | pipeline]
+                                     [--part all | pipeline | curriculum | tool] [--selfmodel-control]
 
 Full: the first 3 levels of the preset as it is. `--quick`: one level with a smaller question queue and shorter
 stages (the same code path). `--smoke`: a tiny model, seconds.
@@ -10,10 +10,11 @@ stages (the same code path). `--smoke`: a tiny model, seconds.
 Arms, measured in the same run:
 - pipeline: Trainer.run on the preset. Per level and stage: minutes, steps, questions left; bake: KL from the
   prompted teacher to the model without the prompt, before and after, exact without the prompt against exact with
-  it, and the checkable prompt's adherence (held-out questions on which the model without the prompt answers in
-  reverse, as the prompt asks); self-model: self-prediction exact per temperature range, calibration error of the
-  halting head and task exact, before and after; dream: held-out exact of this level and every earlier one,
-  before and after.
+  it, and the checkable prompt's adherence (held-out questions on which the model without the prompt writes its
+  own answer backwards, as the prompt asks; its teacher is that answer, since the small model given the prompt
+  does not follow it; graded against the right answer too); self-model: self-prediction exact per temperature
+  range, calibration error of the halting head and of the answer's probability, and task exact, before and
+  after; dream: held-out exact of this level and every earlier one, before and after.
 - pipeline uniform: the same model and seed trained by the wake stage on the level's plain question stream
   (uniform over its question space), for as many steps as the pipeline's curriculum stage took at that level,
   level after level. Held-out exact of both right after the curriculum's stage (for the pipeline) on the same
@@ -313,12 +314,102 @@ def mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def print_stages(level: int, row: dict, stages: dict, start_level: int) -> None:
+    """The level's bake, self-model and dream figures, one line each (a prompt's bake per line)."""
+    key = str(level)
+    for prompt, f in ((row.get("bake") and stages["bake"].reports[key]) or {}).items():
+        print(f"level {level}  bake {prompt:<10} KL {f['kl_before']:.4f} -> {f['kl_after']:.4f}; exact without "
+              f"the prompt {f['task_exact_before']:.3f} -> {f['task_exact_after']:.3f}, with it "
+              f"{f['exact_with_prompt']:.3f}; gives the teacher's answer without the prompt {f['agree_before']:.3f} "
+              f"-> {f['agree_after']:.3f}; the prompt's answer graded {f['followed_before']:.3f} -> "
+              f"{f['followed_after']:.3f} (per answer character {f['followed_cell_before']:.3f} -> "
+              f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}", flush=True)
+    s = row.get("selfmodel")
+    if s:
+        ranges = [k[:-len("_after")] for k in s if k.startswith("self_exact_r") and k.endswith("_after")]
+        print(f"level {level}  selfmodel: task exact {s['task_exact_before']:.3f} -> {s['task_exact_after']:.3f}; "
+              f"calibration error (halting head) {s['ece_before']:.3f} -> {s['ece_after']:.3f}, (answer "
+              f"probability) {s['ece_answer_before']:.3f} -> {s['ece_answer_after']:.3f}; self-prediction exact "
+              + ", ".join(f"{r[len('self_exact_'):]} {s[r + '_before']:.3f} -> {s[r + '_after']:.3f}" for r in ranges),
+              flush=True)
+    dr = row.get("dream")
+    if dr:
+        each = ", ".join(f"L{k} {dr[f'L{k}_before']:.3f} -> {dr[f'L{k}_after']:.3f}"
+                         for k in range(start_level, level + 1) if f"L{k}_before" in dr)
+        print(f"level {level}  dream: retention (held-out exact, levels {start_level} to {level}) "
+              f"{dr['retention_before']:.3f} -> {dr['retention_after']:.3f} ({each})", flush=True)
+
+
+def stage_keys(last: dict, bake_last: dict | None) -> dict:
+    """The JSON keys of the bake, self-model and dream stages, from the last level's figures. bake_adherence: the
+    checkable prompt baked from a teacher that follows it (the model's own answer written backwards), the share of
+    held-out questions on which the model without the prompt writes that answer; bake_adherence_exact grades the
+    same answers against the right answer written backwards."""
+    bake_last = bake_last or {}
+    reverse, selfmodel, dream = bake_last.get("reverse", {}), last.get("selfmodel") or {}, last.get("dream") or {}
+    ranges = sorted(k[:-len("_after")] for k in selfmodel if k.startswith("self_exact_r") and k.endswith("_after"))
+    levels = sorted(k[:-len("_after")] for k in dream if k.startswith("L") and k.endswith("_after"))
+    return {
+        "bake_kl_before": mean([f["kl_before"] for f in bake_last.values()]),
+        "bake_kl_after": mean([f["kl_after"] for f in bake_last.values()]),
+        "bake_kl": {p: [f["kl_before"], f["kl_after"]] for p, f in bake_last.items()},
+        "bake_adherence": reverse.get("agree_after"), "bake_adherence_before": reverse.get("agree_before"),
+        "bake_adherence_exact": reverse.get("followed_after"),
+        "bake_adherence_exact_before": reverse.get("followed_before"),
+        "bake_adherence_cell": reverse.get("followed_cell_after"),
+        "bake_adherence_cell_before": reverse.get("followed_cell_before"),
+        "bake_reverse_exact_with_prompt": reverse.get("exact_with_prompt"),
+        "bake_exact_with_prompt": mean([f["exact_with_prompt"] for f in bake_last.values()]),
+        "bake_exact_without_prompt": mean([f["task_exact_after"] for f in bake_last.values() if f["kept"]]),
+        "selfmodel_ece_before": selfmodel.get("ece_before"), "selfmodel_ece_after": selfmodel.get("ece_after"),
+        "selfmodel_ece_answer_before": selfmodel.get("ece_answer_before"),
+        "selfmodel_ece_answer_after": selfmodel.get("ece_answer_after"),
+        "task_exact_before_selfmodel": selfmodel.get("task_exact_before"),
+        "task_exact_after_selfmodel": selfmodel.get("task_exact_after"),
+        "selfmodel_self_exact": {r[len("self_exact_"):]: [selfmodel[r + "_before"], selfmodel[r + "_after"]]
+                                 for r in ranges},
+        "dream_retention_before": dream.get("retention_before"), "dream_retention_after": dream.get("retention_after"),
+        "dream_retention_levels": {k: [dream[k + "_before"], dream[k + "_after"]] for k in levels},
+    }
+
+
+def selfmodel_control(cfg: config.RunConfig) -> dict | None:
+    """The first level again up to the self-model's end, with no self-prediction slots (selfmodel_share 0): the same
+    steps of the plain task alone. Every earlier stage runs the same way with the same seed, so the two self-model
+    stages start from the same weights (`same_start` checks it on the figures taken before)."""
+    if "selfmodel" not in cfg.pipeline.stages:
+        return None
+    stages = cfg.pipeline.stages[:cfg.pipeline.stages.index("selfmodel") + 1]
+    control = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, stages=stages, selfmodel_share=0.0),
+                                  curriculum=dataclasses.replace(cfg.curriculum, levels=cfg.curriculum.start_level))
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(Path(d) / "run", control, output="quiet")
+        trainer.run()
+    return trainer.stages["selfmodel"].reports.get(str(cfg.curriculum.start_level))
+
+
+def control_keys(with_self: dict | None, without: dict | None) -> dict:
+    """The self-model stage against the same steps without its self-prediction slots, at the first level."""
+    if not with_self or not without:
+        return {}
+    same = all(with_self[f"{k}_before"] == without[f"{k}_before"] for k in ("ece", "ece_answer", "task_exact"))
+    keys = ("ece", "ece_answer", "task_exact")
+    print(f"level 1  selfmodel against the same steps without self-prediction (same start: {same}): calibration "
+          f"error (halting head) {with_self['ece_after']:.3f} against {without['ece_after']:.3f}, (answer "
+          f"probability) {with_self['ece_answer_after']:.3f} against {without['ece_answer_after']:.3f}; task exact "
+          f"{with_self['task_exact_after']:.3f} against {without['task_exact_after']:.3f}", flush=True)
+    return {"selfmodel_control": {"same_start": same, **{f"{k}_after_without_selfmodel": without[f"{k}_after"]
+                                                         for k in keys}}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one level, a smaller queue and shorter stages")
     ap.add_argument("--smoke", action="store_true", help="a tiny model and budgets of seconds: checks the code path")
     ap.add_argument("--levels", type=int, default=None, help="levels to run (default 3; --quick and --smoke: 1)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--selfmodel-control", action="store_true",
+                    help="run the first level again without the self-prediction slots (always on with --smoke)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a preset override")
     ap.add_argument("--part", choices=("all", "pipeline", "curriculum", "tool"), default="all",
                     help="one part alone: the preset's pipeline, curriculum vs uniform, or tool use")
@@ -343,6 +434,7 @@ def main() -> int:
     steps = {int(k): int(v["steps"]) for k, v in stages["curriculum"].reports.items()}
     print(f"pipeline: {trainer.step} steps, {minutes:.2f} min ({trainer.status})", flush=True)
     uni_marks = uniform_arm(cfg, steps, plan)
+    control = selfmodel_control(cfg) if args.selfmodel_control or args.smoke else None
 
     per_level = []
     for level in sorted(steps):
@@ -358,48 +450,21 @@ def main() -> int:
               f"{cur.get('questions_left')} of {cur.get('questions')} questions left after {cur.get('epochs')} "
               f"passes; held-out exact curriculum {shown(row['curriculum_exact'])} against uniform "
               f"{shown(row['uniform_exact'])} at equal steps, difference {shown(row['difference'])}", flush=True)
-        for prompt, f in ((row.get("bake") and stages["bake"].reports[key]) or {}).items():
-            print(f"level {level}  bake {prompt:<10} KL {f['kl_before']:.4f} -> {f['kl_after']:.4f}; exact without "
-                  f"the prompt {f['task_exact_before']:.3f} -> {f['task_exact_after']:.3f}, with it "
-                  f"{f['exact_with_prompt']:.3f}; follows it without it {f['followed_before']:.3f} -> "
-                  f"{f['followed_after']:.3f} (per answer character {f['followed_cell_before']:.3f} -> "
-                  f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}", flush=True)
-        s = row.get("selfmodel")
-        if s:
-            ranges = [k[:-len("_after")] for k in s if k.startswith("self_exact_r") and k.endswith("_after")]
-            print(f"level {level}  selfmodel: task exact {s['task_exact_before']:.3f} -> {s['task_exact_after']:.3f}; "
-                  f"calibration error (halting head) {s['ece_before']:.3f} -> {s['ece_after']:.3f}, (answer "
-                  f"probability) {s['ece_answer_before']:.3f} -> {s['ece_answer_after']:.3f}; self-prediction exact "
-                  + ", ".join(f"{r[len('self_exact_'):]} {s[r + '_before']:.3f} -> {s[r + '_after']:.3f}"
-                              for r in ranges), flush=True)
-        dr = row.get("dream")
-        if dr:
-            print(f"level {level}  dream: retention (held-out exact, levels {cfg.curriculum.start_level} to {level}) "
-                  f"{dr['retention_before']:.3f} -> {dr['retention_after']:.3f}", flush=True)
+        print_stages(level, row, stages, cfg.curriculum.start_level)
 
     last = per_level[-1] if per_level else {}
     bake_last = stages["bake"].reports.get(str(last.get("level"))) if "bake" in stages else None
     c_all = [m for level in sorted(cur_marks) if level in uni_marks for m in cur_marks[level]]
     u_all = [m for level in sorted(cur_marks) if level in uni_marks for m in uni_marks[level]]
-    selfmodel, dream = last.get("selfmodel") or {}, last.get("dream") or {}
     compared = comparison_figures(args) if args.part == "all" else {}
     print(json.dumps({
         "minutes": round(minutes, 2), "steps": trainer.step, "levels_run": len(per_level), "status": trainer.status,
         # the pipeline's curriculum against level-by-level uniform sampling right after each level's stage
         "pipeline_curriculum_exact": over_items(c_all), "pipeline_uniform_exact": over_items(u_all),
         "pipeline_curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
-        "bake_kl_before": mean([f["kl_before"] for f in (bake_last or {}).values()]),
-        "bake_kl_after": mean([f["kl_after"] for f in (bake_last or {}).values()]),
-        "bake_adherence": (bake_last or {}).get("reverse", {}).get("followed_after"),
-        "bake_adherence_before": (bake_last or {}).get("reverse", {}).get("followed_before"),
-        "bake_adherence_cell": (bake_last or {}).get("reverse", {}).get("followed_cell_after"),
-        "bake_adherence_cell_before": (bake_last or {}).get("reverse", {}).get("followed_cell_before"),
-        "bake_exact_with_prompt": mean([f["exact_with_prompt"] for f in (bake_last or {}).values()]),
-        "bake_exact_without_prompt": mean([f["task_exact_after"] for p, f in (bake_last or {}).items() if f["kept"]]),
-        "selfmodel_ece_before": selfmodel.get("ece_before"), "selfmodel_ece_after": selfmodel.get("ece_after"),
-        "task_exact_before_selfmodel": selfmodel.get("task_exact_before"),
-        "task_exact_after_selfmodel": selfmodel.get("task_exact_after"),
-        "dream_retention_before": dream.get("retention_before"), "dream_retention_after": dream.get("retention_after"),
+        **stage_keys(last, bake_last),
+        **control_keys((stages.get("selfmodel").reports.get(str(cfg.curriculum.start_level))
+                        if "selfmodel" in stages else None), control),
         "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke, **compared,
     }))
     return 0

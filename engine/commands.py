@@ -26,7 +26,7 @@ Handler = Callable[[dict], Reply]
 
 NAMES = tuple(protocol.COMMANDS)  # a shared command is its index here, plus one
 MAX_SHARED = 8  # commands shared per step boundary; the rest wait for the next one
-LEAD_ONLY = ("status", "probe")  # they change nothing a rank keeps: the lead answers them alone
+LEAD_ONLY = ("status", "probe", "stage")  # they change nothing a rank keeps: the lead answers them alone
 
 
 class CommandDispatch:
@@ -135,6 +135,12 @@ def run_handlers(run) -> dict[str, Handler]:
         run.recorder.event("carry", snapshot, store=False)
         return True, None, snapshot
 
+    def stage(args: dict) -> Reply:
+        running = run.stages.get(run.schedule.current)
+        if not run.cfg.pipeline.enabled or not hasattr(running, "position"):
+            return False, "this run has no level pipeline (pipeline.enabled is false): use `status`.", None
+        return True, None, running.position()
+
     return {"pause": pause, "resume": resume, "sleep": sleep, "checkpoint": checkpoint, "stop": stop,
             "inspect": inspect, "status": lambda args: (True, None, run.status_dict()),
-            "probe": lambda args: probe(run.ema, run.task, run.device, args)}
+            "probe": lambda args: probe(run.ema, run.task, run.device, args), "stage": stage}

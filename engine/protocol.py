@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "inspect": ("slot",),
     "probe": ("input", "reset"),
     "status": (),
+    "stage": (),  # where the level pipeline stands (refused without one)
 }
 
 # Event kinds the engine broadcasts.
@@ -50,6 +51,7 @@ EVENTS = (
     "eval",  # data: evaluation figures
     "command",  # data: a command as applied, sent after its acknowledgement
     "world",  # data: the run's processes (one, or the ranks of a torchrun launch), sent as the run starts
+    "pipeline",  # data: where the level pipeline stands (PIPELINE_POSITION)
 )
 
 STATUSES = ("starting", "compiling", "running", "paused", "stopped", "finished", "failed", "diverged")
@@ -76,6 +78,15 @@ class Obj:
 
 
 FIGURES = Obj({}, others=NUMBER)  # figures by name
+
+# Where the Phase-5 level pipeline stands: the "pipeline" event's data and the `stage` command's result.
+PIPELINE_POSITION = Obj({
+    "level": INTEGER, "levels": INTEGER,  # the level being worked on, and the last one
+    "stage": STRING, "stages": [STRING],  # the running stage, and every stage of a level in order
+    "progress": NUMBER,  # share of the running stage's work on this level done, 0 to 1
+    "steps": INTEGER,  # the running stage's steps on this level
+    "questions": INTEGER, "questions_left": INTEGER,  # the level's question queue
+})
 
 EVENT_DATA: dict[str, Obj] = {
     "metrics": FIGURES,  # one step's figures; with a neural memory, wake's carry memory_surprise_rate (share of
@@ -148,6 +159,7 @@ EVENT_DATA: dict[str, Obj] = {
     }, {"device": STRING,  # each rank's device, e.g. "cuda:0" on the lead
         "dtype": STRING},  # what train.dtype (auto included) resolved to
         choices={"dtype": ("float32", "bfloat16", "float16")}),
+    "pipeline": PIPELINE_POSITION,
 }
 
 

@@ -7,7 +7,7 @@
     lab run --resume RUN               continue a run from its newest good checkpoint
     lab runs                           list runs
     lab show RUN                       one run's status, figures and checkpoints
-    lab ctl RUN COMMAND                pause | resume | sleep | checkpoint | stop | inspect | status | probe TEXT
+    lab ctl RUN COMMAND                pause | resume | sleep | checkpoint | stop | inspect | status | probe TEXT | stage
     lab eval RUN --puzzles FILE        exact-match accuracy on a puzzle file
     lab eval RUN --task NAME --n 1000  held-out exact accuracy per difficulty (and curriculum level)
     lab config show CONFIG             the resolved config and the parameter count
@@ -172,6 +172,8 @@ def cmd_ctl(args) -> int:
         return EXIT_FAILED
     if args.json:
         print(json.dumps(reply))
+    elif reply["ok"] and args.command == "stage":
+        print(stage_line(reply["result"], reply["step"]))
     elif reply["ok"]:
         print(f"{args.command}: ok at step {reply['step']}")
         if reply.get("result") is not None:
@@ -182,6 +184,15 @@ def cmd_ctl(args) -> int:
         print(f"lab: {reply['error']}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK if reply["ok"] else EXIT_FAILED
+
+
+def stage_line(position: dict, step: int) -> str:
+    """Where the level pipeline stands, in one line (`lab ctl RUN stage`)."""
+    stages, stage = position["stages"], position["stage"]
+    which = f" ({stages.index(stage) + 1} of {len(stages)}: {' -> '.join(stages)})" if stage in stages else ""
+    return (f"level {position['level']} of {position['levels']}, stage {stage}{which}, {position['progress']:.0%} "
+            f"done ({position['steps']:,} steps), {position['questions_left']:,} of {position['questions']:,} "
+            f"questions left; run step {step:,}")
 
 
 def send_command(run_dir: Path, cmd: str, cmd_args: dict, timeout: float = 30.0) -> dict:
@@ -365,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ctl", help="send a command to a live run")
     p.add_argument("run")
     p.add_argument("command", choices=["pause", "resume", "sleep", "checkpoint", "stop", "inspect", "status",
-                                        "probe"])
+                                        "probe",
+                                        "stage"])
     p.add_argument("text", nargs="?", help="probe: an input for the run's model (a question, a task, a puzzle line)")
     p.add_argument("--reset", action="store_true", help="probe: reset the carry first")
     p.add_argument("--slot", type=int, default=0, help="slot for inspect")

@@ -254,7 +254,8 @@ class StoreFollower:
     since the last one, however long the run.
     """
 
-    EVENT_KINDS = ("phase", "consolidation", "curriculum", "checkpoint", "alert", "status", "eval", "command")
+    EVENT_KINDS = ("phase", "consolidation", "curriculum", "checkpoint", "alert", "status", "eval", "command",
+                   "pipeline")
 
     def __init__(self, run_dir: str | Path):
         self.reader = RunReader(run_dir)  # FileNotFoundError when the run has no store
@@ -335,6 +336,7 @@ class RunState:
         self.carry: dict | None = None
         self.last_checkpoint: dict | None = None
         self.world: dict | None = None  # the run's processes, from its "world" event
+        self.pipeline: dict | None = None  # where the level pipeline stands (its latest "pipeline" event)
         self.metrics_version = 0
         self._seen: set[tuple] = set()
         self._seen_order: deque[tuple] = deque()
@@ -349,6 +351,7 @@ class RunState:
             self.phases.clear()
             self.sleeps.clear()
             self.curriculum = CurriculumHistory()
+            self.pipeline = None
             self._seen.clear()
             self._seen_order.clear()
             self.step = 0
@@ -435,6 +438,8 @@ class RunState:
             self.last_checkpoint = {"step": step, **data}
         elif event == "world" and isinstance(data, dict):
             self.world = data
+        elif event == "pipeline" and isinstance(data, dict):
+            self.pipeline = data
         return msg
 
     def _add_point(self, step: int, data: dict) -> None:
@@ -459,6 +464,12 @@ class RunState:
                 t0, s0 = t, s
                 break
         return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+    @property
+    def first_stage(self) -> str:
+        """The stage a run begins with, before any phase change: a level pipeline's first, else wake."""
+        stages = (self.pipeline or {}).get("stages")
+        return stages[0] if isinstance(stages, list) and stages else "wake"
 
     @property
     def world_size(self) -> int:

@@ -88,6 +88,19 @@ def curriculum_change(step: int, steps: int) -> dict:
             "item": {"id": f"L{level} batch of 8", "pass": step % 5, "fail": step % 3, "hint": step % 2}}
 
 
+PIPELINE_STAGES = ["curriculum", "bake", "selfmodel", "dream"]
+
+
+def pipeline_position(step: int, steps_per_level: int = 400) -> dict:
+    """Where a level pipeline of 10 levels stands at `step`: each level's stages take equal shares of its steps."""
+    level, within = 1 + step // steps_per_level, step % steps_per_level
+    share = steps_per_level // len(PIPELINE_STAGES)
+    index = min(len(PIPELINE_STAGES) - 1, within // share)
+    return {"level": level, "levels": 10, "stage": PIPELINE_STAGES[index], "stages": list(PIPELINE_STAGES),
+            "progress": round((within - index * share) / share, 4), "steps": within - index * share,
+            "questions": 300, "questions_left": max(5, 300 - within * 3 // 4)}
+
+
 def metrics_at(step: int) -> dict:
     """A plausible, deterministic training curve."""
     noise = math.sin(step * 12.9898) * 0.03
@@ -101,13 +114,14 @@ def metrics_at(step: int) -> dict:
 class FakeEngine:
     def __init__(self, run_dir: str | Path, *, run_id: str = "fake-run", step: int = 0, status: str = "running",
                  gpu: bool = True, hold_acks: bool = False, clock: float | None = None,
-                 config_toml: str = CONFIG_TOML):
+                 config_toml: str = CONFIG_TOML, pipeline: bool = False):
         self.run_dir = Path(run_dir)
         self.config_toml = config_toml
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_id, self.step, self.status, self.gpu = run_id, step, status, gpu
         self.clock = clock  # a fixed event time (for stable screenshots); None: real time
         self.hold_acks = hold_acks
+        self.pipeline = pipeline  # a run with a level pipeline: "pipeline" events, and `stage` answered
         self.commands: list[protocol.Command] = []
         self._held: list[tuple[socket.socket, protocol.Command]] = []
         self._clients: list[socket.socket] = []
@@ -144,6 +158,9 @@ class FakeEngine:
         if curriculum:
             for s in range(0, steps, max(1, steps // 20)):
                 log_event(s, "curriculum", curriculum_change(s, steps), at=t0 + s * 0.05)
+        if self.pipeline:
+            for s in range(20, steps + 1, 20):
+                log_event(s, "pipeline", pipeline_position(s), at=t0 + s * 0.05)
         log_event(steps // 2, "checkpoint", {"path": str(self.run_dir / "checkpoints" / f"step-{steps // 2:08d}"),
                                             "step": steps // 2, "reason": "periodic"}, at=t0 + steps * 0.025)
         store.update_run(status=self.status, step=steps, pid=os.getpid())
@@ -249,6 +266,10 @@ class FakeEngine:
                 result = {"reset": True}
         elif cmd.cmd == "status":
             result = {"status": self.status, "step": self.step}
+        elif cmd.cmd == "stage" and self.pipeline:
+            result = checked(protocol.event("pipeline", self.step, 0.0, pipeline_position(self.step)))["data"]
+        elif cmd.cmd == "stage":
+            ok, error = False, "this run has no level pipeline (pipeline.enabled is false): use `status`."
         self._send(conn, protocol.ack(cmd.id, ok, self.step, error, result))
         self.emit("command", {"id": cmd.id, "cmd": cmd.cmd, "ok": ok, "error": error, "client": "fake-client"})
 
@@ -277,6 +298,8 @@ class FakeEngine:
         for _ in range(steps):
             self.step += 1
             self.emit("metrics", metrics_at(self.step))
+            if self.pipeline and self.step % 20 == 0:
+                self.emit("pipeline", pipeline_position(self.step))
             if self.step % telemetry_every == 0:
                 self.emit("telemetry", telemetry(self.gpu, vram_fraction))
 
@@ -324,8 +347,9 @@ if __name__ == "__main__":
     ap.add_argument("--steps-per-second", type=float, default=20.0)
     ap.add_argument("--history", type=int, default=1500)
     ap.add_argument("--no-gpu", action="store_true")
+    ap.add_argument("--pipeline", action="store_true", help="a run with a level pipeline")
     args = ap.parse_args()
-    fake = FakeEngine(args.run_dir, gpu=not args.no_gpu)
+    fake = FakeEngine(args.run_dir, gpu=not args.no_gpu, pipeline=args.pipeline)
     fake.write_history(args.history)
     fake.start()
     fake.run_live(args.steps_per_second)

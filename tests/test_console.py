@@ -21,6 +21,7 @@ from tests.fake_engine import CONFIG_TOML, FakeEngine, carry_snapshot
 from widgets.carry import CarryView
 from widgets.curves import CurvesPane
 from widgets.eventlog import EventLog
+from widgets.pipeline import PipelineStrip, render_strip
 from widgets.resources import ResourcesPane, resources_table
 
 SNAPSHOTS = Path(__file__).parent / "console_snapshots"
@@ -171,6 +172,47 @@ def test_panes_fill_from_the_store_then_live(runs, fake):
             assert any("VRAM at 90%" in a for a in alerts)
 
     run(go())
+
+
+def test_the_pipeline_strip_shows_level_stage_progress_and_questions_and_follows_the_run(runs):
+    eng = FakeEngine(runs / "p5-run", pipeline=True)
+    eng.write_history(300)  # the store's last word: level 1, dream (the fake's levels take 400 steps)
+    eng.start()
+    try:
+        async def go():
+            app = app_for(runs, eng.run_dir)
+            async with app.run_test(size=(160, 48)) as pilot:
+                dash = app.screen
+                bar = dash.query_one(PipelineStrip)
+                await until(pilot, lambda: dash.mode == "live" and bar.display and "dream" in bar.render().plain,
+                            what="the strip from the store")
+                text = bar.render().plain
+                assert "level 1 of 10" in text and "✓ curriculum ▸ ✓ bake ▸ ✓ selfmodel ▸  dream " in text
+                assert "75 of 300 questions left" in text and " 0%" in text
+                eng.advance(120)  # live: 20 steps into level 2's curriculum
+                await until(pilot, lambda: "285 of 300" in bar.render().plain, what="the next level")
+                text = bar.render().plain
+                assert "level 2 of 10" in text and " curriculum  ▸ bake" in text and "✓" not in text
+                assert "20%" in text and "285 of 300 questions left" in text  # the fake's step 420
+                assert "level&#160;pipeline" in app.export_screenshot()
+
+        run(go())
+    finally:
+        eng.stop()
+
+
+def test_a_run_without_a_pipeline_has_no_strip(runs, fake):
+    async def go():
+        app = app_for(runs, fake.run_dir)
+        async with app.run_test(size=(160, 48)) as pilot:
+            dash = app.screen
+            await until(pilot, lambda: dash.mode == "live", what="attach")
+            await pilot.pause(0.6)
+            assert not dash.query_one(PipelineStrip).display
+            assert "level&#160;pipeline" not in app.export_screenshot()
+
+    run(go())
+    assert render_strip(None, 80).plain == "no level pipeline in this run"
 
 
 def test_no_gpu_shows_no_gpu(runs):

@@ -472,7 +472,7 @@ def test_the_console_does_not_pull_torch_into_the_process():
     code = (
         "import sys; import lab.app, lab.client, lab.screens.dashboard, lab.screens.inspector, lab.screens.runs, "
         "lab.screens.compare, lab.screens.launch, widgets.curves, widgets.carry, widgets.resources, "
-        "widgets.timeline, widgets.consolidation, widgets.curriculum, widgets.eventlog; "
+        "widgets.timeline, widgets.consolidation, widgets.curriculum, widgets.eventlog, widgets.pipeline; "
         "bad = [m for m in sys.modules if m.split('.')[0] == 'torch']; print(bad[:5]); sys.exit(1 if bad else 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -488,6 +488,42 @@ def test_the_timeline_shows_any_stage_by_name():
     assert "▆" in bar and "█" in bar and "▁" in bar  # bake, sleep and wake each have their own band
     assert "▆ bake" in text and "█ sleep" in text and "now wake since step 25" in text
     assert text.splitlines()[0].index("▼") == bar.index("▆")  # begun by hand: marked where it starts
+
+
+def test_the_timeline_shows_the_pipelines_stage_changes():
+    from widgets.timeline import render_timeline, stage_look
+
+    stages = ["curriculum", "bake", "selfmodel", "dream"]
+    text = render_timeline([(0, "curriculum", False), (40, "bake", False), (56, "selfmodel", False),
+                            (60, "dream", False)], 64, 64).plain
+    assert text.splitlines()[1] == "▆" * 64  # no wake: every column is a pipeline stage's
+    assert all(f"▆ {name}" in text.splitlines()[3] for name in stages) and "now dream since step 60" in text
+    assert len({style for _, style in stage_look(stages).values()}) == 4  # each stage its own colour
+
+
+def test_a_pipelines_curves_show_the_baking_kl_and_the_self_models_calibration():
+    from widgets.curves import default_keys
+
+    plain = ["cell_acc", "exact_acc", "loss", "lr", "pipeline/level"]
+    assert default_keys(plain) == ["loss", "exact_acc", "lr"]
+    assert default_keys(plain + ["bake_kl"]) == ["loss", "exact_acc", "bake_kl"]
+    assert default_keys(plain + ["bake_kl", "selfmodel/ece", "selfmodel/ece_answer"]) == [
+        "loss", "exact_acc", "bake_kl", "selfmodel/ece"]
+
+
+def test_lab_ctl_stage_prints_where_the_pipeline_stands(tmp_path):
+    from tests.helpers import lab
+
+    fake = FakeEngine(tmp_path / "p5", pipeline=True)
+    fake.write_history(530)
+    fake.start()
+    try:
+        out = lab("ctl", str(fake.run_dir), "stage")  # a run without a pipeline: tests/test_engine.py's ctl test
+    finally:
+        fake.stop()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("level 2 of 10, stage bake (2 of 4: curriculum -> bake -> selfmodel -> dream), "
+                                  "30% done (30 steps), 203 of 300 questions left; run step 530")
 
 
 def test_the_header_shows_the_world_size_and_each_ranks_step_time(tmp_path):

@@ -147,6 +147,8 @@ def test_ctl_steers_a_live_run(tmp_path, runs_dir):
         assert len(snap["z_H_position_change"]) == len(snap["z_H_norms"]) - 1
         ack, rc = ctl("sleep")
         assert rc == 1 and "not available" in ack["error"]
+        ack, rc = ctl("stage")
+        assert rc == 1 and "no level pipeline" in ack["error"]
         ack, _ = ctl("checkpoint")
         assert ack["ok"] and (run / "checkpoints" / f"step-{paused_at:08d}").is_dir()
         ack, _ = ctl("resume")
@@ -156,7 +158,8 @@ def test_ctl_steers_a_live_run(tmp_path, runs_dir):
         assert ack["ok"]
         assert proc.wait(timeout=60) == 0
         cmds = RunReader(run).commands()
-        assert [c["cmd"] for c in cmds] == ["pause", "status", "pause", "inspect", "sleep", "checkpoint", "resume", "stop"]
+        assert [c["cmd"] for c in cmds] == ["pause", "status", "pause", "inspect", "sleep", "stage", "checkpoint",
+                                            "resume", "stop"]
     finally:
         if proc.poll() is None:
             proc.kill()

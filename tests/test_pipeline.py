@@ -72,6 +72,36 @@ def test_a_level_runs_its_stages_in_order_and_each_reports_its_figures(straight)
     assert [e["data"]["mode"] for e in events if e["event"] == "consolidation"] == ["dream"]
 
 
+def test_every_stage_says_where_the_pipeline_stands_and_the_stage_command_answers(straight):
+    from engine.commands import run_handlers
+
+    trainer, events, spans = straight
+    where = [(e["step"], e["data"]) for e in events if e["event"] == "pipeline"]
+    assert [d["stage"] for _, d in where if d["progress"] == 1.0] == ["curriculum", "bake", "selfmodel", "dream"]
+    for step, d in where:  # each stage's own, at level 1 of 1, its progress rising to 1
+        stage = next(name for name, (a, b) in spans.items() if a < step <= b)
+        assert d["stage"] == stage and d["level"] == 1 and d["levels"] == 1 and 0 <= d["progress"] <= 1
+        assert d["stages"] == ["curriculum", "bake", "selfmodel", "dream"]
+    curriculum = trainer.stages["curriculum"].reports["1"]
+    assert where[-1][1]["questions_left"] == curriculum["questions_left"] and where[-1][1]["questions"] == 24
+    ok, error, result = run_handlers(trainer)["stage"]({})
+    assert ok and protocol.check_data("pipeline", result) == [] and result["stage"] == "dream"
+    # the self-model's calibration as a curve: its first and its last step
+    ece = [e["step"] for e in events if e["event"] == "metrics" and "selfmodel/ece" in e["data"]]
+    assert ece == [spans["selfmodel"][0] + 1, spans["selfmodel"][1]]
+
+
+def test_the_stage_command_is_refused_without_a_pipeline(tmp_path):
+    from engine.commands import run_handlers
+
+    cfg = from_dict({"model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "H_cycles": 1, "L_cycles": 1},
+                     "task": {"name": "arithmetic"}, "train": {"max_steps": 1, "batch_size": 4, "device": "cpu"},
+                     "eval": {"every": 0}, "checkpoint": {"every": 0}})
+    trainer, _ = run(tmp_path / "run", cfg)
+    ok, error, _ = run_handlers(trainer)["stage"]({})
+    assert not ok and error == "this run has no level pipeline (pipeline.enabled is false): use `status`."
+
+
 def test_the_levels_follow_one_another_and_the_run_ends_after_the_last(tmp_path):
     trainer, events = run(tmp_path / "run", config(levels=2, stages=["curriculum", "dream"]))
     assert [e["data"]["phase"] for e in events if e["event"] == "phase"] == ["dream", "curriculum", "dream"]
@@ -195,37 +225,53 @@ def test_baking_pulls_the_model_without_the_prompt_to_the_teacher_with_it(tmp_pa
     assert figures["kl_after"] < 0.4 * figures["kl_before"], figures
 
 
-class ReverseOracle(torch.nn.Module):
-    """A teacher that follows the checkable prompt perfectly: the answer, computed, written backwards."""
+class PerfectSolver(torch.nn.Module):
+    """A model that answers every question right and follows the checkable prompt when given it: the answer,
+    computed, written backwards behind the prompt."""
 
-    def __init__(self, vocab_size: int):
+    def __init__(self, vocab_size: int, reverse: str):
         super().__init__()
-        self.vocab_size = vocab_size
+        self.vocab_size, self.reverse = vocab_size, reverse
 
     def predict_logits(self, inputs, n_steps=None, memory=None, memory_free=False):
+        from engine.tasks.levels import PROMPT_JOIN
         from engine.tasks.tokenizer import EOS, SEP, TOKENIZER
         from tests.test_levels import value
 
         logits = torch.full(inputs.shape + (self.vocab_size,), -10.0)
         for b, row in enumerate(inputs.tolist()):
             sep = row.index(SEP)
-            question = TOKENIZER.decode(row[:sep]).split(": ", 1)[-1]
-            for i, t in enumerate(TOKENIZER.encode(str(value(question))[::-1]) + [EOS]):
+            head = TOKENIZER.decode(row[:sep])
+            answer = str(value(head.split(PROMPT_JOIN, 1)[-1]))
+            if head.startswith(self.reverse + PROMPT_JOIN):
+                answer = answer[::-1]
+            for i, t in enumerate(TOKENIZER.encode(answer) + [EOS]):
                 logits[b, sep + 1 + i, t] = 10.0
         return logits, torch.zeros(inputs.shape[0])
+
+
+def test_the_checkable_prompts_teacher_is_the_models_own_answer_written_backwards():
+    from engine.stages.bake import mirrored
+
+    labels = torch.tensor([[0, 7, 8, 9, 2, 0]])  # three answer characters and EOS
+    logits = torch.randn(1, 6, 11)
+    out, logp = mirrored(logits, labels), torch.log_softmax(logits, -1)
+    assert torch.allclose(out[0, [1, 2, 3]], logp[0, [3, 2, 1]]) and torch.allclose(out[0, 4], logp[0, 4])
+    assert out[0, [0, 5]].abs().sum() == 0
 
 
 def test_the_checkable_prompt_baked_is_followed_without_it_and_leaves_the_run_model_alone(tmp_path, monkeypatch):
     import engine.stages.bake as bake
 
     plain, _ = run(tmp_path / "plain", config(bake=["reverse"], stages=["curriculum"]))  # the same practice
-    monkeypatch.setattr(bake, "frozen", lambda model: ReverseOracle(model.vocab_size))
-    baked, _ = run(tmp_path / "baked", config(bake=["reverse"], stages=["curriculum", "bake"], bake_steps=100,
-                                              probe_size=32))
+    cfg = config(bake=["reverse"], stages=["curriculum", "bake"], bake_steps=100, probe_size=32)
+    monkeypatch.setattr(bake, "frozen", lambda model: PerfectSolver(model.vocab_size, cfg.pipeline.reverse))
+    baked, _ = run(tmp_path / "baked", cfg)
     f = baked.stages["bake"].reports["1"]["reverse"]
     assert f["exact_with_prompt"] == 1.0 and f["kept"] == 0.0
     # without the prompt, the baked copy writes more of each answer backwards, as the prompt asks
     assert f["followed_cell_after"] > f["followed_cell_before"] + 0.05 and f["kl_after"] < f["kl_before"]
+    assert f["agree_after"] >= f["followed_after"]  # the teacher's answer is the right one here
     a, b = plain.model.state_dict(), baked.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # baked into a copy, dropped: the run's weights never moved
 

@@ -21,6 +21,7 @@ from widgets import plot
 
 BLOCK = 64  # points per precomputed min/max summary
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.99)  # EMA weights the smoothing key cycles through
+PIPELINE_CURVES = ("bake_kl", "selfmodel/ece")  # a level pipeline's baking KL and self-model calibration
 
 
 class Series:
@@ -183,7 +184,8 @@ def downsample_minmax(series: Series, buckets: int) -> tuple[list[int], list[flo
 
 
 def default_keys(keys: list[str], limit: int = 3) -> list[str]:
-    """The series a new pane shows first: the loss, an exact accuracy, the learning rate."""
+    """The series a new pane shows first: the loss, an exact accuracy, the learning rate (a level pipeline: the
+    baking KL and the self-model's calibration error instead)."""
     picked: list[str] = []
     names = {k: k.lower().rsplit("/", 1)[-1] for k in keys if not k.startswith("sys/")}
     for want in ("loss", "exact", "lr", "acc"):
@@ -195,6 +197,9 @@ def default_keys(keys: list[str], limit: int = 3) -> list[str]:
                 break
     if len(picked) < limit:
         picked += [k for k in names if k not in picked][: limit - len(picked)]
+    staged = [k for k in PIPELINE_CURVES if k in keys]
+    if staged:  # a level pipeline, once its stages have sent them: in place of the learning rate, one more plot
+        return picked[:2] + staged
     return picked[:limit]
 
 

@@ -3,6 +3,7 @@ as bands along the steps, phases begun by hand marked."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -33,35 +34,36 @@ class Band:
     manual: bool
 
 
-def bands(phases: list[tuple[int, str, bool]], current_step: int) -> list[Band]:
-    """[(step, phase, manual), ...] in step order -> contiguous bands up to the current step."""
+def bands(phases: list[tuple[int, str, bool]], current_step: int, first: str = "wake") -> list[Band]:
+    """[(step, phase, manual), ...] in step order -> contiguous bands up to the current step; before the first
+    phase change the run's `first` stage ran (wake, or a pipeline's curriculum)."""
     out: list[Band] = []
     if not phases or phases[0][0] > 0:
-        first = phases[0][0] if phases else current_step
-        out.append(Band(0, first, "wake", False))
+        until = phases[0][0] if phases else current_step
+        out.append(Band(0, until, first, False))
     for i, (step, phase, manual) in enumerate(phases):
         end = phases[i + 1][0] if i + 1 < len(phases) else max(current_step, step)
         out.append(Band(step, end, phase, manual))
     return [b for b in out if b.end > b.start or b is out[-1]]
 
 
-def render_timeline(phases: list[tuple[int, str, bool]], current_step: int, width: int) -> Text:
+def render_timeline(phases: list[tuple[int, str, bool]], current_step: int, width: int, first: str = "wake") -> Text:
     width = max(width, 10)
-    bs = bands(phases, current_step)
+    bs = bands(phases, current_step, first)
     hi = max(current_step, bs[-1].end if bs else 0, 1)
     per_col = hi / width
     marks = [" "] * width
-    cells = ["wake"] * width
+    cells = [first] * width
     for b in bs:
         if b.phase == "wake":
             continue
         c0 = min(width - 1, int(b.start / per_col))
-        c1 = min(width - 1, max(c0, int(max(b.end - 1, b.start) / per_col)))
+        c1 = min(width - 1, max(c0, math.ceil(b.end / per_col) - 1))  # up to where the next band begins
         for c in range(c0, c1 + 1):
             cells[c] = b.phase  # any other stage in a column shows, however short
         if b.manual:
             marks[c0] = "▼"
-    looks = stage_look(["wake"] + [b.phase for b in bs])
+    looks = stage_look([first] + [b.phase for b in bs])
     text = Text(no_wrap=True, end="")
     text.append("".join(marks) + "\n", style=MANUAL_STYLE)
     run_start = 0
@@ -78,7 +80,8 @@ def render_timeline(phases: list[tuple[int, str, bool]], current_step: int, widt
     for name, (glyph, style) in looks.items():
         text.append(f"{glyph} {name} ", style=style)
     text.append("▼ manual", style=MANUAL_STYLE)
-    text.append(f"   {len(sleeps)} sleeps ({manual} manual)", style="grey70")
+    if first == "wake" or sleeps:  # a pipeline's runs have no sleeps to count
+        text.append(f"   {len(sleeps)} sleeps ({manual} manual)", style="grey70")
     if now is not None and phases:
         text.append(f" · now {now.phase} since step {now.start:,}", style="bold")
     return text
@@ -91,12 +94,13 @@ class PhaseTimeline(Widget):
         super().__init__(**kwargs)
         self.phases: list[tuple[int, str, bool]] = []
         self.current_step = 0
+        self.first = "wake"  # the stage that ran before the first phase change
         self.version = 0
         self._drawn = -1
 
-    def show(self, phases: list[tuple[int, str, bool]], current_step: int) -> None:
-        if len(phases) != len(self.phases) or current_step != self.current_step:
-            self.phases, self.current_step = list(phases), current_step
+    def show(self, phases: list[tuple[int, str, bool]], current_step: int, first: str = "wake") -> None:
+        if len(phases) != len(self.phases) or current_step != self.current_step or first != self.first:
+            self.phases, self.current_step, self.first = list(phases), current_step, first
             self.version += 1
 
     def refresh_if_dirty(self) -> bool:
@@ -107,4 +111,4 @@ class PhaseTimeline(Widget):
 
     def render(self) -> Text:
         self._drawn = self.version
-        return render_timeline(self.phases, self.current_step, self.size.width)
+        return render_timeline(self.phases, self.current_step, self.size.width, self.first)

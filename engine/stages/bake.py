@@ -12,13 +12,17 @@ Slots are carried across steps as in wake (deep supervision): every supervision 
 the teacher's final answer for that question.
 
 The checkable prompt (`reverse`, the answer backwards) would undo the task for every later stage if it stayed in
-the weights, so it is baked into a copy of the model, measured, and dropped.
+the weights, so it is baked into a copy of the model, measured, and dropped. Its teacher is the model's own answer
+without the prompt, written backwards (`mirrored`): what a model that follows the prompt would say. A small model
+given the prompt after a level's practice does not write its answers backwards, so the prompted copy would bake
+nothing checkable (docs/decisions.md, "Checkable prompt").
 
 Figures per prompt on the level's held-out questions, before and after: `kl` (teacher with the prompt against
 the model without it, per answer position); `followed` (exact without the prompt, graded against the answer the
 prompt asks for: for the checkable prompt, its adherence; `followed_cell`, the same per answer position);
 `task_exact` (exact without the prompt against the plain answer); and `exact_with_prompt` (the teacher with the
-prompt, graded against what the prompt asks).
+prompt, graded against what the prompt asks); `agree` (the model without the prompt gives the teacher's answer: for
+the checkable prompt, its own earlier answer written backwards, which is its adherence whatever its arithmetic).
 """
 
 from __future__ import annotations
@@ -39,10 +43,11 @@ from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.optim import MuGrokfast, build_optimizer
 from engine.precision import Precision
 from engine.stages import StepResult
-from engine.stages.levels import LevelPlan, Timed, level_event
+from engine.stages.levels import LevelPlan, Timed, level_event, position_events
 from engine.tasks.tokenizer import Problem, stable_rng
 
 KEPT_OUT = ("reverse",)  # prompts baked into a copy and dropped: their effect would undo the task
+MIRRORED = ("reverse",)  # prompts whose teacher is the model's own plain answer, written backwards
 
 
 def frozen(model: TinyRecursiveModel) -> TinyRecursiveModel:
@@ -61,6 +66,18 @@ def aligned(teacher_logits: torch.Tensor, teacher_labels: torch.Tensor, labels: 
         src, dst = (teacher_labels[b] != PAD).nonzero()[:, 0], (labels[b] != PAD).nonzero()[:, 0]
         assert len(src) == len(dst), "a prompt changed the answer's length"
         out[b, dst] = logp[b, src]
+    return out
+
+
+def mirrored(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The teacher's log-probabilities over its answer written backwards (EOS stays last): (B, S, V), zero outside
+    the answers. The same layout as `labels` (the plain one)."""
+    out = torch.zeros(labels.shape + teacher_logits.shape[-1:], device=teacher_logits.device)
+    logp = F.log_softmax(teacher_logits.float(), -1)
+    for b in range(labels.shape[0]):
+        where = (labels[b] != PAD).nonzero()[:, 0]
+        out[b, where[:-1]] = logp[b, where[:-1].flip(0)]
+        out[b, where[-1:]] = logp[b, where[-1:]]
     return out
 
 
@@ -131,6 +148,14 @@ class BakeStage:
         if self.index < len(self.prompts):
             self._start_prompt()
 
+    @torch.no_grad()
+    def _teacher(self, plain_in, plain, asked_in, asked) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the teacher's log-probabilities at the plain layout's answer positions, the prompted model's logits)."""
+        prompted, _ = self.plan.logits(self.teacher, asked_in)
+        if self.prompt in MIRRORED:
+            return mirrored(self.plan.logits(self.teacher, plain_in)[0], plain), prompted
+        return aligned(prompted, asked, plain), prompted
+
     def _optimizer(self) -> MuGrokfast:
         return build_optimizer(self.student, dataclasses.replace(self.optim_cfg, warmup_steps=0))
 
@@ -142,16 +167,18 @@ class BakeStage:
         plain_in, plain = plan.probe(level)
         followed = plain.clone()
         followed[plain != PAD] = asked[asked != PAD]  # the prompt's answer at the plain layout's positions
-        teacher_logits, _ = plan.logits(self.teacher, asked_in)
+        target, prompted = self._teacher(plain_in, plain, asked_in, asked)
         logits, _ = plan.logits(self.student, plain_in)
         mask = plain != PAD
-        kl = answer_kl(aligned(teacher_logits, asked, plain), logits, mask).sum() / mask.sum().clamp_min(1)
+        kl = answer_kl(target, logits, mask).sum() / mask.sum().clamp_min(1)
         preds = logits.argmax(-1)
         right, cells = score(preds, followed)
+        teacher_answer = plain.masked_scatter(mask, target.argmax(-1)[mask])
         return {"kl": float(kl), "followed": float(right.float().mean()),
                 "followed_cell": float(cells.sum()) / max(1, int(mask.sum())),
+                "agree": float(score(preds, teacher_answer)[0].float().mean()),
                 "task_exact": float(score(preds, plain)[0].float().mean()),
-                "exact_with_prompt": float(score(teacher_logits.argmax(-1), asked)[0].float().mean())}
+                "exact_with_prompt": float(score(prompted.argmax(-1), asked)[0].float().mean())}
 
     # ---- the stage ----
 
@@ -202,10 +229,9 @@ class BakeStage:
         problems = self._questions(len(need))
         plain_in, plain = self.plan.stack([task.encode(p) for p in problems])
         asked_in, asked = self.plan.stack([task.prompted(p, text, effect) for p in problems])
-        teacher_logits, _ = self.plan.logits(self.teacher, asked_in)
         followed = plain.clone()
         followed[plain != PAD] = asked[asked != PAD]
-        self.targets[need] = aligned(teacher_logits, asked, plain)
+        self.targets[need] = self._teacher(plain_in, plain, asked_in, asked)[0]
         self.mask[need] = plain != PAD
         inputs[need], labels[need] = plain_in, followed
         return inputs, labels
@@ -232,7 +258,12 @@ class BakeStage:
         metrics["step_time"] = time.perf_counter() - t0
         self.timed.add(t0, step=True)
         events = [level_event(self.report())] if self.done() else []
-        return StepResult(metrics, finite, events)
+        return StepResult(metrics, finite, events + position_events(self, self.timed.steps))
+
+    def position(self) -> dict:
+        total = len(self.prompts) * self.plan.cfg.bake_steps
+        done = self.index * self.plan.cfg.bake_steps + (self.steps_done if self.index < len(self.prompts) else 0)
+        return self.plan.position(self.name, done / total if total else 1.0, self.timed.steps)
 
     def _forward_backward(self, student: TinyRecursiveModel, inputs: torch.Tensor, labels: torch.Tensor
                           ) -> tuple[Carry, dict[str, float], bool]:

@@ -20,7 +20,7 @@ import torch
 from engine.config import SleepConfig
 from engine.sleep import EpisodicBuffer
 from engine.stages import StepResult
-from engine.stages.levels import LevelPlan, Timed, level_event
+from engine.stages.levels import LevelPlan, Timed, level_event, position_events
 from engine.stages.sleep import SleepStage
 from engine.tasks.tokenizer import stable_rng
 
@@ -83,7 +83,11 @@ class DreamStage:
         if self.done():  # the sleep ends with the dream's last step: the run may end here
             result.events.extend(self.sleep.end(step))
             result.events.append(level_event(self.report()))
+        result.events.extend(position_events(self, self.steps_done))
         return result
+
+    def position(self) -> dict:
+        return self.plan.position(self.name, self.steps_done / max(1, self.plan.cfg.dream_steps), self.steps_done)
 
     def end(self, step: int) -> list[tuple[str, dict]]:
         return []

@@ -48,6 +48,15 @@ class LevelPlan:
     def level(self) -> int:
         return self.feed.level
 
+    def position(self, stage: str, progress: float, steps: int) -> dict:
+        """Where the pipeline stands (engine/protocol.py's PIPELINE_POSITION), `stage` running."""
+        queue = self.feed.queue
+        ended = queue.ended.get(str(self.level), {})
+        return {"level": self.level, "levels": self.curriculum.levels, "stage": stage,
+                "stages": list(self.cfg.stages), "progress": round(min(1.0, max(0.0, progress)), 4),
+                "steps": int(steps), "questions": int(ended.get("size", queue.size)),
+                "questions_left": int(ended.get("left", queue.remaining))}
+
     def at(self, level: int) -> LevelTask:
         if level not in self._tasks:
             self._tasks[level] = self.task.at_level(level)
@@ -239,6 +248,16 @@ def level_event(figures: dict[str, float]) -> tuple[str, dict]:
     return "eval", {k: float(v) for k, v in figures.items()}
 
 
+POSITION_EVERY = 20  # a stage sends where the pipeline stands with its first step, every 20th, and its last
+
+
+def position_events(stage, steps: int) -> list[tuple[str, dict]]:
+    """The "pipeline" event a pipeline stage sends with this step, if any (its console strip's figures)."""
+    if steps == 1 or steps % POSITION_EVERY == 0 or stage.done():
+        return [("pipeline", stage.position())]
+    return []
+
+
 class CurriculumStage(WakeStage):
     """Wake training on the level's question queue; done when the level ends."""
 
@@ -268,6 +287,7 @@ class CurriculumStage(WakeStage):
         self.judge()
         if self.done():  # the level ended with this step: its figures go out now (the run may end here)
             result.events.append(level_event(self.report()))
+        result.events.extend(position_events(self, self.timed.steps))
         return result
 
     def end(self, step: int) -> list[tuple[str, dict]]:
@@ -283,6 +303,16 @@ class CurriculumStage(WakeStage):
         self.checked = exact
         if exact >= cfg.advance_exact:
             self.feed.queue.end_level("held-out")
+
+    def position(self) -> dict:
+        """The level ends at max_epochs passes or when fewer than the threshold's questions are left: progress
+        is the nearer of the two."""
+        queue, cur = self.feed.queue, self.plan.curriculum
+        if self.done():
+            return self.plan.position(self.name, 1.0, self.timed.steps)
+        target = queue.size * (1 - cur.threshold)
+        mastered = (queue.size - queue.remaining) / target if target > 0 else 0.0
+        return self.plan.position(self.name, max(queue.epoch / max(1, cur.max_epochs), mastered), self.timed.steps)
 
     def report(self) -> dict[str, float]:
         level = self.feed.level

@@ -23,13 +23,15 @@ import torch.nn.functional as F
 from engine.evaluate import score
 from engine.model.trm import PAD, TinyRecursiveModel
 from engine.stages import StepResult
-from engine.stages.levels import LevelPlan, Timed, level_event
+from engine.stages.levels import LevelPlan, Timed, level_event, position_events
 from engine.stages.wake import WakeStage
 from engine.tasks.base import Sample
 from engine.tasks.levels import self_tag, temperature_ranges
 from engine.tasks.tokenizer import stable_rng
 
 ECE_BINS = 10
+CALIBRATION_EVERY = 25  # steps between the calibration curve's points (one held-out pass each)
+CURVE = ("ece", "ece_answer", "task_exact")  # sent as selfmodel/<name> metrics: the console's curves
 
 
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> float:
@@ -147,7 +149,19 @@ class SelfModelStage(WakeStage):
         self.timed.add(t0, step=True)
         if self.done():
             result.events.append(level_event(self.report()))
+            curve = {k: self.reports[str(self.feed.level)][f"{k}_after"] for k in CURVE}
+        elif self.steps_done == 1:
+            curve = {k: self.before[k] for k in CURVE}
+        elif self.steps_done % CALIBRATION_EVERY == 0:
+            curve = self.calibration()
+        else:
+            curve = {}
+        result.metrics.update({f"selfmodel/{k}": curve[k] for k in CURVE if k in curve})
+        result.events.extend(position_events(self, self.steps_done))
         return result
+
+    def position(self) -> dict:
+        return self.plan.position(self.name, self.steps_done / max(1, self.plan.cfg.selfmodel_steps), self.steps_done)
 
     def end(self, step: int) -> list[tuple[str, dict]]:
         return []
@@ -162,18 +176,28 @@ class SelfModelStage(WakeStage):
         return figures
 
     @torch.no_grad()
+    def calibration(self, logits: torch.Tensor | None = None, q_halt: torch.Tensor | None = None
+                    ) -> dict[str, float]:
+        """Task exact and the two calibration errors on the level's held-out questions."""
+        inputs, labels = self.plan.probe(self.feed.level)
+        if logits is None:
+            logits, q_halt = self.plan.logits(self.model, inputs)
+        right, cells = score(logits.argmax(-1), labels)
+        answer = labels != PAD
+        top = F.softmax(logits.float(), -1).amax(-1).masked_fill(~answer, 1.0).prod(-1)
+        return {"task_exact": float(right.float().mean()),
+                "task_cell": float(cells.sum()) / max(1, int(answer.sum())),
+                "ece": expected_calibration_error(torch.sigmoid(q_halt), right),
+                "ece_answer": expected_calibration_error(top, right)}
+
+    @torch.no_grad()
     def measure(self) -> dict[str, float]:
         """Task exact, calibration and self-prediction per range on the level's held-out questions."""
         plan, level = self.plan, self.feed.level
         inputs, labels = plan.probe(level)
         logits, q_halt = plan.logits(self.model, inputs)
-        right, cells = score(logits.argmax(-1), labels)
         answer = labels != PAD
-        top = F.softmax(logits.float(), -1).amax(-1).masked_fill(~answer, 1.0).prod(-1)
-        figures = {"task_exact": float(right.float().mean()),
-                   "task_cell": float(cells.sum()) / max(1, int(answer.sum())),
-                   "ece": expected_calibration_error(torch.sigmoid(q_halt), right),
-                   "ece_answer": expected_calibration_error(top, right)}
+        figures = self.calibration(logits, q_halt)
         # the same draws before and after: a generator of its own, seeded by the level
         generator = torch.Generator().manual_seed(self.seed * 1000 + level)
         problems = plan.held_out(level)

@@ -30,6 +30,7 @@ from widgets.consolidation import MEMORY, ConsolidationPlot
 from widgets.curriculum import CurriculumQueue
 from widgets.curves import CurvesPane
 from widgets.eventlog import EventLog
+from widgets.pipeline import PipelineStrip
 from widgets.plot import fmt
 from widgets.resources import ResourcesPane
 from widgets.timeline import PhaseTimeline
@@ -197,6 +198,7 @@ class DashboardScreen(Screen):
         yield Static(id="command-strip")
         with Horizontal(id="body"):
             with Vertical(id="main"):
+                yield PipelineStrip(id="pipeline")
                 yield CurvesPane(id="curves")
                 yield PhaseTimeline(id="timeline")
                 yield EventLog(id="log")
@@ -207,7 +209,8 @@ class DashboardScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        titles = {"curves": "curves · k series list · e smoothing", "timeline": "phases", "log": "events",
+        titles = {"pipeline": "level pipeline", "curves": "curves · k series list · e smoothing", "timeline": "phases",
+                  "log": "events",
                   "resources": "resources", "curriculum": "curriculum", "consolidation": "consolidation"}
         for wid, title in titles.items():
             self.query_one(f"#{wid}").border_title = title
@@ -472,6 +475,11 @@ class DashboardScreen(Screen):
             self.curves.set_runs([(s.run_id, s.series)])
         if self.curves.display:
             self.curves.refresh_if_dirty()
+        strip = self.query_one(PipelineStrip)
+        strip.display = s.pipeline is not None  # only a run with a level pipeline has one
+        strip.show(s.pipeline)
+        if strip.display:
+            strip.refresh_if_dirty()
         resources = self.query_one(ResourcesPane)
         if resources.display:
             resources.show(s.telemetry, s.limits.vram, s.limits.ram)
@@ -479,7 +487,7 @@ class DashboardScreen(Screen):
             return  # the slower panes redraw once a second
         timeline, curriculum, consolidation = (self.query_one(PhaseTimeline), self.query_one(CurriculumQueue),
                                                self.query_one(ConsolidationPlot))
-        timeline.show(s.phases, s.step)
+        timeline.show(s.phases, s.step, s.first_stage)
         curriculum.show(s.curriculum)
         consolidation.show(s.sleeps, {key: s.series[key] for key, _, _ in MEMORY if key in s.series})
         for pane in (timeline, curriculum, consolidation):
