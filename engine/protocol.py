@@ -79,7 +79,8 @@ FIGURES = Obj({}, others=NUMBER)  # figures by name
 
 EVENT_DATA: dict[str, Obj] = {
     "metrics": FIGURES,  # one step's figures
-    "phase": Obj({"phase": STRING, "manual": BOOLEAN}),  # any stage of the run's schedule
+    # any stage of the run's schedule; trigger: why a sleep began early ("buffer-full" or "plateau")
+    "phase": Obj({"phase": STRING, "manual": BOOLEAN}, optional={"trigger": STRING}),
     "consolidation": Obj({  # one per sleep, sent as it ends
         "sleep": INTEGER,  # sleeps begun so far, this one included
         "mode": STRING,
