@@ -18,7 +18,7 @@ Runs go to --workers processes of one thread each.
 Each figure is a mean over seeds with a Student t interval (bench/stats.py); the mix's and each removal's effects
 are paired by seed. Prints one line per condition and seed, the table with each condition's ratio to the task loss
 alone, then the figures as one JSON object on the last line.
-Usage: python bench/objectives.py [--quick | --smoke] [--seeds N] [--start-steps N] [--wake-steps N] [--workers N]
+Usage: python bench/objectives.py [--quick | --smoke] [--seeds N] [--start-steps N] [--wake-steps N] [--batch N] [--workers N]
 """
 
 from __future__ import annotations
@@ -178,13 +178,16 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="one seed, batches of 4, a few steps: the code path")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--start-steps", type=int, default=None,
-                        help="in-context steps of the shared start, task loss alone (default 300, quick 200)")
-    parser.add_argument("--wake-steps", type=int, default=None, help="wake (and sleep) steps a cycle (40, quick 16)")
+                        help="in-context steps of the shared start, task loss alone (default 300, quick 150)")
+    parser.add_argument("--wake-steps", type=int, default=None, help="wake (and sleep) steps a cycle (40, quick 8)")
     parser.add_argument("--ema-decay", type=float, default=0.99, help="the slow term's moving average")
     parser.add_argument("--workers", type=int, default=2, help="processes, one thread each")
+    parser.add_argument("--batch", type=int, default=None, help="episodes a step (default 32, quick 16)")
     args = parser.parse_args()
     if not 1 <= args.seeds <= 100:
         parser.error("--seeds must be 1 to 100")
+    if args.batch is not None and not 2 <= args.batch <= 1024:
+        parser.error("--batch must be 2 to 1024")
     if not 1 <= args.workers <= 64:
         parser.error("--workers must be 1 to 64")
     if not 0 <= args.ema_decay < 1:
@@ -193,12 +196,12 @@ def main() -> None:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     torch.set_num_threads(1)
-    args.start_steps = args.start_steps or (3 if args.smoke else 200 if args.quick else 300)
-    args.wake_steps = args.wake_steps or (2 if args.smoke else 16 if args.quick else 40)
+    args.start_steps = args.start_steps or (3 if args.smoke else 150 if args.quick else 300)
+    args.wake_steps = args.wake_steps or (2 if args.smoke else 8 if args.quick else 40)
+    set_sizes(args.batch or (4 if args.smoke else 16 if args.quick else 32), 32 if args.smoke else HELD_OUT)
     named = conditions()
     if args.smoke:  # every term's path, in seconds
         named = {c: named[c] for c in ("task_only", "full_mix", "minus_reconstruction")}
-        set_sizes(4, 32)
     seeds = 1 if args.smoke else args.seeds
     results: dict[str, list[dict]] = {c: [] for c in named}
     with ProcessPoolExecutor(args.workers, initializer=set_sizes, initargs=(kv_gap.BATCH, HELD_OUT)) as pool:
