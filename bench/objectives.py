@@ -18,7 +18,8 @@ Runs go to --workers processes of one thread each.
 Each figure is a mean over seeds with a Student t interval (bench/stats.py); the mix's and each removal's effects
 are paired by seed. Prints one line per condition and seed, the table with each condition's ratio to the task loss
 alone, then the figures as one JSON object on the last line.
-Usage: python bench/objectives.py [--quick | --smoke] [--seeds N] [--start-steps N] [--wake-steps N] [--batch N] [--workers N]
+Usage: python bench/objectives.py [--quick | --smoke] [--seeds N] [--start-steps N] [--wake-steps N] [--batch N]
+                                  [--workers N]
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def run(mix: ObjectivesConfig, seed: int, start: dict, wake_steps: int, ema_deca
     sleep = SleepStage(SleepConfig(mode="replay", buffer_size=4096, prune_age=10**9, probe_size=2 * kv_gap.BATCH),
                        t.model, t.optimizer, kv_gap.SEQ, kv_gap.BATCH, seed + 3, True, MicroBatches(kv_gap.BATCH),
                        Precision("float32", torch.device("cpu")), Faults({}), on_back_off=lambda change: None)
-    tables = torch.randint(FMT.n_values, (kv_gap.N_CYCLES, kv_gap.N_KEYS), generator=torch.Generator().manual_seed(seed + 2))
+    tables = torch.randint(FMT.n_values, (kv_gap.N_CYCLES, kv_gap.N_KEYS),
+                           generator=torch.Generator().manual_seed(seed + 2))
     g = torch.Generator().manual_seed(seed + 1)
     R, step, terms = [], 0, {}
     for cycle in range(kv_gap.N_CYCLES):

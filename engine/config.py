@@ -238,7 +238,7 @@ class ObjectivesConfig:
     memory: float = 0.0  # time-scale 2: the neural memory recalls the episode it has read
     slow: float = 0.0  # time-scale 3: the slow weights' answer stays near their moving average's (across sleeps)
     coherence: float = 0.0  # the answers y1..yT agree with the last one
-    span_fraction: float = 0.15  # reconstruction: share of input positions that start a masked span, / span_length
+    span_fraction: float = 0.15  # reconstruction: about this share of the input is hidden (spans start at it / length)
     span_length: int = 3
 
 

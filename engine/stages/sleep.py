@@ -205,8 +205,8 @@ class SleepStage:
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict(), "consolidator": self.consolidator.state_dict(),
-                "generator": self.generator.get_state(), "before": dict(self.before), "last_loss": self.last_loss, "sleeps": self.sleeps,
-                "trigger": self.trigger.state_dict()}
+                "generator": self.generator.get_state(), "before": dict(self.before), "last_loss": self.last_loss,
+                "sleeps": self.sleeps, "trigger": self.trigger.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
