@@ -238,6 +238,16 @@ def test_trigger_fires_on_a_full_buffer_and_on_a_plateau_never_too_early():
     assert q.due(10**6) is None
 
 
+def test_trigger_state_survives_a_resume():
+    cfg = SleepConfig(trigger_plateau=2, trigger_min_wake=1, buffer_size=5, trigger_buffer_full=True)
+    t = ConsolidationTrigger(cfg)
+    for loss in (3.0, 3.0, 3.0):
+        t.observe(1, loss)
+    again = ConsolidationTrigger(cfg)
+    again.load_state_dict(t.state_dict())
+    assert again.state_dict() == t.state_dict() and again.due(5) == t.due(5) == "plateau"
+
+
 def test_schedule_ends_a_wake_early_when_sleep_asks_and_says_why():
     class Ready:
         def __init__(self):
