@@ -122,9 +122,8 @@ def test_consistency_slow_and_coherence_ignore_unscored_cells():
     _, one = step(m, mix, x, unscored)
     full = torch.randint(1, V, (B, S))
     _, all_cells = step(m, mix, x, full)
-    for term in ("consistency", "slow", "coherence"):
-        # per scored cell: one cell's share against all 32 cells' mean is not the same number unless by chance
-        assert one.metrics[f"obj_{term}"] >= 0 and all_cells.metrics[f"obj_{term}"] > 0
+    for term in ("consistency", "slow", "coherence"):  # one scored cell is enough for a term
+        assert one.metrics[f"obj_{term}"] > 0 and all_cells.metrics[f"obj_{term}"] > 0
     scored_only = torch.where(torch.arange(S) < 4, full, PAD)
     shifted = scored_only.clone()
     shifted[:, 4:] = torch.randint(1, V, (B, S - 4))  # labels move only at cells that were unscored
@@ -134,7 +133,7 @@ def test_consistency_slow_and_coherence_ignore_unscored_cells():
         assert a.metrics[f"obj_{term}"] == pytest.approx(b.metrics[f"obj_{term}"], rel=1e-6)
 
 
-def test_slow_is_zero_at_the_anchor_and_consistency_zero_without_a_memory_effect():
+def test_slow_is_zero_at_the_anchor():
     m = model()
     x, y = batch()
     _, out = step(m, Objectives(ObjectivesConfig(slow=1.0), copy.deepcopy(m).requires_grad_(False)), x, y)
