@@ -211,6 +211,13 @@ class SleepConfig:
     warmup_sleeps: int = 1  # sleeps over which the length grows linearly from warmup_sleep_steps to sleep_steps
     # the modes sleeps take in turn, e.g. ["distill", "dream"]: deep sleep, then REM-like; empty: always `mode`
     modes: list[str] = field(default_factory=list)
+    # Consolidation on a signal, beside the fixed schedule: a wake phase ends early (never before
+    # trigger_min_wake steps) once the buffer has taken buffer_size new samples since the last sleep, or once the
+    # loss of fresh samples at first sight (a held-out signal) has not improved for trigger_plateau steps.
+    trigger_buffer_full: bool = False
+    trigger_plateau: int = 0  # patience in wake steps; 0 = off
+    plateau_delta: float = 0.01  # an improvement is a drop of the first-sight loss's average by this share
+    trigger_min_wake: int = 20
 
 
 # The Phase-5 pipeline's stages and prompts, by the names [pipeline] uses.
@@ -248,6 +255,24 @@ class PipelineConfig:
 
 
 @dataclass
+class ObjectivesConfig:
+    # The wake loss's mix (engine/objectives.py): task x the answer's cross-entropy + the halting BCE + each term
+    # x its weight. The default is the task loss alone; configs/objectives.toml holds the 70/20/10 preset.
+    task: float = 1.0
+    reconstruction: float = 0.0  # masked input spans predicted from both sides
+    consistency: float = 0.0  # memory-assisted answers against the memory-free (slow weights') ones, every cycle
+    carry: float = 0.0  # time-scale 1: the carried latents settle across the recursion's cycles
+    memory: float = 0.0  # time-scale 2: the neural memory recalls the episode it has read
+    slow: float = 0.0  # time-scale 3: the slow weights' answer stays near their moving average's (across sleeps)
+    coherence: float = 0.0  # the answers y1..yT agree with the last one
+    span_fraction: float = 0.15  # reconstruction: about this share of the input is hidden (spans start at it / length)
+    span_length: int = 3
+
+
+OBJECTIVE_TERMS = ("reconstruction", "consistency", "carry", "memory", "slow", "coherence")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -260,6 +285,7 @@ class RunConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     sleep: SleepConfig = field(default_factory=SleepConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
 
 
 # Allowed ranges: (low, high) inclusive; None = unbounded on that side.
@@ -325,6 +351,18 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "sleep.warmup_steps": (0, 10**9),
     "sleep.warmup_sleep_steps": (0, 10**9),
     "sleep.warmup_sleeps": (1, 10**6),
+    "sleep.trigger_plateau": (0, 10**9),
+    "sleep.plateau_delta": (0.0, 1.0),
+    "sleep.trigger_min_wake": (1, 10**9),
+    "objectives.task": (0.0, 100.0),
+    "objectives.reconstruction": (0.0, 100.0),
+    "objectives.consistency": (0.0, 100.0),
+    "objectives.carry": (0.0, 100.0),
+    "objectives.memory": (0.0, 100.0),
+    "objectives.slow": (0.0, 100.0),
+    "objectives.coherence": (0.0, 100.0),
+    "objectives.span_fraction": (0.01, 0.9),
+    "objectives.span_length": (1, 64),
     "pipeline.probe_size": (1, 100_000),
     "pipeline.prompt_share": (0.0, 1.0),
     "pipeline.bake_steps": (1, 10**9),
@@ -577,6 +615,7 @@ def _check_cross(cfg: RunConfig, where: str) -> None:
     if m.memory == "titans-mag" and m.mixer != "attention":
         raise ConfigError(f"{where}: model.memory = 'titans-mag' needs model.mixer = 'attention'.")
     _check_sleep(cfg, where)
+    _check_objectives(cfg, where)
     if cfg.pipeline.enabled:
         _check_pipeline(cfg, where)
 
@@ -596,6 +635,21 @@ def _check_sleep(cfg: RunConfig, where: str) -> None:
     if cfg.train.accumulation > cfg.train.batch_size:
         raise ConfigError(f"{where}: train.accumulation = {cfg.train.accumulation} is more than train.batch_size = "
                           f"{cfg.train.batch_size}; a micro-batch holds at least one sample.")
+
+
+def _check_objectives(cfg: RunConfig, where: str) -> None:
+    o, m = cfg.objectives, cfg.model
+    if o.task == 0 and not any(getattr(o, t) for t in OBJECTIVE_TERMS):
+        raise ConfigError(f"{where}: every weight under [objectives] is 0, so nothing would be trained; give "
+                          "objectives.task or one of " + ", ".join(OBJECTIVE_TERMS) + " a weight above 0.")
+    for term in ("consistency", "memory"):
+        if getattr(o, term) and m.memory == "none":
+            raise ConfigError(f"{where}: objectives.{term} = {getattr(o, term)} needs a neural memory; set "
+                              "model.memory = 'titans-mag' or objectives." + term + " = 0.")
+    if o.coherence and m.H_cycles < 2:
+        raise ConfigError(f"{where}: objectives.coherence = {o.coherence} compares the answers of the recursion's "
+                          f"cycles, but model.H_cycles = {m.H_cycles}; set model.H_cycles >= 2 or "
+                          "objectives.coherence = 0.")
 
 
 def _check_pipeline(cfg: RunConfig, where: str) -> None:

@@ -92,7 +92,8 @@ EVENT_DATA: dict[str, Obj] = {
     "metrics": FIGURES,  # one step's figures; with a neural memory, wake's carry memory_surprise_rate (share of
     # tokens whose surprise reached model.memory_surprise_threshold), memory_update_rate (share that wrote) and
     # memory_utilisation (||fast weights - initial|| / ||initial||)
-    "phase": Obj({"phase": STRING, "manual": BOOLEAN}),  # any stage of the run's schedule
+    # any stage of the run's schedule; trigger: why a sleep began early ("buffer-full" or "plateau")
+    "phase": Obj({"phase": STRING, "manual": BOOLEAN}, optional={"trigger": STRING}),
     "consolidation": Obj({  # one per sleep, sent as it ends
         "sleep": INTEGER,  # sleeps begun so far, this one included
         "mode": STRING,

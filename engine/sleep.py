@@ -206,3 +206,50 @@ class Consolidator:
             self.begin(model, self.mode)
             self.lr, self.loss_mean = float(state["lr"]), state["loss_mean"]
             self.teacher.load_state_dict(state["teacher"])
+
+
+class ConsolidationTrigger:
+    """When a wake phase may end early for a sleep, beside the fixed schedule: the buffer has taken buffer_size new
+    samples since the last sleep (it is full of unconsolidated samples), or the loss of fresh samples at first
+    sight, a held-out signal, has not improved by plateau_delta for trigger_plateau wake steps (a plateau or a
+    regression). Neither fires before trigger_min_wake wake steps."""
+
+    def __init__(self, cfg: SleepConfig):
+        self.cfg = cfg
+        self.added = 0  # samples offered to the buffer since the last sleep
+        self.average: float | None = None  # moving average of the first-sight loss
+        self.best = float("inf")
+        self.stale = 0  # wake steps since the average last improved
+
+    def observe(self, fresh: int, loss_sum: float) -> None:
+        """After a wake step: `fresh` samples seen for the first time, their first-sight losses summing to loss_sum."""
+        self.added += fresh
+        if fresh:
+            loss = loss_sum / fresh
+            self.average = loss if self.average is None else 0.9 * self.average + 0.1 * loss
+        if self.average is not None and self.average < self.best * (1.0 - self.cfg.plateau_delta):
+            self.best, self.stale = self.average, 0
+        else:
+            self.stale += 1
+
+    def due(self, awake: int) -> str | None:
+        """Why a sleep should begin now, after `awake` wake steps, or None."""
+        if awake < self.cfg.trigger_min_wake:
+            return None
+        if self.cfg.trigger_buffer_full and self.added >= self.cfg.buffer_size:
+            return "buffer-full"
+        if self.cfg.trigger_plateau and self.stale >= self.cfg.trigger_plateau:
+            return "plateau"
+        return None
+
+    def reset(self) -> None:
+        """A sleep began: count afresh, and judge the plateau from where the loss stands now."""
+        self.added, self.stale = 0, 0
+        self.best = self.average if self.average is not None else float("inf")
+
+    def state_dict(self) -> dict:
+        return {"added": self.added, "average": self.average, "best": self.best, "stale": self.stale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.added, self.average = int(state["added"]), state["average"]
+        self.best, self.stale = float(state["best"]), int(state["stale"])

@@ -32,6 +32,7 @@ from engine.curriculum import CurriculumFeed
 from engine.distributed import World
 from engine.evaluate import count_right, held_out
 from engine.faults import Faults
+from engine.objectives import Objectives
 from engine.optim import build_optimizer
 from engine.outcome import OutcomeTargets
 from engine.precision import Precision
@@ -89,12 +90,15 @@ class Trainer:
         feed = CurriculumFeed.from_config(cfg.task, cfg.curriculum, B) if cfg.curriculum.enabled else None
         outcome = (OutcomeTargets(self.task, cfg.train.outcome_samples, cfg.train.outcome_temperature,
                                   self.generator) if cfg.train.outcome == "expert" else None)
+        objectives = Objectives(cfg.objectives, anchor=self.ema)  # the slow time-scale's anchor: the average
         self.wake = self.stages["wake"] = WakeStage(self.model, self.optimizer, self.task, B, self.device,
                                                     self.generator, *parts, feed=feed, observers=observers,
-                                                    outcome=outcome, **shared)
+                                                    outcome=outcome, objectives=objectives, **shared)
         self.stages.update(pipeline_stages(cfg, self.model, self.optimizer, self.task, self.device, self.generator,
                                            *parts))  # the Phase-5 pipeline's stages, when the config has one
         self.schedule = build_schedule(cfg)
+        if cfg.sleep.enabled and (cfg.sleep.trigger_buffer_full or cfg.sleep.trigger_plateau):
+            self.schedule.early["sleep"] = sleep.wanted  # a sleep on a signal, beside the fixed schedule
         # stages whose first step still waits for the compiler (status "compiling" meanwhile)
         self.uncompiled = set(self.stages) if cfg.model.compile else set()
         self.state = TrainState(self.run_dir / "checkpoints", {"model": self.model, "ema": self.ema}, {
@@ -260,7 +264,10 @@ class Trainer:
             self.recorder.event(kind, data)
         self.schedule.switch(self.step, target)
         self.stages[self.schedule.current].begin(self.step)
-        self.recorder.event("phase", {"phase": self.schedule.current, "manual": self.schedule.manual})
+        phase = {"phase": self.schedule.current, "manual": self.schedule.manual}
+        if self.schedule.trigger:  # a sleep on a signal, before the wake phase's steps were up
+            phase["trigger"] = self.schedule.trigger
+        self.recorder.event("phase", phase)
 
     def _finish(self, status: str, evaluate_first: bool = True) -> int:
         if evaluate_first and self.cfg.eval.every and self.step % self.cfg.eval.every != 0:

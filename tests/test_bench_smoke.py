@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # slowest first, so the two workers finish close together
 BENCHES = ["kv_gap", "dexter", "console", "recursion", "compile", "curriculum", "phase5", "memory_speed", "grokking",
-           "overhead", "ddp", "peers", "quickstart", "faults", "gpu"]
+           "objectives", "overhead", "ddp", "peers", "quickstart", "faults", "gpu"]
 NOT_BENCHES = {"stats"}  # modules in bench/ that other scripts import
 
 

@@ -22,6 +22,7 @@ With `detach_cycles` the latents are detached between cycles, so each answer's l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -272,11 +273,12 @@ class TinyRecursiveModel(nn.Module):
         z_H, memory = self.net(z_H, z_L, memory)
         return z_H, z_L, memory
 
-    def deep_recursion(self, z_H, z_L, x, record: list | None = None, memory=None):
-        """T cycles. Returns (z_H, z_L, answers, memory): answers = [y0, ..., yT] in the Cognate form, else [yT].
+    def deep_recursion(self, z_H, z_L, x, record: list | None = None, memory=None, all_cycles: bool = False):
+        """T cycles. Returns (z_H, z_L, answers, memory): answers = [y0, ..., yT] in the Cognate form (or with
+        `all_cycles`: every cycle with gradient, for an objective that compares them), else [yT].
         `record`, if given, receives (z_H, z_L, memory) after every cycle."""
         T = self.cfg.H_cycles
-        if self.cognate:  # every cycle is scored, so every cycle carries gradient
+        if self.cognate or all_cycles:  # every cycle is scored, so every cycle carries gradient
             answers = [z_H]
             for t in range(T):
                 if t and self.cfg.detach_cycles:  # the design's "detach between steps"
@@ -325,13 +327,18 @@ class TinyRecursiveModel(nn.Module):
 
     def forward(self, carry: Carry, new_inputs: torch.Tensor, new_labels: torch.Tensor,
                 generator: torch.Generator | None = None, norm: tuple[torch.Tensor, int] | None = None,
-                slots: tuple[int, int] | None = None) -> tuple[Carry, StepOutput]:
+                slots: tuple[int, int] | None = None, objectives=None) -> tuple[Carry, StepOutput]:
         """One supervision step. `norm` = (scored cells, slots) of the whole batch when this call sees one slot
         chunk of it: the loss and the figures are then the chunk's shares, and the chunks' sum is the batch's.
-        `slots` = (first slot, batch size) of that chunk, for halting's random draws (should_halt)."""
+        `slots` = (first slot, batch size) of that chunk, for halting's random draws (should_halt).
+        `objectives` (an engine.objectives.Objectives): the wake loss's mix; its terms join the loss and the figures."""
         carry = self.reset_halted(carry, new_inputs, new_labels)
         x = self.input_embedding(carry.inputs)  # (B, L, D)
-        z_H, z_L, answers, memory = self.deep_recursion(carry.z_H, carry.z_L, x, memory=carry.memory)
+        history = [] if objectives is not None else None
+        with objectives.watch(self) if objectives is not None else contextlib.nullcontext() as calls:
+            z_H, z_L, answers, memory = self.deep_recursion(carry.z_H, carry.z_L, x, record=history,
+                                                            memory=carry.memory,
+                                                            all_cycles=objectives is not None and objectives.all_cycles)
         logits, q_halt = self.readout(z_H)  # (B, S, V), (B,)
         labels = carry.labels
 
@@ -339,10 +346,13 @@ class TinyRecursiveModel(nn.Module):
         mask = labels != PAD  # (B, S)
         n_cells, n_slots = norm if norm is not None else (mask.sum().clamp_min(1), labels.shape[0])
         all_logits = [logits if y is z_H else self.readout(y)[0] for y in answers] if self.cognate else None
+        terms = {} if objectives is None else objectives.terms(self, carry, x, answers, history, calls, n_cells,
+                                                                 n_slots, generator, slots)
         with torch.no_grad():
             correct = (logits.argmax(-1) == labels) & mask  # (B, S)
             seq_correct = correct.sum(-1) == mask.sum(-1)  # (B,) whole answer right
-        loss, lm_loss, halt_loss = self.loss(logits, q_halt, labels, seq_correct, n_cells, n_slots, all_logits)
+        loss, lm_loss, halt_loss = self.loss(logits, q_halt, labels, seq_correct, n_cells, n_slots, all_logits,
+                                             terms, objectives)
 
         with torch.no_grad():
             steps = carry.steps + 1
@@ -353,8 +363,9 @@ class TinyRecursiveModel(nn.Module):
                 correct.sum() / n_cells, seq_correct.sum() / n_slots,
                 n_halted.float(), (seq_correct & halted).sum().float(),
                 (steps * halted).sum().float(), steps.sum() / n_slots,
+                *(t.detach().float() for t in terms.values()),
             ]).tolist()  # one device sync for all figures
-        (loss_v, lm_v, halt_v, cell_acc, exact_acc, n_halt, n_halt_exact, halt_steps, mean_steps) = figures
+        (loss_v, lm_v, halt_v, cell_acc, exact_acc, n_halt, n_halt_exact, halt_steps, mean_steps) = figures[:9]
         metrics = {
             "loss": loss_v, "lm_loss": lm_v, "halt_loss": halt_v,
             "cell_acc": cell_acc, "exact_acc": exact_acc,
@@ -362,6 +373,7 @@ class TinyRecursiveModel(nn.Module):
             "halted_exact_acc": n_halt_exact / n_halt if n_halt else float("nan"),  # nan: none halted
             "halted_steps": halt_steps / n_halt if n_halt else float("nan"),  # steps used by halting slots
             "mean_steps": mean_steps,  # steps taken so far, mean over all slots
+            **{f"obj_{name}": v for name, v in zip(terms, figures[9:])},  # each objective's term, unweighted
         }
         new_carry = Carry(z_H=z_H, z_L=z_L, steps=steps, halted=halted,
                           inputs=carry.inputs, labels=labels, memory=memory).detach()
@@ -369,17 +381,22 @@ class TinyRecursiveModel(nn.Module):
                                      all_logits=all_logits)
 
     def loss(self, logits: torch.Tensor, q_halt: torch.Tensor, labels: torch.Tensor, seq_correct: torch.Tensor,
-             n_cells: torch.Tensor, n_slots: int, all_logits: list[torch.Tensor] | None = None
+             n_cells: torch.Tensor, n_slots: int, all_logits: list[torch.Tensor] | None = None,
+             terms: dict[str, torch.Tensor] | None = None, objectives=None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The training loss, written once: cross-entropy summed over scored cells / n_cells (weighted over the
-        answers y0..yT in the Cognate form) + 0.5 x halting BCE summed over slots / n_slots.
+        answers y0..yT in the Cognate form) + 0.5 x halting BCE summed over slots / n_slots; with `objectives`,
+        the cross-entropy is weighted by its task weight and each of `terms` joins at its weight.
         Returns (loss, lm_loss, halt_loss)."""
         if all_logits is not None:
             lm_loss = sum(w * self._lm_loss(lg, labels, n_cells) for w, lg in zip(self.cfg.step_loss_weights, all_logits))
         else:
             lm_loss = self._lm_loss(logits, labels, n_cells)
         halt_loss = F.binary_cross_entropy_with_logits(q_halt, seq_correct.float(), reduction="sum") / n_slots
-        return lm_loss + 0.5 * halt_loss, lm_loss, halt_loss
+        if objectives is None:
+            return lm_loss + 0.5 * halt_loss, lm_loss, halt_loss
+        mixed = sum((objectives.weights[k] * t for k, t in (terms or {}).items()), objectives.task * lm_loss)
+        return mixed + 0.5 * halt_loss, lm_loss, halt_loss
 
     @staticmethod
     def _lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_cells: torch.Tensor) -> torch.Tensor:

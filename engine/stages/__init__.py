@@ -15,7 +15,7 @@ Every stage speaks the same small interface:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 @dataclass
@@ -70,6 +70,10 @@ class Schedule:
         self.manual = False  # the current phase began on request
         self.begun: dict[str, int] = {}  # how many times each stage has begun
         self.finished = False
+        # stages that may ask to begin before the running phase's steps are up: name -> fn(steps the running
+        # phase has run) -> why, or None (sleep on a signal); `trigger` holds the last switch's why
+        self.early: dict[str, Callable[[int], str | None]] = {}
+        self.trigger: str | None = None
 
     @property
     def current(self) -> str:
@@ -82,6 +86,7 @@ class Schedule:
         """At a step boundary: the index of the phase to switch to now, or None. Sets `finished` when the
         running stage is done and nothing follows it."""
         phase = self.phases[self.index]
+        self.trigger = None
         if stages[phase.stage].done():
             last = self.index == len(self.phases) - 1
             if self.repeat or last:
@@ -90,7 +95,7 @@ class Schedule:
             return self.index + 1
         if self.requested is not None and self.requested != phase.stage:
             target = next(i for i, p in enumerate(self.phases) if p.stage == self.requested)
-        elif phase.steps and step - self.since >= phase.length(self.run_number()):
+        elif phase.steps and (step - self.since >= phase.length(self.run_number()) or self._asked(step)):
             target = self.index + 1
             if target == len(self.phases):
                 if not self.repeat:
@@ -104,6 +109,15 @@ class Schedule:
     def run_number(self) -> int:
         """Which run of its stage the current phase is (1 = the first); the first phase began without a switch."""
         return self.begun.get(self.current, 0) + (self.current == self.phases[0].stage)
+
+    def _next(self) -> str | None:
+        last = self.index == len(self.phases) - 1
+        return None if last and not self.repeat else self.phases[0 if last else self.index + 1].stage
+
+    def _asked(self, step: int) -> bool:
+        ask = self.early.get(self._next())
+        self.trigger = ask(step - self.since) if ask is not None else None
+        return self.trigger is not None
 
     def switch(self, step: int, target: int) -> None:
         self.manual = self.requested is not None

@@ -25,7 +25,7 @@ from engine.model.titans import NeuralMemory
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
 from engine.optim import MuGrokfast
 from engine.precision import Precision
-from engine.sleep import Consolidator, EpisodicBuffer, per_sample_loss
+from engine.sleep import ConsolidationTrigger, Consolidator, EpisodicBuffer, per_sample_loss
 from engine.stages import StepResult
 
 
@@ -58,6 +58,7 @@ class SleepStage:
         self.buffer = EpisodicBuffer(cfg.buffer_size, seq_len, cfg.prune_importance, cfg.prune_usage,
                                      cfg.prune_age)
         self.consolidator = Consolidator(cfg, batch_size)
+        self.trigger = ConsolidationTrigger(cfg)  # a sleep on a signal (buffer full, plateau), beside the schedule
         self.generator = torch.Generator().manual_seed(seed)
         self.memory_names = memory_parameter_names(model)
         self.before: dict = {}  # taken as the current sleep began
@@ -81,9 +82,10 @@ class SleepStage:
     def _add(self, carry: Carry, logits: torch.Tensor, step: int) -> None:
         if self.world.size == 1:
             fresh = carry.steps == 1  # (B,)
+            loss = per_sample_loss(logits[fresh], carry.labels[fresh])
             if fresh.any():
-                self.buffer.add(carry.inputs[fresh], carry.labels[fresh],
-                                per_sample_loss(logits[fresh], carry.labels[fresh]), step)
+                self.buffer.add(carry.inputs[fresh], carry.labels[fresh], loss, step)
+            self.trigger.observe(int(fresh.sum()), float(loss.sum()))
             return
         S = carry.inputs.shape[1]
         loss = per_sample_loss(logits, carry.labels)
@@ -92,6 +94,7 @@ class SleepStage:
         fresh = rows[:, -1].bool()
         if fresh.any():
             self.buffer.add(rows[fresh, :S].long(), rows[fresh, S:2 * S].long(), rows[fresh, 2 * S].float(), step)
+        self.trigger.observe(int(fresh.sum()), float(rows[fresh, 2 * S].sum()))
 
     def refusal(self, sleeping: bool, requested: bool) -> str | None:
         """Why a manual sleep cannot be taken now, or None."""
@@ -139,8 +142,13 @@ class SleepStage:
         cells = float(score(logits.argmax(-1), labels)[1].sum()) / max(1, int((labels != PAD).sum()))
         return cells, per_sample_loss(logits, labels).cpu()
 
+    def wanted(self, awake: int) -> str | None:
+        """Why a sleep should begin now (engine/sleep.py's ConsolidationTrigger), after `awake` wake steps."""
+        return self.trigger.due(awake)
+
     def begin(self, step: int) -> None:
         self.sleeps, self.steps = self.sleeps + 1, 0
+        self.trigger.reset()
         idx = self._probe_indices()
         accuracy, _ = self.retention(idx)
         self.before = {"probe": idx, "retention": accuracy, "importance": float(self.buffer.importance.mean()),
@@ -232,8 +240,9 @@ class SleepStage:
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict(), "consolidator": self.consolidator.state_dict(),
-                "generator": self.generator.get_state(), "before": dict(self.before), "last_loss": self.last_loss, "sleeps": self.sleeps,
-                "steps": self.steps, "pruned": self.pruned}
+                "generator": self.generator.get_state(), "before": dict(self.before), "last_loss": self.last_loss,
+                "sleeps": self.sleeps, "steps": self.steps, "pruned": self.pruned,
+                "trigger": self.trigger.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
@@ -245,3 +254,5 @@ class SleepStage:
         self.last_loss = float(state["last_loss"])
         self.sleeps = int(state["sleeps"])
         self.steps, self.pruned = int(state.get("steps", 0)), int(state.get("pruned", 0))
+        if "trigger" in state:  # checkpoints from before the trigger have none
+            self.trigger.load_state_dict(state["trigger"])

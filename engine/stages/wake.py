@@ -22,6 +22,7 @@ from engine.distributed import ModelCall, World
 from engine.faults import Faults
 from engine.model.titans import start_stats, take_stats, utilisation
 from engine.model.trm import PAD, Carry, TinyRecursiveModel
+from engine.objectives import Objectives
 from engine.optim import MuGrokfast
 from engine.outcome import OutcomeTargets
 from engine.precision import Precision
@@ -39,13 +40,15 @@ class WakeStage:
                  device: torch.device, generator: torch.Generator, micro: MicroBatches, precision: Precision,
                  faults: Faults, on_back_off: Callable[[BackOff], None], feed: CurriculumFeed | None = None,
                  observers: list[Observer] = (), world: World | None = None, forward: torch.nn.Module | None = None,
-                 outcome: OutcomeTargets | None = None):
+                 outcome: OutcomeTargets | None = None, objectives: Objectives | None = None):
         self.model, self.optimizer, self.task, self.device = model, optimizer, task, device
         self.generator, self.micro, self.precision, self.faults = generator, micro, precision, faults
         self.on_back_off, self.feed, self.observers = on_back_off, feed, list(observers)
         self.outcome = outcome  # tool use learning from the sandbox's outcome, or None (cross-entropy alone)
         self.world = world or World()
         self.forward = forward or ModelCall(model)  # DistributedDataParallel around it under several processes
+        # the loss's mix beside the task loss; None (the task loss alone) unless the config asks for more
+        self.objectives = objectives if objectives is not None and objectives.active else None
         self.batch_size = batch_size  # the global batch
         self.slots = self.world.shard(batch_size)  # this rank's carry slots
         self.carry: Carry = model.initial_carry(self.slots.stop - self.slots.start, device)
@@ -176,7 +179,7 @@ class WakeStage:
                 with self.precision.autocast():
                     carry, out = self.forward(TinyRecursiveModel.__call__, self.carry.slots(sl), inputs[sl],
                                               labels[sl], generator=self.generator, norm=(n_cells, B),
-                                              slots=(self.slots.start + sl.start, B))
+                                              slots=(self.slots.start + sl.start, B), objectives=self.objectives)
                 loss = out.loss * poison
                 finite = finite and bool(torch.isfinite(loss))
                 # every chunk goes backward, finite or not: under several processes each rank's last chunk must
