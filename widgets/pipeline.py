@@ -5,7 +5,8 @@ PIPELINE_POSITION); hidden while the run has no pipeline."""
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widget import Widget
+
+from widgets.redrawn import Redrawn
 
 DONE_STYLE, NOW_STYLE, LATER_STYLE, BAR_STYLE = "green4", "bold reverse dark_orange", "grey50", "dark_orange"
 
@@ -46,26 +47,17 @@ def render_strip(position: dict | None, width: int) -> Text:
     return text
 
 
-class PipelineStrip(Widget):
+class PipelineStrip(Redrawn):
     DEFAULT_CSS = "PipelineStrip { height: 1; }"
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.position: dict | None = None
-        self.version = 0
-        self._drawn = -1
 
     def show(self, position: dict | None) -> None:
         if position != self.position:
             self.position = dict(position) if position else None
-            self.version += 1
+            self.changed()
 
-    def refresh_if_dirty(self) -> bool:
-        if self.version != self._drawn:
-            self.refresh()
-            return True
-        return False
-
-    def render(self) -> Text:
-        self._drawn = self.version
+    def draw(self) -> Text:
         return render_strip(self.position, self.size.width)

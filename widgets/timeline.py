@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 
 from rich.text import Text
-from textual.widget import Widget
 
 from widgets.plot import short_number
+from widgets.redrawn import Redrawn
 
 WAKE_STYLE, SLEEP_STYLE, MANUAL_STYLE = "green4", "bold dodger_blue1", "bold magenta"
 # glyph and style per stage; a stage the console does not know gets the next free style of OTHER_STYLES
@@ -87,7 +87,7 @@ def render_timeline(phases: list[tuple[int, str, bool]], current_step: int, widt
     return text
 
 
-class PhaseTimeline(Widget):
+class PhaseTimeline(Redrawn):
     DEFAULT_CSS = "PhaseTimeline { height: 4; }"
 
     def __init__(self, **kwargs):
@@ -95,20 +95,11 @@ class PhaseTimeline(Widget):
         self.phases: list[tuple[int, str, bool]] = []
         self.current_step = 0
         self.first = "wake"  # the stage that ran before the first phase change
-        self.version = 0
-        self._drawn = -1
 
     def show(self, phases: list[tuple[int, str, bool]], current_step: int, first: str = "wake") -> None:
         if len(phases) != len(self.phases) or current_step != self.current_step or first != self.first:
             self.phases, self.current_step, self.first = list(phases), current_step, first
-            self.version += 1
+            self.changed()
 
-    def refresh_if_dirty(self) -> bool:
-        if self.version != self._drawn:
-            self.refresh()
-            return True
-        return False
-
-    def render(self) -> Text:
-        self._drawn = self.version
+    def draw(self) -> Text:
         return render_timeline(self.phases, self.current_step, self.size.width, self.first)
