@@ -225,19 +225,6 @@ def tool_config(seed: int, outcome: str, steps: int, extra: list[str]) -> config
                                                            "train.threads=1", *extra])
 
 
-def distinct_programs(task, n: int) -> list:
-    """The first n distinct held-out program questions (the test split never shares a question with training)."""
-    seen, problems = set(), []
-    for index in range(50 * n):
-        problem = task.problem("test", index)
-        if problem.prompt not in seen:
-            seen.add(problem.prompt)
-            problems.append(problem)
-            if len(problems) == n:
-                break
-    return problems
-
-
 def tool_pass_marks(cfg: config.RunConfig, n_eval: int) -> tuple[list[bool], dict]:
     """Train one arm; each distinct held-out program question passed (greedy answer, run in the sandbox on its
     test cases), and the outcome arm's own figures."""
@@ -245,7 +232,7 @@ def tool_pass_marks(cfg: config.RunConfig, n_eval: int) -> tuple[list[bool], dic
         trainer = Trainer(Path(d) / "run", cfg, output="quiet")
         trainer.run()
         task, model = trainer.task, trainer.model.eval()
-        problems = distinct_programs(task, n_eval)
+        problems = task.distinct_problems("test", n_eval)
         samples = [task.encode(p) for p in problems]
         with torch.no_grad():
             preds, _ = model.predict(torch.tensor([s.inputs for s in samples], dtype=torch.long, device=trainer.device))

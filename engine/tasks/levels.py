@@ -150,16 +150,3 @@ class LevelTask(TextTask):
         assert effect in EFFECTS, effect
         assert len(prompt) <= self.prompt_chars, "prompt longer than the layout's room"
         return layout(prompt + PROMPT_JOIN + problem.prompt, apply_effect(effect, problem.answer), self.seq_len)
-
-    def distinct_problems(self, split: str, n: int, start: int = 0) -> list[Problem]:
-        """The first `n` distinct questions of `split` from index `start` on (held-out sets of distinct items);
-        fewer when the split holds fewer (level 1's test split has about 200)."""
-        seen, problems = set(), []
-        for index in range(start, start + 20 * n + 1000):
-            p = self.problem(split, index)
-            if p.prompt not in seen:
-                seen.add(p.prompt)
-                problems.append(p)
-                if len(problems) == n:
-                    break
-        return problems

@@ -200,6 +200,19 @@ class TextTask:
                 return p
         raise AssertionError(f"{self.name}: no {split} item after {MAX_DRAWS} draws")
 
+    def distinct_problems(self, split: str, n: int, start: int = 0) -> list[Problem]:
+        """The first `n` distinct questions of `split` from index `start` on (held-out sets of distinct items);
+        fewer when the split holds fewer."""
+        seen, problems = set(), []
+        for index in range(start, start + 20 * n + 1000):
+            p = self.problem(split, index)
+            if p.prompt not in seen:
+                seen.add(p.prompt)
+                problems.append(p)
+                if len(problems) == n:
+                    break
+        return problems
+
     def variant(self, problem: Problem, n: int) -> Problem:
         """The n-th variant (n >= 1) of `problem`: same template, new values, same split."""
         if n == 0:
