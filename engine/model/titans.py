@@ -344,7 +344,7 @@ class NeuralMemory(nn.Module):
         momenta = [state[f"S{i}"].reshape(B * H, *w0.shape[1:]) for i, w0 in enumerate(self.initial_weights, start=1)]
 
         retrieved = []
-        gated = self.surprise_threshold > 0 or self.max_updates > 0 or self.stats is not None
+        gated = self.surprise_threshold > 0 or self.max_updates > 0
         remaining = torch.full((B * H,), self.max_updates, device=x.device) if self.max_updates else None
         for (keys, values, queries), ((token_w, token_u), (a, e, m)) in zip(
                 zip(k.split(C, 1), v.split(C, 1), q.split(C, 1)), coefficients):
@@ -369,6 +369,8 @@ class NeuralMemory(nn.Module):
             delta = predicted - values  # (BH, L, hd): half of d loss / d output
             if gated:
                 token_w, token_u, remaining = self._gate(delta, values, token_w, token_u, remaining)
+            elif self.stats is not None:  # no gate: every token is surprising enough and writes; count without a mask
+                self.stats = self.stats + torch.tensor([float(delta.shape[0] * delta.shape[1])] * 3)
             for i in reversed(range(self.depth)):
                 if self.layer_scales[i] != 1.0:
                     delta = delta * self.layer_scales[i]  # now relative to (h @ W_i)
