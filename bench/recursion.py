@@ -14,6 +14,10 @@ symmetry from another), the same for both arms of a seed; each seed has its own 
 reported with a Student t interval over seeds, and the gap per mark is the paired (same seed) difference.
 
     .venv/bin/python bench/recursion.py [--quick | --smoke] [--minutes 1,2,5,10] [--seeds N] [--threads 1]
+                                        [--clock wall|cpu]
+
+--clock cpu measures a minute as CPU time of the training thread (the engine trains in the calling thread at one
+thread), so a run on a machine busy with other work gets the steps a quiet core would give it in that time.
 
 Defaults: minutes 1, 2, 5, 10; 3 seeds; 300 held-out puzzles; 1 thread (about 2 x 3 x 10 = 60 minutes).
 --quick: minutes 0.5 and 1, 2 seeds. --smoke: a width-32 network for 0.3 and 0.6 seconds, 16 puzzles, the same
@@ -31,6 +35,7 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -70,7 +75,7 @@ def held_out(task, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_and_score(variant: str, seed: int, marks: list[float], n_eval: int, threads: int,
-                    extra: list[str] = ()) -> dict[str, dict]:
+                    extra: list[str] = (), clock_fn=time.perf_counter) -> dict[str, dict]:
     """One run, scored at every mark (minutes of training, scoring time excluded): {mark: figures}."""
     overrides = BASE + list(extra) + VARIANTS[variant] + [
         f"train.seed={seed}", f"task.seed={seed}", f"train.threads={threads}",
@@ -86,16 +91,16 @@ def train_and_score(variant: str, seed: int, marks: list[float], n_eval: int, th
         def on_event(event: dict) -> None:
             if event["event"] != "metrics" or not pending:
                 return
-            trained = time.perf_counter() - clock["start"] - clock["scoring"]
+            trained = clock_fn() - clock["start"] - clock["scoring"]
             while pending and trained >= pending[0] * 60:
-                t0 = time.perf_counter()
+                t0 = clock_fn()
                 scored = evaluate(trainer.model, trainer.task, n_eval, min(n_eval, 256), trainer.device, data=data)
                 figures[mark_key(pending.pop(0))] = {**scored, "steps": trainer.step, "train_s": round(trained, 1)}
-                clock["scoring"] += time.perf_counter() - t0
+                clock["scoring"] += clock_fn() - t0
             if not pending:
                 trainer.stop_reason = "stopped"  # taken at the next step boundary
 
-        clock["start"] = time.perf_counter()
+        clock["start"] = clock_fn()
         trainer.run()
     assert not pending, f"the {variant} run ended before the {pending[0]}-minute mark"
     return figures
@@ -110,6 +115,10 @@ def main() -> int:
     ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--n-eval", type=int, default=None, help="distinct held-out puzzles (default 300)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="runs at once, each its own process (use with --clock cpu on a shared machine)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="what a minute is: wall-clock, or CPU time of the training thread (needs --threads 1)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the shared settings of both arms, e.g. --set model.mixer=mlp")
     args = ap.parse_args()
@@ -124,6 +133,13 @@ def main() -> int:
         ap.error(f"--minutes takes comma-separated numbers of minutes such as 1,2,5,10, not {args.minutes!r}")
     if not marks or marks[0] <= 0:
         ap.error("the minute marks must be positive")
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu counts the CPU time of the one training thread, so it needs --threads 1")
+    # On a busy machine wall-clock minutes buy fewer steps; the training thread's CPU time is what a quiet
+    # core would have spent, so both arms get the same compute whatever else runs beside them.
+    clock_fn = time.thread_time if args.clock == "cpu" else time.perf_counter
+    if not 1 <= args.workers <= 64:
+        ap.error("--workers must be 1 to 64")
     seeds = args.seeds or (2 if args.quick or args.smoke else 3)
     n_eval = args.n_eval or (16 if args.smoke else 300)
     torch.set_num_threads(args.threads)
@@ -131,9 +147,13 @@ def main() -> int:
 
     runs: dict[str, list[dict[str, dict]]] = {v: [] for v in VARIANTS}
     print(f"{'variant':<12} {'seed':>4} " + " ".join(f"{mark_key(m) + ' min':>15}" for m in marks))
-    for seed in range(args.first_seed, args.first_seed + seeds):
-        for variant in VARIANTS:  # interleaved, so drifts in machine load hit both
-            figures = train_and_score(variant, seed, marks, n_eval, args.threads, shared)
+    jobs = [(variant, seed) for seed in range(args.first_seed, args.first_seed + seeds)
+            for variant in VARIANTS]  # interleaved, so drifts in machine load hit both
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(train_and_score, variant, seed, marks, n_eval, args.threads, shared, clock_fn)
+                   for variant, seed in jobs]
+        for (variant, seed), future in zip(jobs, futures):
+            figures = future.result()
             runs[variant].append(figures)
             cells = [f"{figures[mark_key(m)]['eval_exact']:.3f} @{figures[mark_key(m)]['steps']:>6}" for m in marks]
             print(f"{variant:<12} {seed:>4} " + " ".join(f"{c:>15}" for c in cells), flush=True)
@@ -153,7 +173,7 @@ def main() -> int:
         "steps_by_minutes": {v: {mark_key(m): [r[mark_key(m)]["steps"] for r in runs[v]] for m in marks}
                              for v in VARIANTS},
         "minutes": marks, "seeds": seeds, "first_seed": args.first_seed, "n_eval": n_eval, "threads": args.threads,
-        "overrides": shared, "smoke": args.smoke,
+        "clock": args.clock, "workers": args.workers, "overrides": shared, "smoke": args.smoke,
     }))
     return 0
 
