@@ -753,7 +753,14 @@ def from_dict(data: dict, where: str = "config", overrides: list[str] | None = N
         overridden.add(key)
     cfg = _build(RunConfig, data, "", where, frozenset(overridden))
     cfg = _check_task_keys(cfg, data, file_task, overridden, where)
-    _check_cross(cfg, where)
+    try:
+        _check_cross(cfg, where)
+    except ConfigError as exc:
+        # a clash between settings names the --set that took part, so the user is not sent to a file that is fine
+        named = [key for key in sorted(overridden) if key in str(exc)]
+        if not named:
+            raise
+        raise ConfigError(str(exc).replace(f"{where}:", f"{where} with --set {', '.join(named)}:", 1)) from None
     return cfg
 
 

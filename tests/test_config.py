@@ -218,3 +218,13 @@ def test_every_task_builds_from_its_default_config():
         task = task_from_config(config.TaskConfig(name=name))
         sample = task.sample("train", 0)
         assert len(sample.inputs) == len(sample.labels) == task.seq_len
+
+
+def test_a_clash_between_settings_names_the_set_that_took_part(tmp_path):
+    path = write(tmp_path, '[model]\nmemory = "titans-mag"\n')
+    with pytest.raises(ConfigError) as err:
+        config.load(path, ["model.mixer=mlp", "train.seed=3"])
+    assert str(err.value).startswith(f"{path} with --set model.mixer: model.memory = 'titans-mag' needs")
+    with pytest.raises(ConfigError) as err:  # the same clash written in the file names the file alone
+        config.load(write(tmp_path, '[model]\nmemory = "titans-mag"\nmixer = "mlp"\n'), ["train.seed=3"])
+    assert str(err.value).startswith(f"{path}: model.memory")
