@@ -7,13 +7,23 @@
 
 Both return {"mean", "ci_low", "ci_high", "n", "over", ...}; ci_low and ci_high are None when there is nothing to
 take an interval over (one seed).
+
+A bench run split over processes by seed (--first-seed K --seeds 1 each) is put back together with
+
+    .venv/bin/python bench/stats.py combine LOG [LOG ...]
+
+which reads each log's last JSON line, joins every over-seeds figure's per-seed values in the order the logs are
+given (so paired differences stay paired) and prints the figures again with their intervals over all the seeds;
+"seeds" is summed, anything else is taken from the first log.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import statistics
+import sys
 
 import numpy as np
 
@@ -83,3 +93,38 @@ def shown(summary: dict, digits: int = 3) -> str:
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
+
+
+def combine(parts: list[dict]) -> dict:
+    """One bench's JSON figures from runs over disjoint seeds -> the figures over all of them (see the docstring)."""
+    first = parts[0]
+    if isinstance(first, dict) and first.get("over") == "seeds" and "values" in first:
+        return over_seeds([v for part in parts for v in part["values"]])
+    if isinstance(first, dict):
+        merged = {}
+        for key, value in first.items():
+            if key == "seeds" and all(isinstance(p.get(key), int) for p in parts):
+                merged[key] = sum(p[key] for p in parts)
+            elif all(isinstance(p, dict) and key in p for p in parts):
+                merged[key] = combine([p[key] for p in parts])
+            else:
+                merged[key] = value
+        return merged
+    return first
+
+
+def _last_json(path: str) -> dict:
+    try:
+        lines = [line for line in open(path, encoding="utf-8").read().splitlines() if line.startswith("{")]
+        return json.loads(lines[-1])
+    except (OSError, UnicodeDecodeError, IndexError, json.JSONDecodeError) as exc:
+        print(f"bench/stats.py: {path} has no bench JSON line to combine ({exc.__class__.__name__}); "
+              "give the logs of finished bench runs.", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] != "combine":
+        print("usage: bench/stats.py combine LOG [LOG ...]", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(combine([_last_json(path) for path in sys.argv[2:]])))

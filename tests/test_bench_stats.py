@@ -35,3 +35,13 @@ def test_over_items_bootstrap_covers_the_share_and_is_reproducible():
     assert s["ci_high"] - s["ci_low"] == pytest.approx(2 * 1.96 * (share * (1 - share) / 200) ** 0.5, rel=0.2)
     assert over_items(marks) == s
     assert over_items([True] * 10)["ci_low"] == 1.0
+
+
+def test_runs_split_by_seed_combine_into_the_figures_over_all_seeds():
+    from bench.stats import combine, over_seeds
+    parts = [{"acc": over_seeds([a]), "gap": {"1": over_seeds([g])}, "seeds": 1, "minutes": [1, 2]}
+             for a, g in [(0.5, 10.0), (0.7, 30.0), (0.9, 20.0)]]
+    merged = combine(parts)
+    assert merged["acc"] == over_seeds([0.5, 0.7, 0.9])
+    assert merged["gap"]["1"] == over_seeds([10.0, 30.0, 20.0])
+    assert merged["seeds"] == 3 and merged["minutes"] == [1, 2]
