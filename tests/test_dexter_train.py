@@ -117,6 +117,7 @@ def untrained(cls, built: Path, use_carry: bool):
 
 def one_token_answers(api) -> None:
     """Make an untrained model end every answer after one token, so the steps it feeds back stay short."""
+    api.fast = None  # the plain forward, whose logits this patches
     recur = api.model.recur
 
     def short(x, *args, **kw):

@@ -30,8 +30,10 @@ from engine import checkpoint, config
 from engine.build import build_model
 from engine.dexter.dataset import CONTEXT_TURNS, complexity, memory_query, reasoning_query, tool_query
 from engine.dexter.task import Layout
+from engine.dexter.vocab import EOS, PAD
 from engine.model.bitlinear import BitLinear, TernaryFileError, TernaryLinear, convert_to_bitnet, export_ternary, \
     load_ternary
+from engine.model.fast import FastRecursion
 
 WEIGHTS = "model.safetensors"
 TERNARY = "model-ternary.safetensors"  # export_ternary's file in a kept folder
@@ -45,8 +47,10 @@ class DexterModel:
     kind = ""
 
     def __init__(self, model, layout: Layout, use_carry: bool = True, carry_latents: bool = False,
-                 halt_early: bool = True):
+                 halt_early: bool = True, fast: bool = True):
         self.model, self.layout, self.vocab, self.use_carry = model.eval(), layout, layout.vocab, use_carry
+        # the same answers with fewer operations (engine/model/fast.py); None for a model it does not cover
+        self.fast = FastRecursion.of(self.model) if fast else None
         # latents go forward only into a model trained to read them (task.carry_turns); others restart each call
         self.trained_carry, self.carry_latents = carry_latents, carry_latents and use_carry
         self.halt_early = halt_early
@@ -151,27 +155,31 @@ class DexterModel:
         self.latents: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @torch.inference_mode()
-    def _answer(self, text: str, answer_kind: str) -> tuple[list[int], torch.Tensor, int]:
-        """(answer tokens after the kind token, probabilities (S, V), answer start) for one input text; a model
-        that carries latents starts from the last call's and keeps this call's."""
+    def _answer(self, text: str, answer_kind: str) -> tuple[list[int], torch.Tensor]:
+        """(answer tokens after the kind token, probabilities (n, V) of the answer positions from the kind token on)
+        for one input text; a model that carries latents starts from the last call's and keeps this call's."""
         try:
             inputs, start = self.layout.query(text, answer_kind)
         except ValueError as exc:
             raise DexterAPIError(str(exc)) from None
         x = torch.tensor([inputs], dtype=torch.long, device=self.model.H_init.device)
-        logits, _, (z_H, z_L, self.last_steps) = self.model.recur(
-            x, self.latents, halt_early=self.halt_early, memory=self.model.initial_memory(1))
+        if self.fast is not None:
+            z_H, z_L, self.last_steps = self.fast.recur(x, self.latents, halt_early=self.halt_early)
+            probs = self.fast.rows(z_H, start, stop=(EOS, PAD))
+        else:
+            logits, _, (z_H, z_L, self.last_steps) = self.model.recur(
+                x, self.latents, halt_early=self.halt_early, memory=self.model.initial_memory(1))
+            probs = logits[0, start:].float().softmax(-1)  # (S - start, V)
         if self.carry_latents:
             self.latents = (z_H, z_L)
-        probs = logits[0].float().softmax(-1)  # (S, V)
         preds = probs.argmax(-1).tolist()
-        preds[start] = self.vocab.id(answer_kind)
-        return self.layout.answer(preds, start)[1:], probs, start
+        preds[0] = self.vocab.id(answer_kind)
+        return self.layout.answer(preds, 0)[1:], probs
 
     @staticmethod
-    def _confidence(probs: torch.Tensor, start: int, n: int) -> float:
+    def _confidence(probs: torch.Tensor, n: int) -> float:
         """Geometric mean of the chosen tokens' probabilities over the answer and its EOS."""
-        top = probs[start + 1:start + 2 + n].max(-1).values.clamp_min(1e-9)
+        top = probs[1:2 + n].max(-1).values.clamp_min(1e-9)
         return float(math.exp(top.log().mean())) if len(top) else 0.0
 
 
@@ -189,11 +197,11 @@ class MemoryTRM(DexterModel):
             raise DexterAPIError("retrieve() needs a query: a non-empty string.")
         text_carry = self.use_carry and not self.carry_latents  # else the conversation rides in the latents
         used = context if context is not None else " | ".join(self.turns[-CONTEXT_TURNS:]) if text_carry else ""
-        answer, probs, start = self._answer(memory_query(" ".join(query.split()), used), "<MEM_FACT>")
+        answer, probs = self._answer(memory_query(" ".join(query.split()), used), "<MEM_FACT>")
         if self.use_carry:
             self.turns.append(" ".join(query.split()))
         memories = [self.vocab.decode(f) for f in self.layout.facts(answer)][:3]
-        return {"memories": memories, "confidence": self._confidence(probs, start, len(answer)), "context": used}
+        return {"memories": memories, "confidence": self._confidence(probs, len(answer)), "context": used}
 
 
 class ToolTRM(DexterModel):
@@ -225,9 +233,9 @@ class ToolTRM(DexterModel):
         elif previous_error and self.use_carry:
             self.errors[task] = previous_error
         text = tool_query(task, known, context, " ".join((previous_error or "").split()))
-        _, probs, start = self._answer(text, "<TOOL_RESULT>")
+        _, probs = self._answer(text, "<TOOL_RESULT>")
         ids = [self.vocab.tool_ids[t] for t in known]
-        p = probs[start + 1, ids]
+        p = probs[1, ids]
         p = p / p.sum().clamp_min(1e-12)  # a choice among the available tools only
         best = int(p.argmax())
         return {"selected_tool": known[best], "confidence": float(p[best]),
@@ -245,10 +253,10 @@ class ReasoningTRM(DexterModel):
     def plan(self, goal: str, constraints: tuple[str, ...] = ()) -> dict:
         """The plan's steps and its complexity (simple: up to 3 steps, moderate: 4 or 5, complex: more)."""
         goal = self._goal(goal)
-        answer, probs, start = self._answer(reasoning_query(goal, "", tuple(constraints)), "<REASON_PLAN>")
+        answer, probs = self._answer(reasoning_query(goal, "", tuple(constraints)), "<REASON_PLAN>")
         steps = [s.strip() for s in self.vocab.decode(answer).split(" then ") if s.strip()]
         return {"plan_steps": steps, "complexity": complexity(len(steps)),
-                "confidence": self._confidence(probs, start, len(answer))}
+                "confidence": self._confidence(probs, len(answer))}
 
     def next_step(self, goal: str, completed: list[str] | None = None, constraints: tuple[str, ...] = ()) -> dict:
         """The next action towards `goal` after the `completed` steps ("done" when nothing is left). Without
@@ -256,12 +264,12 @@ class ReasoningTRM(DexterModel):
         goal = self._goal(goal)
         if completed is None:
             completed = self.done.get(goal, []) if self.use_carry else []
-        answer, probs, start = self._answer(reasoning_query(goal, completed[-1] if completed else "",
+        answer, probs = self._answer(reasoning_query(goal, completed[-1] if completed else "",
                                                             tuple(constraints)), "<REASON_STEP>")
         step = self.vocab.decode(answer)
         if self.use_carry:
             self.done[goal] = list(completed) + ([step] if step != "done" else [])
-        return {"next_step": step, "done": step == "done", "confidence": self._confidence(probs, start, len(answer))}
+        return {"next_step": step, "done": step == "done", "confidence": self._confidence(probs, len(answer))}
 
     @staticmethod
     def _goal(goal: str) -> str:
