@@ -22,7 +22,10 @@ carries a bootstrap interval over the items.
 - reasoning_plan_exact, reasoning_step_exact: whole plans and next steps.
 - ternary: every figure again for the ternary form (hidden linears b1.58 of the trained weights, after training).
 - latency_ms_p50 / _p95: one query at a time on the CPU with one thread, stopping once the halting head is
-  confident (the API's default); _every_step: all N_sup steps; tokenize_ms_p50: the tokenizer's share.
+  confident (the API's default), through the API's fast path (engine/model/fast.py); _plain_forward: the same
+  calls through the model's own forward (latency_plain_over_fast, their ratio); _every_step: all N_sup steps;
+  _design: an untrained model of each preset's size (configs/dexter-*.toml), every one of its N_sup steps, 10
+  calls; tokenize_ms_p50: the tokenizer's share.
 - size_mb: bytes on disk of the weights alone, float32 safetensors and the ternary export, per model; the
   same at the presets' sizes (configs/dexter-*.toml) on this vocabulary in size_mb_design.
 """
@@ -170,7 +173,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     steps = args.steps or (4 if args.smoke else 300 if args.quick else 800)
-    limit, calls = (8, 3) if args.smoke else (10_000, 50)
+    limit, calls, design_calls = (8, 3, 2) if args.smoke else (10_000, 50, 10)
     tmp = tempfile.TemporaryDirectory(prefix="dexter-bench-")
     out = Path(args.out) if args.out else Path(tmp.name) / "built"
     t0 = time.time()
@@ -188,17 +191,26 @@ def main() -> None:
     figures = all_figures(models, out, limit)
     ternary = all_figures({k: m.ternary() for k, m in models.items()}, out, limit)
     latency = {kind: latency_ms(models[kind], kind, out, calls) for kind in KINDS}
+    fast = {kind: m.fast for kind, m in models.items()}
     for m in models.values():
-        m.halt_early = False
+        m.fast = None  # the same calls through the model's own forward: what the fast path saves
+    plain = {kind: latency_ms(models[kind], kind, out, calls) for kind in KINDS}
+    for kind, m in models.items():
+        m.fast, m.halt_early = fast[kind], False
     all_steps = {kind: latency_ms(models[kind], kind, out, calls) for kind in KINDS}
-    size, design = {}, {}
+    size, design, design_latency = {}, {}, {}
     sizes_dir = Path(tmp.name) / "sizes"
     sizes_dir.mkdir()
     for kind in KINDS:
         size[kind] = file_mb(models[kind], sizes_dir)
-        cfg = config.load(ROOT / "configs" / f"dexter-{kind}.toml", [f"task.path={paths[kind]}"])
+        # --smoke: one pass a step, the code path only (the cycles hold no weights, so the size is the same)
+        short = ["model.H_cycles=1", "model.L_cycles=1", "model.halt_max_steps=1"] if args.smoke else []
+        cfg = config.load(ROOT / "configs" / f"dexter-{kind}.toml", [f"task.path={paths[kind]}", *short])
         layout = Layout(kind, paths[kind])
-        design[kind] = file_mb(MODELS[kind](build_model(cfg, layout), layout), sizes_dir)
+        preset = MODELS[kind](build_model(cfg, layout), layout, use_carry=kind == "memory")
+        design[kind] = file_mb(preset, sizes_dir)
+        # untrained, so its halting head never stops early: every one of the preset's N_sup steps
+        design_latency[kind] = latency_ms(preset, kind, out, design_calls)
     for key, value in figures.items():
         if isinstance(value, dict):
             print(f"{key:<36} {shown(value)}  (n={value['n']})   ternary: {shown(ternary[key])}")
@@ -211,7 +223,9 @@ def main() -> None:
     for kind in KINDS:
         lat, full = latency[kind], all_steps[kind]
         print(f"{kind:<10} latency p50 {lat['p50']} ms  p95 {lat['p95']} ms ({lat['steps_mean']} steps; every step: "
-              f"p50 {full['p50']} ms, ratio {round(full['p50'] / lat['p50'], 2)}; tokenizer {lat['tokenize_p50']} ms)"
+              f"p50 {full['p50']} ms, ratio {round(full['p50'] / lat['p50'], 2)}; the model's own forward: p50 "
+              f"{plain[kind]['p50']} ms, ratio {round(plain[kind]['p50'] / lat['p50'], 2)}; tokenizer "
+              f"{lat['tokenize_p50']} ms; presets' size, every step: p50 {design_latency[kind]['p50']} ms)"
               f"  size {size[kind]['float32']} MB float32, {size[kind]['ternary']} MB ternary (presets' size: "
               f"{design[kind]['float32']} / {design[kind]['ternary']} MB)")
     best = {kind: json.loads((paths[kind] / "best.json").read_text()) for kind in KINDS if
@@ -222,6 +236,10 @@ def main() -> None:
         "latency_ms_p50": {k: v["p50"] for k, v in latency.items()}, "latency_ms_p95": {k: v["p95"] for k, v in latency.items()},
         "latency_ms_p50_every_step": {k: v["p50"] for k, v in all_steps.items()},
         "latency_ms_p95_every_step": {k: v["p95"] for k, v in all_steps.items()},
+        "latency_ms_p50_plain_forward": {k: v["p50"] for k, v in plain.items()},
+        "latency_plain_over_fast": {k: round(plain[k]["p50"] / latency[k]["p50"], 3) for k in KINDS},
+        "latency_ms_p50_design": {k: v["p50"] for k, v in design_latency.items()},
+        "latency_ms_p95_design": {k: v["p95"] for k, v in design_latency.items()},
         "tokenize_ms_p50": {k: v["tokenize_p50"] for k, v in latency.items()},
         "steps_mean": {k: v["steps_mean"] for k, v in latency.items()},
         "size_mb": size, "size_mb_design": design,
