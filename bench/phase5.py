@@ -78,12 +78,27 @@ def held_out_marks(plan, model, level: int) -> list[bool]:
     return score(logits.argmax(-1), labels)[0].tolist()
 
 
-def pipeline_arm(cfg: config.RunConfig) -> tuple[Trainer, float, dict[int, list[bool]]]:
-    """The pipeline through its levels; the curriculum's held-out marks taken as each curriculum stage ends."""
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def selfmodel_start(trainer_of, into: dict):
+    """An event hook that keeps the weights the first self-model stage begins from (the control's check)."""
+    def on_event(e: dict) -> None:
+        if e["event"] == "phase" and e["data"]["phase"] == "selfmodel" and not into:
+            into.update(weights(trainer_of().model))
+    return on_event
+
+
+def pipeline_arm(cfg: config.RunConfig) -> tuple[Trainer, float, dict[int, list[bool]], dict]:
+    """The pipeline through its levels; the curriculum's held-out marks taken as each curriculum stage ends, and
+    the weights the first self-model stage began from."""
     marks: dict[int, list[bool]] = {}
-    trainer = None
+    trainer, start = None, {}
+    keep_start = selfmodel_start(lambda: trainer, start)
 
     def on_event(e: dict) -> None:
+        keep_start(e)
         if e["event"] == "eval" and "questions" in e["data"]:  # the curriculum stage's figures: it just ended
             curriculum = trainer.stages["curriculum"]
             marks[int(e["data"]["level"])] = held_out_marks(curriculum.plan, trainer.model, int(e["data"]["level"]))
@@ -95,7 +110,7 @@ def pipeline_arm(cfg: config.RunConfig) -> tuple[Trainer, float, dict[int, list[
         t0 = time.time()
         trainer.run()
         minutes = (time.time() - t0) / 60
-    return trainer, minutes, marks
+    return trainer, minutes, marks, start
 
 
 def uniform_arm(cfg: config.RunConfig, steps: dict[int, int], plan) -> dict[int, list[bool]]:
@@ -360,26 +375,29 @@ def stage_keys(last: dict, bake_last: dict | None) -> dict:
     }
 
 
-def selfmodel_control(cfg: config.RunConfig) -> dict | None:
+def selfmodel_control(cfg: config.RunConfig) -> tuple[dict | None, dict]:
     """The first level again up to the self-model's end, with no self-prediction slots (selfmodel_share 0): the same
     steps of the plain task alone. Every earlier stage runs the same way with the same seed, so the two self-model
-    stages start from the same weights (`same_start` checks it on the figures taken before)."""
+    stages start from the same weights (`same_start` checks the weights and the figures taken before). Returns its
+    figures and the weights its self-model stage began from."""
     if "selfmodel" not in cfg.pipeline.stages:
-        return None
+        return None, {}
     stages = cfg.pipeline.stages[:cfg.pipeline.stages.index("selfmodel") + 1]
     control = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, stages=stages, selfmodel_share=0.0),
                                   curriculum=dataclasses.replace(cfg.curriculum, levels=cfg.curriculum.start_level))
+    trainer, start = None, {}
     with tempfile.TemporaryDirectory() as d:
-        trainer = Trainer(Path(d) / "run", control, output="quiet")
+        trainer = Trainer(Path(d) / "run", control, output="quiet", emit=selfmodel_start(lambda: trainer, start))
         trainer.run()
-    return trainer.stages["selfmodel"].reports.get(str(cfg.curriculum.start_level))
+    return trainer.stages["selfmodel"].reports.get(str(cfg.curriculum.start_level)), start
 
 
-def control_keys(with_self: dict | None, without: dict | None) -> dict:
+def control_keys(with_self: dict | None, without: dict | None, same_weights: bool) -> dict:
     """The self-model stage against the same steps without its self-prediction slots, at the first level."""
     if not with_self or not without:
         return {}
-    same = all(with_self[f"{k}_before"] == without[f"{k}_before"] for k in ("ece", "ece_answer", "task_exact"))
+    same = same_weights and all(with_self[f"{k}_before"] == without[f"{k}_before"]
+                                for k in ("ece", "ece_answer", "task_exact"))
     keys = ("ece", "ece_answer", "task_exact")
     print(f"level 1  selfmodel against the same steps without self-prediction (same start: {same}): calibration "
           f"error (halting head) {with_self['ece_after']:.3f} against {without['ece_after']:.3f}, (answer "
@@ -415,13 +433,15 @@ def main() -> int:
         return 2
 
     print(f"pipeline: {PRESET.name}, levels {cfg.curriculum.start_level} to {levels}, {threads} threads", flush=True)
-    trainer, minutes, cur_marks = pipeline_arm(cfg)
+    trainer, minutes, cur_marks, start = pipeline_arm(cfg)
     stages = {name: trainer.stages[name] for name in cfg.pipeline.stages}
     plan = stages["curriculum"].plan
     steps = {int(k): int(v["steps"]) for k, v in stages["curriculum"].reports.items()}
     print(f"pipeline: {trainer.step} steps, {minutes:.2f} min ({trainer.status})", flush=True)
     uni_marks = uniform_arm(cfg, steps, plan)
-    control = selfmodel_control(cfg) if args.selfmodel_control or args.smoke else None
+    control, control_start = selfmodel_control(cfg) if args.selfmodel_control or args.smoke else (None, {})
+    same_weights = bool(start) and start.keys() == control_start.keys() and all(
+        torch.equal(start[k], control_start[k]) for k in start)
 
     per_level = []
     for level in sorted(steps):
@@ -451,7 +471,7 @@ def main() -> int:
         "pipeline_curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
         **stage_keys(last, bake_last),
         **control_keys((stages.get("selfmodel").reports.get(str(cfg.curriculum.start_level))
-                        if "selfmodel" in stages else None), control),
+                        if "selfmodel" in stages else None), control, same_weights),
         "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke, **compared,
     }))
     return 0

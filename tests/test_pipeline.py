@@ -111,6 +111,32 @@ def test_the_levels_follow_one_another_and_the_run_ends_after_the_last(tmp_path)
     assert trainer.stages["curriculum"].feed.queue.done and trainer.schedule.finished
 
 
+def test_a_level_trains_the_same_whether_or_not_a_level_follows_it(tmp_path):
+    """The self-model's control runs the first level alone: its stages must start from the weights the first level
+    of a longer run starts them from. A level that ends on its passes in the middle of a refill used to serve the
+    rest of that refill from the next level, so level 1's last step trained on level 2's questions."""
+    def start_of_selfmodel(levels, max_steps=1000):
+        seen, trainer = {}, None
+
+        def on_event(e):
+            if e["event"] == "phase" and e["data"]["phase"] == "selfmodel" and not seen:
+                seen.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+        (tmp_path / str(levels)).mkdir()
+        cfg = config(levels=levels, max_steps=max_steps, stages=["curriculum", "selfmodel"], bake=[])
+        cfg.curriculum.questions = 12
+        trainer = Trainer(tmp_path / str(levels), cfg, output="quiet", emit=on_event)
+        assert trainer.run() == 0
+        return seen, trainer.stages["selfmodel"].reports["1"], trainer.stages["curriculum"].feed.queue, trainer.step
+
+    alone, alone_figures, _, steps = start_of_selfmodel(1)
+    first, first_figures, queue, _ = start_of_selfmodel(2, max_steps=steps)  # level 1 of 2, then stop
+    assert queue.ended["1"]["reason"] == "epochs"  # the case that crossed: the level ran out of passes
+    assert alone and all(torch.equal(alone[k], first[k]) for k in alone)
+    assert {k: v for k, v in alone_figures.items() if k.endswith("_before") and not k.startswith("self_exact")} == \
+        {k: v for k, v in first_figures.items() if k.endswith("_before") and not k.startswith("self_exact")}
+
+
 @pytest.mark.parametrize("stage", ["curriculum", "bake", "selfmodel", "dream"])
 def test_every_stage_resumes_exactly_after_a_stop_in_its_middle(straight, tmp_path, stage):
     reference, _, spans = straight
