@@ -3,6 +3,7 @@ the real trainer on CPU, and every stage's figure, whether or not it shows a gai
 
     .venv/bin/python bench/phase5.py [--quick | --smoke] [--levels N] [--threads 2] [--set key=value ...]
                                      [--part all | pipeline | curriculum | tool] [--selfmodel-control]
+                                     [--tool-references varied | one]
 
 Full: the first 3 levels of the preset as it is. `--quick`: one level with a smaller question queue and shorter
 stages (the same code path). `--smoke`: a tiny model, seconds.
@@ -29,6 +30,9 @@ Arms, measured in the same run:
 - tool use (tool_pass_outcome, tool_pass_ce): per seed, the program task trained with cross-entropy against the
   reference program or with expert iteration on the sandbox's outcome (train.outcome = "expert"), the same steps;
   the share of distinct held-out program questions whose greedy program passes every test case in the sandbox.
+  By default the task's references are "varied" (task.references: each question's reference drawn among the
+  template's equivalent programs, so cross-entropy sees several layouts for one kind of question);
+  --tool-references one gives every template its one reference program, as before.
 
 Its last line is one JSON object: minutes, curriculum_exact, uniform_exact (over seeds), bake_kl_before,
 bake_kl_after (means over the baked prompts of the last level), bake_adherence, selfmodel_ece_before/after,
@@ -295,8 +299,10 @@ def comparison_figures(args) -> dict:
               f"{shown(figures['uniform_exact'])}, difference {shown(figures['curriculum_minus_uniform'])}; pooled "
               f"over the seeds' questions: difference {shown(figures['curriculum_minus_uniform_items'])}", flush=True)
     if args.part in ("all", "tool"):
-        print(f"tool use: program task, {COMPARE_SEEDS[mode]} seeds, {TOOL_STEPS[mode]} steps an arm", flush=True)
-        tool = tool_use_comparison(mode, [])
+        print(f"tool use: program task, references {args.tool_references}, {COMPARE_SEEDS[mode]} seeds, "
+              f"{TOOL_STEPS[mode]} steps an arm", flush=True)
+        tool = tool_use_comparison(mode, [f"task.references={args.tool_references}"])
+        tool["tool_references"] = args.tool_references
         print(f"tool use over seeds: outcome {shown(tool['tool_pass_outcome'])}, cross-entropy "
               f"{shown(tool['tool_pass_ce'])}, difference {shown(tool['tool_outcome_minus_ce'])}", flush=True)
         figures.update(tool)
@@ -418,6 +424,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a preset override")
     ap.add_argument("--part", choices=("all", "pipeline", "curriculum", "tool"), default="all",
                     help="one part alone: the preset's pipeline, curriculum vs uniform, or tool use")
+    ap.add_argument("--tool-references", choices=("varied", "one"), default="varied",
+                    help="tool use: each question's reference drawn among equivalent programs, or one per template")
     args = ap.parse_args()
     if args.part in ("curriculum", "tool"):
         return comparisons(args)
