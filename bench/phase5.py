@@ -3,7 +3,7 @@ the real trainer on CPU, and every stage's figure, whether or not it shows a gai
 
     .venv/bin/python bench/phase5.py [--quick | --smoke] [--levels N] [--threads 2] [--set key=value ...]
                                      [--part all | pipeline | curriculum | tool] [--selfmodel-control]
-                                     [--tool-references varied | one]
+                                     [--tool-references varied | one] [--tool-steps N]
 
 Full: the first 3 levels of the preset as it is. `--quick`: one level with a smaller question queue and shorter
 stages (the same code path). `--smoke`: a tiny model, seconds.
@@ -260,19 +260,19 @@ def tool_pass_marks(cfg: config.RunConfig, n_eval: int) -> tuple[list[bool], dic
         return marks, ({} if outcome is None else {k: round(v, 4) for k, v in outcome.metrics().items()})
 
 
-def tool_use_comparison(mode: str, extra: list[str]) -> dict:
+def tool_use_comparison(mode: str, extra: list[str], steps: int) -> dict:
     """Per seed: cross-entropy only against expert iteration at equal steps; held-out pass rates with intervals."""
     per_seed, o_all, c_all = [], [], []
     for seed in range(COMPARE_SEEDS[mode]):
         t0 = time.time()
-        c, _ = tool_pass_marks(tool_config(seed, "ce", TOOL_STEPS[mode], extra), TOOL_EVAL[mode])
-        o, figures = tool_pass_marks(tool_config(seed, "expert", TOOL_STEPS[mode], extra), TOOL_EVAL[mode])
+        c, _ = tool_pass_marks(tool_config(seed, "ce", steps, extra), TOOL_EVAL[mode])
+        o, figures = tool_pass_marks(tool_config(seed, "expert", steps, extra), TOOL_EVAL[mode])
         o_all, c_all = o_all + o, c_all + c
         row = {"seed": seed, "outcome": over_items(o), "ce": over_items(c),
                "difference": over_items([float(a) - float(b) for a, b in zip(o, c)]), "outcome_figures": figures,
                "minutes": round((time.time() - t0) / 60, 2)}
         per_seed.append(row)
-        print(f"tool use seed {seed}: {TOOL_STEPS[mode]} steps each, held-out pass rate on {len(o)} distinct programs"
+        print(f"tool use seed {seed}: {steps} steps each, held-out pass rate on {len(o)} distinct programs"
               f": outcome {shown(row['outcome'])}, cross-entropy {shown(row['ce'])}, difference "
               f"{shown(row['difference'])}; training questions answered by a passing program of its own "
               f"{figures.get('outcome/passed', 0):.3f}, not the reference {figures.get('outcome/own', 0):.3f} "
@@ -283,7 +283,7 @@ def tool_use_comparison(mode: str, extra: list[str]) -> dict:
             "tool_outcome_minus_ce": over_seeds([a - b for a, b in zip(seeds_o, seeds_c)]),
             "tool_pass_outcome_items": over_items(o_all), "tool_pass_ce_items": over_items(c_all),
             "tool_outcome_minus_ce_items": over_items([float(a) - float(b) for a, b in zip(o_all, c_all)]),
-            "tool_seeds": per_seed, "tool_steps": TOOL_STEPS[mode], "tool_settings": TOOL}
+            "tool_seeds": per_seed, "tool_steps": steps, "tool_settings": TOOL}
 
 
 def comparison_figures(args) -> dict:
@@ -299,9 +299,10 @@ def comparison_figures(args) -> dict:
               f"{shown(figures['uniform_exact'])}, difference {shown(figures['curriculum_minus_uniform'])}; pooled "
               f"over the seeds' questions: difference {shown(figures['curriculum_minus_uniform_items'])}", flush=True)
     if args.part in ("all", "tool"):
+        steps = args.tool_steps or TOOL_STEPS[mode]
         print(f"tool use: program task, references {args.tool_references}, {COMPARE_SEEDS[mode]} seeds, "
-              f"{TOOL_STEPS[mode]} steps an arm", flush=True)
-        tool = tool_use_comparison(mode, [f"task.references={args.tool_references}"])
+              f"{steps} steps an arm", flush=True)
+        tool = tool_use_comparison(mode, [f"task.references={args.tool_references}"], steps)
         tool["tool_references"] = args.tool_references
         print(f"tool use over seeds: outcome {shown(tool['tool_pass_outcome'])}, cross-entropy "
               f"{shown(tool['tool_pass_ce'])}, difference {shown(tool['tool_outcome_minus_ce'])}", flush=True)
@@ -331,7 +332,10 @@ def print_stages(level: int, row: dict, stages: dict, start_level: int) -> None:
               f"{f['exact_with_prompt']:.3f}; gives the teacher's answer without the prompt {f['agree_before']:.3f} "
               f"-> {f['agree_after']:.3f}; the prompt's answer graded {f['followed_before']:.3f} -> "
               f"{f['followed_after']:.3f} (per answer character {f['followed_cell_before']:.3f} -> "
-              f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}", flush=True)
+              f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}; where the "
+              f"teacher's answer is not the model's own ({f.get('changed', 0):.3f} of them) "
+              f"{f.get('agree_changed_before', 0):.3f} -> {f.get('agree_changed_after', 0):.3f}; given the prompt, "
+              f"it does what the prompt asks to its own answer {f.get('with_prompt_own', 0):.3f}", flush=True)
     s = row.get("selfmodel")
     if s:
         ranges = [k[:-len("_after")] for k in s if k.startswith("self_exact_r") and k.endswith("_after")]
@@ -367,6 +371,11 @@ def stage_keys(last: dict, bake_last: dict | None) -> dict:
         "bake_adherence_cell": reverse.get("followed_cell_after"),
         "bake_adherence_cell_before": reverse.get("followed_cell_before"),
         "bake_reverse_exact_with_prompt": reverse.get("exact_with_prompt"),
+        # the checkable prompt against the model's own answers: the non-palindromic ones written backwards without
+        # the prompt after baking (0 before), and whether the model given the prompt writes them backwards at all
+        "bake_adherence_changed": reverse.get("agree_changed_after"),
+        "bake_adherence_changed_before": reverse.get("agree_changed_before"),
+        "bake_reverse_with_prompt_own": reverse.get("with_prompt_own"),
         "bake_exact_with_prompt": mean([f["exact_with_prompt"] for f in bake_last.values()]),
         "bake_exact_without_prompt": mean([f["task_exact_after"] for f in bake_last.values() if f["kept"]]),
         "selfmodel_ece_before": selfmodel.get("ece_before"), "selfmodel_ece_after": selfmodel.get("ece_after"),
@@ -426,7 +435,12 @@ def main() -> int:
                     help="one part alone: the preset's pipeline, curriculum vs uniform, or tool use")
     ap.add_argument("--tool-references", choices=("varied", "one"), default="varied",
                     help="tool use: each question's reference drawn among equivalent programs, or one per template")
+    ap.add_argument("--tool-steps", type=int, default=None,
+                    help="tool use: steps an arm (default 250; --quick 40, --smoke 3)")
     args = ap.parse_args()
+    if args.tool_steps is not None and not 1 <= args.tool_steps <= 100_000:
+        print(f"phase5: --tool-steps {args.tool_steps} is out of range; allowed is 1 to 100000.", file=sys.stderr)
+        return 2
     if args.part in ("curriculum", "tool"):
         return comparisons(args)
     levels = args.levels or (1 if args.quick or args.smoke else 3)

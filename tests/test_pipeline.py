@@ -67,6 +67,8 @@ def test_a_level_runs_its_stages_in_order_and_each_reports_its_figures(straight)
     for prompt in ("eudaimonia", "ooda", "identity", "reverse"):
         assert {f"{prompt}_kl_before", f"{prompt}_kl_after", f"{prompt}_followed_after"} <= set(bake)
     assert bake["reverse_kept"] == 0.0 and bake["ooda_kept"] == 1.0
+    # before baking the model is its own teacher: no answer it would write backwards is written backwards yet
+    assert bake["reverse_agree_changed_before"] == 0.0 and 0 <= bake["reverse_with_prompt_own"] <= 1
     assert {"ece_before", "ece_after", "self_exact_r0_after", "self_exact_r2_after"} <= set(selfmodel)
     assert {"L1_before", "L1_after", "retention_before", "retention_after"} <= set(dream)
     assert [e["data"]["mode"] for e in events if e["event"] == "consolidation"] == ["dream"]
@@ -295,6 +297,7 @@ def test_the_checkable_prompt_baked_is_followed_without_it_and_leaves_the_run_mo
     baked, _ = run(tmp_path / "baked", cfg)
     f = baked.stages["bake"].reports["1"]["reverse"]
     assert f["exact_with_prompt"] == 1.0 and f["kept"] == 0.0
+    assert f["with_prompt_own"] == 1.0 and 0 < f["changed"] < 1  # it follows it; one-digit answers read the same
     # without the prompt, the baked copy writes more of each answer backwards, as the prompt asks
     assert f["followed_cell_after"] > f["followed_cell_before"] + 0.05 and f["kl_after"] < f["kl_before"]
     assert f["agree_after"] >= f["followed_after"]  # the teacher's answer is the right one here
