@@ -364,6 +364,9 @@ def test_every_program_a_template_knows_passes_and_varied_references_keep_the_qu
         assert sum(a.answer != b.answer for a, b in pairs) > 30  # the reference is often not the first form
         for template in one.templates():  # one kind of question, several layouts of its target
             assert len({re.sub(r"-?\d+", "#", b.answer) for a, b in pairs if b.template == template}) >= 2, template
+        for a, b in pairs:  # varied: the input does not tell the reference's length, so it does not tell the form
+            assert varied.encode(b).inputs == varied.encode(a).inputs and PAD not in varied.encode(b).inputs
+            assert varied.encode(b).labels == one.encode(b).labels and varied.grade(b, varied.encode(b).labels)
     with pytest.raises(ConfigError, match="references 'many' is not one of one, varied"):
         get_task("program", references="many")
 

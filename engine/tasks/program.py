@@ -12,7 +12,10 @@ Every template also knows other programs that compute the same function. With `r
 reference is always the first (the shortest, one layout per template); with `references = "varied"` it is drawn
 among them for each question (after its values and test cases, so the questions are the same), so the
 cross-entropy target of one kind of question takes several layouts at random, while any of them passes: the case
-where learning from the outcome (engine/outcome.py) can settle on one program of its own.
+where learning from the outcome (engine/outcome.py) can settle on one program of its own. The input then shows
+blanks to the end of the sequence, not as many as the reference has characters: the forms differ in length, so
+the count would tell the model which one was drawn, and a program of its own would sit behind the count of
+another.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import random
 
 from engine.sandbox import CheckResult, Limits, check
 from engine.tasks.base import Sample
-from engine.tasks.tokenizer import EOS, PAD, SEP, TOKENIZER, Problem, TextTask
+from engine.tasks.tokenizer import BLANK, EOS, PAD, SEP, TOKENIZER, Problem, TextTask
 
 N_CASES = 5
 REFERENCES = ("one", "varied")
@@ -146,6 +149,14 @@ class ProgramTask(TextTask):
             cases.append((inputs, tuple(function(*inputs))))
         program = programs[0] if self.references == "one" else rng.choice(programs)  # drawn last: same question
         return Problem(template, question, program, cases=tuple(cases))
+
+    def encode(self, problem: Problem, hint: int = 0) -> Sample:
+        sample = super().encode(problem, hint)
+        if self.references == "one":
+            return sample
+        start = sample.inputs.index(SEP) + 1  # varied: the answer's length is not shown
+        return Sample(inputs=sample.inputs[:start] + [BLANK if t == PAD else t for t in sample.inputs[start:]],
+                      labels=sample.labels)
 
     # -- grading: run the predicted program, do not compare text
 
