@@ -3,6 +3,7 @@ the real trainer on CPU, and every stage's figure, whether or not it shows a gai
 
     .venv/bin/python bench/phase5.py [--quick | --smoke] [--levels N] [--threads 2] [--set key=value ...]
                                      [--part all | pipeline | curriculum | tool] [--selfmodel-control]
+                                     [--tool-references varied | one] [--tool-steps N]
 
 Full: the first 3 levels of the preset as it is. `--quick`: one level with a smaller question queue and shorter
 stages (the same code path). `--smoke`: a tiny model, seconds.
@@ -29,6 +30,9 @@ Arms, measured in the same run:
 - tool use (tool_pass_outcome, tool_pass_ce): per seed, the program task trained with cross-entropy against the
   reference program or with expert iteration on the sandbox's outcome (train.outcome = "expert"), the same steps;
   the share of distinct held-out program questions whose greedy program passes every test case in the sandbox.
+  By default the task's references are "varied" (task.references: each question's reference drawn among the
+  template's equivalent programs, so cross-entropy sees several layouts for one kind of question);
+  --tool-references one gives every template its one reference program, as before.
 
 Its last line is one JSON object: minutes, curriculum_exact, uniform_exact (over seeds), bake_kl_before,
 bake_kl_after (means over the baked prompts of the last level), bake_adherence, selfmodel_ece_before/after,
@@ -78,12 +82,27 @@ def held_out_marks(plan, model, level: int) -> list[bool]:
     return score(logits.argmax(-1), labels)[0].tolist()
 
 
-def pipeline_arm(cfg: config.RunConfig) -> tuple[Trainer, float, dict[int, list[bool]]]:
-    """The pipeline through its levels; the curriculum's held-out marks taken as each curriculum stage ends."""
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def selfmodel_start(trainer_of, into: dict):
+    """An event hook that keeps the weights the first self-model stage begins from (the control's check)."""
+    def on_event(e: dict) -> None:
+        if e["event"] == "phase" and e["data"]["phase"] == "selfmodel" and not into:
+            into.update(weights(trainer_of().model))
+    return on_event
+
+
+def pipeline_arm(cfg: config.RunConfig) -> tuple[Trainer, float, dict[int, list[bool]], dict]:
+    """The pipeline through its levels; the curriculum's held-out marks taken as each curriculum stage ends, and
+    the weights the first self-model stage began from."""
     marks: dict[int, list[bool]] = {}
-    trainer = None
+    trainer, start = None, {}
+    keep_start = selfmodel_start(lambda: trainer, start)
 
     def on_event(e: dict) -> None:
+        keep_start(e)
         if e["event"] == "eval" and "questions" in e["data"]:  # the curriculum stage's figures: it just ended
             curriculum = trainer.stages["curriculum"]
             marks[int(e["data"]["level"])] = held_out_marks(curriculum.plan, trainer.model, int(e["data"]["level"]))
@@ -95,7 +114,7 @@ def pipeline_arm(cfg: config.RunConfig) -> tuple[Trainer, float, dict[int, list[
         t0 = time.time()
         trainer.run()
         minutes = (time.time() - t0) / 60
-    return trainer, minutes, marks
+    return trainer, minutes, marks, start
 
 
 def uniform_arm(cfg: config.RunConfig, steps: dict[int, int], plan) -> dict[int, list[bool]]:
@@ -241,19 +260,19 @@ def tool_pass_marks(cfg: config.RunConfig, n_eval: int) -> tuple[list[bool], dic
         return marks, ({} if outcome is None else {k: round(v, 4) for k, v in outcome.metrics().items()})
 
 
-def tool_use_comparison(mode: str, extra: list[str]) -> dict:
+def tool_use_comparison(mode: str, extra: list[str], steps: int) -> dict:
     """Per seed: cross-entropy only against expert iteration at equal steps; held-out pass rates with intervals."""
     per_seed, o_all, c_all = [], [], []
     for seed in range(COMPARE_SEEDS[mode]):
         t0 = time.time()
-        c, _ = tool_pass_marks(tool_config(seed, "ce", TOOL_STEPS[mode], extra), TOOL_EVAL[mode])
-        o, figures = tool_pass_marks(tool_config(seed, "expert", TOOL_STEPS[mode], extra), TOOL_EVAL[mode])
+        c, _ = tool_pass_marks(tool_config(seed, "ce", steps, extra), TOOL_EVAL[mode])
+        o, figures = tool_pass_marks(tool_config(seed, "expert", steps, extra), TOOL_EVAL[mode])
         o_all, c_all = o_all + o, c_all + c
         row = {"seed": seed, "outcome": over_items(o), "ce": over_items(c),
                "difference": over_items([float(a) - float(b) for a, b in zip(o, c)]), "outcome_figures": figures,
                "minutes": round((time.time() - t0) / 60, 2)}
         per_seed.append(row)
-        print(f"tool use seed {seed}: {TOOL_STEPS[mode]} steps each, held-out pass rate on {len(o)} distinct programs"
+        print(f"tool use seed {seed}: {steps} steps each, held-out pass rate on {len(o)} distinct programs"
               f": outcome {shown(row['outcome'])}, cross-entropy {shown(row['ce'])}, difference "
               f"{shown(row['difference'])}; training questions answered by a passing program of its own "
               f"{figures.get('outcome/passed', 0):.3f}, not the reference {figures.get('outcome/own', 0):.3f} "
@@ -264,7 +283,7 @@ def tool_use_comparison(mode: str, extra: list[str]) -> dict:
             "tool_outcome_minus_ce": over_seeds([a - b for a, b in zip(seeds_o, seeds_c)]),
             "tool_pass_outcome_items": over_items(o_all), "tool_pass_ce_items": over_items(c_all),
             "tool_outcome_minus_ce_items": over_items([float(a) - float(b) for a, b in zip(o_all, c_all)]),
-            "tool_seeds": per_seed, "tool_steps": TOOL_STEPS[mode], "tool_settings": TOOL}
+            "tool_seeds": per_seed, "tool_steps": steps, "tool_settings": TOOL}
 
 
 def comparison_figures(args) -> dict:
@@ -280,8 +299,11 @@ def comparison_figures(args) -> dict:
               f"{shown(figures['uniform_exact'])}, difference {shown(figures['curriculum_minus_uniform'])}; pooled "
               f"over the seeds' questions: difference {shown(figures['curriculum_minus_uniform_items'])}", flush=True)
     if args.part in ("all", "tool"):
-        print(f"tool use: program task, {COMPARE_SEEDS[mode]} seeds, {TOOL_STEPS[mode]} steps an arm", flush=True)
-        tool = tool_use_comparison(mode, [])
+        steps = args.tool_steps or TOOL_STEPS[mode]
+        print(f"tool use: program task, references {args.tool_references}, {COMPARE_SEEDS[mode]} seeds, "
+              f"{steps} steps an arm", flush=True)
+        tool = tool_use_comparison(mode, [f"task.references={args.tool_references}"], steps)
+        tool["tool_references"] = args.tool_references
         print(f"tool use over seeds: outcome {shown(tool['tool_pass_outcome'])}, cross-entropy "
               f"{shown(tool['tool_pass_ce'])}, difference {shown(tool['tool_outcome_minus_ce'])}", flush=True)
         figures.update(tool)
@@ -310,7 +332,10 @@ def print_stages(level: int, row: dict, stages: dict, start_level: int) -> None:
               f"{f['exact_with_prompt']:.3f}; gives the teacher's answer without the prompt {f['agree_before']:.3f} "
               f"-> {f['agree_after']:.3f}; the prompt's answer graded {f['followed_before']:.3f} -> "
               f"{f['followed_after']:.3f} (per answer character {f['followed_cell_before']:.3f} -> "
-              f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}", flush=True)
+              f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}; where the "
+              f"teacher's answer is not the model's own ({f.get('changed', 0):.3f} of them) "
+              f"{f.get('agree_changed_before', 0):.3f} -> {f.get('agree_changed_after', 0):.3f}; given the prompt, "
+              f"it does what the prompt asks to its own answer {f.get('with_prompt_own', 0):.3f}", flush=True)
     s = row.get("selfmodel")
     if s:
         ranges = [k[:-len("_after")] for k in s if k.startswith("self_exact_r") and k.endswith("_after")]
@@ -346,6 +371,11 @@ def stage_keys(last: dict, bake_last: dict | None) -> dict:
         "bake_adherence_cell": reverse.get("followed_cell_after"),
         "bake_adherence_cell_before": reverse.get("followed_cell_before"),
         "bake_reverse_exact_with_prompt": reverse.get("exact_with_prompt"),
+        # the checkable prompt against the model's own answers: the non-palindromic ones written backwards without
+        # the prompt after baking (0 before), and whether the model given the prompt writes them backwards at all
+        "bake_adherence_changed": reverse.get("agree_changed_after"),
+        "bake_adherence_changed_before": reverse.get("agree_changed_before"),
+        "bake_reverse_with_prompt_own": reverse.get("with_prompt_own"),
         "bake_exact_with_prompt": mean([f["exact_with_prompt"] for f in bake_last.values()]),
         "bake_exact_without_prompt": mean([f["task_exact_after"] for f in bake_last.values() if f["kept"]]),
         "selfmodel_ece_before": selfmodel.get("ece_before"), "selfmodel_ece_after": selfmodel.get("ece_after"),
@@ -360,26 +390,29 @@ def stage_keys(last: dict, bake_last: dict | None) -> dict:
     }
 
 
-def selfmodel_control(cfg: config.RunConfig) -> dict | None:
+def selfmodel_control(cfg: config.RunConfig) -> tuple[dict | None, dict]:
     """The first level again up to the self-model's end, with no self-prediction slots (selfmodel_share 0): the same
     steps of the plain task alone. Every earlier stage runs the same way with the same seed, so the two self-model
-    stages start from the same weights (`same_start` checks it on the figures taken before)."""
+    stages start from the same weights (`same_start` checks the weights and the figures taken before). Returns its
+    figures and the weights its self-model stage began from."""
     if "selfmodel" not in cfg.pipeline.stages:
-        return None
+        return None, {}
     stages = cfg.pipeline.stages[:cfg.pipeline.stages.index("selfmodel") + 1]
     control = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, stages=stages, selfmodel_share=0.0),
                                   curriculum=dataclasses.replace(cfg.curriculum, levels=cfg.curriculum.start_level))
+    trainer, start = None, {}
     with tempfile.TemporaryDirectory() as d:
-        trainer = Trainer(Path(d) / "run", control, output="quiet")
+        trainer = Trainer(Path(d) / "run", control, output="quiet", emit=selfmodel_start(lambda: trainer, start))
         trainer.run()
-    return trainer.stages["selfmodel"].reports.get(str(cfg.curriculum.start_level))
+    return trainer.stages["selfmodel"].reports.get(str(cfg.curriculum.start_level)), start
 
 
-def control_keys(with_self: dict | None, without: dict | None) -> dict:
+def control_keys(with_self: dict | None, without: dict | None, same_weights: bool) -> dict:
     """The self-model stage against the same steps without its self-prediction slots, at the first level."""
     if not with_self or not without:
         return {}
-    same = all(with_self[f"{k}_before"] == without[f"{k}_before"] for k in ("ece", "ece_answer", "task_exact"))
+    same = same_weights and all(with_self[f"{k}_before"] == without[f"{k}_before"]
+                                for k in ("ece", "ece_answer", "task_exact"))
     keys = ("ece", "ece_answer", "task_exact")
     print(f"level 1  selfmodel against the same steps without self-prediction (same start: {same}): calibration "
           f"error (halting head) {with_self['ece_after']:.3f} against {without['ece_after']:.3f}, (answer "
@@ -400,7 +433,14 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a preset override")
     ap.add_argument("--part", choices=("all", "pipeline", "curriculum", "tool"), default="all",
                     help="one part alone: the preset's pipeline, curriculum vs uniform, or tool use")
+    ap.add_argument("--tool-references", choices=("varied", "one"), default="varied",
+                    help="tool use: each question's reference drawn among equivalent programs, or one per template")
+    ap.add_argument("--tool-steps", type=int, default=None,
+                    help="tool use: steps an arm (default 250; --quick 40, --smoke 3)")
     args = ap.parse_args()
+    if args.tool_steps is not None and not 1 <= args.tool_steps <= 100_000:
+        print(f"phase5: --tool-steps {args.tool_steps} is out of range; allowed is 1 to 100000.", file=sys.stderr)
+        return 2
     if args.part in ("curriculum", "tool"):
         return comparisons(args)
     levels = args.levels or (1 if args.quick or args.smoke else 3)
@@ -415,13 +455,15 @@ def main() -> int:
         return 2
 
     print(f"pipeline: {PRESET.name}, levels {cfg.curriculum.start_level} to {levels}, {threads} threads", flush=True)
-    trainer, minutes, cur_marks = pipeline_arm(cfg)
+    trainer, minutes, cur_marks, start = pipeline_arm(cfg)
     stages = {name: trainer.stages[name] for name in cfg.pipeline.stages}
     plan = stages["curriculum"].plan
     steps = {int(k): int(v["steps"]) for k, v in stages["curriculum"].reports.items()}
     print(f"pipeline: {trainer.step} steps, {minutes:.2f} min ({trainer.status})", flush=True)
     uni_marks = uniform_arm(cfg, steps, plan)
-    control = selfmodel_control(cfg) if args.selfmodel_control or args.smoke else None
+    control, control_start = selfmodel_control(cfg) if args.selfmodel_control or args.smoke else (None, {})
+    same_weights = bool(start) and start.keys() == control_start.keys() and all(
+        torch.equal(start[k], control_start[k]) for k in start)
 
     per_level = []
     for level in sorted(steps):
@@ -451,7 +493,7 @@ def main() -> int:
         "pipeline_curriculum_minus_uniform": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
         **stage_keys(last, bake_last),
         **control_keys((stages.get("selfmodel").reports.get(str(cfg.curriculum.start_level))
-                        if "selfmodel" in stages else None), control),
+                        if "selfmodel" in stages else None), control, same_weights),
         "levels": per_level, "threads": threads, "quick": args.quick, "smoke": args.smoke, **compared,
     }))
     return 0

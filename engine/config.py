@@ -72,6 +72,7 @@ class TaskConfig:
     path: str = ""  # dexter-*: the folder `lab dexter build` wrote (dataset.json, tokenizer.json, *.jsonl)
     prompt_chars: int = 0  # levels: room for a prompt before the question, in characters
     carry_turns: bool = False  # dexter-memory: a follow-up turn continues its conversation's slot, latents kept
+    references: Literal["one", "varied"] = "one"  # program: the reference is one per template, or drawn among equals
 
 
 # The [task] keys each task takes (a test keeps this equal to what engine/tasks/registry.py's tasks take);
@@ -88,7 +89,7 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
     "gap": ("difficulty", "seed"),
     "surprise": ("difficulty", "seed"),
     "maze": ("difficulty", "seed", "side"),
-    "program": ("difficulty", "seed"),
+    "program": ("difficulty", "seed", "references"),
     "dexter-memory": ("path", "difficulty", "seed", "carry_turns"),
     "dexter-tool": ("path", "difficulty", "seed"),
     "dexter-reasoning": ("path", "difficulty", "seed"),

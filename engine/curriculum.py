@@ -206,10 +206,13 @@ class CurriculumQueue:
     # ------------------------------------------------------------------------- the trainer's side
 
     def next_batch(self, n: int) -> list[Item]:
-        """The next `n` questions in queue order (fewer only once the queue is done). A queue
-        smaller than `n` is served round after round, so the same question may come twice."""
+        """The next `n` questions in queue order, all of one level: fewer once the level ends on its passes
+        (the next level's questions wait for the next call: in the level pipeline they belong to the next
+        curriculum stage, after the level's other stages) or the queue is done. A queue smaller than `n` is
+        served round after round, so the same question may come twice."""
         items: list[Item] = []
-        while len(items) < n and not self.done:
+        level = self.level
+        while len(items) < n and not self.done and self.level == level:
             if self.cursor >= len(self.order):
                 self._next_epoch()
                 continue
@@ -408,6 +411,7 @@ class CurriculumFeed:
         # Near the end of a level fewer questions remain than slots; serving the last few again
         # and again overfits them and undoes the level, so the other slots review the level's
         # whole question set (ungraded, no hints).
+        level = self.queue.level  # the queue may end it while serving; the refill stays within it
         items += self.queue.next_batch(min(len(slots) - len(items), max(1, self.queue.remaining)))
         for slot in slots:
             self.slots[slot] = None
@@ -416,11 +420,11 @@ class CurriculumFeed:
             self.slots[slot] = item
             samples[slot] = item.sample
         if items:
-            first = (self.queue.level - 1) * self.queue.questions
+            first = (level - 1) * self.queue.questions
             for slot in slots[len(items):]:
                 index = first + self.reviews % self.queue.questions
                 self.reviews += 1
-                samples[slot] = self.provider.encode(self.provider.question(self.queue.level, index, 0), 0)
+                samples[slot] = self.provider.encode(self.provider.question(level, index, 0), 0)
         return samples
 
     def grade(self, halted: list[bool], predicted: list[list[int]]) -> dict | None:

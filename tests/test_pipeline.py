@@ -67,6 +67,8 @@ def test_a_level_runs_its_stages_in_order_and_each_reports_its_figures(straight)
     for prompt in ("eudaimonia", "ooda", "identity", "reverse"):
         assert {f"{prompt}_kl_before", f"{prompt}_kl_after", f"{prompt}_followed_after"} <= set(bake)
     assert bake["reverse_kept"] == 0.0 and bake["ooda_kept"] == 1.0
+    # before baking the model is its own teacher: no answer it would write backwards is written backwards yet
+    assert bake["reverse_agree_changed_before"] == 0.0 and 0 <= bake["reverse_with_prompt_own"] <= 1
     assert {"ece_before", "ece_after", "self_exact_r0_after", "self_exact_r2_after"} <= set(selfmodel)
     assert {"L1_before", "L1_after", "retention_before", "retention_after"} <= set(dream)
     assert [e["data"]["mode"] for e in events if e["event"] == "consolidation"] == ["dream"]
@@ -109,6 +111,32 @@ def test_the_levels_follow_one_another_and_the_run_ends_after_the_last(tmp_path)
     dream = trainer.stages["dream"].reports["2"]
     assert {"L1_before", "L2_before", "L1_after", "L2_after"} <= set(dream)  # this level and the earlier one
     assert trainer.stages["curriculum"].feed.queue.done and trainer.schedule.finished
+
+
+def test_a_level_trains_the_same_whether_or_not_a_level_follows_it(tmp_path):
+    """The self-model's control runs the first level alone: its stages must start from the weights the first level
+    of a longer run starts them from. A level that ends on its passes in the middle of a refill used to serve the
+    rest of that refill from the next level, so level 1's last step trained on level 2's questions."""
+    def start_of_selfmodel(levels, max_steps=1000):
+        seen, trainer = {}, None
+
+        def on_event(e):
+            if e["event"] == "phase" and e["data"]["phase"] == "selfmodel" and not seen:
+                seen.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+        (tmp_path / str(levels)).mkdir()
+        cfg = config(levels=levels, max_steps=max_steps, stages=["curriculum", "selfmodel"], bake=[])
+        cfg.curriculum.questions = 12
+        trainer = Trainer(tmp_path / str(levels), cfg, output="quiet", emit=on_event)
+        assert trainer.run() == 0
+        return seen, trainer.stages["selfmodel"].reports["1"], trainer.stages["curriculum"].feed.queue, trainer.step
+
+    alone, alone_figures, _, steps = start_of_selfmodel(1)
+    first, first_figures, queue, _ = start_of_selfmodel(2, max_steps=steps)  # level 1 of 2, then stop
+    assert queue.ended["1"]["reason"] == "epochs"  # the case that crossed: the level ran out of passes
+    assert alone and all(torch.equal(alone[k], first[k]) for k in alone)
+    assert {k: v for k, v in alone_figures.items() if k.endswith("_before") and not k.startswith("self_exact")} == \
+        {k: v for k, v in first_figures.items() if k.endswith("_before") and not k.startswith("self_exact")}
 
 
 @pytest.mark.parametrize("stage", ["curriculum", "bake", "selfmodel", "dream"])
@@ -269,6 +297,7 @@ def test_the_checkable_prompt_baked_is_followed_without_it_and_leaves_the_run_mo
     baked, _ = run(tmp_path / "baked", cfg)
     f = baked.stages["bake"].reports["1"]["reverse"]
     assert f["exact_with_prompt"] == 1.0 and f["kept"] == 0.0
+    assert f["with_prompt_own"] == 1.0 and 0 < f["changed"] < 1  # it follows it; one-digit answers read the same
     # without the prompt, the baked copy writes more of each answer backwards, as the prompt asks
     assert f["followed_cell_after"] > f["followed_cell_before"] + 0.05 and f["kl_after"] < f["kl_before"]
     assert f["agree_after"] >= f["followed_after"]  # the teacher's answer is the right one here

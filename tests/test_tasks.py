@@ -29,7 +29,7 @@ from engine.tasks.registry import (
     show_samples,
     task_from_config,
 )
-from engine.tasks.tokenizer import BLANK, EOS, HINT, PAD, SEP, TOKENIZER, split_of
+from engine.tasks.tokenizer import BLANK, EOS, HINT, PAD, SEP, TOKENIZER, Problem, split_of, stable_rng
 
 GENERATED = ["math", "arithmetic", "algebra", "sequence", "word", "recall", "gap", "surprise", "maze", "program",
              "levels"]
@@ -342,6 +342,33 @@ def test_reference_programs_pass_their_python_computed_cases(difficulty):
         result = task.check(p, p.answer)
         assert result.ok and result.passed == len(p.cases), (p, result)
         assert task.grade(p, task.encode(p).labels)
+
+
+def test_every_program_a_template_knows_passes_and_varied_references_keep_the_questions():
+    from engine.tasks.program import MAKERS
+
+    for name, make in MAKERS.items():  # each written form computes the function, on many values and inputs
+        for i in range(40):
+            rng = stable_rng("forms", name, i)
+            question, programs, function, ranges = make(rng)
+            cases = [(x, tuple(function(*x))) for x in (tuple(rng.randint(lo, hi) for lo, hi in ranges)
+                                                         for _ in range(10))]
+            assert len(set(programs)) == len(programs) >= 3, name
+            for program in programs:
+                assert ProgramTask(1).check(Problem(name, question, program, cases=tuple(cases)), program).ok, program
+                assert len(question) + len(program) + 2 <= ProgramTask.seq_len
+    for difficulty in (1, 2, 3):
+        one, varied = ProgramTask(difficulty), ProgramTask(difficulty, references="varied")
+        pairs = [(one.problem("train", i), varied.problem("train", i)) for i in range(60)]
+        assert all((a.prompt, a.cases) == (b.prompt, b.cases) and varied.check(b, b.answer).ok for a, b in pairs)
+        assert sum(a.answer != b.answer for a, b in pairs) > 30  # the reference is often not the first form
+        for template in one.templates():  # one kind of question, several layouts of its target
+            assert len({re.sub(r"-?\d+", "#", b.answer) for a, b in pairs if b.template == template}) >= 2, template
+        for a, b in pairs:  # varied: the input does not tell the reference's length, so it does not tell the form
+            assert varied.encode(b).inputs == varied.encode(a).inputs and PAD not in varied.encode(b).inputs
+            assert varied.encode(b).labels == one.encode(b).labels and varied.grade(b, varied.encode(b).labels)
+    with pytest.raises(ConfigError, match="references 'many' is not one of one, varied"):
+        get_task("program", references="many")
 
 
 def test_program_grading_runs_the_program_rather_than_comparing_text():

@@ -22,7 +22,10 @@ the model without it, per answer position); `followed` (exact without the prompt
 prompt asks for: for the checkable prompt, its adherence; `followed_cell`, the same per answer position);
 `task_exact` (exact without the prompt against the plain answer); and `exact_with_prompt` (the teacher with the
 prompt, graded against what the prompt asks); `agree` (the model without the prompt gives the teacher's answer: for
-the checkable prompt, its own earlier answer written backwards, which is its adherence whatever its arithmetic).
+the checkable prompt, its own earlier answer written backwards, which is its adherence whatever its arithmetic);
+`agree_changed` (the same over the questions where the teacher's answer is not the model's own plain one: for the
+checkable prompt, the answers that do not read the same backwards, so it is 0 before baking); `with_prompt_own`
+(the teacher given the prompt does what it asks to its own plain answer: does the model follow the prompt at all).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from engine.tasks.tokenizer import Problem, stable_rng
 
 KEPT_OUT = ("reverse",)  # prompts baked into a copy and dropped: their effect would undo the task
 MIRRORED = ("reverse",)  # prompts whose teacher is the model's own plain answer, written backwards
+TEACHERS = ("exact_with_prompt", "with_prompt_own", "changed")  # figures of the teacher alone: one per prompt
 
 
 def frozen(model: TinyRecursiveModel) -> TinyRecursiveModel:
@@ -138,9 +142,9 @@ class BakeStage:
 
     def _finish_prompt(self) -> None:
         after = self.measure()
-        figures = {f"{k}_before": v for k, v in self.before.items() if k != "exact_with_prompt"}
-        figures.update({f"{k}_after": v for k, v in after.items() if k != "exact_with_prompt"})
-        figures["exact_with_prompt"] = self.before["exact_with_prompt"]
+        figures = {f"{k}_before": v for k, v in self.before.items() if k not in TEACHERS}
+        figures.update({f"{k}_after": v for k, v in after.items() if k not in TEACHERS})
+        figures.update({k: self.before[k] for k in TEACHERS if k in self.before})  # a bake resumed from older code
         figures["kept"] = float(self.copy is None)
         self.reports.setdefault(str(self.level), {})[self.prompt] = figures
         self.teacher = self.copy = self.prompt_optimizer = self.carry = self.targets = self.mask = None
@@ -178,7 +182,30 @@ class BakeStage:
                 "followed_cell": float(cells.sum()) / max(1, int(mask.sum())),
                 "agree": float(score(preds, teacher_answer)[0].float().mean()),
                 "task_exact": float(score(preds, plain)[0].float().mean()),
-                "exact_with_prompt": float(score(prompted.argmax(-1), asked)[0].float().mean())}
+                "exact_with_prompt": float(score(prompted.argmax(-1), asked)[0].float().mean()),
+                **self._own_answers(plain_in, plain, asked, prompted, teacher_answer, preds, effect)}
+
+    @torch.no_grad()
+    def _own_answers(self, plain_in, plain, asked, prompted, teacher_answer, preds, effect: str) -> dict[str, float]:
+        """Figures against the teacher model's own plain answer, whatever its arithmetic. `with_prompt_own`: the
+        model given the prompt answers as the prompt asks of its own plain answer (for `reverse`, that answer
+        backwards), over the questions where the prompt changes that answer (a one-character answer reads the same
+        backwards; every question for a prompt that asks nothing of the answer). `agree_changed`: the model without
+        the prompt gives the teacher's answer, over the questions where that answer is not its own plain one (the
+        palindromes that make `agree` high before any baking are left out)."""
+        own = self.plan.logits(self.teacher, plain_in)[0].argmax(-1)
+        with_prompt, changed, agreed = [], 0, 0
+        for b in range(plain.shape[0]):
+            where = (plain[b] != PAD).nonzero()[:, 0]
+            mine = own[b, where]
+            asks = torch.cat([mine[:-1].flip(0), mine[-1:]]) if effect == "reverse" else mine
+            if effect != "reverse" or not torch.equal(asks, mine):
+                with_prompt.append(torch.equal(prompted[b].argmax(-1)[asked[b] != PAD], asks))
+            if not torch.equal(teacher_answer[b, where], mine):
+                changed += 1
+                agreed += torch.equal(preds[b, where], teacher_answer[b, where])
+        return {"with_prompt_own": sum(with_prompt) / max(1, len(with_prompt)),
+                "agree_changed": agreed / max(1, changed), "changed": changed / max(1, plain.shape[0])}
 
     # ---- the stage ----
 
