@@ -23,14 +23,17 @@
    peer's sizes (head width 64, hidden 256): our NeuralMemory, the peer's NeuralMemory, and a plain causal
    attention layer of width 64 as the yardstick.
 
-Every run is its own process, one after the other, so its peak RSS is its own; peak memory is reported over the
+Every run is its own process (one after the other, or --workers at once), so its peak RSS is its own; peak memory is reported over the
 process's footprint once its libraries are imported (torch, the peer's packages, ours), so a heavier import does
 not count as a model's memory. The last line is JSON (gap_points_by_difficulty, gap_ci_low_by_difficulty, ...).
 Full run: 3 difficulties x (4 sweep points x 2 arms + 2 seeds x 2 arms) = 36 training runs of the budget
 (6 hours at 10 minutes). Without the peers installed it says so and exits 0 (with --smoke it still runs our arm).
+On a machine shared with other work, --clock cpu --threads 1 charges each run only the CPU time of its training
+thread, and --workers runs several at once.
 
     pip install -e ".[peers]"
     python bench/peers.py [--quick | --smoke] [--budget-s 600 | --minutes 10] [--threads 2] [--difficulty 1 2 3]
+                          [--clock wall|cpu] [--workers N]
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +56,9 @@ sys.path.insert(0, str(ROOT))  # the repo root, for `engine` and `bench`
 from bench.stats import over_seeds, shown  # noqa: E402
 
 PEER_PACKAGES = ("tiny_recursive_model", "titans_pytorch", "ema_pytorch")
+# what a second of budget is: wall-clock, or CPU time of the one training thread (fair when several runs share
+# the machine, since each arm is charged only what it used)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 # -- recursion settings: the same task for both arms ---------------------------------------------------------
 SIZE, DIFFICULTIES, SEEDS = 6, (1, 2, 3), 3
@@ -121,20 +129,35 @@ def train_ours(a) -> dict:
 
     footprint = peak_rss_mb()  # torch and the engine are imported by now
     overrides = OURS + a.set + [f"task.difficulty={a.difficulty}", f"task.seed={a.seed}", f"train.seed={a.seed}",
-                                f"optim.lr={a.lr}", f"optim.weight_decay={a.wd}",
-                                f"train.max_minutes={a.budget_s / 60}", f"train.threads={a.threads}"]
+                                f"optim.lr={a.lr}", f"optim.weight_decay={a.wd}", f"train.threads={a.threads}"]
     cfg = config.from_dict({}, "peers-bench", overrides)
     test, val = evaluation_sets(a.difficulty, a.seed, a.n_eval, a.n_val)
+    clock = CLOCKS[a.clock]
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(run_dir, cfg, output="quiet")
-        t0 = time.perf_counter()
+        # the budget is checked after every step, as the peer's loop checks it, on the same clock
+        def on_event(event: dict) -> None:
+            if event["event"] == "metrics" and clock() - t0 >= a.budget_s:
+                trainer.stop_reason = "stopped"  # taken at the next step boundary
+
+        trainer = Trainer(run_dir, cfg, output="quiet", emit=on_event)
+        t0, p0 = clock(), time.process_time()
         trainer.run()
-        seconds = time.perf_counter() - t0
+        seconds, process_s = clock() - t0, time.process_time() - p0
         variants = score_variants({"raw": lambda x: trainer.model.predict(x)[0],
                                    "ema": lambda x: trainer.ema.predict(x)[0]}, test, val)
-    return {"arm": "ours", "steps": trainer.step, "train_s": seconds, "steps_per_s": trainer.step / seconds,
+    # process CPU time beside the clock's: work done outside the training thread would show here
+    return {"arm": "ours", "steps": trainer.step, "train_s": seconds, "process_cpu_s": process_s,
+            "steps_per_s": trainer.step / seconds,
             "params": sum(p.numel() for p in trainer.model.parameters()), "variants": variants,
             "peak_over_imports_mb": peak_rss_mb() - footprint, "import_mb": footprint}
+
+
+def our_params(a) -> dict:
+    from engine import config
+    from engine.build import build_model, make_task
+
+    cfg = config.from_dict({}, "peers-bench", OURS + a.set)
+    return {"params": sum(p.numel() for p in build_model(cfg, make_task(cfg)).parameters())}
 
 
 def peer_token_expansion(target_params: int) -> float:
@@ -181,10 +204,11 @@ def train_peer(a) -> dict:
     scheduler = LambdaLR(optimizer, lambda step: min((step + 1) / PEER_WARMUP, 1.0))
     ema = EMA(model, beta=0.999, update_model_with_ema_every=10000, forward_method_names=("predict",))
 
-    t0 = time.perf_counter()
+    clock = CLOCKS[a.clock]
+    t0, p0 = clock(), time.process_time()
     deadline = t0 + a.budget_s
     steps = index = 0
-    while time.perf_counter() < deadline:
+    while clock() < deadline:
         inputs, labels = batch(task, "train", list(range(index, index + PEER_BATCH)))
         index += PEER_BATCH
         outputs, latents = model.get_initial()
@@ -201,9 +225,9 @@ def train_peer(a) -> dict:
                 outputs, latents, inputs, labels = outputs[keep], latents[keep], inputs[keep], labels[keep]
                 if not len(inputs):
                     break
-            if time.perf_counter() >= deadline:
+            if clock() >= deadline:
                 break
-    seconds = time.perf_counter() - t0
+    seconds, process_s = clock() - t0, time.process_time() - p0
 
     def predict(net, threshold: float):
         # threshold above 1: no sample ever halts early, so every one runs the full max_recurrent_steps
@@ -214,7 +238,8 @@ def train_peer(a) -> dict:
     smoothed = ema.ema_model.eval()
     variants = score_variants({"raw_halting": predict(model, 0.5), "raw_full": predict(model, 1.1),
                                "ema_halting": predict(smoothed, 0.5), "ema_full": predict(smoothed, 1.1)}, test, val)
-    return {"arm": "peer", "steps": steps, "train_s": seconds, "steps_per_s": steps / seconds,
+    return {"arm": "peer", "steps": steps, "train_s": seconds, "process_cpu_s": process_s,
+            "steps_per_s": steps / seconds,
             "params": sum(p.numel() for p in model.parameters()), "variants": variants,
             "peak_over_imports_mb": peak_rss_mb() - footprint, "import_mb": footprint}
 
@@ -251,31 +276,45 @@ def best_on(result: dict, split: str) -> tuple[str, float]:
     return name, result["variants"][name][split]
 
 
-def recursion(difficulty: int, seeds: int, grid: list, common: list[str], summary: dict) -> None:
-    """The sweep at seed 0, the chosen point at the other seeds, the table and the figures of one difficulty."""
-    key = str(difficulty)
-    runs: dict[str, dict[tuple, dict]] = {"ours": {}, "peer": {}}  # arm -> (lr, wd, seed) -> result
-    target = 0
+def recursion(difficulties: list[int], seeds: int, grid: list, common: list[str], workers: int,
+              summary: dict) -> None:
+    """The sweep at seed 0, the chosen point at the other seeds, the table and the figures of every difficulty.
+    Runs go `workers` at a time, each its own process; the sweep of every difficulty first, then the seeds."""
+    target = run_child(["--child=ours-params", *common])["params"]  # the peer is sized to our network
+    runs: dict[tuple, dict] = {}  # (difficulty, arm, lr, wd, seed) -> result
+    printing = threading.Lock()
 
-    def run(arm: str, lr: float, wd: float, seed: int) -> dict:
+    def run(job: tuple) -> None:
+        difficulty, arm, lr, wd, seed = job
         extra = [f"--target-params={target}"] if arm == "peer" else []
         r = run_child([f"--child={arm}", f"--difficulty={difficulty}", f"--seed={seed}", f"--lr={lr}", f"--wd={wd}",
                        *extra, *common])
-        runs[arm][(lr, wd, seed)] = r
+        runs[job] = r
         variants = "  ".join(f"{v} {f['val']:.3f}/{f['test']:.3f}" for v, f in r["variants"].items())
-        print(f"  d{difficulty} {arm:>4} seed {seed} lr {lr:g} wd {wd:g}: {r['steps']:>6} steps "
-              f"({r['steps_per_s']:.2f}/s), exact val/test  {variants}", flush=True)
-        return r
+        with printing:
+            print(f"  d{difficulty} {arm:>4} seed {seed} lr {lr:g} wd {wd:g}: {r['steps']:>6} steps "
+                  f"({r['steps_per_s']:.2f}/s, {r['train_s']:.0f} s, process CPU {r['process_cpu_s']:.0f} s), "
+                  f"exact val/test  {variants}", flush=True)
 
-    for lr, wd in grid:
-        target = run("ours", lr, wd, 0)["params"]
-    for lr, wd in grid:
-        run("peer", lr, wd, 0)
-    chosen = {arm: max(grid, key=lambda p: best_on(runs[arm][(*p, 0)], "val")[1]) for arm in runs}
-    for seed in range(1, seeds):
-        for arm in runs:  # interleaved, so drifts in machine load hit both
-            run(arm, *chosen[arm], seed)
+    def run_all(jobs: list[tuple]) -> None:
+        with ThreadPoolExecutor(workers) as pool:
+            for future in [pool.submit(run, job) for job in jobs]:
+                future.result()
 
+    arms = ("ours", "peer")
+    run_all([(d, arm, lr, wd, 0) for d in difficulties for lr, wd in grid for arm in arms])
+    chosen = {(d, arm): max(grid, key=lambda p: best_on(runs[(d, arm, *p, 0)], "val")[1])
+              for d in difficulties for arm in arms}
+    # interleaved, so drifts in machine load hit both arms
+    run_all([(d, arm, *chosen[(d, arm)], seed) for d in difficulties for seed in range(1, seeds) for arm in arms])
+    for d in difficulties:
+        summarise(d, seeds, grid, {arm: chosen[(d, arm)] for arm in arms},
+                  {arm: {k[2:]: r for k, r in runs.items() if k[:2] == (d, arm)} for arm in arms}, summary)
+
+
+def summarise(difficulty: int, seeds: int, grid: list, chosen: dict, runs: dict, summary: dict) -> None:
+    """The figures of one difficulty; `runs` is arm -> (lr, wd, seed) -> result."""
+    key = str(difficulty)
     per_seed = {arm: [runs[arm][(*chosen[arm], s)] for s in range(seeds)] for arm in runs}
     ours_exact = [r["variants"][best_on(r, "val")[0]]["test"] for r in per_seed["ours"]]
     peer_exact = [best_on(r, "test")[1] for r in per_seed["peer"]]
@@ -339,6 +378,10 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default 600)")
     parser.add_argument("--minutes", type=float, default=None, help="training minutes per run (instead of --budget-s)")
     parser.add_argument("--threads", type=int, default=None, help="threads of every run (default 2; --smoke 1)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="what the budget counts: wall-clock, or CPU time of the training thread (needs --threads 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="training runs at once, each its own process (use with --clock cpu on a shared machine)")
     parser.add_argument("--difficulty", type=int, nargs="+", choices=DIFFICULTIES, default=None,
                         help="Sudoku difficulties (cells given of 36: 1 -> 22, 2 -> 15, 3 -> minimal); default all")
     parser.add_argument("--seeds", type=int, default=None, help=f"seeds per difficulty (default {SEEDS})")
@@ -363,10 +406,16 @@ def main() -> int:
         args.set = SMOKE_OURS + args.set
     if args.budget_s <= 0:
         parser.error("the budget must be positive")
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu counts the CPU time of the one training thread, so it needs --threads 1")
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers must be 1 to 64")
 
     if args.child:  # one run, in this process; its JSON is the last line
         args.difficulty = (args.difficulty or [1])[0]
-        if args.child == "ours":
+        if args.child == "ours-params":
+            result = our_params(args)
+        elif args.child == "ours":
             result = train_ours(args)
         elif args.child == "peer":
             result = train_peer(args)
@@ -394,9 +443,10 @@ def main() -> int:
         print(json.dumps(figures))
         return 0
 
-    common = [f"--budget-s={args.budget_s}", f"--threads={args.threads}", f"--n-eval={args.n_eval}",
+    common = [f"--budget-s={args.budget_s}", f"--threads={args.threads}", f"--clock={args.clock}", f"--n-eval={args.n_eval}",
               f"--n-val={args.n_val}", f"--mem-steps={args.mem_steps}"] + [f"--set={s}" for s in args.set]
     summary: dict = {"peers_installed": True, "budget_s": args.budget_s, "threads": args.threads,
+                     "clock": args.clock, "workers": args.workers,
                      "n_eval": args.n_eval, "n_val": args.n_val, "seeds": seeds, "difficulties": difficulties,
                      "grid": [{"lr": lr, "weight_decay": wd} for lr, wd in grid], "smoke": args.smoke}
     for name in ("gap_points_by_difficulty", "gap_ci_low_by_difficulty", "gap_by_difficulty",
@@ -405,11 +455,10 @@ def main() -> int:
         summary[name] = {}
 
     if args.skip != "recursion":
-        print(f"recursion: 6x6 Sudoku, difficulties {difficulties}, {args.budget_s:.0f} s of training per run on "
-              f"{args.threads} threads, sweep {grid} at seed 0, {seeds} seeds, {args.n_eval} test and {args.n_val} "
-              f"validation puzzles, all distinct", flush=True)
-        for difficulty in difficulties:
-            recursion(difficulty, seeds, grid, common, summary)
+        print(f"recursion: 6x6 Sudoku, difficulties {difficulties}, {args.budget_s:.0f} {args.clock} s of training "
+              f"per run on {args.threads} threads, {args.workers} at once, sweep {grid} at seed 0, {seeds} seeds, "
+              f"{args.n_eval} test and {args.n_val} validation puzzles, all distinct", flush=True)
+        recursion(difficulties, seeds, grid, common, args.workers, summary)
     if args.skip != "memory":
         memory(common, summary)
 
