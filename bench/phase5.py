@@ -3,6 +3,7 @@ the real trainer on CPU, and every stage's figure, whether or not it shows a gai
 
     .venv/bin/python bench/phase5.py [--quick | --smoke] [--levels N] [--threads 2] [--set key=value ...]
                                      [--part all | pipeline | curriculum | tool] [--selfmodel-control]
+                                     [--compare-steps N] [--seeds N] [--first-seed K]
                                      [--tool-references varied | one] [--tool-steps N]
 
 Full: the first 3 levels of the preset as it is. `--quick`: one level with a smaller question queue and shorter
@@ -192,13 +193,13 @@ def uniform_marks(cfg: config.RunConfig, steps: int) -> dict[int, list[bool]]:
         return {level: held_out_marks(plan, trainer.model, level) for level in range(1, cfg.curriculum.levels + 1)}
 
 
-def curriculum_vs_uniform(mode: str, levels: int, extra: list[str]) -> dict:
+def curriculum_vs_uniform(seeds: list[int], steps_each: int, levels: int, extra: list[str]) -> dict:
     """Per seed: the curriculum arm, then uniform sampling for as many steps; held-out exact over every level's
     distinct held-out questions at the end (pooled), their paired difference, and intervals over seeds."""
     per_seed, c_all, u_all = [], [], []
-    for seed in range(COMPARE_SEEDS[mode]):
+    for seed in seeds:
         t0 = time.time()
-        cfg = compare_config(seed, levels, COMPARE_STEPS[mode], extra)
+        cfg = compare_config(seed, levels, steps_each, extra)
         c_marks, steps, info = curriculum_marks(cfg)
         u_marks = uniform_marks(cfg, steps)
         c = [m for level in sorted(c_marks) for m in c_marks[level]]
@@ -223,7 +224,7 @@ def curriculum_vs_uniform(mode: str, levels: int, extra: list[str]) -> dict:
             "curriculum_minus_uniform": over_seeds([a - b for a, b in zip(seeds_c, seeds_u)]),
             "curriculum_exact_items": over_items(c_all), "uniform_exact_items": over_items(u_all),
             "curriculum_minus_uniform_items": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
-            "compare_seeds": per_seed, "compare_steps": COMPARE_STEPS[mode], "compare_levels": levels,
+            "compare_seeds": per_seed, "compare_steps": steps_each, "compare_levels": levels,
             "compare_settings": COMPARE}
 
 
@@ -292,9 +293,10 @@ def comparison_figures(args) -> dict:
     torch.set_num_threads(1)  # both comparisons train at one thread, whatever the pipeline took
     figures = {}
     if args.part in ("all", "curriculum"):
-        print(f"curriculum vs uniform: levels 1 to {COMPARE_LEVELS}, {COMPARE_SEEDS[mode]} seeds, "
-              f"{COMPARE_STEPS[mode]} steps an arm", flush=True)
-        figures = curriculum_vs_uniform(mode, COMPARE_LEVELS, [])
+        steps = args.compare_steps or COMPARE_STEPS[mode]
+        seeds = list(range(args.first_seed, args.first_seed + (args.seeds or COMPARE_SEEDS[mode])))
+        print(f"curriculum vs uniform: levels 1 to {COMPARE_LEVELS}, seeds {seeds}, {steps} steps an arm", flush=True)
+        figures = curriculum_vs_uniform(seeds, steps, COMPARE_LEVELS, [])
         print(f"curriculum vs uniform over seeds: curriculum {shown(figures['curriculum_exact'])}, uniform "
               f"{shown(figures['uniform_exact'])}, difference {shown(figures['curriculum_minus_uniform'])}; pooled "
               f"over the seeds' questions: difference {shown(figures['curriculum_minus_uniform_items'])}", flush=True)
@@ -437,10 +439,20 @@ def main() -> int:
                     help="tool use: each question's reference drawn among equivalent programs, or one per template")
     ap.add_argument("--tool-steps", type=int, default=None,
                     help="tool use: steps an arm (default 250; --quick 40, --smoke 3)")
+    ap.add_argument("--compare-steps", type=int, default=None,
+                    help="curriculum vs uniform: steps an arm (default 500; --quick 100, --smoke 6)")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="curriculum vs uniform: seeds (default 3; --quick 2, --smoke 1)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="curriculum vs uniform: the seeds run are first-seed .. first-seed + seeds - 1, so seeds can "
+                         "run as separate processes and be joined with bench/stats.py combine")
     args = ap.parse_args()
-    if args.tool_steps is not None and not 1 <= args.tool_steps <= 100_000:
-        print(f"phase5: --tool-steps {args.tool_steps} is out of range; allowed is 1 to 100000.", file=sys.stderr)
-        return 2
+    for name, value, top in (("--tool-steps", args.tool_steps, 100_000), ("--compare-steps", args.compare_steps, 100_000),
+                             ("--seeds", args.seeds, 100), ("--first-seed", args.first_seed, 10_000)):
+        low = 0 if name == "--first-seed" else 1
+        if value is not None and not low <= value <= top:
+            print(f"phase5: {name} {value} is out of range; allowed is {low} to {top}.", file=sys.stderr)
+            return 2
     if args.part in ("curriculum", "tool"):
         return comparisons(args)
     levels = args.levels or (1 if args.quick or args.smoke else 3)
