@@ -153,11 +153,14 @@ class BakeStage:
             self._start_prompt()
 
     @torch.no_grad()
-    def _teacher(self, plain_in, plain, asked_in, asked) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the teacher's log-probabilities at the plain layout's answer positions, the prompted model's logits)."""
+    def _teacher(self, plain_in, plain, asked_in, asked, teacher_plain=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the teacher's log-probabilities at the plain layout's answer positions, the prompted model's logits).
+        `teacher_plain`: the teacher's logits on plain_in when the caller has them already."""
         prompted, _ = self.plan.logits(self.teacher, asked_in)
         if self.prompt in MIRRORED:
-            return mirrored(self.plan.logits(self.teacher, plain_in)[0], plain), prompted
+            if teacher_plain is None:
+                teacher_plain = self.plan.logits(self.teacher, plain_in)[0]
+            return mirrored(teacher_plain, plain), prompted
         return aligned(prompted, asked, plain), prompted
 
     def _optimizer(self) -> MuGrokfast:
@@ -171,7 +174,8 @@ class BakeStage:
         plain_in, plain = plan.probe(level)
         followed = plain.clone()
         followed[plain != PAD] = asked[asked != PAD]  # the prompt's answer at the plain layout's positions
-        target, prompted = self._teacher(plain_in, plain, asked_in, asked)
+        teacher_plain = plan.logits(self.teacher, plain_in)[0]  # read by the mirrored target and the own-answer figures
+        target, prompted = self._teacher(plain_in, plain, asked_in, asked, teacher_plain)
         logits, _ = plan.logits(self.student, plain_in)
         mask = plain != PAD
         kl = answer_kl(target, logits, mask).sum() / mask.sum().clamp_min(1)
@@ -183,17 +187,16 @@ class BakeStage:
                 "agree": float(score(preds, teacher_answer)[0].float().mean()),
                 "task_exact": float(score(preds, plain)[0].float().mean()),
                 "exact_with_prompt": float(score(prompted.argmax(-1), asked)[0].float().mean()),
-                **self._own_answers(plain_in, plain, asked, prompted, teacher_answer, preds, effect)}
+                **self._own_answers(teacher_plain.argmax(-1), plain, asked, prompted, teacher_answer, preds, effect)}
 
     @torch.no_grad()
-    def _own_answers(self, plain_in, plain, asked, prompted, teacher_answer, preds, effect: str) -> dict[str, float]:
+    def _own_answers(self, own, plain, asked, prompted, teacher_answer, preds, effect: str) -> dict[str, float]:
         """Figures against the teacher model's own plain answer, whatever its arithmetic. `with_prompt_own`: the
         model given the prompt answers as the prompt asks of its own plain answer (for `reverse`, that answer
         backwards), over the questions where the prompt changes that answer (a one-character answer reads the same
         backwards; every question for a prompt that asks nothing of the answer). `agree_changed`: the model without
         the prompt gives the teacher's answer, over the questions where that answer is not its own plain one (the
-        palindromes that make `agree` high before any baking are left out)."""
-        own = self.plan.logits(self.teacher, plain_in)[0].argmax(-1)
+        palindromes that make `agree` high before any baking are left out). `own`: the teacher's plain answers."""
         with_prompt, changed, agreed = [], 0, 0
         for b in range(plain.shape[0]):
             where = (plain[b] != PAD).nonzero()[:, 0]
