@@ -113,6 +113,51 @@ def score(predict, inputs, labels, batch_size: int = 100) -> dict:
     return {"exact": correct.all(1).float().mean().item(), "cell": correct.float().mean().item(), "eval_s": seconds}
 
 
+def peer_predict_both(net, inputs, threshold: float = 0.5, steps: int = PEER_MAX_RECURRENT_STEPS):
+    """The peer's predict() at `threshold` (early halting) and at its full step count, from one pass: a sample's
+    halting answer is the one of the first step whose halt probability reaches the threshold (the last step's if
+    none does), as predict() takes it, and its full answer is the last step's. The batch stays whole, so a halted
+    sample's later steps are computed and only the full answer reads them; the pass costs what the full variant
+    alone would. Returns (halting, full) predictions, each (B, S)."""
+    import torch
+    from einops import unpack
+
+    embedded, packed_shape = net.embed_inputs_with_registers(inputs)
+    outputs, latents = net.get_initial()
+    halting = full = None
+    done = torch.zeros(inputs.shape[0], dtype=torch.bool)
+    for _ in range(steps):
+        outputs, latents = net.deep_refinement(embedded, outputs, latents)
+        halts = net.to_halt_pred(outputs).sigmoid() >= threshold
+        full = net.to_pred(unpack(outputs, packed_shape, "b * d")[1]).argmax(-1)
+        halting = full.clone() if halting is None else halting
+        newly = halts & ~done
+        halting[newly] = full[newly]
+        done |= halts
+    halting[~done] = full[~done]
+    return halting, full
+
+
+def score_halting_and_full(net, name: str, test, val, batch_size: int = 100) -> dict:
+    """score_variants' figures of the peer network `net` with early halting (`{name}_halting`) and at its full
+    step count (`{name}_full`), both from peer_predict_both's one pass per batch."""
+    import torch
+
+    out: dict = {f"{name}_halting": {}, f"{name}_full": {}}
+    for split, (inputs, labels) in (("test", test), ("val", val)):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pairs = [peer_predict_both(net, inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        seconds = time.perf_counter() - t0
+        for k, variant in enumerate(("halting", "full")):
+            correct = torch.cat([p[k] for p in pairs]) == labels
+            figures = out[f"{name}_{variant}"]
+            figures[split] = correct.all(1).float().mean().item()
+            if split == "test":
+                figures.update(test_cell=correct.float().mean().item(), eval_s=seconds)
+    return out
+
+
 def score_variants(predictors: dict, test, val) -> dict:
     """{variant: {"test": exact, "val": exact, "test_cell": cell, "eval_s": s}} for every predictor."""
     out = {}
@@ -229,15 +274,11 @@ def train_peer(a) -> dict:
                 break
     seconds, process_s = clock() - t0, time.process_time() - p0
 
-    def predict(net, threshold: float):
-        # threshold above 1: no sample ever halts early, so every one runs the full max_recurrent_steps
-        return lambda x: net.predict(x, halt_prob_thres=threshold,
-                                     max_deep_refinement_steps=PEER_MAX_RECURRENT_STEPS)[0]
-
     model.eval()
     smoothed = ema.ema_model.eval()
-    variants = score_variants({"raw_halting": predict(model, 0.5), "raw_full": predict(model, 1.1),
-                               "ema_halting": predict(smoothed, 0.5), "ema_full": predict(smoothed, 1.1)}, test, val)
+    variants = {}
+    for name, net in (("raw", model), ("ema", smoothed)):
+        variants.update(score_halting_and_full(net, name, test, val))
     return {"arm": "peer", "steps": steps, "train_s": seconds, "process_cpu_s": process_s,
             "steps_per_s": steps / seconds,
             "params": sum(p.numel() for p in model.parameters()), "variants": variants,
