@@ -39,8 +39,10 @@ thread, and --workers runs several at once.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -300,7 +302,25 @@ def measure_memory(name: str, steps: int, threads: int) -> dict:
 # ================================================================ the parent
 
 
-def run_child(args: list[str]) -> dict:
+# every training run's result is kept here, so that --resume takes up a long invocation where it was stopped
+RESULTS = Path(tempfile.gettempdir()) / "trm-lab-peers"
+
+
+def result_file(args: list[str]) -> Path:
+    """Where the result of the child run with these arguments is kept: one file per exact argument list."""
+    return RESULTS / f"{hashlib.sha1(chr(0).join(args).encode()).hexdigest()[:16]}.json"
+
+
+def keep_result(args: list[str], result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = result_file(args).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"args": args, "result": result}))
+    os.replace(tmp, result_file(args))  # whole or not at all
+
+
+def run_child(args: list[str], resume: bool = False) -> dict:
+    if resume and result_file(args).is_file():
+        return json.loads(result_file(args).read_text())["result"] | {"reused": True}
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"the arm {' '.join(args)} failed:\n{proc.stderr.strip()[-2000:]}")
@@ -318,7 +338,7 @@ def best_on(result: dict, split: str) -> tuple[str, float]:
 
 
 def recursion(difficulties: list[int], seeds: int, grid: list, common: list[str], workers: int,
-              summary: dict) -> None:
+              summary: dict, resume: bool = False) -> None:
     """The sweep at seed 0, the chosen point at the other seeds, the table and the figures of every difficulty.
     Runs go `workers` at a time, each its own process; the sweep of every difficulty first, then the seeds."""
     target = run_child(["--child=ours-params", *common])["params"]  # the peer is sized to our network
@@ -329,13 +349,14 @@ def recursion(difficulties: list[int], seeds: int, grid: list, common: list[str]
         difficulty, arm, lr, wd, seed = job
         extra = [f"--target-params={target}"] if arm == "peer" else []
         r = run_child([f"--child={arm}", f"--difficulty={difficulty}", f"--seed={seed}", f"--lr={lr}", f"--wd={wd}",
-                       *extra, *common])
+                       *extra, *common], resume)
         runs[job] = r
         variants = "  ".join(f"{v} {f['val']:.3f}/{f['test']:.3f}" for v, f in r["variants"].items())
         with printing:
             print(f"  d{difficulty} {arm:>4} seed {seed} lr {lr:g} wd {wd:g}: {r['steps']:>6} steps "
                   f"({r['steps_per_s']:.2f}/s, {r['train_s']:.0f} s, process CPU {r['process_cpu_s']:.0f} s), "
-                  f"exact val/test  {variants}", flush=True)
+                  f"exact val/test  {variants}{' (kept from an earlier invocation)' if r.get('reused') else ''}",
+                  flush=True)
 
     def run_all(jobs: list[tuple]) -> None:
         with ThreadPoolExecutor(workers) as pool:
@@ -381,9 +402,14 @@ def summarise(difficulty: int, seeds: int, grid: list, chosen: dict, runs: dict,
                              for arm in runs}
     summary["steps_per_s_by_difficulty"][key] = {arm: round(mean(r["steps_per_s"] for r in per_seed[arm]), 3)
                                                  for arm in runs}
-    summary["peak_over_imports_mb_by_difficulty"][key] = {
-        arm: round(max(r["peak_over_imports_mb"] for r in per_seed[arm]), 1) for arm in runs}
-    summary["params"] = {arm: per_seed[arm][0]["params"] for arm in runs}
+    # a result taken from a printed line (see --resume) has no memory figures or parameter count: left out
+    peaks = {arm: [r["peak_over_imports_mb"] for r in per_seed[arm] if r.get("peak_over_imports_mb") is not None]
+             for arm in runs}
+    summary["peak_over_imports_mb_by_difficulty"][key] = {arm: round(max(p), 1) if p else None
+                                                          for arm, p in peaks.items()}
+    summary["params"] = {arm: next((r["params"] for r in per_seed[arm] if r.get("params")), None) for arm in runs}
+    summary["runs_kept_from_earlier"] = summary.get("runs_kept_from_earlier", 0) + sum(
+        bool(r.get("reused")) for arm in runs for r in runs[arm].values())
 
 
 def memory(common: list[str], summary: dict) -> None:
@@ -431,6 +457,9 @@ def main() -> int:
     parser.add_argument("--mem-steps", type=int, default=None, help="timed forward+backward passes per memory arm")
     parser.add_argument("--skip", choices=["recursion", "memory"], help="leave one part out")
     parser.add_argument("--set", action="append", default=[], help="extra key=value overrides of our arm")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"take the result of every training run an earlier invocation with the same settings "
+                             f"finished (each is kept in {RESULTS}) instead of running it again")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     for name, kind in (("--target-params", int), ("--seed", int), ("--lr", float), ("--wd", float)):
         parser.add_argument(name, type=kind, default=0, help=argparse.SUPPRESS)
@@ -462,6 +491,8 @@ def main() -> int:
             result = train_peer(args)
         else:
             result = measure_memory(args.child.removeprefix("mem-"), args.mem_steps, args.threads)
+        if args.child in ("ours", "peer"):
+            keep_result(sys.argv[1:], result)
         print(json.dumps(result))
         return 0
 
@@ -499,7 +530,7 @@ def main() -> int:
         print(f"recursion: 6x6 Sudoku, difficulties {difficulties}, {args.budget_s:.0f} {args.clock} s of training "
               f"per run on {args.threads} threads, {args.workers} at once, sweep {grid} at seed 0, {seeds} seeds, "
               f"{args.n_eval} test and {args.n_val} validation puzzles, all distinct", flush=True)
-        recursion(difficulties, seeds, grid, common, args.workers, summary)
+        recursion(difficulties, seeds, grid, common, args.workers, summary, args.resume)
     if args.skip != "memory":
         memory(common, summary)
 
