@@ -337,7 +337,7 @@ def best_on(result: dict, split: str) -> tuple[str, float]:
     return name, result["variants"][name][split]
 
 
-def recursion(difficulties: list[int], seeds: int, grid: list, common: list[str], workers: int,
+def recursion(difficulties: list[int], seeds: int, grids: dict, common: list[str], workers: int,
               summary: dict, resume: bool = False) -> None:
     """The sweep at seed 0, the chosen point at the other seeds, the table and the figures of every difficulty.
     Runs go `workers` at a time, each its own process; the sweep of every difficulty first, then the seeds."""
@@ -364,18 +364,19 @@ def recursion(difficulties: list[int], seeds: int, grid: list, common: list[str]
                 future.result()
 
     arms = ("ours", "peer")
-    run_all([(d, arm, lr, wd, 0) for d in difficulties for lr, wd in grid for arm in arms])
-    chosen = {(d, arm): max(grid, key=lambda p: best_on(runs[(d, arm, *p, 0)], "val")[1])
+    run_all([(d, arm, *point, 0) for d in difficulties for i in range(max(map(len, grids.values())))
+             for arm in arms for point in grids[arm][i:i + 1]])
+    chosen = {(d, arm): max(grids[arm], key=lambda p: best_on(runs[(d, arm, *p, 0)], "val")[1])
               for d in difficulties for arm in arms}
     # interleaved, so drifts in machine load hit both arms
     run_all([(d, arm, *chosen[(d, arm)], seed) for d in difficulties for seed in range(1, seeds) for arm in arms])
     for d in difficulties:
-        summarise(d, seeds, grid, {arm: chosen[(d, arm)] for arm in arms},
+        summarise(d, seeds, grids, {arm: chosen[(d, arm)] for arm in arms},
                   {arm: {k[2:]: r for k, r in runs.items() if k[:2] == (d, arm)} for arm in arms}, summary)
 
 
-def summarise(difficulty: int, seeds: int, grid: list, chosen: dict, runs: dict, summary: dict) -> None:
-    """The figures of one difficulty; `runs` is arm -> (lr, wd, seed) -> result."""
+def summarise(difficulty: int, seeds: int, grids: dict, chosen: dict, runs: dict, summary: dict) -> None:
+    """The figures of one difficulty; `runs` is arm -> (lr, wd, seed) -> result, `grids` arm -> its points."""
     key = str(difficulty)
     per_seed = {arm: [runs[arm][(*chosen[arm], s)] for s in range(seeds)] for arm in runs}
     ours_exact = [r["variants"][best_on(r, "val")[0]]["test"] for r in per_seed["ours"]]
@@ -398,7 +399,7 @@ def summarise(difficulty: int, seeds: int, grid: list, chosen: dict, runs: dict,
 
     summary["sweep"][key] = {arm: [{"lr": lr, "weight_decay": wd, "chosen": (lr, wd) == chosen[arm],
                                     "val": exact(runs[arm][(lr, wd, 0)], "val"),
-                                    "test": exact(runs[arm][(lr, wd, 0)], "test")} for lr, wd in grid]
+                                    "test": exact(runs[arm][(lr, wd, 0)], "test")} for lr, wd in grids[arm]]
                              for arm in runs}
     summary["steps_per_s_by_difficulty"][key] = {arm: round(mean(r["steps_per_s"] for r in per_seed[arm]), 3)
                                                  for arm in runs}
@@ -460,10 +461,25 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true",
                         help=f"take the result of every training run an earlier invocation with the same settings "
                              f"finished (each is kept in {RESULTS}) instead of running it again")
+    parser.add_argument("--fixed", action="append", default=[], metavar="ARM=LR,WD",
+                        help="no sweep for that arm (ours or peer): every seed at this learning rate and weight decay, "
+                             "e.g. a point an earlier sweep chose; give it for both arms to keep their tuning equal")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     for name, kind in (("--target-params", int), ("--seed", int), ("--lr", float), ("--wd", float)):
         parser.add_argument(name, type=kind, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    fixed = {}
+    for item in args.fixed:
+        arm, _, point = item.partition("=")
+        try:
+            lr, wd = (float(v) for v in point.split(","))
+        except ValueError:
+            lr = wd = -1.0
+        if arm not in ("ours", "peer") or arm in fixed or not (lr > 0 and wd >= 0):
+            parser.error(f"--fixed {item!r} is not one ARM=LR,WD with ARM ours or peer (once each), a positive "
+                         "learning rate and a weight decay of 0 or more, e.g. --fixed ours=0.003,1.0")
+        fixed[arm] = (lr, wd)
+    args.fixed = fixed
     if args.budget_s is not None and args.minutes is not None:
         parser.error("give --budget-s or --minutes, not both")
     args.budget_s = args.budget_s if args.budget_s is not None else (
@@ -499,6 +515,7 @@ def main() -> int:
     difficulties = args.difficulty or ([1] if args.smoke else list(DIFFICULTIES))
     seeds = args.seeds or (1 if args.smoke else 2 if args.quick else SEEDS)
     grid = GRID[:1] if args.smoke else GRID
+    grids = {arm: [args.fixed[arm]] if arm in args.fixed else grid for arm in ("ours", "peer")}
     missing = [name for name in PEER_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         print(f"the peer packages are not installed ({', '.join(missing)}), so there is nothing to compare against; "
@@ -520,7 +537,8 @@ def main() -> int:
     summary: dict = {"peers_installed": True, "budget_s": args.budget_s, "threads": args.threads,
                      "clock": args.clock, "workers": args.workers,
                      "n_eval": args.n_eval, "n_val": args.n_val, "seeds": seeds, "difficulties": difficulties,
-                     "grid": [{"lr": lr, "weight_decay": wd} for lr, wd in grid], "smoke": args.smoke}
+                     "grid": {arm: [{"lr": lr, "weight_decay": wd} for lr, wd in points] for arm, points in grids.items()},
+                     "fixed": sorted(args.fixed), "smoke": args.smoke}
     for name in ("gap_points_by_difficulty", "gap_ci_low_by_difficulty", "gap_by_difficulty",
                  "ours_exact_by_difficulty", "peer_exact_by_difficulty", "exact_by_variant", "sweep",
                  "steps_per_s_by_difficulty", "peak_over_imports_mb_by_difficulty"):
@@ -528,9 +546,9 @@ def main() -> int:
 
     if args.skip != "recursion":
         print(f"recursion: 6x6 Sudoku, difficulties {difficulties}, {args.budget_s:.0f} {args.clock} s of training "
-              f"per run on {args.threads} threads, {args.workers} at once, sweep {grid} at seed 0, {seeds} seeds, "
+              f"per run on {args.threads} threads, {args.workers} at once, sweep at seed 0 {grids}, {seeds} seeds, "
               f"{args.n_eval} test and {args.n_val} validation puzzles, all distinct", flush=True)
-        recursion(difficulties, seeds, grid, common, args.workers, summary, args.resume)
+        recursion(difficulties, seeds, grids, common, args.workers, summary, args.resume)
     if args.skip != "memory":
         memory(common, summary)
 
