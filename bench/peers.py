@@ -403,7 +403,7 @@ def summarise(difficulty: int, seeds: int, grids: dict, chosen: dict, runs: dict
                              for arm in runs}
     summary["steps_per_s_by_difficulty"][key] = {arm: round(mean(r["steps_per_s"] for r in per_seed[arm]), 3)
                                                  for arm in runs}
-    # a result taken from a printed line (see --resume) has no memory figures or parameter count: left out
+    # a kept result may lack them (one written by hand from an older invocation's printed line): left out
     peaks = {arm: [r["peak_over_imports_mb"] for r in per_seed[arm] if r.get("peak_over_imports_mb") is not None]
              for arm in runs}
     summary["peak_over_imports_mb_by_difficulty"][key] = {arm: round(max(p), 1) if p else None

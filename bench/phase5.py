@@ -447,9 +447,9 @@ def main() -> int:
                     help="curriculum vs uniform: the seeds run are first-seed .. first-seed + seeds - 1, so seeds can "
                          "run as separate processes and be joined with bench/stats.py combine")
     args = ap.parse_args()
-    for name, value, top in (("--tool-steps", args.tool_steps, 100_000), ("--compare-steps", args.compare_steps, 100_000),
-                             ("--seeds", args.seeds, 100), ("--first-seed", args.first_seed, 10_000)):
-        low = 0 if name == "--first-seed" else 1
+    for name, value, low, top in (("--tool-steps", args.tool_steps, 1, 100_000),
+                                  ("--compare-steps", args.compare_steps, 1, 100_000), ("--seeds", args.seeds, 1, 100),
+                                  ("--first-seed", args.first_seed, 0, 10_000)):
         if value is not None and not low <= value <= top:
             print(f"phase5: {name} {value} is out of range; allowed is {low} to {top}.", file=sys.stderr)
             return 2
