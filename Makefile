@@ -30,8 +30,11 @@ install: $(BIN)/lab
 run: install
 	$(BIN)/lab launch $(CONFIG)
 
+# the fast set in one worker process per core (at most 4): the tests run single-threaded and many wait on
+# engine processes, so a 2-core machine takes about 6 minutes instead of 10; each file stays in one worker,
+# so its module fixtures are built once
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
