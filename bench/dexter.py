@@ -4,11 +4,11 @@ turns, tool choice after an error with and without being told it, latency per qu
     .venv/bin/python bench/dexter.py [--quick | --smoke] [--out OUT] [--steps N] [--set key=value ...]
 
 Without --out it samples a synthetic set (seed 0, 400 conversations), builds it and trains the three models with
-`lab dexter train`'s own code (ordinary runs in a temporary runs folder) at a CPU size: width 64, 2 layers, H 2,
-L 2, N_sup 2, batch 32; 800 steps each (--quick: 300; --smoke: 4 steps of a width-16 network on a small set, the
-code path only). With --out it measures the models `lab dexter train` kept in OUT/models/. Every figure is taken
-through the Python API (engine/dexter/api.py) on the held-out examples, one run per model, so each accuracy
-carries a bootstrap interval over the items.
+`lab dexter train`'s own code (ordinary runs in a temporary runs folder) at a CPU size: width 64, 2 layers, H 2, L
+2, N_sup 2, batch 32; 800 steps each (--quick: 300; --smoke: 4 steps of a width-16 network on a small set, the code
+path only), the three at once by default (--jobs), each on one thread. With --out it measures the models `lab dexter
+train` kept in OUT/models/. Every figure is taken through the Python API (engine/dexter/api.py) on the held-out
+examples, one run per model, so each accuracy carries a bootstrap interval over the items.
 
 - memory_recall_at_3: the share of an example's relevant facts among the first three retrieved, averaged; a
   conversation's turn is asked after its earlier turns, as a host would ask it.
@@ -20,7 +20,8 @@ carries a bootstrap interval over the items.
 - tool_top1 (all held-out calls); tool_top1_after_error (retries, given the previous error) against
   tool_top1_after_error_untold (the same retries without it).
 - reasoning_plan_exact, reasoning_step_exact: whole plans and next steps.
-- ternary: every figure again for the ternary form (hidden linears b1.58 of the trained weights, after training).
+- ternary: every figure again for the ternary form (hidden linears b1.58 of the trained weights, after training);
+  not under --quick, where it is null.
 - latency_ms_p50 / _p95: one query at a time on the CPU with one thread, stopping once the halting head is
   confident (the API's default), through the API's fast path (engine/model/fast.py); _plain_forward: the same
   calls through the model's own forward (latency_plain_over_fast, their ratio); _every_step: all N_sup steps;
@@ -165,12 +166,17 @@ def file_mb(model, folder: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="300 steps per model")
+    ap.add_argument("--quick", action="store_true", help="300 steps per model, no ternary accuracy figures")
     ap.add_argument("--smoke", action="store_true", help="a width-16 network for 4 steps on a small set: the code path")
     ap.add_argument("--out", help="measure the models `lab dexter train` kept in OUT/models/ instead of training")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
+    ap.add_argument("--jobs", type=int, default=len(KINDS),
+                    help="models trained at once, each its own one-thread engine (default: all three); the figures "
+                         "are measured after, one model at a time")
     args = ap.parse_args()
+    if not 1 <= args.jobs <= len(KINDS):
+        ap.error(f"--jobs {args.jobs} is out of range; allowed is 1 to {len(KINDS)}")
     torch.set_num_threads(1)
     steps = args.steps or (4 if args.smoke else 300 if args.quick else 800)
     limit, calls, design_calls = (8, 3, 2) if args.smoke else (10_000, 50, 10)
@@ -181,15 +187,20 @@ def main() -> None:
         write_sample(Path(tmp.name) / "raw", seed=0, size=150 if args.smoke else 400)
         build(Path(tmp.name) / "raw", out)
         sizes = SMOKE_SIZE if args.smoke else CPU_SIZE
-        results = train_models(out, Path(tmp.name) / "runs", list(KINDS), sizes + args.set, steps, output="quiet")
+        results = train_models(out, Path(tmp.name) / "runs", list(KINDS), sizes + args.set, steps, output="quiet",
+                               jobs=args.jobs)
         failed = [k for k, r in results.items() if r["exit"] != 0]
         if failed:
             raise SystemExit(f"bench/dexter.py: the {', '.join(failed)} run failed; see its engine.log.")
     train_s = round(time.time() - t0, 1)
     paths = {kind: out / "models" / kind for kind in KINDS}
     models = {kind: MODELS[kind].from_checkpoint(paths[kind], use_carry=kind == "memory") for kind in KINDS}
+    seconds = {"train": train_s}
+    t0 = time.time()
     figures = all_figures(models, out, limit)
-    ternary = all_figures({k: m.ternary() for k, m in models.items()}, out, limit)
+    ternary = None if args.quick else all_figures({k: m.ternary() for k, m in models.items()}, out, limit)
+    seconds["figures"] = round(time.time() - t0, 1)
+    t0 = time.time()
     latency = {kind: latency_ms(models[kind], kind, out, calls) for kind in KINDS}
     fast = {kind: m.fast for kind, m in models.items()}
     for m in models.values():
@@ -198,6 +209,8 @@ def main() -> None:
     for kind, m in models.items():
         m.fast, m.halt_early = fast[kind], False
     all_steps = {kind: latency_ms(models[kind], kind, out, calls) for kind in KINDS}
+    seconds["latency"] = round(time.time() - t0, 1)
+    t0 = time.time()
     size, design, design_latency = {}, {}, {}
     sizes_dir = Path(tmp.name) / "sizes"
     sizes_dir.mkdir()
@@ -211,9 +224,11 @@ def main() -> None:
         design[kind] = file_mb(preset, sizes_dir)
         # untrained, so its halting head never stops early: every one of the preset's N_sup steps
         design_latency[kind] = latency_ms(preset, kind, out, design_calls)
+    seconds["sizes_and_presets"] = round(time.time() - t0, 1)
     for key, value in figures.items():
         if isinstance(value, dict):
-            print(f"{key:<36} {shown(value)}  (n={value['n']})   ternary: {shown(ternary[key])}")
+            print(f"{key:<36} {shown(value)}  (n={value['n']})" +
+                  (f"   ternary: {shown(ternary[key])}" if ternary else ""))
     ratio = None
     stateful, stateless = figures["followup_exact_stateful"]["mean"], figures["followup_exact_stateless"]["mean"]
     if stateful is not None and stateless:
@@ -232,7 +247,7 @@ def main() -> None:
             (paths[kind] / "best.json").is_file()}
     print(json.dumps({
         **figures, "followup_stateful_over_stateless": ratio,
-        "ternary": {k: v for k, v in ternary.items() if isinstance(v, dict)},
+        "ternary": {k: v for k, v in ternary.items() if isinstance(v, dict)} if ternary else None,
         "latency_ms_p50": {k: v["p50"] for k, v in latency.items()}, "latency_ms_p95": {k: v["p95"] for k, v in latency.items()},
         "latency_ms_p50_every_step": {k: v["p50"] for k, v in all_steps.items()},
         "latency_ms_p95_every_step": {k: v["p95"] for k, v in all_steps.items()},
@@ -245,7 +260,7 @@ def main() -> None:
         "size_mb": size, "size_mb_design": design,
         "best": best, "steps": None if args.out else steps, "train_seconds": None if args.out else train_s,
         "settings": (SMOKE_SIZE if args.smoke else CPU_SIZE) + args.set if not args.out else args.set,
-        "threads": 1, "device": "cpu"}))
+        "threads": 1, "jobs": None if args.out else args.jobs, "seconds": seconds, "device": "cpu"}))
 
 
 if __name__ == "__main__":

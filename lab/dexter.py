@@ -133,9 +133,10 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def train_models(out: str | Path, runs_dir: Path, kinds: list[str], overrides: list[str], steps: int | None,
-                 output: str = "human") -> dict:
-    """Train each model as an ordinary run of its preset on the dataset in `out`, one after the other, keeping
-    each one's best checkpoint in out/models/<kind>/. Returns {kind: {run, exit, step, eval_exact}}."""
+                 output: str = "human", jobs: int = 1) -> dict:
+    """Train each model as an ordinary run of its preset on the dataset in `out`, up to `jobs` at once (each its
+    own engine process), keeping each one's best checkpoint in out/models/<kind>/.
+    Returns {kind: {run, exit, step, eval_exact}} in the order of `kinds`."""
     out = Path(out).resolve()
     try:
         summary = json.loads((out / "dataset.json").read_text())
@@ -145,30 +146,41 @@ def train_models(out: str | Path, runs_dir: Path, kinds: list[str], overrides: l
                           "`lab dexter build RAW_DIR OUT`.") from None
     if steps is not None and steps < 1:
         raise DexterError(f"--steps must be a positive number of steps, not {steps}.")
-    results = {}
-    for kind in kinds:
-        # every held-out example once (up to 1,024), unless --set says otherwise
-        sets = [f"task.path={out}", f"eval.n_puzzles={min(sizes[kind], 1024)}"]
-        sets += [f"train.max_steps={steps}"] if steps else []
-        run_dir = runs.create_run(CONFIGS / f"dexter-{kind}.toml", sets + overrides, runs_dir)
-        print(f"dexter {kind}: run {run_dir.name}", flush=True)
-        keeper = BestCheckpoint(run_dir, out / "models" / kind, out)
-        engine = subprocess.Popen(runs.engine_command(run_dir, output=output))
-        while engine.poll() is None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= len(KINDS):
+        raise DexterError(f"--jobs {jobs} is out of range; allowed is 1 to {len(KINDS)} runs at once.")
+    waiting, running, results = list(kinds), {}, {}
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            kind = waiting.pop(0)
+            # every held-out example once (up to 1,024), unless --set says otherwise
+            sets = [f"task.path={out}", f"eval.n_puzzles={min(sizes[kind], 1024)}"]
+            sets += [f"train.max_steps={steps}"] if steps else []
+            run_dir = runs.create_run(CONFIGS / f"dexter-{kind}.toml", sets + overrides, runs_dir)
+            print(f"dexter {kind}: run {run_dir.name}", flush=True)
+            # several at once share the terminal, so each reports only its end
+            quiet = output if jobs == 1 else "quiet"
+            running[kind] = (subprocess.Popen(runs.engine_command(run_dir, output=quiet)),
+                             BestCheckpoint(run_dir, out / "models" / kind, out), run_dir)
+        time.sleep(0.5)
+        for kind, (engine, keeper, run_dir) in list(running.items()):
             keeper.poll()
-            time.sleep(0.5)
-        keeper.poll()
-        results[kind] = {"run": run_dir.name, "exit": engine.returncode, **keeper.best}
-        where = out / "models" / kind
-        print(f"dexter {kind}: " + (f"best held-out {keeper.best['eval_exact']:.4f} at step {keeper.best['step']}, "
-                                    f"kept in {where}" if keeper.best else "no evaluated checkpoint to keep"),
-              flush=True)
-    return results
+            if engine.poll() is None:
+                continue
+            keeper.poll()
+            del running[kind]
+            results[kind] = {"run": run_dir.name, "exit": engine.returncode, **keeper.best}
+            where = out / "models" / kind
+            print(f"dexter {kind}: " + (f"best held-out {keeper.best['eval_exact']:.4f} at step "
+                                        f"{keeper.best['step']}, kept in {where}" if keeper.best else
+                                        "no evaluated checkpoint to keep")
+                  + ("" if engine.returncode == 0 else f" (the run exited {engine.returncode}; see its engine.log)"),
+                  flush=True)
+    return {kind: results[kind] for kind in kinds}
 
 
 def cmd_train(args) -> int:
     kinds = _kinds(args.only)
-    results = train_models(args.out, _runs_dir(args), kinds, args.set, args.steps)
+    results = train_models(args.out, _runs_dir(args), kinds, args.set, args.steps, jobs=args.jobs)
     if args.json:
         print(json.dumps(results))
     return EXIT_OK if all(r["exit"] == 0 for r in results.values()) else EXIT_FAILED
@@ -184,7 +196,7 @@ def cmd_brain(args) -> int:
     else:
         print(f"reading the raw records in {raw}", flush=True)
     build_datasets(str(raw), str(out), args.vocab_size)
-    results = train_models(out, _runs_dir(args), kinds, args.set, args.steps)
+    results = train_models(out, _runs_dir(args), kinds, args.set, args.steps, jobs=args.jobs)
     if args.json:
         print(json.dumps(results))
     return EXIT_OK if all(r["exit"] == 0 for r in results.values()) else EXIT_FAILED
@@ -246,6 +258,8 @@ def add_parser(sub, parser_class, runs_dir_opt) -> None:
         q.add_argument("--only", help="a comma-separated subset of memory, tool, reasoning")
         q.add_argument("--steps", type=int, default=None, help="train.max_steps of every run")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
+        q.add_argument("--jobs", type=int, default=1, help="runs at once, 1 to 3, each its own engine process (each "
+                       "uses train.threads threads)")
         q.add_argument("--json", action="store_true", help="the results as one JSON object at the end")
         runs_dir_opt(q)
 

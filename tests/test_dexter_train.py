@@ -192,3 +192,29 @@ def test_lab_dexter_train_refuses_bad_input_with_exit_2(tmp_path):
     assert out.returncode == 2 and "holds no built Dexter dataset" in out.stderr and out.stderr.count("\n") == 1
     out = lab("dexter", "train", str(tmp_path), "--only", "memory,vision")
     assert out.returncode == 2 and "--only" in out.stderr
+
+
+def test_runs_at_once_each_keep_their_best_checkpoint(tmp_path):
+    write_sample(tmp_path / "raw", seed=1, size=60)
+    build(tmp_path / "raw", tmp_path / "built")
+    tiny = ["model.d_model=16", "model.n_layers=1", "model.H_cycles=1", "model.L_cycles=1", "model.halt_max_steps=1",
+            "train.batch_size=4", "train.threads=1", "eval.every=2", "checkpoint.every=2", "eval.n_puzzles=4"]
+    out = lab("dexter", "train", str(tmp_path / "built"), "--only", "reasoning,memory", "--steps", "30", "--jobs",
+              "2", "--runs-dir", str(tmp_path / "runs"), *sets(tiny), "--json", timeout=300)
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout.splitlines()[-1])
+    assert list(results) == ["reasoning", "memory"]  # the order asked for, whichever ended first
+    for kind, result in results.items():
+        assert result["exit"] == 0 and result["step"] % 2 == 0
+        assert json.loads((tmp_path / "built" / "models" / kind / "best.json").read_text())["run"] == result["run"]
+    spans = []
+    for result in results.values():
+        reader = RunReader(tmp_path / "runs" / result["run"])
+        times = [t for (t,) in reader.conn.execute("SELECT time FROM metrics WHERE key = 'loss'")]
+        reader.close()
+        spans.append((min(times), max(times)))
+    (a0, a1), (b0, b1) = spans
+    assert a0 <= b1 and b0 <= a1, spans  # they trained at the same time
+    refused = lab("dexter", "train", str(tmp_path / "built"), "--jobs", "0", "--runs-dir", str(tmp_path / "runs"))
+    assert refused.returncode == 2 and "--jobs 0 is out of range" in refused.stderr
+    assert refused.stderr.count("\n") == 1

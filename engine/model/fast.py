@@ -3,13 +3,14 @@
     fast = FastRecursion.of(model)          # None when the model has a part this path does not cover
     logits, q_halt, (z_H, z_L, steps) = fast.recur(inputs, latents, halt_early=True, rows=start)
 
-It computes what TinyRecursiveModel.recur computes for a batch of one, operation for operation on the same
-values: a small model on a CPU spends its time dispatching operations rather than multiplying (at width 64 a
-block's matrices are 48 x 64), so the work is laid out to dispatch fewer. The query, key and value projections
-are one matrix product, the rotary embedding turns the queries and keys together with tables cut to the length
-once, every tensor is 2-D (no batch axis to view and flatten), z_H + x is added once per cycle rather than on
-each of the L_cycles passes, and the output head reads only the rows from `rows` on (the API reads nothing
-before the answer). Weights are read from the model when the path is built: build it again after they change.
+It computes what TinyRecursiveModel.recur computes for a batch of one, on the same values up to float rounding: a
+small model on a CPU spends its time dispatching operations rather than multiplying (at width 64 a block's
+matrices are 48 x 64), so the work is laid out to dispatch fewer. One matrix product gives the queries, keys and
+values and the rotated halves of the queries and keys, so the rotary embedding is two products and a sum with
+tables cut to the length once; the residual sums ride on the output products (addmm); every tensor is 2-D (no
+batch axis to view and flatten); z_H + x is added once per cycle rather than on each of the L_cycles passes; and
+the output head reads only the rows from `rows` on (the API reads nothing before the answer). Weights are read
+from the model when the path is built: build it again after they change.
 
 Covered: attention mixers (full or windowed), no neural memory, plain nn.Linear layers in float32. A model with
 Titans memory, the sequence-MLP mixer or BitNet/ternary linears returns None from `of` and keeps its own recur.
@@ -31,29 +32,38 @@ class _Block:
     def __init__(self, block: nn.Module, length: int):
         att: Attention = block.mixer
         self.heads, self.d_head, self.eps = att.n_heads, att.d_head, block.eps
-        self.d = att.n_heads * att.d_head
-        self.w_qkv = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).t().contiguous()
+        self.d = D = att.n_heads * att.d_head
+        half = self.d_head // 2
+
+        def rotated(w: torch.Tensor) -> torch.Tensor:
+            # the rows that give rotate-half of each head's output, cat(-x2, x1): RoPE's second term becomes
+            # columns of the one product instead of slices, a negation and a concatenation per block call
+            w = w.view(self.heads, self.d_head, -1)
+            return torch.cat([-w[:, half:], w[:, :half]], dim=1).reshape(D, -1)
+
+        q, k, v = att.q_proj.weight, att.k_proj.weight, att.v_proj.weight
+        self.w_qkv = torch.cat([q, k, v, rotated(q), rotated(k)]).t().contiguous()  # (D, 5D)
         self.w_o = att.o_proj.weight.t().contiguous()
         self.w_gate_up = block.mlp.gate_up.weight.t().contiguous()
         self.w_down = block.mlp.down.weight.t().contiguous()
-        self.cos = att.rotary.cos[:length][:, None, :].contiguous()  # (L, 1, d_head): broadcast over q and k heads
-        self.sin = att.rotary.sin[:length][:, None, :].contiguous()
+        # (L, 2D): every query and key head's columns side by side
+        self.cos = att.rotary.cos[:length].repeat(1, 2 * self.heads).contiguous()
+        self.sin = att.rotary.sin[:length].repeat(1, 2 * self.heads).contiguous()
         self.mask = None if att.mask is None else att.mask[:length, :length]
         self.hidden = block.mlp.hidden
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:  # (L, D) -> (L, D)
-        L, D, H, half = h.shape[0], self.d, self.heads, self.d_head // 2
-        qkv = h @ self.w_qkv  # (L, 3D)
-        qk = qkv[:, :2 * D].view(L, 2 * H, self.d_head)  # the query heads, then the key heads
-        # rotate-half RoPE as Rotary.forward computes it: x * cos + cat(-x2, x1) * sin
-        qk = qk * self.cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * self.sin
+        L, D, H = h.shape[0], self.d, self.heads
+        qkv = h @ self.w_qkv  # (L, 5D): q, k, v, then rotate-half of q and of k
+        # RoPE as Rotary.forward computes it, x * cos + rotate_half(x) * sin, for q and k at once
+        qk = torch.addcmul(qkv[:, :2 * D] * self.cos, qkv[:, 3 * D:], self.sin).view(L, 2 * H, self.d_head)
         # (1, H, L, d_head) each: with a batch axis torch takes its fused CPU kernel, as the plain forward does
-        q, k = qk[None, :, :H].transpose(1, 2), qk[None, :, H:].transpose(1, 2)
-        v = qkv[None, :, 2 * D:].view(1, L, H, self.d_head).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)[0]  # (H, L, d_head)
-        h = F.rms_norm(h + out.transpose(0, 1).reshape(L, D) @ self.w_o, (D,), eps=self.eps)
+        qk = qk.transpose(0, 1)[None]
+        v = qkv[:, 2 * D:3 * D].view(L, H, self.d_head).transpose(0, 1)[None]
+        out = F.scaled_dot_product_attention(qk[:, :H], qk[:, H:], v, attn_mask=self.mask)[0]  # (H, L, d_head)
+        h = F.rms_norm(torch.addmm(h, out.transpose(0, 1).reshape(L, D), self.w_o), (D,), eps=self.eps)
         gate, up = (h @ self.w_gate_up).split(self.hidden, dim=-1)
-        return F.rms_norm(h + (F.silu(gate) * up) @ self.w_down, (D,), eps=self.eps)
+        return F.rms_norm(torch.addmm(h, F.silu(gate) * up, self.w_down), (D,), eps=self.eps)
 
 
 class FastRecursion:
