@@ -14,7 +14,9 @@ A bench run split over processes by seed (--first-seed K --seeds 1 each) is put 
 
 which reads each log's last JSON line, joins every over-seeds figure's per-seed values in the order the logs are
 given (so paired differences stay paired) and prints the figures again with their intervals over all the seeds;
-"seeds" is summed, anything else is taken from the first log.
+"seeds" is summed, lists of per-seed rows are joined, and an over-items figure becomes the pooled share over all
+the items (its mean weighted by n) with no interval, since the logs hold no single marks to resample; anything
+else is taken from the first log.
 """
 
 from __future__ import annotations
@@ -100,6 +102,16 @@ def combine(parts: list[dict]) -> dict:
     first = parts[0]
     if isinstance(first, dict) and first.get("over") == "seeds" and "values" in first:
         return over_seeds([v for part in parts for v in part["values"]])
+    if isinstance(first, dict) and first.get("over") == "items" and all(
+            isinstance(p, dict) and p.get("over") == "items" and isinstance(p.get("n"), int) for p in parts):
+        n = sum(p["n"] for p in parts)
+        known = [p for p in parts if p.get("mean") is not None]
+        mean = sum(p["mean"] * p["n"] for p in known) / sum(p["n"] for p in known) if known else None
+        return {"mean": None if mean is None else round(mean, 4), "ci_low": None, "ci_high": None, "n": n,
+                "over": "items", "pooled_from": len(parts)}
+    if isinstance(first, list) and all(isinstance(p, list) for p in parts) and first and \
+            all(isinstance(row, dict) and "seed" in row for p in parts for row in p):
+        return [row for p in parts for row in p]
     if isinstance(first, dict):
         merged = {}
         for key, value in first.items():

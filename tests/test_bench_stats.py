@@ -45,3 +45,13 @@ def test_runs_split_by_seed_combine_into_the_figures_over_all_seeds():
     assert merged["acc"] == over_seeds([0.5, 0.7, 0.9])
     assert merged["gap"]["1"] == over_seeds([10.0, 30.0, 20.0])
     assert merged["seeds"] == 3 and merged["minutes"] == [1, 2]
+
+
+def test_item_figures_from_separate_runs_pool_their_items_without_an_interval():
+    from bench.stats import combine, over_items
+    parts = [{"exact": over_items([True] * 3 + [False] * 7), "rows": [{"seed": 0}]},
+             {"exact": over_items([True] * 6 + [False] * 14), "rows": [{"seed": 1}, {"seed": 2}]}]
+    merged = combine(parts)
+    assert merged["exact"] == {"mean": 0.3, "ci_low": None, "ci_high": None, "n": 30, "over": "items",
+                               "pooled_from": 2}
+    assert merged["rows"] == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
