@@ -225,7 +225,7 @@ def curriculum_vs_uniform(seeds: list[int], steps_each: int, levels: int, extra:
             "curriculum_exact_items": over_items(c_all), "uniform_exact_items": over_items(u_all),
             "curriculum_minus_uniform_items": over_items([float(a) - float(b) for a, b in zip(c_all, u_all)]),
             "compare_seeds": per_seed, "compare_steps": steps_each, "compare_levels": levels,
-            "compare_settings": COMPARE}
+            "compare_settings": COMPARE + extra}
 
 
 # ------------------------------------------------------------------------------------ tool use: outcome vs CE
@@ -296,7 +296,7 @@ def comparison_figures(args) -> dict:
         steps = args.compare_steps or COMPARE_STEPS[mode]
         seeds = list(range(args.first_seed, args.first_seed + (args.seeds or COMPARE_SEEDS[mode])))
         print(f"curriculum vs uniform: levels 1 to {COMPARE_LEVELS}, seeds {seeds}, {steps} steps an arm", flush=True)
-        figures = curriculum_vs_uniform(seeds, steps, COMPARE_LEVELS, [])
+        figures = curriculum_vs_uniform(seeds, steps, COMPARE_LEVELS, args.compare_set)
         print(f"curriculum vs uniform over seeds: curriculum {shown(figures['curriculum_exact'])}, uniform "
               f"{shown(figures['uniform_exact'])}, difference {shown(figures['curriculum_minus_uniform'])}; pooled "
               f"over the seeds' questions: difference {shown(figures['curriculum_minus_uniform_items'])}", flush=True)
@@ -443,6 +443,8 @@ def main() -> int:
                     help="curriculum vs uniform: steps an arm (default 500; --quick 100, --smoke 6)")
     ap.add_argument("--seeds", type=int, default=None,
                     help="curriculum vs uniform: seeds (default 3; --quick 2, --smoke 1)")
+    ap.add_argument("--compare-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="curriculum vs uniform: a setting of both arms over the comparison's own (printed with them)")
     ap.add_argument("--first-seed", type=int, default=0,
                     help="curriculum vs uniform: the seeds run are first-seed .. first-seed + seeds - 1, so seeds can "
                          "run as separate processes and be joined with bench/stats.py combine")
@@ -452,6 +454,12 @@ def main() -> int:
                                   ("--first-seed", args.first_seed, 0, 10_000)):
         if value is not None and not low <= value <= top:
             print(f"phase5: {name} {value} is out of range; allowed is {low} to {top}.", file=sys.stderr)
+            return 2
+    if args.compare_set:
+        try:
+            compare_config(0, COMPARE_LEVELS, 1, args.compare_set)
+        except config.ConfigError as exc:
+            print(f"phase5: --compare-set: {exc}", file=sys.stderr)
             return 2
     if args.part in ("curriculum", "tool"):
         return comparisons(args)

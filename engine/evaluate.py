@@ -63,18 +63,66 @@ def count_right(model, task: Task, all_inputs: torch.Tensor, all_labels: torch.T
                 first: int = 0, split: str = "test") -> tuple[int, int, int]:
     """(exact samples, correct cells, scored cells) on samples first.. of `split`, stacked in `all_inputs` and
     `all_labels`: the counts behind evaluate(), which ranks that share the samples add up."""
+    exact = cells = 0
+    preds = predictions(model, task, all_inputs, batch_size, first, split)
+    for start in range(0, all_inputs.shape[0], batch_size):
+        got, labels = preds[start:start + batch_size], all_labels[start:start + batch_size]
+        index = first + start
+        exact += int(grade(task, split, list(range(index, index + len(got))), got, labels).sum())
+        cells += int(score(got, labels)[1].sum())
+    return exact, cells, int((all_labels != PAD).sum())
+
+
+@torch.no_grad()
+def predictions(model, task: Task, all_inputs: torch.Tensor, batch_size: int, first: int = 0,
+                split: str = "test") -> torch.Tensor:
+    """The model's answers (N, S) to samples first.. of `split`, stacked in `all_inputs`, in eval mode."""
     was_training = model.training
     model.eval()
-    exact = cells = total_cells = 0
-    for start in range(0, all_inputs.shape[0], batch_size):
-        inputs, labels = all_inputs[start:start + batch_size], all_labels[start:start + batch_size]
-        preds, _ = model.predict(inputs)
-        index = first + start
-        exact += int(grade(task, split, list(range(index, index + len(inputs))), preds, labels).sum())
-        cells += int(score(preds, labels)[1].sum())
-        total_cells += int((labels != PAD).sum())
-    model.train(was_training)
-    return exact, cells, total_cells
+    try:
+        if getattr(task, "carry_turns", False):
+            # a turn trained with the latents its conversation's earlier turns left is graded with them too:
+            # graded alone, a follow-up ("tell me more") has nothing to answer from
+            n = all_inputs.shape[0]
+            carried = carried_predictions(model, task, split, range(first, first + n), batch_size)
+            return torch.stack([carried[i] for i in range(first, first + n)]).to(all_inputs.device)
+        return torch.cat([model.predict(all_inputs[s:s + batch_size])[0]
+                          for s in range(0, all_inputs.shape[0], batch_size)])
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def carried_predictions(model, task, split: str, indices, batch_size: int) -> dict[int, torch.Tensor]:
+    """{sample index: preds (S,)} for held-out samples of a task with conversation chains (task.carry_turns):
+    each chain's turns run in order, every turn from the latents (z_H, z_L) the turn before it left and every
+    one with all N_sup steps and an empty neural memory, as the API answers a conversation."""
+    size = task.size(split)
+    wanted: dict[int, list[int]] = {}  # example -> the sample indices that show it (held-out indices wrap)
+    for i in indices:
+        wanted.setdefault(i % size, []).append(i)
+    chains = []
+    for chain in task.chains[split]:
+        last = max((t for t, ex in enumerate(chain) if ex in wanted), default=-1)
+        if last >= 0:
+            chains.append(chain[:last + 1])  # later turns cannot change an earlier one's answer
+    device = next(model.parameters()).device
+    latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # chain number -> its latents after the last turn
+    out: dict[int, torch.Tensor] = {}
+    for turn in range(max(map(len, chains), default=0)):
+        active = [c for c, chain in enumerate(chains) if len(chain) > turn]
+        for start in range(0, len(active), batch_size):
+            group = active[start:start + batch_size]
+            inputs = torch.tensor([task.turn_sample(split, chains[c][turn]).inputs for c in group], dtype=torch.long,
+                                  device=device)
+            carry = None if turn == 0 else tuple(torch.cat(z) for z in zip(*(latents[c] for c in group)))
+            logits, _, (z_H, z_L, _) = model.recur(inputs, carry, memory=model.initial_memory(len(group), device))
+            preds = logits.argmax(-1).cpu()
+            for row, c in enumerate(group):
+                latents[c] = (z_H[row:row + 1], z_L[row:row + 1])
+                for i in wanted.get(chains[c][turn], ()):
+                    out[i] = preds[row]
+    return out
 
 
 def load_run_model(run_dir: Path, use_ema: bool = True):

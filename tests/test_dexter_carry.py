@@ -138,3 +138,34 @@ def test_lab_ctl_probe_sends_text_and_refuses_bad_use_with_exit_2(tmp_path, caps
             assert capsys.readouterr().err.count("\n") == 1
     finally:
         fake.stop()
+
+
+def test_held_out_follow_ups_are_graded_with_their_conversations_latents(built, tmp_path):
+    from engine.evaluate import carried_predictions, count_right, grade, held_out, predictions, score
+
+    cfg = config.from_dict({"task": {"name": "dexter-memory", "path": str(built), "carry_turns": True}},
+                           overrides=TINY)
+    trainer = Trainer(tmp_path / "run", cfg, output="quiet")
+    model, task = trainer.model.eval(), trainer.task
+    n = task.size("test")
+    carried = carried_predictions(model, task, "test", range(n), batch_size=3)
+    assert sorted(carried) == list(range(n))
+    chain = next(c for c in task.chains["test"] if len(c) > 2)
+    latents, moved = None, 0
+    for example in chain:  # by hand: each turn from the latents the turn before it left
+        x = torch.tensor([task.turn_sample("test", example).inputs])
+        logits, _, (z_H, z_L, _) = model.recur(x, latents, memory=model.initial_memory(1))
+        assert torch.equal(carried[example], logits.argmax(-1)[0])
+        fresh = model.recur(x, None, memory=model.initial_memory(1))[0].argmax(-1)[0]
+        moved += latents is not None and not torch.equal(fresh, carried[example])
+        latents = (z_H, z_L)
+    assert moved  # the carry changes a follow-up's answer, so grading it alone would grade something else
+    inputs, labels = held_out(task, n)
+    preds = torch.stack([carried[i] for i in range(n)])
+    assert torch.equal(predictions(model, task, inputs, batch_size=5), preds)
+    assert torch.equal(predictions(model, task, inputs[4:9], batch_size=2, first=4), preds[4:9])
+    exact, cells, total = count_right(model, task, inputs, labels, batch_size=5)
+    assert exact == int(grade(task, "test", list(range(n)), preds, labels).sum())
+    assert (cells, total) == (int(score(preds, labels)[1].sum()), int((labels != 0).sum()))
+    assert trainer.evaluate()["eval_exact"] == pytest.approx(  # the kept-checkpoint figure is this one
+        count_right(trainer.ema, task, *held_out(task, cfg.eval.n_puzzles), 7)[0] / cfg.eval.n_puzzles)
