@@ -181,6 +181,7 @@ class CurriculumConfig:
     hint_from: float = 0.5  # ... and only once this share of the level is mastered (early hints leak answers)
     review_share: float = 0.0  # share of refilled slots that review mastered questions once they are due
     review_gap: int = 256  # questions served before a mastered question's first review; each pass doubles it
+    review_unmastered: bool = False  # a level's questions still unmastered when it ends join the review too
     advance_exact: float = 0.0  # the level pipeline ends a level at this held-out exact (0 = off)
     check_every: int = 50  # ... checked every this many of the level's steps
     check_size: int = 128  # ... on this many distinct held-out questions, none of them in pipeline.probe_size

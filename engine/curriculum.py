@@ -21,7 +21,8 @@ which practice fixes; hints are for the questions that keep failing once the res
 Mastered questions come back for spaced review (`review_share` of the refilled slots, when any
 is due): a question is due `review_gap` served questions after it was mastered, and each review
 it passes doubles its gap; one it fails goes back into the queue when it is of the current level,
-or is due again after one gap when it is of an earlier level. Without review a mastered question
+or is due again after one gap when it is of an earlier level. With `review_unmastered`, the
+questions a level leaves unmastered when it ends join the review as well, due after one gap. Without review a mastered question
 was never seen again, and the model forgot it (docs/decisions.md, "Curriculum against uniform").
 
 A level ends when fewer than `threshold` of its questions remain, after `max_epochs` passes over
@@ -132,7 +133,8 @@ class Item:
 class CurriculumQueue:
     def __init__(self, provider: QuestionProvider, questions: int = 20_000, levels: int = 10, mastery: int = 3,
                  threshold: float = 0.025, max_epochs: int = 30, start_level: int = 1, seed: int = 0,
-                 hint_after: int | None = None, hint_from: float | None = None, review_gap: int = 256):
+                 hint_after: int | None = None, hint_from: float | None = None, review_gap: int = 256,
+                 review_unmastered: bool = False):
         if not 1 <= start_level <= levels:
             raise ConfigError(f"curriculum.start_level = {start_level} is out of range; allowed is 1 to "
                               f"curriculum.levels = {levels}.")
@@ -144,7 +146,7 @@ class CurriculumQueue:
         self.questions, self.levels, self.mastery = questions, levels, mastery
         self.threshold, self.max_epochs, self.seed = threshold, max_epochs, seed
         assert review_gap >= 1
-        self.review_gap = review_gap
+        self.review_gap, self.review_unmastered = review_gap, review_unmastered
         self.served = 0  # questions served so far, queue and review: the clock of the review gaps
         self.reviews: list[list[int]] = []  # mastered questions, a heap by the served count they are due at
         self.reviewing: dict[int, list[int]] = {}  # id -> review entry, for reviews served and not yet graded
@@ -158,7 +160,8 @@ class CurriculumQueue:
     def from_config(cls, cfg: CurriculumConfig, provider: QuestionProvider, seed: int = 0) -> CurriculumQueue:
         return cls(provider, questions=cfg.questions, levels=cfg.levels, mastery=cfg.mastery,
                    threshold=cfg.threshold, max_epochs=cfg.max_epochs, start_level=cfg.start_level,
-                   hint_after=cfg.hint_after, hint_from=cfg.hint_from, review_gap=cfg.review_gap, seed=seed)
+                   hint_after=cfg.hint_after, hint_from=cfg.hint_from, review_gap=cfg.review_gap, seed=seed,
+                   review_unmastered=cfg.review_unmastered)
 
     # ------------------------------------------------------------------------- levels and epochs
 
@@ -197,6 +200,13 @@ class CurriculumQueue:
 
     def _end_level(self, reason: str) -> None:
         self._emit("level_end", reason=reason, epochs=self.epoch)
+        if self.review_unmastered:
+            # a level ended on held-out figures can leave most of its questions unmastered, and then review
+            # (mastered questions only) would give the level almost no practice after it ends
+            due = self.served + self.review_gap
+            for e in self.entries:
+                if e is not None:
+                    heapq.heappush(self.reviews, [due, self.level, e[INDEX], e[VARIANT], 0])
         if self.level >= self.levels:
             self.done = True
             self._emit("done")
@@ -345,7 +355,8 @@ class CurriculumQueue:
             "version": STATE_VERSION,
             "settings": {"questions": self.questions, "levels": self.levels, "mastery": self.mastery,
                          "threshold": self.threshold, "max_epochs": self.max_epochs, "seed": self.seed,
-                         "hint_after": self.hint_after, "hint_from": self.hint_from, "review_gap": self.review_gap},
+                         "hint_after": self.hint_after, "hint_from": self.hint_from, "review_gap": self.review_gap,
+                         "review_unmastered": self.review_unmastered},
             "level": self.level, "epoch": self.epoch, "size": self.size, "remaining": self.remaining,
             "done": self.done, "next_id": self.next_id, "cursor": self.cursor,
             "order": list(self.order), "entries": [None if e is None else list(e) for e in self.entries],
@@ -369,6 +380,7 @@ class CurriculumQueue:
         self.slot_of = {e[ID]: slot for slot, e in enumerate(self.entries) if e is not None}
         # versions 1 and 2 had no review: mastered questions had left for good
         self.review_gap = settings.get("review_gap", self.review_gap)
+        self.review_unmastered = settings.get("review_unmastered", False)
         self.served, self.reviews = state.get("served", 0), [list(r) for r in state.get("reviews", [])]
         self.reviewing = {int(k): list(v) for k, v in state.get("reviewing", {}).items()}
         self._problems.clear()

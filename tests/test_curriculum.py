@@ -331,6 +331,26 @@ def test_a_failed_review_of_this_level_puts_the_question_back_in_the_queue(provi
     assert back.problem == item.problem and back.streak == 0
 
 
+def test_with_review_unmastered_a_levels_unsolved_questions_come_back_after_it_ends(provider):
+    for unmastered in (False, True):
+        q = queue(provider, questions=4, mastery=1, review_gap=3, review_unmastered=unmastered)
+        master(q, 2, 1)
+        q.end_level("held_out")
+        assert q.level == 2
+        q.next_batch(3)  # one gap served at level 2
+        due = q.due_reviews(10)
+        # mastered question 2 always; the three never solved only with review_unmastered
+        assert sorted(r.index for r in due) == ([0, 1, 2, 3] if unmastered else [2])
+        assert all(r.level == 1 and r.hint == 0 for r in due)
+        q.report([r.id for r in due], [False] * len(due))  # failed reviews of an earlier level: due again a gap on
+        q.next_batch(3)
+        assert len(q.due_reviews(10)) == len(due)
+    state = json.loads(json.dumps(q.state_dict()))
+    again = queue(provider, questions=4, mastery=1, review_gap=3)
+    again.load_state_dict(state)
+    assert again.review_unmastered and again.state_dict() == q.state_dict()
+
+
 def test_reviews_take_their_share_of_the_slots_and_resume_exactly(provider):
     from engine.curriculum import CurriculumFeed
     q = queue(provider, questions=40, mastery=1, review_gap=1)
