@@ -145,7 +145,7 @@ COMPARE = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.mix
            "pipeline.bake=[]", "pipeline.prompt_share=0.0", "pipeline.probe_size=100", "curriculum.questions=2000",
            "curriculum.mastery=2", "curriculum.review_share=0.25", "curriculum.review_gap=256",
            "curriculum.advance_exact=0.5", "curriculum.check_every=50", "curriculum.check_size=100",
-           "curriculum.max_epochs=1000"]
+           "curriculum.max_epochs=1000", "curriculum.review_unmastered=true"]
 COMPARE_STEPS = {"full": 500, "quick": 100, "smoke": 6}  # each arm's steps, per seed
 COMPARE_SEEDS = {"full": 3, "quick": 2, "smoke": 1}
 COMPARE_LEVELS = 3
