@@ -22,8 +22,9 @@ Mastered questions come back for spaced review (`review_share` of the refilled s
 is due): a question is due `review_gap` served questions after it was mastered, and each review
 it passes doubles its gap; one it fails goes back into the queue when it is of the current level,
 or is due again after one gap when it is of an earlier level. With `review_unmastered`, the
-questions a level leaves unmastered when it ends join the review as well, due after one gap. Without review a mastered question
-was never seen again, and the model forgot it (docs/decisions.md, "Curriculum against uniform").
+questions a level leaves unmastered when it ends join the review as well, due after one gap.
+Without review a mastered question was never seen again, and the model forgot it
+(docs/decisions.md, "Curriculum against uniform").
 
 A level ends when fewer than `threshold` of its questions remain, after `max_epochs` passes over
 its queue, or when the caller ends it (`end_level`: the level pipeline does, on held-out figures);

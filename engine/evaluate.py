@@ -63,14 +63,9 @@ def count_right(model, task: Task, all_inputs: torch.Tensor, all_labels: torch.T
                 first: int = 0, split: str = "test") -> tuple[int, int, int]:
     """(exact samples, correct cells, scored cells) on samples first.. of `split`, stacked in `all_inputs` and
     `all_labels`: the counts behind evaluate(), which ranks that share the samples add up."""
-    exact = cells = 0
     preds = predictions(model, task, all_inputs, batch_size, first, split)
-    for start in range(0, all_inputs.shape[0], batch_size):
-        got, labels = preds[start:start + batch_size], all_labels[start:start + batch_size]
-        index = first + start
-        exact += int(grade(task, split, list(range(index, index + len(got))), got, labels).sum())
-        cells += int(score(got, labels)[1].sum())
-    return exact, cells, int((all_labels != PAD).sum())
+    exact = grade(task, split, list(range(first, first + len(preds))), preds, all_labels)
+    return int(exact.sum()), int(score(preds, all_labels)[1].sum()), int((all_labels != PAD).sum())
 
 
 @torch.no_grad()
