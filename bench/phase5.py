@@ -337,7 +337,9 @@ def print_stages(level: int, row: dict, stages: dict, start_level: int) -> None:
               f"{f['followed_cell_after']:.3f}){'' if f['kept'] else ' (baked into a copy, dropped)'}; where the "
               f"teacher's answer is not the model's own ({f.get('changed', 0):.3f} of them) "
               f"{f.get('agree_changed_before', 0):.3f} -> {f.get('agree_changed_after', 0):.3f}; given the prompt, "
-              f"it does what the prompt asks to its own answer {f.get('with_prompt_own', 0):.3f}", flush=True)
+              f"it does what the prompt asks to its own answer {f.get('with_prompt_own', 0):.3f}; answers without "
+              f"it in the prompt's form {f.get('in_form_before', 0):.3f} -> {f.get('in_form_after', 0):.3f}",
+              flush=True)
     s = row.get("selfmodel")
     if s:
         ranges = [k[:-len("_after")] for k in s if k.startswith("self_exact_r") and k.endswith("_after")]
@@ -360,7 +362,8 @@ def stage_keys(last: dict, bake_last: dict | None) -> dict:
     held-out questions on which the model without the prompt writes that answer; bake_adherence_exact grades the
     same answers against the right answer written backwards."""
     bake_last = bake_last or {}
-    reverse, selfmodel, dream = bake_last.get("reverse", {}), last.get("selfmodel") or {}, last.get("dream") or {}
+    reverse, letters = bake_last.get("reverse", {}), bake_last.get("letters", {})
+    selfmodel, dream = last.get("selfmodel") or {}, last.get("dream") or {}
     ranges = sorted(k[:-len("_after")] for k in selfmodel if k.startswith("self_exact_r") and k.endswith("_after"))
     levels = sorted(k[:-len("_after")] for k in dream if k.startswith("L") and k.endswith("_after"))
     return {
@@ -378,6 +381,13 @@ def stage_keys(last: dict, bake_last: dict | None) -> dict:
         "bake_adherence_changed": reverse.get("agree_changed_after"),
         "bake_adherence_changed_before": reverse.get("agree_changed_before"),
         "bake_reverse_with_prompt_own": reverse.get("with_prompt_own"),
+        # the second checkable prompt, baked from the model read with it: without the prompt after baking, the
+        # prompted model's answer (adherence), the right answer in letters, and any answer written in letters
+        "bake_letters_adherence": letters.get("agree_after"), "bake_letters_adherence_before": letters.get("agree_before"),
+        "bake_letters_exact": letters.get("followed_after"), "bake_letters_exact_before": letters.get("followed_before"),
+        "bake_letters_in_form": letters.get("in_form_after"), "bake_letters_in_form_before": letters.get("in_form_before"),
+        "bake_letters_exact_with_prompt": letters.get("exact_with_prompt"),
+        "bake_letters_with_prompt_own": letters.get("with_prompt_own"),
         "bake_exact_with_prompt": mean([f["exact_with_prompt"] for f in bake_last.values()]),
         "bake_exact_without_prompt": mean([f["task_exact_after"] for f in bake_last.values() if f["kept"]]),
         "selfmodel_ece_before": selfmodel.get("ece_before"), "selfmodel_ece_after": selfmodel.get("ece_after"),

@@ -224,7 +224,7 @@ class SleepConfig:
 
 # The Phase-5 pipeline's stages and prompts, by the names [pipeline] uses.
 PIPELINE_STAGES = ("curriculum", "bake", "selfmodel", "dream")
-PIPELINE_PROMPTS = ("eudaimonia", "ooda", "identity", "reverse")
+PIPELINE_PROMPTS = ("eudaimonia", "ooda", "identity", "reverse", "letters")
 LEVELS = 10  # the levels task's levels (engine/tasks/levels.py)
 # What a prompt may hold: the characters of the text tasks' alphabet (a test keeps this equal to
 # engine/tasks/tokenizer.py's), and the room the self-model's tag `self t0.10-0.65` takes.
@@ -241,11 +241,12 @@ class PipelineConfig:
     stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
     probe_size: int = 256  # distinct held-out questions per level behind every stage's figures
     prompt_share: float = 0.2  # curriculum: share of refilled slots that practise a prompt (ungraded)
-    # the prompts' texts, written by the user; `reverse` is the checkable one: it asks for the answer backwards
+    # the prompts' texts, written by the user; `reverse` and `letters` are checkable: they change the answer
     eudaimonia: str = "act for the flourishing of all"
     ooda: str = "observe, orient, decide, act"
     identity: str = "you are a small careful solver"
     reverse: str = "answer in reverse"
+    letters: str = "answer in letters"  # checkable too: each digit as a letter (0 as a .. 9 as j)
     bake: list[str] = field(default_factory=lambda: list(PIPELINE_PROMPTS))  # baked in this order, each level
     bake_steps: int = 200  # optimizer steps per prompt
     bake_lr_scale: float = 0.1  # bake's rates as a multiple of the run's: Muon steps by lr whatever the loss

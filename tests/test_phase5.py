@@ -51,7 +51,7 @@ def test_both_presets_run_the_pipeline_and_the_cpu_one_keeps_the_designs_kind_of
     for cfg in (full, cpu):
         assert cfg.pipeline.enabled and cfg.task.name == "levels" and cfg.curriculum.levels == 10
         assert cfg.pipeline.stages == ["curriculum", "bake", "selfmodel", "dream"]
-        assert cfg.pipeline.bake == ["eudaimonia", "ooda", "identity", "reverse"]
+        assert cfg.pipeline.bake == ["eudaimonia", "ooda", "identity", "reverse", "letters"]
         m = cfg.model
         assert (m.memory, m.bitnet, m.detach_cycles, m.halt_threshold) == ("titans-mag", True, True, 0.5)
         assert len(m.step_loss_weights) == m.H_cycles + 1 and cfg.optim.preset == "phase5"

@@ -57,16 +57,16 @@ def straight(tmp_path_factory):
 def test_a_level_runs_its_stages_in_order_and_each_reports_its_figures(straight):
     trainer, events, spans = straight
     assert list(spans) == ["curriculum", "bake", "selfmodel", "dream"] and trainer.status == "finished"
-    assert spans["bake"][1] - spans["bake"][0] == 4 * 4  # four prompts of four steps
+    assert spans["bake"][1] - spans["bake"][0] == 5 * 4  # five prompts of four steps
     assert spans["selfmodel"][1] - spans["selfmodel"][0] == 4 == spans["dream"][1] - spans["dream"][0]
     assert [p for m in events for p in protocol.check_event(m)] == []
     evals = [e["data"] for e in events if e["event"] == "eval"]
     assert [e["level"] for e in evals] == [1.0] * 4
     curriculum, bake, selfmodel, dream = evals
     assert curriculum["questions"] == 24 and 0 <= curriculum["questions_left"] <= 24
-    for prompt in ("eudaimonia", "ooda", "identity", "reverse"):
-        assert {f"{prompt}_kl_before", f"{prompt}_kl_after", f"{prompt}_followed_after"} <= set(bake)
-    assert bake["reverse_kept"] == 0.0 and bake["ooda_kept"] == 1.0
+    for prompt in ("eudaimonia", "ooda", "identity", "reverse", "letters"):
+        assert {f"{prompt}_kl_before", f"{prompt}_kl_after", f"{prompt}_followed_after", f"{prompt}_in_form_after"} <= set(bake)
+    assert bake["reverse_kept"] == 0.0 == bake["letters_kept"] and bake["ooda_kept"] == 1.0
     # before baking the model is its own teacher: no answer it would write backwards is written backwards yet
     assert bake["reverse_agree_changed_before"] == 0.0 and 0 <= bake["reverse_with_prompt_own"] <= 1
     assert {"ece_before", "ece_after", "self_exact_r0_after", "self_exact_r2_after"} <= set(selfmodel)
@@ -254,15 +254,15 @@ def test_baking_pulls_the_model_without_the_prompt_to_the_teacher_with_it(tmp_pa
 
 
 class PerfectSolver(torch.nn.Module):
-    """A model that answers every question right and follows the checkable prompt when given it: the answer,
-    computed, written backwards behind the prompt."""
+    """A model that answers every question right and follows a checkable prompt when given it: the answer,
+    computed, then changed as the prompt's effect asks (for `reverse`, written backwards)."""
 
-    def __init__(self, vocab_size: int, reverse: str):
+    def __init__(self, vocab_size: int, prompt: str, effect: str = "reverse"):
         super().__init__()
-        self.vocab_size, self.reverse = vocab_size, reverse
+        self.vocab_size, self.prompt, self.effect = vocab_size, prompt, effect
 
     def predict_logits(self, inputs, n_steps=None, memory=None, memory_free=False):
-        from engine.tasks.levels import PROMPT_JOIN
+        from engine.tasks.levels import PROMPT_JOIN, apply_effect
         from engine.tasks.tokenizer import EOS, SEP, TOKENIZER
         from tests.test_levels import value
 
@@ -271,8 +271,8 @@ class PerfectSolver(torch.nn.Module):
             sep = row.index(SEP)
             head = TOKENIZER.decode(row[:sep])
             answer = str(value(head.split(PROMPT_JOIN, 1)[-1]))
-            if head.startswith(self.reverse + PROMPT_JOIN):
-                answer = answer[::-1]
+            if head.startswith(self.prompt + PROMPT_JOIN):
+                answer = apply_effect(self.effect, answer)
             for i, t in enumerate(TOKENIZER.encode(answer) + [EOS]):
                 logits[b, sep + 1 + i, t] = 10.0
         return logits, torch.zeros(inputs.shape[0])
@@ -293,7 +293,7 @@ def test_the_checkable_prompt_baked_is_followed_without_it_and_leaves_the_run_mo
 
     plain, _ = run(tmp_path / "plain", config(bake=["reverse"], stages=["curriculum"]))  # the same practice
     cfg = config(bake=["reverse"], stages=["curriculum", "bake"], bake_steps=100, probe_size=32)
-    monkeypatch.setattr(bake, "frozen", lambda model: PerfectSolver(model.vocab_size, cfg.pipeline.reverse))
+    monkeypatch.setattr(bake, "frozen", lambda model: PerfectSolver(model.vocab_size, cfg.pipeline.reverse, "reverse"))
     baked, _ = run(tmp_path / "baked", cfg)
     f = baked.stages["bake"].reports["1"]["reverse"]
     assert f["exact_with_prompt"] == 1.0 and f["kept"] == 0.0
@@ -303,6 +303,33 @@ def test_the_checkable_prompt_baked_is_followed_without_it_and_leaves_the_run_mo
     assert f["agree_after"] >= f["followed_after"]  # the teacher's answer is the right one here
     a, b = plain.model.state_dict(), baked.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # baked into a copy, dropped: the run's weights never moved
+
+
+def test_the_letters_prompt_is_baked_from_the_model_read_with_it_and_its_form_is_followed_without_it(tmp_path,
+                                                                                                  monkeypatch):
+    import engine.stages.bake as bake
+
+    cfg = config(bake=["letters"], stages=["curriculum", "bake"], bake_steps=60, probe_size=32)
+    monkeypatch.setattr(bake, "frozen", lambda model: PerfectSolver(model.vocab_size, cfg.pipeline.letters, "letters"))
+    baked, _ = run(tmp_path / "baked", cfg)
+    f = baked.stages["bake"].reports["1"]["letters"]
+    assert f["exact_with_prompt"] == 1.0 and f["with_prompt_own"] == 1.0 and f["kept"] == 0.0
+    assert f["changed"] == 1.0  # every answer holds a digit, so the prompt changes every one
+    # before baking no answer is in letters; after, most are, and more of their characters are the right letters
+    assert f["in_form_before"] == 0.0 and f["in_form_after"] >= 0.5, f
+    assert f["followed_cell_after"] > f["followed_cell_before"] + 0.05 and f["kl_after"] < 0.7 * f["kl_before"], f
+
+
+def test_an_effect_changes_the_models_own_answer_token_by_token():
+    from engine.tasks.levels import effect_ids, written_as
+    from engine.tasks.tokenizer import BLANK, EOS, TOKENIZER
+
+    own = TOKENIZER.encode("-40") + [BLANK, EOS]  # whatever the model wrote, a blank included
+    assert effect_ids("reverse", own) == [BLANK] + TOKENIZER.encode("04-") + [EOS]
+    assert effect_ids("letters", own) == TOKENIZER.encode("-ea") + [BLANK, EOS]
+    assert effect_ids("none", own) == own
+    assert written_as("letters", TOKENIZER.encode("-ea") + [EOS]) and not written_as("letters", own)
+    assert written_as("none", TOKENIZER.encode("-40") + [EOS]) and not written_as("none", TOKENIZER.encode("4a") + [EOS])
 
 
 @pytest.mark.parametrize("held_out", [1.0, 0.0])

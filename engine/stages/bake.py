@@ -11,11 +11,12 @@ the KL it was meant to lower (docs/decisions.md, "prompt baking"); the run's opt
 Slots are carried across steps as in wake (deep supervision): every supervision step's answer is pulled towards
 the teacher's final answer for that question.
 
-The checkable prompt (`reverse`, the answer backwards) would undo the task for every later stage if it stayed in
-the weights, so it is baked into a copy of the model, measured, and dropped. Its teacher is the model's own answer
-without the prompt, written backwards (`mirrored`): what a model that follows the prompt would say. A small model
-given the prompt after a level's practice does not write its answers backwards, so the prompted copy would bake
-nothing checkable (docs/decisions.md, "Checkable prompt").
+The checkable prompts change the answer (`reverse`: written backwards; `letters`: each digit as a letter), so kept
+they would undo the task for every later stage: each is baked into a copy of the model, measured, and dropped.
+`letters` is baked as any prompt, from the model read with it. `reverse`'s teacher is the model's own answer without
+the prompt, written backwards (`mirrored`): what a model that follows the prompt would say. A small model given
+`reverse` after a level's practice does not write its answers backwards, so the prompted copy would bake nothing
+checkable (docs/decisions.md, "Checkable prompt"); a letter for a digit is a change it can learn to make.
 
 Figures per prompt on the level's held-out questions, before and after: `kl` (teacher with the prompt against
 the model without it, per answer position); `followed` (exact without the prompt, graded against the answer the
@@ -25,7 +26,8 @@ prompt, graded against what the prompt asks); `agree` (the model without the pro
 the checkable prompt, its own earlier answer written backwards, which is its adherence whatever its arithmetic);
 `agree_changed` (the same over the questions where the teacher's answer is not the model's own plain one: for the
 checkable prompt, the answers that do not read the same backwards, so it is 0 before baking); `with_prompt_own`
-(the teacher given the prompt does what it asks to its own plain answer: does the model follow the prompt at all).
+(the teacher given the prompt does what it asks to its own plain answer: does the model follow the prompt at all);
+`in_form` (the answers without the prompt are written in the prompt's form: for `letters`, letters, right or not).
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ from engine.optim import MuGrokfast, build_optimizer
 from engine.precision import Precision
 from engine.stages import StepResult
 from engine.stages.levels import LevelPlan, Timed, level_event, position_events
+from engine.tasks.levels import effect_ids, written_as
 from engine.tasks.tokenizer import Problem, stable_rng
 
-KEPT_OUT = ("reverse",)  # prompts baked into a copy and dropped: their effect would undo the task
+KEPT_OUT = ("reverse", "letters")  # prompts baked into a copy and dropped: their effect would undo the task
 MIRRORED = ("reverse",)  # prompts whose teacher is the model's own plain answer, written backwards
 TEACHERS = ("exact_with_prompt", "with_prompt_own", "changed")  # figures of the teacher alone: one per prompt
 
@@ -187,7 +190,15 @@ class BakeStage:
                 "agree": float(score(preds, teacher_answer)[0].float().mean()),
                 "task_exact": float(score(preds, plain)[0].float().mean()),
                 "exact_with_prompt": float(score(prompted.argmax(-1), asked)[0].float().mean()),
+                "in_form": self._in_form(preds, plain, effect),
                 **self._own_answers(teacher_plain.argmax(-1), plain, asked, prompted, teacher_answer, preds, effect)}
+
+    @staticmethod
+    def _in_form(preds: torch.Tensor, plain: torch.Tensor, effect: str) -> float:
+        """Share of the answers without the prompt written in the form the prompt's effect asks for (for
+        `letters`, letters in place of digits), whether or not they are right."""
+        rows = [written_as(effect, preds[b][plain[b] != PAD].tolist()) for b in range(plain.shape[0])]
+        return sum(rows) / max(1, len(rows))
 
     @torch.no_grad()
     def _own_answers(self, own, plain, asked, prompted, teacher_answer, preds, effect: str) -> dict[str, float]:
@@ -201,8 +212,8 @@ class BakeStage:
         for b in range(plain.shape[0]):
             where = (plain[b] != PAD).nonzero()[:, 0]
             mine = own[b, where]
-            asks = torch.cat([mine[:-1].flip(0), mine[-1:]]) if effect == "reverse" else mine
-            if effect != "reverse" or not torch.equal(asks, mine):
+            asks = torch.tensor(effect_ids(effect, mine.tolist()), dtype=mine.dtype, device=mine.device)
+            if effect == "none" or not torch.equal(asks, mine):
                 with_prompt.append(torch.equal(prompted[b].argmax(-1)[asked[b] != PAD], asks))
             if not torch.equal(teacher_answer[b, where], mine):
                 changed += 1

@@ -64,7 +64,7 @@ class LevelPlan:
 
     @staticmethod
     def effect(prompt: str) -> str:
-        return "reverse" if prompt == "reverse" else "none"
+        return prompt if prompt in ("reverse", "letters") else "none"
 
     def held_out(self, level: int) -> list[Problem]:
         """The level's first `probe_size` distinct held-out questions."""

@@ -13,8 +13,8 @@ from thousands of questions is practice on a large set, not on a few hundred que
 
 `difficulty` is the level (the config's task.difficulty reaches levels 1 to 3; the pipeline builds any level).
 A question may carry a prompt: text before it (`prompt: question`), within `prompt_chars` characters, with an
-effect on the answer: "none" (answer as usual) or "reverse" (the answer written backwards), which makes the
-prompt's effect checkable. Hints reveal part of the answer in the input, and the revealed positions are not
+effect on the answer: "none" (answer as usual), "reverse" (the answer written backwards) or "letters" (each digit
+written as a letter, 0 as a to 9 as j; a sign stays), the last two making the prompt's effect checkable. Hints reveal part of the answer in the input, and the revealed positions are not
 scored: a hint must not train copying.
 """
 
@@ -24,12 +24,15 @@ import random
 
 from engine.config import LEVELS, ConfigError
 from engine.tasks.base import Sample
-from engine.tasks.tokenizer import PAD, Problem, TextTask, layout, reveal_counts
+from engine.tasks.tokenizer import PAD, TOKENIZER, Problem, TextTask, layout, reveal_counts
 
 QUESTION_CHARS = 9  # "99*9+99*9", the longest question
 ANSWER_CHARS = 4  # "9801", "-899"
 PROMPT_JOIN = ": "  # between a prompt and its question
-EFFECTS = ("none", "reverse")
+EFFECTS = ("none", "reverse", "letters")
+LETTERS = str.maketrans("0123456789", "abcdefghij")
+DIGIT_TO_LETTER = dict(zip(TOKENIZER.encode("0123456789"), TOKENIZER.encode("abcdefghij")))
+LETTER_FORM, DIGIT_FORM = set(TOKENIZER.encode("abcdefghij-")), set(TOKENIZER.encode("0123456789-"))
 
 
 def _binary(op: str, a_range: tuple[int, int], b_range: tuple[int, int]):
@@ -88,7 +91,27 @@ MAKERS = {f"L{level}/{make.__name__}": make for level, makers in TEMPLATES.items
 
 def apply_effect(effect: str, answer: str) -> str:
     """The answer a prompt with this effect asks for."""
-    return answer[::-1] if effect == "reverse" else answer
+    if effect == "reverse":
+        return answer[::-1]
+    return answer.translate(LETTERS) if effect == "letters" else answer
+
+
+def effect_ids(effect: str, ids: list[int]) -> list[int]:
+    """`apply_effect` token by token on an answer's ids, its last (end-of-answer) position kept last: the model's
+    own answer, whatever tokens it holds, as the prompt would have it."""
+    *answer, end = ids
+    if effect == "reverse":
+        answer = answer[::-1]
+    elif effect == "letters":
+        answer = [DIGIT_TO_LETTER.get(i, i) for i in answer]
+    return answer + [end]
+
+
+def written_as(effect: str, ids: list[int]) -> bool:
+    """The answer's characters (its last, end-of-answer position left out) are all of the form `effect` writes:
+    for "letters", letters a to j and the sign, so a model can follow the format whatever its arithmetic."""
+    allowed = LETTER_FORM if effect == "letters" else DIGIT_FORM
+    return all(i in allowed for i in ids[:-1])
 
 
 def temperature_ranges(level: int, levels: int, n: int) -> list[tuple[float, float]]:
