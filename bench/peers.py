@@ -508,6 +508,10 @@ def main() -> int:
         else:
             result = measure_memory(args.child.removeprefix("mem-"), args.mem_steps, args.threads)
         if args.child in ("ours", "peer"):
+            if result["train_s"] < args.budget_s:  # stopped from outside (a signal): not a run of the budget
+                print(f"the run stopped after {result['train_s']:.0f} s of its {args.budget_s:.0f} s budget; "
+                      f"its result is not kept.", file=sys.stderr)
+                return 1
             keep_result(sys.argv[1:], result)
         print(json.dumps(result))
         return 0

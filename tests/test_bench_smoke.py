@@ -56,3 +56,26 @@ def test_bench_smoke_run_exits_0_and_ends_with_a_json_object(bench, smoke_runs):
     lines = proc.stdout.strip().splitlines()
     assert lines, tail
     assert isinstance(json.loads(lines[-1]), dict), tail
+
+
+def test_a_peers_run_stopped_before_its_budget_is_not_kept_for_resume(tmp_path):
+    """A run stopped from outside (the invocation killed) ends its training early: its figures are not those of the
+    budget, so `--resume` must not take them up as a finished run."""
+    import signal
+    import time
+
+    args = ["--child=ours", "--difficulty=1", "--seed=0", "--lr=0.001", "--wd=0.1", "--budget-s=300", "--threads=1",
+            "--clock=wall", "--n-eval=8", "--n-val=8", "--mem-steps=1", "--set=model.d_model=32",
+            "--set=train.batch_size=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "peers.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.is_dir() and any(p.iterdir()) for p in tmp_path.glob("tmp*")):  # the run's directory is in use
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    time.sleep(3)  # training under way
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "its result is not kept" in err, err[-2000:]
+    assert not list(tmp_path.glob("trm-lab-peers/*.json"))
