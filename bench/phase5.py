@@ -12,9 +12,11 @@ stages (the same code path). `--smoke`: a tiny model, seconds.
 Arms, measured in the same run:
 - pipeline: Trainer.run on the preset. Per level and stage: minutes, steps, questions left; bake: KL from the
   prompted teacher to the model without the prompt, before and after, exact without the prompt against exact with
-  it, and the checkable prompt's adherence (held-out questions on which the model without the prompt writes its
-  own answer backwards, as the prompt asks; its teacher is that answer, since the small model given the prompt
-  does not follow it; graded against the right answer too); self-model: self-prediction exact per temperature
+  it, and the checkable prompts' adherence: `reverse` (held-out questions on which the model without the prompt
+  writes its own answer backwards, as the prompt asks; its teacher is that answer, since the small model given
+  the prompt does not follow it; graded against the right answer too) and `letters` (baked from the model read
+  with the prompt: without it, the prompted model's answer, the right answer in letters, and any answer written
+  in letters); self-model: self-prediction exact per temperature
   range, calibration error of the halting head and of the answer's probability, and task exact, before and
   after; dream: held-out exact of this level and every earlier one, before and after.
 - pipeline uniform: the same model and seed trained by the wake stage on the level's plain question stream
@@ -36,7 +38,8 @@ Arms, measured in the same run:
   --tool-references one gives every template its one reference program, as before.
 
 Its last line is one JSON object: minutes, curriculum_exact, uniform_exact (over seeds), bake_kl_before,
-bake_kl_after (means over the baked prompts of the last level), bake_adherence, selfmodel_ece_before/after,
+bake_kl_after (means over the baked prompts of the last level), bake_adherence (`reverse`), bake_letters_adherence,
+bake_letters_in_form, selfmodel_ece_before/after,
 task_exact_before/after_selfmodel, dream_retention_before/after (the last level), tool_pass_outcome, tool_pass_ce,
 and `levels`: every level's figures by stage.
 """
