@@ -341,7 +341,8 @@ def print_stages(level: int, row: dict, stages: dict, start_level: int) -> None:
               f"teacher's answer is not the model's own ({f.get('changed', 0):.3f} of them) "
               f"{f.get('agree_changed_before', 0):.3f} -> {f.get('agree_changed_after', 0):.3f}; given the prompt, "
               f"it does what the prompt asks to its own answer {f.get('with_prompt_own', 0):.3f}; answers without "
-              f"it in the prompt's form {f.get('in_form_before', 0):.3f} -> {f.get('in_form_after', 0):.3f}",
+              f"it in the prompt's form {f.get('in_form_before', 0):.3f} -> {f.get('in_form_after', 0):.3f} (with "
+              f"it {f.get('in_form_with_prompt', 0):.3f})",
               flush=True)
     s = row.get("selfmodel")
     if s:
@@ -391,6 +392,7 @@ def stage_keys(last: dict, bake_last: dict | None) -> dict:
         "bake_letters_in_form": letters.get("in_form_after"), "bake_letters_in_form_before": letters.get("in_form_before"),
         "bake_letters_exact_with_prompt": letters.get("exact_with_prompt"),
         "bake_letters_with_prompt_own": letters.get("with_prompt_own"),
+        "bake_letters_in_form_with_prompt": letters.get("in_form_with_prompt"),
         "bake_exact_with_prompt": mean([f["exact_with_prompt"] for f in bake_last.values()]),
         "bake_exact_without_prompt": mean([f["task_exact_after"] for f in bake_last.values() if f["kept"]]),
         "selfmodel_ece_before": selfmodel.get("ece_before"), "selfmodel_ece_after": selfmodel.get("ece_after"),

@@ -314,7 +314,7 @@ def test_the_letters_prompt_is_baked_from_the_model_read_with_it_and_its_form_is
     baked, _ = run(tmp_path / "baked", cfg)
     f = baked.stages["bake"].reports["1"]["letters"]
     assert f["exact_with_prompt"] == 1.0 and f["with_prompt_own"] == 1.0 and f["kept"] == 0.0
-    assert f["changed"] == 1.0  # every answer holds a digit, so the prompt changes every one
+    assert f["changed"] == 1.0 == f["in_form_with_prompt"]  # every answer holds a digit: the prompt changes each one
     # before baking no answer is in letters; after, most are, and more of their characters are the right letters
     assert f["in_form_before"] == 0.0 and f["in_form_after"] >= 0.5, f
     assert f["followed_cell_after"] > f["followed_cell_before"] + 0.05 and f["kl_after"] < 0.7 * f["kl_before"], f

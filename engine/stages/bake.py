@@ -27,7 +27,8 @@ the checkable prompt, its own earlier answer written backwards, which is its adh
 `agree_changed` (the same over the questions where the teacher's answer is not the model's own plain one: for the
 checkable prompt, the answers that do not read the same backwards, so it is 0 before baking); `with_prompt_own`
 (the teacher given the prompt does what it asks to its own plain answer: does the model follow the prompt at all);
-`in_form` (the answers without the prompt are written in the prompt's form: for `letters`, letters, right or not).
+`in_form` (the answers without the prompt are written in the prompt's form: for `letters`, letters, right or not;
+`in_form_with_prompt`, the teacher's answers given the prompt).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from engine.tasks.tokenizer import Problem, stable_rng
 
 KEPT_OUT = ("reverse", "letters")  # prompts baked into a copy and dropped: their effect would undo the task
 MIRRORED = ("reverse",)  # prompts whose teacher is the model's own plain answer, written backwards
-TEACHERS = ("exact_with_prompt", "with_prompt_own", "changed")  # figures of the teacher alone: one per prompt
+TEACHERS = ("exact_with_prompt", "with_prompt_own", "changed", "in_form_with_prompt")  # figures of the teacher alone: one per prompt
 
 
 def frozen(model: TinyRecursiveModel) -> TinyRecursiveModel:
@@ -191,6 +192,7 @@ class BakeStage:
                 "task_exact": float(score(preds, plain)[0].float().mean()),
                 "exact_with_prompt": float(score(prompted.argmax(-1), asked)[0].float().mean()),
                 "in_form": self._in_form(preds, plain, effect),
+                "in_form_with_prompt": self._in_form(prompted.argmax(-1), asked, effect),
                 **self._own_answers(teacher_plain.argmax(-1), plain, asked, prompted, teacher_answer, preds, effect)}
 
     @staticmethod
