@@ -55,7 +55,8 @@ from engine.tasks.tokenizer import Problem, stable_rng
 
 KEPT_OUT = ("reverse", "letters")  # prompts baked into a copy and dropped: their effect would undo the task
 MIRRORED = ("reverse",)  # prompts whose teacher is the model's own plain answer, written backwards
-TEACHERS = ("exact_with_prompt", "with_prompt_own", "changed", "in_form_with_prompt")  # figures of the teacher alone: one per prompt
+# figures of the teacher alone: one per prompt
+TEACHERS = ("exact_with_prompt", "with_prompt_own", "changed", "in_form_with_prompt")
 
 
 def frozen(model: TinyRecursiveModel) -> TinyRecursiveModel:

@@ -28,7 +28,7 @@ from engine.model.trm import PAD, TinyRecursiveModel
 from engine.stages import StepResult
 from engine.stages.wake import WakeStage
 from engine.tasks.base import Sample
-from engine.tasks.levels import LevelTask
+from engine.tasks.levels import EFFECTS, LevelTask
 from engine.tasks.tokenizer import Problem, stable_rng
 
 
@@ -64,7 +64,7 @@ class LevelPlan:
 
     @staticmethod
     def effect(prompt: str) -> str:
-        return prompt if prompt in ("reverse", "letters") else "none"
+        return prompt if prompt in EFFECTS else "none"  # a checkable prompt is named after its effect
 
     def held_out(self, level: int) -> list[Problem]:
         """The level's first `probe_size` distinct held-out questions."""

@@ -14,8 +14,8 @@ from thousands of questions is practice on a large set, not on a few hundred que
 `difficulty` is the level (the config's task.difficulty reaches levels 1 to 3; the pipeline builds any level).
 A question may carry a prompt: text before it (`prompt: question`), within `prompt_chars` characters, with an
 effect on the answer: "none" (answer as usual), "reverse" (the answer written backwards) or "letters" (each digit
-written as a letter, 0 as a to 9 as j; a sign stays), the last two making the prompt's effect checkable. Hints reveal part of the answer in the input, and the revealed positions are not
-scored: a hint must not train copying.
+written as a letter, 0 as a to 9 as j; a sign stays), the last two making the prompt's effect checkable. Hints
+reveal part of the answer in the input, and the revealed positions are not scored: a hint must not train copying.
 """
 
 from __future__ import annotations
