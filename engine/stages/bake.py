@@ -50,10 +50,11 @@ from engine.optim import MuGrokfast, build_optimizer
 from engine.precision import Precision
 from engine.stages import StepResult
 from engine.stages.levels import LevelPlan, Timed, level_event, position_events
-from engine.tasks.levels import effect_ids, written_as
+from engine.tasks.levels import EFFECTS, effect_ids, written_as
 from engine.tasks.tokenizer import Problem, stable_rng
 
-KEPT_OUT = ("reverse", "letters")  # prompts baked into a copy and dropped: their effect would undo the task
+# prompts baked into a copy and dropped: a checkable prompt (named after its effect) would undo the task
+KEPT_OUT = tuple(effect for effect in EFFECTS if effect != "none")
 MIRRORED = ("reverse",)  # prompts whose teacher is the model's own plain answer, written backwards
 # figures of the teacher alone: one per prompt
 TEACHERS = ("exact_with_prompt", "with_prompt_own", "changed", "in_form_with_prompt")
