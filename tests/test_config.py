@@ -19,8 +19,11 @@ def write(tmp_path, text):
 def test_presets_load():
     from pathlib import Path
 
-    for p in Path("configs").glob("*.toml"):
-        config.load(p)
+    # found from this file, not the working directory, so that a run from elsewhere cannot pass on no presets
+    presets = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert len(presets) >= 10, presets
+    for p in presets:
+        assert isinstance(config.load(p), config.RunConfig), p
 
 
 def test_overrides_apply_and_are_typed(tmp_path):
