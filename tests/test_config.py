@@ -17,10 +17,10 @@ def write(tmp_path, text):
 
 
 def test_presets_load():
-    from pathlib import Path
+    from tests.helpers import ROOT
 
-    # found from this file, not the working directory, so that a run from elsewhere cannot pass on no presets
-    presets = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    # found from the repository, not the working directory, so that a run from elsewhere cannot pass on no presets
+    presets = sorted((ROOT / "configs").glob("*.toml"))
     assert len(presets) >= 10, presets
     for p in presets:
         assert isinstance(config.load(p), config.RunConfig), p
