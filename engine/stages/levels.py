@@ -270,6 +270,7 @@ class CurriculumStage(WakeStage):
         self.plan, self.batch_size = plan, batch_size
         self.timed = Timed()
         self.checked = -1.0  # the level's last advancement check (held-out exact); -1 before the first
+        self.best_check, self.stale_checks = -1.0, 0  # the level's best check so far, and checks since it
         self.reports: dict[str, dict] = {}  # str(level) -> the level's figures
 
     def begin(self, step: int) -> None:
@@ -278,6 +279,7 @@ class CurriculumStage(WakeStage):
         self.carry = self.model.initial_carry(self.batch_size, self.device)  # the slots held the last level
         self.timed = Timed()
         self.checked = -1.0
+        self.best_check, self.stale_checks = -1.0, 0
         self.timed.add(t0)
 
     def step(self, step: int) -> StepResult:
@@ -295,14 +297,21 @@ class CurriculumStage(WakeStage):
 
     def judge(self) -> None:
         """Advancement on held-out figures: every `check_every` steps of the level, end it once its check
-        questions reach `advance_exact` (answers to the queue's own questions can be learned by heart)."""
+        questions reach `advance_exact` (answers to the queue's own questions can be learned by heart), or once
+        the check has not beaten its best for `advance_patience` checks in a row (a plateau)."""
         cfg = self.plan.curriculum
-        if cfg.advance_exact <= 0 or self.done() or self.timed.steps % cfg.check_every:
+        if (cfg.advance_exact <= 0 and cfg.advance_patience <= 0) or self.done() or self.timed.steps % cfg.check_every:
             return
         exact = self.plan.check_exact(self.model, self.feed.level)
         self.checked = exact
-        if exact >= cfg.advance_exact:
+        if exact > self.best_check:
+            self.best_check, self.stale_checks = exact, 0
+        else:
+            self.stale_checks += 1
+        if cfg.advance_exact > 0 and exact >= cfg.advance_exact:
             self.feed.queue.end_level("held-out")
+        elif 0 < cfg.advance_patience <= self.stale_checks:
+            self.feed.queue.end_level("plateau")
 
     def position(self) -> dict:
         """The level ends at max_epochs passes or when fewer than the threshold's questions are left: progress
@@ -321,16 +330,19 @@ class CurriculumStage(WakeStage):
         figures = {"level": level, "eval_exact": exact, "eval_cell": cell, **self.timed.figures(),
                    "questions": ended.get("size", self.feed.queue.size),
                    "questions_left": ended.get("left", self.feed.queue.remaining), "epochs": ended.get("epochs", 0),
-                   "check_exact": self.checked, "ended_on_held_out": float(ended.get("reason") == "held-out")}
+                   "check_exact": self.checked, "ended_on_held_out": float(ended.get("reason") == "held-out"),
+                   "ended_on_plateau": float(ended.get("reason") == "plateau")}
         self.reports[str(level)] = figures
         return figures
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "timed": self.timed.state_dict(), "checked": self.checked,
+                "best_check": self.best_check, "stale_checks": self.stale_checks,
                 "reports": {k: dict(v) for k, v in self.reports.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.timed.load_state_dict(state["timed"])
         self.checked = float(state.get("checked", -1.0))
+        self.best_check, self.stale_checks = float(state.get("best_check", -1.0)), int(state.get("stale_checks", 0))
         self.reports = {k: dict(v) for k, v in state["reports"].items()}
