@@ -184,8 +184,8 @@ class CurriculumConfig:
     review_unmastered: bool = False  # a level's questions still unmastered when it ends join the review too
     advance_exact: float = 0.0  # the level pipeline ends a level at this held-out exact (0 = off)
     check_every: int = 50  # ... checked every this many of the level's steps
-    # ... or once the check has not improved on its best for this many checks in a row (0 = off): a level the model
-    # cannot pass in the budget stops holding the run back from the next one
+    # ... or once the check has not improved on its best for this many checks in a row (0 = off; never the last
+    # level): a level the model cannot pass in the budget stops holding the run back from the next one
     advance_patience: int = 0
     check_size: int = 128  # ... on this many distinct held-out questions, none of them in pipeline.probe_size
 

@@ -352,22 +352,22 @@ def test_a_level_ends_on_its_held_out_figures_not_on_its_training_answers(tmp_pa
 
 def test_a_level_ends_on_a_plateau_of_its_held_out_check(tmp_path, monkeypatch):
     """With curriculum.advance_patience N, a level the model cannot pass ends once its check has not beaten its
-    best for N checks in a row; a check that improves starts the count again."""
+    best for N checks in a row; a check that improves starts the count again; the last level goes on."""
     from engine.stages.levels import LevelPlan
     cfg = config(levels=2, max_steps=40, stages=["curriculum"])
     cfg.curriculum.advance_exact, cfg.curriculum.advance_patience = 0.9, 2
     cfg.curriculum.check_every, cfg.curriculum.max_epochs = 2, 1000
-    # level 1: 0.1, 0.2 (better), 0.2, 0.15 -> plateau at its 4th check; level 2: 0.3, 0.3, 0.3 -> its 3rd
-    answers = iter([0.1, 0.2, 0.2, 0.15, 0.3, 0.3, 0.3])
+    # level 1: 0.1, 0.2 (better), 0.2, 0.15 -> plateau at its 4th check; level 2 (the last): flat to the step cap
+    answers = iter([0.1, 0.2, 0.2, 0.15] + [0.3] * 20)
     checked = []
     monkeypatch.setattr(LevelPlan, "check_exact", lambda self, model, level: checked.append(level) or next(answers))
     trainer, events = run(tmp_path / "run", cfg)
     stage = trainer.stages["curriculum"]
-    assert checked == [1, 1, 1, 1, 2, 2, 2] and trainer.step == 14 and stage.feed.queue.done
-    assert [e["reason"] for e in stage.feed.queue.ended.values()] == ["plateau", "plateau"]
+    assert checked == [1] * 4 + [2] * 16 and trainer.step == 40 and not stage.feed.queue.done
+    assert [e["reason"] for e in stage.feed.queue.ended.values()] == ["plateau"]
     assert stage.reports["1"]["ended_on_plateau"] == 1.0 and stage.reports["1"]["ended_on_held_out"] == 0.0
     restored = stage.state_dict()
-    assert (restored["best_check"], restored["stale_checks"]) == (0.3, 2)
+    assert (restored["best_check"], restored["stale_checks"]) == (0.3, 15)
 
 
 def test_the_held_out_checks_are_distinct_from_the_reported_probe():

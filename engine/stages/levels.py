@@ -298,7 +298,8 @@ class CurriculumStage(WakeStage):
     def judge(self) -> None:
         """Advancement on held-out figures: every `check_every` steps of the level, end it once its check
         questions reach `advance_exact` (answers to the queue's own questions can be learned by heart), or once
-        the check has not beaten its best for `advance_patience` checks in a row (a plateau)."""
+        the check has not beaten its best for `advance_patience` checks in a row (a plateau; not on the last level,
+        which has no next one to make room for)."""
         cfg = self.plan.curriculum
         if (cfg.advance_exact <= 0 and cfg.advance_patience <= 0) or self.done() or self.timed.steps % cfg.check_every:
             return
@@ -310,8 +311,8 @@ class CurriculumStage(WakeStage):
             self.stale_checks += 1
         if cfg.advance_exact > 0 and exact >= cfg.advance_exact:
             self.feed.queue.end_level("held-out")
-        elif 0 < cfg.advance_patience <= self.stale_checks:
-            self.feed.queue.end_level("plateau")
+        elif 0 < cfg.advance_patience <= self.stale_checks and self.feed.level < cfg.levels:
+            self.feed.queue.end_level("plateau")  # the last level has no next one to make room for: it goes on
 
     def position(self) -> dict:
         """The level ends at max_epochs passes or when fewer than the threshold's questions are left: progress
