@@ -184,10 +184,10 @@ class CurriculumConfig:
     review_unmastered: bool = False  # a level's questions still unmastered when it ends join the review too
     advance_exact: float = 0.0  # the level pipeline ends a level at this held-out exact (0 = off)
     check_every: int = 50  # ... checked every this many of the level's steps
-    # ... or once the check has not improved on its best for this many checks in a row (0 = off; never the last
-    # level): a level the model cannot pass in the budget stops holding the run back from the next one
-    advance_patience: int = 0
     check_size: int = 128  # ... on this many distinct held-out questions, none of them in pipeline.probe_size
+    # a level also ends once that check has not beaten its best for this many checks in a row (0 = off; never the
+    # last level): a level the model cannot pass in the budget stops holding the run back from the next one
+    advance_patience: int = 0
 
 
 @dataclass
@@ -338,8 +338,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "curriculum.review_gap": (1, 10_000_000),
     "curriculum.advance_exact": (0.0, 1.0),
     "curriculum.check_every": (1, 1_000_000),
-    "curriculum.advance_patience": (0, 1_000_000),
     "curriculum.check_size": (1, 100_000),
+    "curriculum.advance_patience": (0, 1_000_000),
     "sleep.wake_steps": (1, 10**9),
     "sleep.sleep_steps": (1, 10**9),
     "sleep.buffer_size": (1, 10**7),
