@@ -146,7 +146,7 @@ COMPARE = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.mix
            "model.step_loss_weights=[]", "model.detach_cycles=false", "optim.preset=adamw", "optim.lr=0.003",
            "optim.warmup_steps=50", "train.batch_size=32", "task.prompt_chars=0", "pipeline.stages=['curriculum']",
            "pipeline.bake=[]", "pipeline.prompt_share=0.0", "pipeline.probe_size=100", "curriculum.questions=2000",
-           "curriculum.mastery=2", "curriculum.review_share=0.25", "curriculum.review_gap=256",
+           "curriculum.mastery=2", "curriculum.review_share=0.5", "curriculum.review_gap=256",
            "curriculum.advance_exact=0.5", "curriculum.check_every=50", "curriculum.check_size=100",
            "curriculum.max_epochs=1000", "curriculum.review_unmastered=true"]
 COMPARE_STEPS = {"full": 500, "quick": 100, "smoke": 6}  # each arm's steps, per seed
