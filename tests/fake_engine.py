@@ -197,8 +197,10 @@ class FakeEngine:
             except (socket.timeout, OSError):
                 continue
             conn.settimeout(None)
-            self._send(conn, protocol.hello(self.run_id, self.step, self.status))
+            # hello and registration under one lock, as the engine's server does: an event emitted once the
+            # client has its hello must reach it (it was lost in the gap between the two on a loaded machine)
             with self._lock:
+                self._send(conn, protocol.hello(self.run_id, self.step, self.status))
                 self._clients.append(conn)
             self._spawn(self._serve, conn)
 
