@@ -1,7 +1,8 @@
 """Dexter's three models on the synthetic set: held-out accuracy of each, stateful against stateless on follow-up
 turns, tool choice after an error with and without being told it, latency per query and size on disk.
 
-    .venv/bin/python bench/dexter.py [--quick | --smoke] [--out OUT] [--steps N] [--set key=value ...]
+    .venv/bin/python bench/dexter.py [--quick | --smoke] [--out OUT] [--steps N] [--vocab-from records|examples]
+        [--set key=value ...]
 
 Without --out it samples a synthetic set (seed 0, 400 conversations), builds it and trains the three models with
 `lab dexter train`'s own code (ordinary runs in a temporary runs folder) at a CPU size: width 64, 2 layers, H 2, L
@@ -50,7 +51,7 @@ from bench.stats import over_items, shown  # noqa: E402
 from engine import config  # noqa: E402
 from engine.build import build_model  # noqa: E402
 from engine.dexter.api import MODELS, MemoryTRM, ReasoningTRM, ToolTRM  # noqa: E402
-from engine.dexter.dataset import KINDS, build  # noqa: E402
+from engine.dexter.dataset import KINDS, META, VOCAB_SOURCES, build  # noqa: E402
 from engine.dexter.sample import write_sample  # noqa: E402
 from engine.dexter.task import Layout  # noqa: E402
 from lab.dexter import train_models  # noqa: E402
@@ -170,6 +171,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a width-16 network for 4 steps on a small set: the code path")
     ap.add_argument("--out", help="measure the models `lab dexter train` kept in OUT/models/ instead of training")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--vocab-from", choices=VOCAB_SOURCES, default="records",
+                    help="the vocabulary learns from every record's text (default) or only the layouts' (examples)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
     ap.add_argument("--jobs", type=int, default=len(KINDS),
                     help="models trained at once, each its own one-thread engine (default: all three); the figures "
@@ -185,7 +188,7 @@ def main() -> None:
     t0 = time.time()
     if not args.out:
         write_sample(Path(tmp.name) / "raw", seed=0, size=150 if args.smoke else 400)
-        build(Path(tmp.name) / "raw", out)
+        build(Path(tmp.name) / "raw", out, vocab_from=args.vocab_from)
         sizes = SMOKE_SIZE if args.smoke else CPU_SIZE
         results = train_models(out, Path(tmp.name) / "runs", list(KINDS), sizes + args.set, steps, output="quiet",
                                jobs=args.jobs)
@@ -194,6 +197,7 @@ def main() -> None:
             raise SystemExit(f"bench/dexter.py: the {', '.join(failed)} run failed; see its engine.log.")
     train_s = round(time.time() - t0, 1)
     paths = {kind: out / "models" / kind for kind in KINDS}
+    built = json.loads((out / META).read_text())
     models = {kind: MODELS[kind].from_checkpoint(paths[kind], use_carry=kind == "memory") for kind in KINDS}
     seconds = {"train": train_s}
     t0 = time.time()
@@ -257,7 +261,8 @@ def main() -> None:
         "latency_ms_p95_design": {k: v["p95"] for k, v in design_latency.items()},
         "tokenize_ms_p50": {k: v["tokenize_p50"] for k, v in latency.items()},
         "steps_mean": {k: v["steps_mean"] for k, v in latency.items()},
-        "size_mb": size, "size_mb_design": design,
+        "size_mb": size, "size_mb_design": design, "vocab_size": built["vocab_size"],
+        "vocab_from": built.get("vocab_from", "records"),
         "best": best, "steps": None if args.out else steps, "train_seconds": None if args.out else train_s,
         "settings": (SMOKE_SIZE if args.smoke else CPU_SIZE) + args.set if not args.out else args.set,
         "threads": 1, "jobs": None if args.out else args.jobs, "seconds": seconds, "device": "cpu"}))

@@ -53,20 +53,20 @@ def cmd_sample(args) -> int:
 
 
 def cmd_build(args) -> int:
-    summary = build_datasets(args.raw_dir, args.out, args.vocab_size)
+    summary = build_datasets(args.raw_dir, args.out, args.vocab_size, vocab_from=args.vocab_from)
     if args.json:
         print(json.dumps(summary))
     return EXIT_OK
 
 
-def build_datasets(raw_dir: str, out: str, vocab_size: int, quiet: bool = False) -> dict:
+def build_datasets(raw_dir: str, out: str, vocab_size: int, quiet: bool = False, vocab_from: str = "records") -> dict:
     """Build and print the summary (stdout) and each record that could not be used (stderr)."""
     from engine.dexter.dataset import BuildError, build, format_summary
 
     if not 300 <= vocab_size <= 65536:
         raise DexterError(f"--vocab-size {vocab_size} is out of range; allowed is 300 to 65536.")
     try:
-        summary = build(raw_dir, out, vocab_size)
+        summary = build(raw_dir, out, vocab_size, vocab_from)
     except BuildError as exc:
         raise DexterError(str(exc)) from None
     for problem in summary["problems"]:
@@ -251,6 +251,9 @@ def add_parser(sub, parser_class, runs_dir_opt) -> None:
     q.add_argument("raw_dir")
     q.add_argument("out")
     q.add_argument("--vocab-size", type=int, default=8000, help="target vocabulary size (the BPE may stop short)")
+    q.add_argument("--vocab-from", choices=["records", "examples"], default="records",
+                   help="the text the vocabulary learns from: every record's, tool outputs included (default), or "
+                   "only what the three models read")
     q.add_argument("--json", action="store_true", help="the summary as one JSON object after the printed one")
     q.set_defaults(func=cmd_build)
 

@@ -181,9 +181,16 @@ BUILDERS = {"memory": memory_examples, "tool": tool_examples, "reasoning": reaso
 # ---- the build ------------------------------------------------------------------------------------------
 
 
-def build(raw_dir: str | Path, out_dir: str | Path, vocab_size: int = TARGET_SIZE) -> dict:
+VOCAB_SOURCES = ("records", "examples")
+
+
+def build(raw_dir: str | Path, out_dir: str | Path, vocab_size: int = TARGET_SIZE, vocab_from: str = "records") -> dict:
     """Read RAW_DIR, write the datasets into OUT; returns the summary (also written as OUT/dataset.json).
-    Problems with single records are in summary["problems"]; a build that cannot go on raises BuildError."""
+    Problems with single records are in summary["problems"]; a build that cannot go on raises BuildError.
+    vocab_from: the BPE learns from all the records' text, tool outputs included ("records"), or only from
+    what the three layouts read, the facts and the conversations ("examples")."""
+    if vocab_from not in VOCAB_SOURCES:
+        raise BuildError(f"vocab_from {vocab_from!r} is not known; allowed are {', '.join(VOCAB_SOURCES)}.")
     raw_dir, out = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise BuildError(f"{raw_dir} is not a folder; pass the folder that holds the raw records "
@@ -204,9 +211,11 @@ def build(raw_dir: str | Path, out_dir: str | Path, vocab_size: int = TARGET_SIZ
     texts = [p for kind in KINDS for e in examples[kind] for field in ("input", "output")
              for p in text_pieces(e[field], split)]
     texts += [f.text for f in raw.facts.values()] + [t.text for c in raw.conversations for t in c.turns]
+    if vocab_from == "records":  # tool outputs: most of an assistant's records, though no layout reads them yet
+        texts += [p for a in raw.artifacts for p in text_pieces(a.result, split)]
     vocab = Vocabulary.train(texts, tools, vocab_size)
 
-    summary = {"format": FORMAT, "vocab_size": vocab.size, "target_vocab_size": vocab_size, "tools": len(tools),
+    summary = {"format": FORMAT, "vocab_size": vocab.size, "target_vocab_size": vocab_size, "vocab_from": vocab_from, "tools": len(tools),
                "raw": raw.counts(), "raw_files": len(raw.files), "kinds": {}, "problems": problems}
     lines = {}
     for kind in KINDS:
@@ -260,7 +269,8 @@ def _write(path: Path, text: str) -> None:
 
 def format_summary(summary: dict, out: str | Path) -> str:
     """The summary as a person reads it: sizes per model, the vocabulary, what was left out."""
-    lines = [f"built {out}: vocabulary {summary['vocab_size']} entries (target {summary['target_vocab_size']}, "
+    lines = [f"built {out}: vocabulary {summary['vocab_size']} entries (target {summary['target_vocab_size']}, from the "
+             f"{summary.get('vocab_from', 'records')}' text, "
              f"{summary['tools']} tools as whole tokens) from {summary['raw_files']} raw files"]
     for kind, k in summary["kinds"].items():
         lines.append(f"  {kind:<10} {k['train']:>6} train  {k['test']:>5} held out  {k['groups']:>5} groups  "

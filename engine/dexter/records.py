@@ -25,6 +25,7 @@ BRAIN_DB = "brain.db"
 UI_CALLS = "training_data_fast.jsonl"
 ARTIFACTS = "art_*.json"
 MAX_TEXT = 2000  # characters in one text field: longer is a damaged record, not a memory
+MAX_OUTPUT = 8000  # characters of a tool's output kept; outputs run long, so a longer one is cut, not refused
 MAX_FILE_BYTES = 512 * 2**20
 
 
@@ -117,6 +118,7 @@ class Artifact:
     ok: bool
     error: str = ""
     retry_of: str = ""
+    result: str = ""  # what the call printed; read for the vocabulary, no layout uses it yet
 
 
 @dataclass
@@ -176,6 +178,16 @@ def texts(rec: dict, key: str, required: bool = False) -> tuple[str, ...]:
     if required and not out:
         raise BadRecord(f"has an empty {key}")
     return out
+
+
+def _output(rec: dict) -> str:
+    """A tool's output as text: a string, or any JSON value written out, cut to MAX_OUTPUT characters."""
+    value = rec.get("result")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False)
+    return " ".join(value[: 4 * MAX_OUTPUT].split())[:MAX_OUTPUT]
 
 
 def _label(rec: Any, index: int, key: str = "id") -> str:
@@ -391,7 +403,7 @@ def read_artifact(path: Path, out: RawRecords) -> None:
         error = text(rec, "error", required=status == "error")
         out.artifacts.append(Artifact(text(rec, "id"), text(rec, "session", False), text(rec, "task"),
                                       text(rec, "tool"), texts(rec, "available_tools"), status == "success",
-                                      error, text(rec, "retry_of", False)))
+                                      error, text(rec, "retry_of", False), _output(rec)))
 
     if not all(isinstance(r, dict) for r in items):
         out.problems.append(f"{path}: the file holds a {type(data).__name__} that is not an artifact object or a list "

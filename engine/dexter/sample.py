@@ -336,6 +336,196 @@ def _session(world: World, rng: random.Random, session: str, first_id: int) -> l
     return arts
 
 
+# ---- what a tool printed ---------------------------------------------------------------------------
+# A real assistant's artifacts hold each call's output (listings, pages, logs, test reports), most of the
+# text its records hold. Words for code identifiers, companies and page titles, composed so a seed's
+# outputs repeat some names (a project's modules, an inbox's senders) and vary the rest.
+CODE_WORDS = ["parse", "render", "invoice", "client", "cache", "token", "session", "upload", "export", "import",
+              "report", "schedule", "retry", "queue", "worker", "payment", "account", "profile", "search", "index",
+              "config", "loader", "handler", "router", "model", "view", "template", "migration", "schema", "user",
+              "order", "cart", "item", "price", "discount", "shipping", "address", "notify", "webhook", "auth",
+              "login", "password", "avatar", "image", "resize", "thumbnail", "video", "stream", "buffer", "socket",
+              "server", "request", "response", "header", "cookie", "timeout", "metric", "logger", "trace", "batch",
+              "job", "event", "reminder", "backup", "restore", "archive", "compress", "encrypt", "signature",
+              "verify", "validate", "sanitize", "format", "currency", "locale", "translate", "feed", "sitemap",
+              "rank", "score", "filter", "sort", "paginate", "cursor", "query", "builder", "adapter", "registry",
+              "plugin", "hook", "signal", "state", "store", "reducer", "action", "effect", "selector", "component",
+              "layout", "footer", "sidebar", "modal", "dialog", "button", "form", "field", "widget", "chart", "grid",
+              "theme", "palette", "font", "icon", "asset", "bundle", "manifest", "health", "probe", "deploy",
+              "release", "version", "license", "tenant", "quota", "limit", "refund", "receipt", "ledger", "balance",
+              "transfer", "currency", "coupon", "catalog", "inventory", "warehouse", "parcel", "courier", "tracking",
+              "subscriber", "campaign", "audience", "segment", "funnel", "cohort", "retention", "churn", "forecast"]
+CLASS_SUFFIXES = ["Service", "Manager", "Controller", "Repository", "Factory", "Client", "Handler", "Provider",
+                  "Serializer", "Validator", "Builder", "Adapter", "Error", "Config", "View", "Task", "Policy"]
+COMPANY_PARTS = (["North", "Blue", "Silver", "Bright", "Green", "Iron", "Red", "Clear", "Swift", "Deep", "True", "Open",
+                  "Solid", "Wild", "Quiet", "Bold", "Prime", "Urban", "Lunar", "Polar", "Golden", "Little", "Grand"],
+                 ["field", "stone", "wave", "leaf", "bridge", "path", "forge", "harbor", "peak", "river", "light",
+                  "works", "craft", "line", "point", "gate", "wood", "brook", "ridge", "mark", "spring", "vale"],
+                 ["Labs", "Studio", "Partners", "Systems", "Media", "Analytics", "Supply", "Digital", "Group", "Co"])
+PAGE_OPENERS = ["The {n} best {topic} of {year}, tested", "How to choose {topic}: a buyer's guide",
+                "{Topic} explained for beginners", "Why everyone is talking about {topic}",
+                "{n} mistakes people make with {topic}", "{Topic}: prices compared across {n} shops",
+                "A field guide to {topic}", "What we learned from {n} months of {topic}",
+                "{Topic} forum: recommendations wanted", "Reviews of {topic} from real customers"]
+SNIPPETS = ["we compared {n} options over {m} weeks and picked a clear winner", "prices start at {price} dollars",
+            "most readers preferred the cheaper model", "updated {month} {year} with new measurements",
+            "the short answer depends on your budget and space", "our editors tested each one at home",
+            "a detailed comparison table is at the end", "several readers reported problems after {m} months",
+            "the manufacturer lists a warranty of {m} years", "shipping takes {m} to {n} days in most regions"]
+NOUNS = ["budget", "deadline", "customer", "supplier", "contract", "meeting", "schedule", "estimate", "draft",
+         "feedback", "summary", "decision", "question", "problem", "solution", "option", "proposal", "review",
+         "quarter", "month", "week", "morning", "evening", "weekend", "holiday", "office", "warehouse", "kitchen",
+         "garden", "garage", "studio", "library", "station", "airport", "hotel", "restaurant", "museum", "market",
+         "bakery", "pharmacy", "clinic", "school", "university", "village", "neighbourhood", "coast", "mountain",
+         "river", "forest", "island", "bicycle", "camera", "laptop", "printer", "monitor", "keyboard", "charger",
+         "battery", "cable", "router", "speaker", "microphone", "notebook", "pencil", "envelope", "package",
+         "parcel", "ticket", "passport", "receipt", "invoice", "payment", "refund", "discount", "subscription",
+         "membership", "account", "password", "backup", "update", "upgrade", "license", "warranty", "repair",
+         "delivery", "shipment", "order", "recipe", "ingredient", "dinner", "breakfast", "coffee", "sandwich",
+         "weather", "forecast", "temperature", "storm", "sunshine", "article", "chapter", "paragraph", "headline",
+         "interview", "podcast", "episode", "playlist", "concert", "festival", "exhibition", "workshop", "lecture",
+         "seminar", "conference", "presentation", "spreadsheet", "diagram", "prototype", "milestone", "roadmap",
+         "strategy", "audience", "campaign", "newsletter", "website", "homepage", "checkout", "dashboard",
+         "analytics", "revenue", "expense", "salary", "pension", "mortgage", "insurance", "tax", "loan", "savings"]
+ADJECTIVES = ["quick", "careful", "detailed", "rough", "final", "early", "late", "urgent", "optional", "cheap",
+              "expensive", "reliable", "noisy", "quiet", "heavy", "light", "portable", "sturdy", "fragile", "modern",
+              "classic", "popular", "obscure", "seasonal", "annual", "monthly", "weekly", "remote", "local",
+              "international", "shared", "private", "public", "temporary", "permanent", "generous", "modest",
+              "ambitious", "practical", "elegant", "compact", "spacious", "warm", "cold", "bright", "dark", "fresh",
+              "organic", "digital", "handmade", "secondhand", "refurbished", "discounted", "delayed", "confirmed"]
+VERBS = ["reviewed", "approved", "rejected", "postponed", "cancelled", "scheduled", "delivered", "shipped",
+         "returned", "repaired", "replaced", "upgraded", "renewed", "signed", "drafted", "rewrote", "translated",
+         "measured", "compared", "tested", "recommended", "mentioned", "booked", "ordered", "paid", "refunded",
+         "uploaded", "downloaded", "printed", "scanned", "archived", "forwarded", "summarised", "organised",
+         "planned", "finished", "started", "paused", "moved", "painted", "cleaned", "cooked", "visited", "called"]
+PREPOSITIONS = ["before", "after", "during", "without", "despite", "because of", "next to", "instead of", "for"]
+SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sel", "dar", "qui", "bel", "zo", "fin", "gal", "mor", "pra",
+             "tix", "nu", "ler", "vo", "san", "ix", "ar", "en", "ul", "os", "ri", "ta", "ne", "co", "ly", "dra", "sto",
+             "plex", "gen", "mat", "vis", "ton", "ber", "cal", "dex", "fo", "hu", "jun", "kel", "pe", "wen"]
+STATUS_WORDS = ["active (running)", "inactive (dead)", "activating (start)", "reloading", "active (exited)"]
+
+
+def _lexicon(seed: int, n: int) -> list[str]:
+    """A seed's proper names for outputs (brands, packages, companies' short names): composed from syllables,
+    so a set holds thousands that recur across its outputs, as real records do."""
+    rng, names = random.Random(f"{seed}:lexicon"), set()
+    while len(names) < n:
+        names.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))))
+    return sorted(names)
+
+
+def _sentence(rng: random.Random) -> str:
+    """One plain sentence of the kind documents, pages and mails are full of."""
+    return (f"the {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} was {rng.choice(VERBS)} {rng.choice(PREPOSITIONS)} "
+            f"the {rng.choice(NOUNS)}")
+
+
+def _company(rng: random.Random, lexicon: list[str]) -> str:
+    first, second, kind = COMPANY_PARTS
+    name = rng.choice(lexicon).capitalize() if rng.random() < 0.7 else f"{rng.choice(first)}{rng.choice(second)}"
+    return f"{name} {rng.choice(kind)}"
+
+
+def _identifier(rng: random.Random, parts: int) -> str:
+    return "_".join(rng.sample(CODE_WORDS, parts))
+
+
+def _class_name(rng: random.Random) -> str:
+    return "".join(w.capitalize() for w in rng.sample(CODE_WORDS, rng.randint(1, 2))) + rng.choice(CLASS_SUFFIXES)
+
+
+def _hexid(rng: random.Random, n: int = 7) -> str:
+    return "".join(rng.choice("0123456789abcdef") for _ in range(n))
+
+
+def _modules(project: str, seed: int) -> list[str]:
+    """A project's source files: the same for every call about the project in one seed's records."""
+    rng = random.Random(f"{seed}:modules:{project}")
+    return [f"src/{project.lower()}/{_identifier(rng, rng.randint(1, 2))}.py" for _ in range(rng.randint(6, 14))]
+
+
+def _size(rng: random.Random) -> str:
+    return f"{rng.randint(1, 999)}{rng.choice(['', ' K', ' M'])}"
+
+
+def tool_output(tool: str, args: dict, seed: int, rid: str, lexicon: list[str]) -> str:
+    """The text a successful call of `tool` printed, deterministic per seed and artifact; `lexicon` holds the
+    seed's proper names (_lexicon)."""
+    rng = random.Random(f"{seed}:{rid}")
+    year, month = rng.choice([2023, 2024, 2025]), rng.choice(MONTHS)
+    date = f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    name = args.get("contact") or args.get("person") or "someone"
+    first = name.split()[0].lower()
+    if tool in ("file_system.list", "file_system.search"):
+        stems = [f"{rng.choice(FILE_STEMS + lexicon)}_{rng.choice([_identifier(rng, 1), rng.choice(lexicon), month.lower(), str(year), 'final', 'draft'])}"
+                 for _ in range(rng.randint(20, 90))]
+        return "\n".join(f"{_size(rng)} {year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {args.get('dir', '~')}/"
+                         f"{s}.{rng.choice(EXTENSIONS)}" for s in stems)
+    if tool == "file_system.read":
+        project = rng.choice(PROJECTS)
+        return (f"# {args.get('file', 'notes.md')} last edited by {name} on {date}. {rng.choice(SNIPPETS)}; "
+                f"{project} owes {_company(rng, lexicon)} {rng.randint(100, 9999)} dollars, due in {month}. "
+                f"Contact {first}@{_company(rng, lexicon).split()[0].lower()}.com about invoice {_hexid(rng, 6).upper()}. "
+                + ". ".join(_sentence(rng) for _ in range(rng.randint(10, 40))) + ".")
+    if tool == "file_system.write":
+        return f"wrote {rng.randint(120, 48000)} bytes to {args.get('file', 'notes.md')} (sha {_hexid(rng)})"
+    if tool in ("web.search", "web.fetch", "web.fetch_cached"):
+        topic = args.get("topic", "tools")
+        values = {"topic": topic, "Topic": topic.capitalize(), "n": rng.randint(3, 25), "m": rng.randint(2, 11),
+                  "year": year, "month": month, "price": rng.randint(9, 900)}
+        hits = []
+        for _ in range(rng.randint(8, 24)):
+            site = f"{rng.choice(lexicon)}.{rng.choice(['com', 'org', 'net', 'io', 'co'])}"
+            values["topic"] = f"{rng.choice(lexicon).capitalize()} {topic}" if rng.random() < 0.5 else topic
+            hits.append(f"{rng.choice(PAGE_OPENERS).format(**values)} - {site} - {rng.choice(SNIPPETS).format(**values)}; "
+                        f"{_sentence(rng)}")
+        return "\n".join(hits)
+    if tool == "system_ops.get_info":
+        return (f"cpu {rng.randint(1, 99)}% load {rng.uniform(0, 8):.2f} memory {rng.uniform(1, 15):.1f} of 16.0 GiB "
+                f"disk {rng.randint(5, 900)} GB free uptime {rng.randint(1, 90)} days kernel 6.{rng.randint(1, 12)}."
+                f"{rng.randint(0, 60)} host {rng.choice(lexicon)}-{rng.randint(1, 40)} running "
+                + ", ".join(rng.sample(lexicon, rng.randint(20, 60))))
+    if tool in ("system_ops.run_command", "system_ops.run_as_admin"):
+        service = args.get("service", "nginx")
+        return (f"{service}.service {rng.choice(STATUS_WORDS)} since {date} pid {rng.randint(300, 65000)} "
+                f"memory {rng.uniform(1, 900):.1f}M tasks {rng.randint(1, 64)}")
+    if tool in ("calendar.create_event", "calendar.list_events"):
+        head = f"created event {_hexid(rng, 8)}; the day now holds:\n" if tool == "calendar.create_event" else ""
+        return head + "\n".join(f"{rng.randint(7, 19):02d}:{rng.choice(['00', '15', '30', '45'])} "
+                         f"{rng.choice(['call', 'review', 'standup', 'lunch', 'interview', 'planning'])} "
+                         f"with {rng.choice(NAMES)} {rng.choice(SURNAMES)} ({_company(rng, lexicon)})"
+                         for _ in range(rng.randint(6, 24)))
+    if tool in ("email.send", "email.queue", "email.search"):
+        lines = []
+        for _ in range(rng.randint(8, 30)):
+            sender = f"{rng.choice(NAMES)} {rng.choice(SURNAMES)}"
+            domain = _company(rng, lexicon).split()[0].lower()
+            lines.append(f"{rng.randint(1, 28):02d} {month} from {sender} <{sender.split()[0].lower()}.{sender.split()[1].lower()}@{domain}.com> "
+                         f"subject: {rng.choice(['re: ', 'fwd: ', ''])}{_identifier(rng, 2).replace('_', ' ')} "
+                         f"for {args.get('project', rng.choice(PROJECTS))}: {_sentence(rng)}")
+        if tool != "email.search":
+            verb = "sent" if tool == "email.send" else "queued for sending"
+            lines.insert(0, f"message <{_hexid(rng, 12)}@{rng.choice(lexicon)}.com> {verb}; the thread so far:")
+        return "\n".join(lines)
+    if tool == "notes.add":
+        return f"note n-{rng.randint(1000, 99999)} about {rng.choice(lexicon).capitalize()} saved in {rng.choice(['inbox', 'ideas', 'people', 'work'])}: " \
+            f"{_sentence(rng)}"
+    project = args.get("project", rng.choice(PROJECTS))
+    modules = _modules(project, seed)
+    if tool == "code.run_tests":
+        failed = rng.sample(modules, rng.randint(0, 2))
+        names = [f"{m.replace('src/', 'tests/').rsplit('/', 1)[0]}/test_{m.rsplit('/', 1)[1]}::test_"
+                 f"{_identifier(rng, rng.randint(1, 3))}" for m in failed]
+        passed = rng.randint(20, 400)
+        plugins = ", ".join(f"{p}-{rng.randint(0, 9)}.{rng.randint(0, 30)}" for p in rng.sample(lexicon, rng.randint(3, 10)))
+        return f"plugins: {plugins}; collected {passed + len(failed)} items; {passed} passed, {len(failed)} failed in " \
+               f"{rng.uniform(0.5, 90):.1f}s" + "".join(f"\nFAILED {n} - {_class_name(rng)}" for n in names)
+    # code.git_status
+    changed = rng.sample(modules, rng.randint(1, min(4, len(modules))))
+    return f"on branch {rng.choice(['main', 'develop', 'fix/' + rng.choice(lexicon)])} at {_hexid(rng)}\n" + \
+        "\n".join(f"{rng.choice(['modified', 'new file', 'deleted'])}: {m}" for m in changed)
+
+
 # ---- writing -------------------------------------------------------------------------------------
 
 
@@ -385,6 +575,10 @@ def generate(seed: int, size: int) -> dict:
     art: list[dict] = []
     for s in range(size):
         art += _session(world, rng, f"s{s:04d}", len(art))
+    lexicon = _lexicon(seed, 8 * size)
+    for a in art:  # outputs from their own generator, so the records' other draws are as they were
+        if a["status"] == "success":
+            a["result"] = tool_output(a["tool"], a["arguments"], seed, a["id"], lexicon)
     return {"d2": d2, "brain": brain, "ui": ui, "art": art}
 
 

@@ -59,10 +59,12 @@ class Vocabulary:
         tokenizer.normalizer = normalizers.NFKC()
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+        tools = sorted(set(tools))
+        # the tool names are added after training: leave room for them, so the whole is at most `size`
+        trainer = trainers.BpeTrainer(vocab_size=size - len(tools), min_frequency=2, special_tokens=SPECIAL_TOKENS,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tokenizer.train_from_iterator(texts, trainer)
-        tokenizer.add_tokens([AddedToken(t, single_word=True) for t in sorted(set(tools))])
+        tokenizer.add_tokens([AddedToken(t, single_word=True) for t in tools])
         return cls(tokenizer)
 
     @classmethod
