@@ -132,3 +132,15 @@ def test_a_damaged_tokenizer_file_is_one_sentence(tmp_path):
     with pytest.raises(VocabularyError) as err:
         Vocabulary.load(tmp_path / "tokenizer.json")
     assert str(err.value).startswith(str(tmp_path / "tokenizer.json")) and "\n" not in str(err.value)
+
+
+def test_the_vocabulary_learns_from_every_records_text_or_only_the_examples(built, tmp_path):
+    root, summary = built
+    assert summary["vocab_from"] == "records"
+    narrow = build(root / "raw", tmp_path / "narrow", vocab_from="examples")
+    assert narrow["vocab_from"] == "examples" and narrow["vocab_size"] < summary["vocab_size"]
+    for kind in KINDS:  # the same examples and splits: only the tokenisation differs
+        assert [(e["input"], e["split"]) for e in examples(tmp_path / "narrow", kind)] == \
+            [(e["input"], e["split"]) for e in examples(root / "built", kind)]
+    out = lab("dexter", "build", str(root / "raw"), str(tmp_path / "bad"), "--vocab-from", "everything")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "records" in out.stderr

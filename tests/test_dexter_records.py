@@ -136,3 +136,20 @@ def test_lab_dexter_sample_writes_a_set_and_refuses_bad_input_with_exit_2(tmp_pa
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--force" in again.stderr
     bad = lab("dexter", "sample", str(tmp_path / "other"), "--size", "0")
     assert bad.returncode == 2 and "out of range" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_successful_calls_carry_their_output_and_any_json_output_is_read_as_text(tmp_path):
+    write_sample(tmp_path, seed=3, size=40)
+    records = read_raw(tmp_path)
+    ok = [a for a in records.artifacts if a.ok]
+    assert ok and all(a.result for a in ok) and not any(a.result for a in records.artifacts if not a.ok)
+    tests = [a.result for a in ok if a.tool == "code.run_tests"] + [a.result for a in ok if a.tool == "file_system.list"]
+    assert all(("passed" in r or "/" in r) for r in tests)
+    first = sorted(tmp_path.glob("art_*.json"))[0]
+    rec = json.loads(first.read_text())
+    rec.update(status="success", error=None, result={"rows": [1, 2], "note": "x " * 9000})
+    first.write_text(json.dumps(rec))
+    again = read_raw(tmp_path)
+    assert again.problems == []
+    read = next(a for a in again.artifacts if a.id == rec["id"])
+    assert read.result.startswith('{"rows": [1, 2], "note": "x x') and len(read.result) == 8000  # cut, not refused
