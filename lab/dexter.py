@@ -195,7 +195,7 @@ def cmd_brain(args) -> int:
         cmd_sample(argparse.Namespace(dir=str(raw), seed=args.seed, size=args.size, force=False, json=False))
     else:
         print(f"reading the raw records in {raw}", flush=True)
-    build_datasets(str(raw), str(out), args.vocab_size)
+    build_datasets(str(raw), str(out), args.vocab_size, vocab_from=args.vocab_from)
     results = train_models(out, _runs_dir(args), kinds, args.set, args.steps, jobs=args.jobs)
     if args.json:
         print(json.dumps(results))
@@ -237,6 +237,11 @@ def _runs_dir(args) -> Path:
 
 
 def add_parser(sub, parser_class, runs_dir_opt) -> None:
+    def vocab_from_opt(q):
+        q.add_argument("--vocab-from", choices=["records", "examples"], default="records",
+                       help="the text the vocabulary learns from: every record's, tool outputs included (default), "
+                       "or only what the three models read")
+
     p = sub.add_parser("dexter", help="the Dexter memory, tool and reasoning models")
     dsub = p.add_subparsers(dest="dexter_cmd", parser_class=parser_class, required=True)
     q = dsub.add_parser("sample", help="write a synthetic raw set in the four formats")
@@ -251,9 +256,7 @@ def add_parser(sub, parser_class, runs_dir_opt) -> None:
     q.add_argument("raw_dir")
     q.add_argument("out")
     q.add_argument("--vocab-size", type=int, default=8000, help="target vocabulary size (the BPE may stop short)")
-    q.add_argument("--vocab-from", choices=["records", "examples"], default="records",
-                   help="the text the vocabulary learns from: every record's, tool outputs included (default), or "
-                   "only what the three models read")
+    vocab_from_opt(q)
     q.add_argument("--json", action="store_true", help="the summary as one JSON object after the printed one")
     q.set_defaults(func=cmd_build)
 
@@ -277,6 +280,7 @@ def add_parser(sub, parser_class, runs_dir_opt) -> None:
     q.add_argument("--seed", type=int, default=0, help="of the synthetic set, when one is made")
     q.add_argument("--size", type=int, default=400, help="of the synthetic set, when one is made")
     q.add_argument("--vocab-size", type=int, default=8000)
+    vocab_from_opt(q)
     training(q)
     q.set_defaults(func=cmd_brain)
 
