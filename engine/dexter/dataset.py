@@ -215,8 +215,8 @@ def build(raw_dir: str | Path, out_dir: str | Path, vocab_size: int = TARGET_SIZ
         texts += [p for a in raw.artifacts for p in text_pieces(a.result, split)]
     vocab = Vocabulary.train(texts, tools, vocab_size)
 
-    summary = {"format": FORMAT, "vocab_size": vocab.size, "target_vocab_size": vocab_size, "vocab_from": vocab_from, "tools": len(tools),
-               "raw": raw.counts(), "raw_files": len(raw.files), "kinds": {}, "problems": problems}
+    summary = {"format": FORMAT, "vocab_size": vocab.size, "target_vocab_size": vocab_size, "vocab_from": vocab_from,
+               "tools": len(tools), "raw": raw.counts(), "raw_files": len(raw.files), "kinds": {}, "problems": problems}
     lines = {}
     for kind in KINDS:
         kept, too_long, longest = [], 0, 0
@@ -269,8 +269,8 @@ def _write(path: Path, text: str) -> None:
 
 def format_summary(summary: dict, out: str | Path) -> str:
     """The summary as a person reads it: sizes per model, the vocabulary, what was left out."""
-    lines = [f"built {out}: vocabulary {summary['vocab_size']} entries (target {summary['target_vocab_size']}, from the "
-             f"{summary.get('vocab_from', 'records')}' text, "
+    lines = [f"built {out}: vocabulary {summary['vocab_size']} entries (target {summary['target_vocab_size']}, "
+             f"from the {summary.get('vocab_from', 'records')}' text, "
              f"{summary['tools']} tools as whole tokens) from {summary['raw_files']} raw files"]
     for kind, k in summary["kinds"].items():
         lines.append(f"  {kind:<10} {k['train']:>6} train  {k['test']:>5} held out  {k['groups']:>5} groups  "

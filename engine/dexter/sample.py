@@ -457,15 +457,18 @@ def tool_output(tool: str, args: dict, seed: int, rid: str, lexicon: list[str]) 
     name = args.get("contact") or args.get("person") or "someone"
     first = name.split()[0].lower()
     if tool in ("file_system.list", "file_system.search"):
-        stems = [f"{rng.choice(FILE_STEMS + lexicon)}_{rng.choice([_identifier(rng, 1), rng.choice(lexicon), month.lower(), str(year), 'final', 'draft'])}"
+        heads = FILE_STEMS + lexicon
+        tails = [month.lower(), str(year), "final", "draft"]
+        stems = [f"{rng.choice(heads)}_{rng.choice([_identifier(rng, 1), rng.choice(lexicon), *tails])}"
                  for _ in range(rng.randint(20, 90))]
-        return "\n".join(f"{_size(rng)} {year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {args.get('dir', '~')}/"
-                         f"{s}.{rng.choice(EXTENSIONS)}" for s in stems)
+        return "\n".join(f"{_size(rng)} {year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} "
+                         f"{args.get('dir', '~')}/{s}.{rng.choice(EXTENSIONS)}" for s in stems)
     if tool == "file_system.read":
         project = rng.choice(PROJECTS)
         return (f"# {args.get('file', 'notes.md')} last edited by {name} on {date}. {rng.choice(SNIPPETS)}; "
                 f"{project} owes {_company(rng, lexicon)} {rng.randint(100, 9999)} dollars, due in {month}. "
-                f"Contact {first}@{_company(rng, lexicon).split()[0].lower()}.com about invoice {_hexid(rng, 6).upper()}. "
+                f"Contact {first}@{_company(rng, lexicon).split()[0].lower()}.com about invoice "
+                f"{_hexid(rng, 6).upper()}. "
                 + ". ".join(_sentence(rng) for _ in range(rng.randint(10, 40))) + ".")
     if tool == "file_system.write":
         return f"wrote {rng.randint(120, 48000)} bytes to {args.get('file', 'notes.md')} (sha {_hexid(rng)})"
@@ -477,8 +480,8 @@ def tool_output(tool: str, args: dict, seed: int, rid: str, lexicon: list[str]) 
         for _ in range(rng.randint(8, 24)):
             site = f"{rng.choice(lexicon)}.{rng.choice(['com', 'org', 'net', 'io', 'co'])}"
             values["topic"] = f"{rng.choice(lexicon).capitalize()} {topic}" if rng.random() < 0.5 else topic
-            hits.append(f"{rng.choice(PAGE_OPENERS).format(**values)} - {site} - {rng.choice(SNIPPETS).format(**values)}; "
-                        f"{_sentence(rng)}")
+            hits.append(f"{rng.choice(PAGE_OPENERS).format(**values)} - {site} - "
+                        f"{rng.choice(SNIPPETS).format(**values)}; {_sentence(rng)}")
         return "\n".join(hits)
     if tool == "system_ops.get_info":
         return (f"cpu {rng.randint(1, 99)}% load {rng.uniform(0, 8):.2f} memory {rng.uniform(1, 15):.1f} of 16.0 GiB "
@@ -498,9 +501,10 @@ def tool_output(tool: str, args: dict, seed: int, rid: str, lexicon: list[str]) 
     if tool in ("email.send", "email.queue", "email.search"):
         lines = []
         for _ in range(rng.randint(8, 30)):
-            sender = f"{rng.choice(NAMES)} {rng.choice(SURNAMES)}"
+            first_name, surname = rng.choice(NAMES), rng.choice(SURNAMES)
             domain = _company(rng, lexicon).split()[0].lower()
-            lines.append(f"{rng.randint(1, 28):02d} {month} from {sender} <{sender.split()[0].lower()}.{sender.split()[1].lower()}@{domain}.com> "
+            lines.append(f"{rng.randint(1, 28):02d} {month} from {first_name} {surname} "
+                         f"<{first_name.lower()}.{surname.lower()}@{domain}.com> "
                          f"subject: {rng.choice(['re: ', 'fwd: ', ''])}{_identifier(rng, 2).replace('_', ' ')} "
                          f"for {args.get('project', rng.choice(PROJECTS))}: {_sentence(rng)}")
         if tool != "email.search":
@@ -508,8 +512,8 @@ def tool_output(tool: str, args: dict, seed: int, rid: str, lexicon: list[str]) 
             lines.insert(0, f"message <{_hexid(rng, 12)}@{rng.choice(lexicon)}.com> {verb}; the thread so far:")
         return "\n".join(lines)
     if tool == "notes.add":
-        return f"note n-{rng.randint(1000, 99999)} about {rng.choice(lexicon).capitalize()} saved in {rng.choice(['inbox', 'ideas', 'people', 'work'])}: " \
-            f"{_sentence(rng)}"
+        return f"note n-{rng.randint(1000, 99999)} about {rng.choice(lexicon).capitalize()} saved in " \
+            f"{rng.choice(['inbox', 'ideas', 'people', 'work'])}: {_sentence(rng)}"
     project = args.get("project", rng.choice(PROJECTS))
     modules = _modules(project, seed)
     if tool == "code.run_tests":
@@ -517,9 +521,10 @@ def tool_output(tool: str, args: dict, seed: int, rid: str, lexicon: list[str]) 
         names = [f"{m.replace('src/', 'tests/').rsplit('/', 1)[0]}/test_{m.rsplit('/', 1)[1]}::test_"
                  f"{_identifier(rng, rng.randint(1, 3))}" for m in failed]
         passed = rng.randint(20, 400)
-        plugins = ", ".join(f"{p}-{rng.randint(0, 9)}.{rng.randint(0, 30)}" for p in rng.sample(lexicon, rng.randint(3, 10)))
-        return f"plugins: {plugins}; collected {passed + len(failed)} items; {passed} passed, {len(failed)} failed in " \
-               f"{rng.uniform(0.5, 90):.1f}s" + "".join(f"\nFAILED {n} - {_class_name(rng)}" for n in names)
+        plugins = ", ".join(f"{p}-{rng.randint(0, 9)}.{rng.randint(0, 30)}"
+                            for p in rng.sample(lexicon, rng.randint(3, 10)))
+        return f"plugins: {plugins}; collected {passed + len(failed)} items; {passed} passed, {len(failed)} " \
+               f"failed in {rng.uniform(0.5, 90):.1f}s" + "".join(f"\nFAILED {n} - {_class_name(rng)}" for n in names)
     # code.git_status
     changed = rng.sample(modules, rng.randint(1, min(4, len(modules))))
     return f"on branch {rng.choice(['main', 'develop', 'fix/' + rng.choice(lexicon)])} at {_hexid(rng)}\n" + \
