@@ -102,6 +102,12 @@ def chunk_update_coefficients(theta: torch.Tensor, eta: torch.Tensor, beta: torc
     return grad_to_weights, grad_to_momentum, beta_pow[..., length], eta * a[..., length - 1], eta_pow[..., length]
 
 
+def _dots(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(BH,) inner products of x and y (BH, ...) row by row, as a (1, n) by (n, 1) product per row: on the CPU
+    this reads both once, where linalg.vecdot writes and re-reads their product (about 1.7x the time)."""
+    return torch.bmm(x.reshape(x.shape[0], 1, -1), y.reshape(y.shape[0], 1, -1).transpose(1, 2)).view(-1)
+
+
 class MemoryStep(torch.autograd.Function):
     """One chunk of the recurrence for one memory layer, the gradient sums fused in: with W = M_0 + dW the full
     fast weights (BH, d_in, d_out), so that W itself is what the next chunk multiplies with,
@@ -145,10 +151,10 @@ class MemoryStep(torch.autograd.Function):
         g_D = torch.baddbmm(torch.bmm(Xw, g_weights), Xu, g_momentum)  # (BH, L, d_out)
         # the gate gradients: <g_W', W - M_0>, <g_S', S>, <g_W', S>
         flat_gw = g_weights.view(BH // H, H, -1)  # (B, H, d_in d_out)
-        g_a = (torch.linalg.vecdot(g_weights.flatten(1), weights.flatten(1))
-               - torch.linalg.vecdot(flat_gw, initial.view(1, H, -1)).reshape(BH))
-        g_e = torch.linalg.vecdot(g_momentum.flatten(1), momentum.flatten(1))
-        g_m = torch.linalg.vecdot(g_weights.flatten(1), momentum.flatten(1))
+        g_a = (_dots(g_weights, weights)
+               - torch.bmm(initial.view(H, 1, -1), flat_gw.transpose(0, 1).transpose(1, 2)).view(H, -1).t().reshape(BH))
+        g_e = _dots(g_momentum, momentum)
+        g_m = _dots(g_weights, momentum)
         one_minus_a = (1.0 - a).view(BH // H, H)
         g_initial = (one_minus_a.t().unsqueeze(1) @ flat_gw.transpose(0, 1)).view_as(initial)
         return (g_W, g_S, g_Xw, g_Xu, g_D, g_a.view_as(a), g_e.view_as(e), g_m.view_as(m), g_initial)
