@@ -8,9 +8,25 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import ModelConfig
+from engine.model import memory_kernel
 from engine.model.titans import MAGMixer, MemoryState, NeuralMemory, mag_combine
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, params=["c", "torch"])
+def kernel(request, monkeypatch):
+    """Every test here runs on both paths of the memory's elementwise work: the compiled C loops and the
+    PyTorch ops (the path of a machine without a C compiler)."""
+    memory_kernel.library.cache_clear()
+    if request.param == "torch":
+        monkeypatch.setenv(memory_kernel.ENV, "torch")
+    elif memory_kernel.library() is None:
+        pytest.skip("no C compiler here: the memory runs on PyTorch ops only")
+    assert memory_kernel.name() == request.param
+    yield request.param
+    monkeypatch.undo()
+    memory_kernel.library.cache_clear()
 
 BIG = 1e4  # a gate logit that saturates the sigmoid to exactly 0 or 1
 
@@ -277,3 +293,46 @@ def test_mag_mixer_reaches_beyond_the_window_through_memory_and_sees_persistent_
     set_gates(mixer.memory, theta=0.0, alpha=0.0)  # a memory that writes nothing carries nothing
     out = mixer(x)[0]
     assert torch.autograd.grad(out[:, -1].sum(), x)[0][:, 0].abs().max() == 0
+
+
+def test_without_a_working_compiler_the_memory_falls_back_to_torch(monkeypatch, tmp_path):
+    """No compiler, or one that fails, leaves the PyTorch path and no half-built library behind."""
+    monkeypatch.delenv(memory_kernel.ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(memory_kernel.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(memory_kernel.shutil, "which", lambda name: None)
+    memory_kernel.library.cache_clear()
+    assert memory_kernel.library() is None and memory_kernel.name() == "torch"
+    monkeypatch.setattr(memory_kernel.shutil, "which", lambda name: "/bin/false")  # a compiler that always fails
+    memory_kernel.library.cache_clear()
+    assert memory_kernel.library() is None
+    assert not list(tmp_path.rglob("*.so"))
+    memory = make_memory()  # and the memory still runs, on the PyTorch ops
+    out, _ = memory(torch.randn(2, 8, 12, dtype=torch.float64))
+    assert torch.isfinite(out).all()
+    memory_kernel.library.cache_clear()
+
+
+def test_the_two_paths_agree_in_float32(monkeypatch):
+    """The C loops and the PyTorch ops give the same outputs, states and gradients in float32, where the C
+    loops sum in another order (the float64 tests above hold each path to the reference)."""
+    results = []
+    for path in ("c", "torch"):
+        memory_kernel.library.cache_clear()
+        if path == "torch":
+            monkeypatch.setenv(memory_kernel.ENV, "torch")
+        else:
+            monkeypatch.delenv(memory_kernel.ENV, raising=False)
+        memory = make_memory(dtype=torch.float32, max_grad_norm=1.0)
+        x = torch.randn(3, 20, 12, generator=torch.Generator().manual_seed(1))
+        out, state = memory(x)
+        params = [p for p in memory.parameters() if p.numel() and p is not memory.persistent_tokens]
+        grads = torch.autograd.grad(out.square().sum() + sum(t.square().sum() for t in state.values()), params)
+        results.append((memory_kernel.name(), out, [state[k] for k in sorted(state)], grads))
+    memory_kernel.library.cache_clear()
+    (c_name, *c), (t_name, *t) = results
+    assert t_name == "torch"
+    if c_name != "c":
+        pytest.skip("no C compiler here: only the PyTorch path exists")
+    for a, b in zip([c[0], *c[1], *c[2]], [t[0], *t[1], *t[2]]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()

@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.config import ModelConfig
+from engine.model import memory_kernel
 from engine.model.blocks import Attention, attention_mask, rms_norm
 
 
@@ -102,6 +103,11 @@ def chunk_update_coefficients(theta: torch.Tensor, eta: torch.Tensor, beta: torc
     return grad_to_weights, grad_to_momentum, beta_pow[..., length], eta * a[..., length - 1], eta_pow[..., length]
 
 
+def _rows(*gates: torch.Tensor) -> list[torch.Tensor]:
+    """Per-row gates (BH, 1, 1) as contiguous (BH,) vectors for the C loops."""
+    return [g.reshape(-1).contiguous() for g in gates]
+
+
 def _dots(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(BH,) inner products of x and y (BH, ...) row by row, as a (1, n) by (n, 1) product per row: on the CPU
     this reads both once, where linalg.vecdot writes and re-reads their product (about 1.7x the time)."""
@@ -128,11 +134,14 @@ class MemoryStep(torch.autograd.Function):
         # and in-place ops do not autocast, so the update is done in the state's precision
         Xw, Xu, D, a, e, m = (t.to(weights.dtype) for t in (Xw, Xu, D, a, e, m))
         H = initial.shape[0]
-        # a W + (1 - a) M_0 + m S, in two passes over the weights
-        base = torch.lerp(initial, weights.view(-1, *initial.shape), a.view(-1, H, 1, 1)).view_as(weights)
-        base.addcmul_(m, momentum)
+        if memory_kernel.usable(weights, momentum, initial):  # a W + (1 - a) M_0 + m S and e S in one pass
+            base, new_momentum = memory_kernel.step_forward(weights, momentum, initial, *_rows(a, e, m))
+        else:  # the same in three passes over the weights
+            base = torch.lerp(initial, weights.view(-1, *initial.shape), a.view(-1, H, 1, 1)).view_as(weights)
+            base.addcmul_(m, momentum)
+            new_momentum = momentum * e
         new_weights = base.baddbmm_(Xw.transpose(1, 2), D)  # in place: an out-of-place baddbmm copies its input
-        new_momentum = (momentum * e).baddbmm_(Xu.transpose(1, 2), D)
+        new_momentum.baddbmm_(Xu.transpose(1, 2), D)
         ctx.save_for_backward(weights, momentum, Xw, Xu, D, a, e, m, initial)
         return new_weights, new_momentum
 
@@ -144,19 +153,24 @@ class MemoryStep(torch.autograd.Function):
             g_weights = torch.zeros_like(weights)
         if g_momentum is None:
             g_momentum = torch.zeros_like(momentum)
-        g_W = g_weights * a
-        g_S = torch.addcmul(g_momentum * e, m, g_weights)
         g_Xw = torch.bmm(D, g_weights.transpose(1, 2))  # (BH, L, d_in)
         g_Xu = torch.bmm(D, g_momentum.transpose(1, 2))
         g_D = torch.baddbmm(torch.bmm(Xw, g_weights), Xu, g_momentum)  # (BH, L, d_out)
-        # the gate gradients: <g_W', W - M_0>, <g_S', S>, <g_W', S>
-        flat_gw = g_weights.view(BH // H, H, -1)  # (B, H, d_in d_out)
-        g_a = (_dots(g_weights, weights)
-               - torch.bmm(initial.view(H, 1, -1), flat_gw.transpose(0, 1).transpose(1, 2)).view(H, -1).t().reshape(BH))
-        g_e = _dots(g_momentum, momentum)
-        g_m = _dots(g_weights, momentum)
-        one_minus_a = (1.0 - a).view(BH // H, H)
-        g_initial = (one_minus_a.t().unsqueeze(1) @ flat_gw.transpose(0, 1)).view_as(initial)
+        # the state and gate gradients; the gates': <g_W', W - M_0>, <g_S', S>, <g_W', S>
+        if memory_kernel.usable(g_weights, g_momentum, weights, momentum, initial):
+            g_W, g_S, dots, g_initial = memory_kernel.step_backward(g_weights, g_momentum, weights, momentum,
+                                                                     initial, *_rows(a, e, m))
+            g_a, g_e, g_m = dots.unbind(1)
+        else:
+            g_W = g_weights * a
+            g_S = torch.mul(g_momentum, e).addcmul_(m, g_weights)
+            flat_gw = g_weights.view(BH // H, H, -1)  # (B, H, d_in d_out)
+            g_against_initial = torch.bmm(initial.view(H, 1, -1), flat_gw.transpose(0, 1).transpose(1, 2))  # (H, 1, B)
+            g_a = _dots(g_weights, weights) - g_against_initial.view(H, -1).t().reshape(BH)
+            g_e = _dots(g_momentum, momentum)
+            g_m = _dots(g_weights, momentum)
+            one_minus_a = (1.0 - a).view(BH // H, H)
+            g_initial = (one_minus_a.t().unsqueeze(1) @ flat_gw.transpose(0, 1)).view_as(initial)
         return (g_W, g_S, g_Xw, g_Xu, g_D, g_a.view_as(a), g_e.view_as(e), g_m.view_as(m), g_initial)
 
 
