@@ -2,13 +2,15 @@
 
 Each contender runs in its own process (so peak RSS is its own): our NeuralMemory at the lab's default sizes
 (head width 32, d_mem 64), ours at the peer's sizes (head width 64, d_mem 256: titans-pytorch's defaults of
-dim_head = dim and a 4x MLP), a plain attention layer of width 64 as the yardstick, and titans-pytorch's
+dim_head = dim and a 4x MLP), the same again on PyTorch ops only (the path of a machine without a C compiler:
+engine/model/memory_kernel.py), a plain attention layer of width 64 as the yardstick, and titans-pytorch's
 NeuralMemory when it is installed. Peak memory is reported whole and over the process's footprint once its
 libraries are imported (torch and the contender's package), so a heavier import does not count as the layer's.
 
 Every ratio is between two contenders measured in this run: against attention always, against the peer only when
 titans-pytorch is installed (otherwise those ratios are null and the output says why). Prints a table; the last
-line is a JSON object; its `speedup_vs_peer` and `memory_ratio_vs_peer` are ours at the peer's sizes against the peer.
+line is a JSON object; its `speedup_vs_peer` and `memory_ratio_vs_peer` are ours at the peer's sizes against the peer
+(`memory_kernel` says which path ran), `speedup_vs_peer_torch_path` the same on PyTorch ops only.
 
     python bench/memory_speed.py [--steps 8] [--threads 1] [--rounds 1] [--smoke]
 """
@@ -19,6 +21,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -28,9 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `engine`
 
 BATCH, LENGTH, DIM, CHUNK, HEADS = 16, 256, 64, 16, 2
-CONTENDERS = ("ours", "ours_peer_sizes", "attention", "peer")
-LIBRARY = {"ours": "engine.model.titans", "ours_peer_sizes": "engine.model.titans", "attention": "engine.model.blocks",
-           "peer": "titans_pytorch"}
+CONTENDERS = ("ours", "ours_peer_sizes", "ours_peer_sizes_torch", "attention", "peer")
+LIBRARY = {"ours": "engine.model.titans", "ours_peer_sizes": "engine.model.titans",
+           "ours_peer_sizes_torch": "engine.model.titans", "attention": "engine.model.blocks", "peer": "titans_pytorch"}
+# ours_peer_sizes_torch: the same module with its elementwise loops as PyTorch ops, the path of a machine without
+# a C compiler (engine/model/memory_kernel.py)
+TORCH_PATH = {"ours_peer_sizes_torch"}
 
 
 def peak_rss_mb() -> float:
@@ -45,7 +51,7 @@ def build(name: str):
         from engine.model.titans import NeuralMemory
         module = NeuralMemory(DIM, d_mem=64, chunk_size=CHUNK, n_heads=HEADS, depth=2, max_grad_norm=clip)
         return module, lambda x: module(x)[0]
-    if name == "ours_peer_sizes":
+    if name in ("ours_peer_sizes", "ours_peer_sizes_torch"):
         from engine.model.titans import NeuralMemory
         module = NeuralMemory(DIM, d_mem=4 * DIM, chunk_size=CHUNK, n_heads=HEADS, depth=2, head_dim=DIM,
                               max_grad_norm=clip)
@@ -90,7 +96,13 @@ def measure(name: str, steps: int, threads: int) -> dict:
         "peak_over_imports_mb": peak_rss_mb() - footprint,
         "import_mb": footprint,
         "params": sum(p.numel() for p in module.parameters()),
+        "kernel": memory_kernel_name() if name.startswith("ours") else None,
     }
+
+
+def memory_kernel_name() -> str:
+    from engine.model import memory_kernel
+    return memory_kernel.name()
 
 
 def ratio(a: float, b: float | None) -> float | None:
@@ -118,7 +130,7 @@ def main() -> None:
 
     rounds: dict[str, list[dict]] = {}
     skipped: dict[str, str] = {}
-    names = [c for c in CONTENDERS if not (args.smoke and c == "ours_peer_sizes")]
+    names = [c for c in CONTENDERS if not (args.smoke and c.startswith("ours_peer_sizes"))]
     for round_ in range(args.rounds):
         # interleaved, the order reversed every other round, so a neighbour's burst of load hits every arm
         for name in names if round_ % 2 == 0 else names[::-1]:
@@ -127,8 +139,9 @@ def main() -> None:
             if name == "peer" and importlib.util.find_spec("titans_pytorch") is None:
                 skipped[name] = "titans-pytorch is not installed (pip install -e \".[peers]\")"
                 continue
+            env = {**os.environ, **({"TRM_LAB_MEMORY_KERNEL": "torch"} if name in TORCH_PATH else {})}
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(steps),
-                                   "--threads", str(args.threads)], capture_output=True, text=True)
+                                   "--threads", str(args.threads)], capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 skipped[name] = proc.stderr.strip()[-300:]
                 continue
@@ -162,7 +175,7 @@ def main() -> None:
         print(f"no ratio against the peer: {skipped.get('peer', 'it was not measured')}")
     summary: dict = {f"{name}_{key}": round(r[key], 1) for name, r in results.items()
                      for key in ("tokens_per_s", "tokens_per_cpu_s", "peak_mb", "peak_over_imports_mb")}
-    for name in ("ours", "ours_peer_sizes"):
+    for name in ("ours", "ours_peer_sizes", "ours_peer_sizes_torch"):
         if name not in results:
             continue
         r = results[name]
@@ -178,6 +191,10 @@ def main() -> None:
         if same_sizes else None
     summary["memory_ratio_vs_peer"] = ratio(same_sizes["peak_over_imports_mb"], peer and peer["peak_over_imports_mb"]) \
         if same_sizes else None
+    torch_path = results.get("ours_peer_sizes_torch")
+    summary["speedup_vs_peer_torch_path"] = ratio(torch_path["tokens_per_cpu_s"], peer and peer["tokens_per_cpu_s"]) \
+        if torch_path else None
+    summary["memory_kernel"] = same_sizes and same_sizes["kernel"]
     summary["speedup_vs_peer_by_round"] = per_round
     summary["threads"], summary["rounds"] = args.threads, args.rounds
     summary["peer_measured"] = peer is not None
