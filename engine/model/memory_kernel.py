@@ -6,8 +6,7 @@ are most of its time. PyTorch has no op that fuses them, and torch.compile's CPU
 per shape to build its kernels, so two plain C loops are compiled here with the system C compiler (well under
 a second) and called through ctypes. Where no compiler is found, or the tensors are not contiguous float32 or
 float64 CPU tensors, MemoryStep runs the same arithmetic as PyTorch ops; `TRM_LAB_MEMORY_KERNEL=torch` forces
-that path. The loops are single-threaded: a pass over memory does not get faster with a second core, and the
-matrix products around it keep PyTorch's threads.
+that path, and so does PyTorch on more than one thread (see `usable`).
 """
 
 from __future__ import annotations
@@ -107,15 +106,17 @@ def library() -> ctypes.CDLL | None:
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the C loops can take these tensors: contiguous CPU tensors of one dtype they are built for."""
+    """Whether the C loops take these tensors: contiguous CPU tensors of one dtype they are built for, with
+    PyTorch on one thread (on more, its own elementwise ops, spread over the threads, were faster: the loops run
+    on one core while PyTorch's idle workers spin)."""
     first = tensors[0]
-    return (first.dtype in _SUFFIX and library() is not None
+    return (first.dtype in _SUFFIX and torch.get_num_threads() == 1 and library() is not None
             and all(t.device.type == "cpu" and t.dtype == first.dtype and t.is_contiguous() for t in tensors))
 
 
 def name() -> str:
-    """Which path MemoryStep takes for contiguous float CPU tensors: "c" or "torch"."""
-    return "c" if library() is not None else "torch"
+    """Which path MemoryStep takes for contiguous float CPU tensors at PyTorch's present thread count."""
+    return "c" if library() is not None and torch.get_num_threads() == 1 else "torch"
 
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
