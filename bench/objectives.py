@@ -18,8 +18,10 @@ Runs go to --workers processes of one thread each.
 Each figure is a mean over seeds with a Student t interval (bench/stats.py); the mix's and each removal's effects
 are paired by seed. Prints one line per condition and seed, the table with each condition's ratio to the task loss
 alone, then the figures as one JSON object on the last line.
+A control gets the mix's compute: the task loss alone with 5x the wake steps a cycle (a mixed step costs about
+5x a task-loss step), so a gain of the mix is not a gain of more computation.
 Usage: python bench/objectives.py [--quick | --smoke] [--seeds N] [--start-steps N] [--wake-steps N] [--batch N]
-                                  [--workers N]
+                                  [--workers N] [--conditions task_only,full_mix,...]
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ from engine.precision import Precision  # noqa: E402
 from engine.stages.sleep import SleepStage  # noqa: E402
 
 PRESET = ROOT / "configs" / "objectives.toml"
+# the control that gets the mix's compute: the task loss alone with this many times the wake steps a cycle. A
+# mixed step cost 5.3x a task-loss step (0.58 s against 0.11 s, docs/decisions.md), fixed before the control ran.
+EQUAL_COMPUTE = {"task_only_equal_compute": 5}
 FMT = kv_gap.CONTINUAL
 HELD_OUT = 256
 
@@ -67,6 +72,7 @@ def conditions() -> dict[str, ObjectivesConfig]:
     for term in OBJECTIVE_TERMS:
         if getattr(full, term):
             named[f"minus_{term}"] = dataclasses.replace(full, **{term: 0.0})
+    named |= {c: ObjectivesConfig() for c in EQUAL_COMPUTE}
     return named
 
 
@@ -142,10 +148,11 @@ def start_model(seed: int, steps: int) -> dict:
     return {k: v.clone() for k, v in t.model.state_dict().items()}
 
 
-def run(mix: ObjectivesConfig, seed: int, start: dict, wake_steps: int, ema_decay: float) -> dict:
-    """One condition and seed from the seed's start: five KV-Gap cycles, each wake_steps wake steps with the mix
-    and as many replay-sleep steps; then the retention (closed book, every cycle's facts) and the held-out exact
-    (in-context recall with the memory on)."""
+def run(mix: ObjectivesConfig, seed: int, start: dict, wake_steps: int, ema_decay: float,
+        wake_factor: int = 1) -> dict:
+    """One condition and seed from the seed's start: five KV-Gap cycles, each wake_factor x wake_steps wake steps
+    with the mix and wake_steps replay-sleep steps; then the retention (closed book, every cycle's facts) and the
+    held-out exact (in-context recall with the memory on)."""
     torch.set_num_threads(1)
     t0 = time.time()
     t = Trainee(mix, seed, ema_decay, start)
@@ -157,7 +164,7 @@ def run(mix: ObjectivesConfig, seed: int, start: dict, wake_steps: int, ema_deca
     g = torch.Generator().manual_seed(seed + 1)
     R, step, terms = [], 0, {}
     for cycle in range(kv_gap.N_CYCLES):
-        for _ in range(wake_steps):
+        for _ in range(wake_factor * wake_steps):
             carry, out = t.train(*kv_gap.episodes(FMT, kv_gap.BATCH, g, tables, [cycle]))
             sleep.observe(kv_gap.fresh_rows(carry, kv_gap.BATCH), out.logits, step)
             terms = {k[4:]: v for k, v in out.metrics.items() if k.startswith("obj_")}
@@ -185,6 +192,9 @@ def main() -> None:
     parser.add_argument("--ema-decay", type=float, default=0.99, help="the slow term's moving average")
     parser.add_argument("--workers", type=int, default=2, help="processes, one thread each")
     parser.add_argument("--batch", type=int, default=None, help="episodes a step (default 32, quick 16)")
+    parser.add_argument("--conditions", default=None,
+                        help="comma-separated subset of the conditions (default all); task_only and full_mix "
+                             "always run")
     args = parser.parse_args()
     if not 1 <= args.seeds <= 100:
         parser.error("--seeds must be 1 to 100")
@@ -202,13 +212,20 @@ def main() -> None:
     args.wake_steps = args.wake_steps or (2 if args.smoke else 8 if args.quick else 40)
     set_sizes(args.batch or (4 if args.smoke else 16 if args.quick else 32), 32 if args.smoke else HELD_OUT)
     named = conditions()
+    if args.conditions is not None:
+        asked = [c.strip() for c in args.conditions.split(",") if c.strip()]
+        unknown = [c for c in asked if c not in named]
+        if unknown:
+            parser.error(f"--conditions: unknown {', '.join(unknown)}; the conditions are {', '.join(named)}")
+        named = {c: mix for c, mix in named.items() if c in {"task_only", "full_mix", *asked}}
     if args.smoke:  # every term's path, in seconds
         named = {c: named[c] for c in ("task_only", "full_mix", "minus_reconstruction")}
     seeds = 1 if args.smoke else args.seeds
     results: dict[str, list[dict]] = {c: [] for c in named}
     with ProcessPoolExecutor(args.workers, initializer=set_sizes, initargs=(kv_gap.BATCH, HELD_OUT)) as pool:
         starts = list(pool.map(start_model, range(seeds), [args.start_steps] * seeds))
-        jobs = {(c, seed): pool.submit(run, mix, seed, starts[seed], args.wake_steps, args.ema_decay)
+        jobs = {(c, seed): pool.submit(run, mix, seed, starts[seed], args.wake_steps, args.ema_decay,
+                                       EQUAL_COMPUTE.get(c, 1))
                 for c, mix in named.items() for seed in range(seeds)}
         for (c, seed), job in jobs.items():
             r = job.result()
@@ -237,6 +254,10 @@ def main() -> None:
               f"{shown(summary(c, 'retention'))} (x{ratio(c, 'retention')})")
     print("full mix minus task only: exact " + shown(paired("full_mix", "task_only", "exact"))
           + ", retention " + shown(paired("full_mix", "task_only", "retention")))
+    for c, factor in EQUAL_COMPUTE.items():
+        if c in named:
+            print(f"full mix minus task only at equal compute ({factor}x its wake steps): exact "
+                  + shown(paired("full_mix", c, "exact")) + ", retention " + shown(paired("full_mix", c, "retention")))
     effects = {}
     for c in named:
         if c.startswith("minus_"):  # what the term adds to the mix: full mix minus the mix without it
@@ -253,6 +274,10 @@ def main() -> None:
         "retention_ratio_full_vs_task": ratio("full_mix", "retention"),
         "full_minus_task": {key: paired("full_mix", "task_only", key) for key in ("exact", "retention")},
         "term_adds": effects,  # per term: full mix minus the mix without it, paired by seed
+        "full_minus_task_equal_compute": {key: paired("full_mix", "task_only_equal_compute", key)
+                                          for key in ("exact", "retention")} if "task_only_equal_compute" in named
+        else None,
+        "equal_compute_factor": EQUAL_COMPUTE,
         "mix": dataclasses.asdict(preset_mix()),
         "seeds": seeds, "start_steps": args.start_steps, "wake_steps": args.wake_steps, "batch": kv_gap.BATCH,
         "held_out": HELD_OUT, "ema_decay": args.ema_decay, "H_cycles": 2, "threads": 1, "workers": args.workers,
