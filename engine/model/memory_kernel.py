@@ -109,6 +109,8 @@ def usable(*tensors: torch.Tensor) -> bool:
     """Whether the C loops take these tensors: contiguous CPU tensors of one dtype they are built for, with
     PyTorch on one thread (on more, its own elementwise ops, spread over the threads, were faster: the loops run
     on one core while PyTorch's idle workers spin)."""
+    if torch.compiler.is_compiling():  # the compiler fuses the PyTorch ops itself and cannot trace a ctypes call
+        return False
     first = tensors[0]
     return (first.dtype in _SUFFIX and torch.get_num_threads() == 1 and library() is not None
             and all(t.device.type == "cpu" and t.dtype == first.dtype and t.is_contiguous() for t in tensors))
