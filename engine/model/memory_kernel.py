@@ -96,7 +96,7 @@ def library() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(target))
         except (OSError, subprocess.SubprocessError):
             continue
-        for suffix, ctype in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        for suffix in _SUFFIX.values():  # tensors go in as addresses, sizes as C longs
             getattr(lib, f"step_forward_{suffix}").argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_long] * 3
             getattr(lib, f"step_backward_{suffix}").argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_long] * 3
             getattr(lib, f"step_forward_{suffix}").restype = None
