@@ -19,14 +19,18 @@ def kernel(request, monkeypatch):
     """Every test here runs on both paths of the memory's elementwise work: the compiled C loops and the
     PyTorch ops (the path of a machine without a C compiler)."""
     memory_kernel.library.cache_clear()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the C loops run at one thread only; another file's test may have changed it
     if request.param == "torch":
         monkeypatch.setenv(memory_kernel.ENV, "torch")
     elif memory_kernel.library() is None:
+        torch.set_num_threads(threads)
         pytest.skip("no C compiler here: the memory runs on PyTorch ops only")
     assert memory_kernel.name() == request.param
     yield request.param
     monkeypatch.undo()
     memory_kernel.library.cache_clear()
+    torch.set_num_threads(threads)
 
 BIG = 1e4  # a gate logit that saturates the sigmoid to exactly 0 or 1
 
