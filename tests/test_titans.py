@@ -32,6 +32,7 @@ def kernel(request, monkeypatch):
     memory_kernel.library.cache_clear()
     torch.set_num_threads(threads)
 
+
 BIG = 1e4  # a gate logit that saturates the sigmoid to exactly 0 or 1
 
 
