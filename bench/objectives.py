@@ -18,8 +18,8 @@ Runs go to --workers processes of one thread each.
 Each figure is a mean over seeds with a Student t interval (bench/stats.py); the mix's and each removal's effects
 are paired by seed. Prints one line per condition and seed, the table with each condition's ratio to the task loss
 alone, then the figures as one JSON object on the last line.
-A control gets the mix's compute: the task loss alone with 5x the wake steps a cycle (a mixed step costs about
-5x a task-loss step), so a gain of the mix is not a gain of more computation.
+Two controls get the mix's compute (a mixed step costs about 5x a task-loss step): the task loss alone with 5x
+the wake steps a cycle, and with the same steps on 5x larger batches, so a gain of the mix is not one of compute.
 Usage: python bench/objectives.py [--quick | --smoke] [--seeds N] [--start-steps N] [--wake-steps N] [--batch N]
                                   [--workers N] [--conditions task_only,full_mix,...]
 """
@@ -54,9 +54,10 @@ from engine.precision import Precision  # noqa: E402
 from engine.stages.sleep import SleepStage  # noqa: E402
 
 PRESET = ROOT / "configs" / "objectives.toml"
-# the control that gets the mix's compute: the task loss alone with this many times the wake steps a cycle. A
-# mixed step cost 5.3x a task-loss step (0.58 s against 0.11 s, docs/decisions.md), fixed before the control ran.
-EQUAL_COMPUTE = {"task_only_equal_compute": 5}
+# the controls that get the mix's compute, the task loss alone with (wake steps, batch) times the others': more
+# wake steps a cycle, or the same steps on larger batches (the sleep sees the same samples a step as every other
+# condition). A mixed step cost 5.3x a task-loss step (0.58 s against 0.11 s, docs/decisions.md): fixed at 5.
+EQUAL_COMPUTE = {"task_only_equal_compute": (5, 1), "task_only_equal_compute_batch": (1, 5)}
 FMT = kv_gap.CONTINUAL
 HELD_OUT = 256
 
@@ -149,10 +150,11 @@ def start_model(seed: int, steps: int) -> dict:
 
 
 def run(mix: ObjectivesConfig, seed: int, start: dict, wake_steps: int, ema_decay: float,
-        wake_factor: int = 1) -> dict:
-    """One condition and seed from the seed's start: five KV-Gap cycles, each wake_factor x wake_steps wake steps
-    with the mix and wake_steps replay-sleep steps; then the retention (closed book, every cycle's facts) and the
-    held-out exact (in-context recall with the memory on)."""
+        factors: tuple[int, int] = (1, 1)) -> dict:
+    """One condition and seed from the seed's start: five KV-Gap cycles, each factors[0] x wake_steps wake steps
+    with the mix on batches factors[1] x the batch, and wake_steps replay-sleep steps; then the retention (closed
+    book, every cycle's facts) and the held-out exact (in-context recall with the memory on)."""
+    wake_factor, batch = factors[0], factors[1] * kv_gap.BATCH
     torch.set_num_threads(1)
     t0 = time.time()
     t = Trainee(mix, seed, ema_decay, start)
@@ -165,8 +167,8 @@ def run(mix: ObjectivesConfig, seed: int, start: dict, wake_steps: int, ema_deca
     R, step, terms = [], 0, {}
     for cycle in range(kv_gap.N_CYCLES):
         for _ in range(wake_factor * wake_steps):
-            carry, out = t.train(*kv_gap.episodes(FMT, kv_gap.BATCH, g, tables, [cycle]))
-            sleep.observe(kv_gap.fresh_rows(carry, kv_gap.BATCH), out.logits, step)
+            carry, out = t.train(*kv_gap.episodes(FMT, batch, g, tables, [cycle]))
+            sleep.observe(kv_gap.fresh_rows(carry, kv_gap.BATCH), out.logits[:kv_gap.BATCH], step)
             terms = {k[4:]: v for k, v in out.metrics.items() if k.startswith("obj_")}
             step += 1
         sleep.begin(step)
@@ -225,7 +227,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers, initializer=set_sizes, initargs=(kv_gap.BATCH, HELD_OUT)) as pool:
         starts = list(pool.map(start_model, range(seeds), [args.start_steps] * seeds))
         jobs = {(c, seed): pool.submit(run, mix, seed, starts[seed], args.wake_steps, args.ema_decay,
-                                       EQUAL_COMPUTE.get(c, 1))
+                                       EQUAL_COMPUTE.get(c, (1, 1)))
                 for c, mix in named.items() for seed in range(seeds)}
         for (c, seed), job in jobs.items():
             r = job.result()
@@ -254,9 +256,9 @@ def main() -> None:
               f"{shown(summary(c, 'retention'))} (x{ratio(c, 'retention')})")
     print("full mix minus task only: exact " + shown(paired("full_mix", "task_only", "exact"))
           + ", retention " + shown(paired("full_mix", "task_only", "retention")))
-    for c, factor in EQUAL_COMPUTE.items():
+    for c, (steps, batch) in EQUAL_COMPUTE.items():
         if c in named:
-            print(f"full mix minus task only at equal compute ({factor}x its wake steps): exact "
+            print(f"full mix minus {c} ({steps}x the wake steps, {batch}x the batch): exact "
                   + shown(paired("full_mix", c, "exact")) + ", retention " + shown(paired("full_mix", c, "retention")))
     effects = {}
     for c in named:
@@ -274,9 +276,8 @@ def main() -> None:
         "retention_ratio_full_vs_task": ratio("full_mix", "retention"),
         "full_minus_task": {key: paired("full_mix", "task_only", key) for key in ("exact", "retention")},
         "term_adds": effects,  # per term: full mix minus the mix without it, paired by seed
-        "full_minus_task_equal_compute": {key: paired("full_mix", "task_only_equal_compute", key)
-                                          for key in ("exact", "retention")} if "task_only_equal_compute" in named
-        else None,
+        "full_minus_equal_compute": {c: {key: paired("full_mix", c, key) for key in ("exact", "retention")}
+                                     for c in EQUAL_COMPUTE if c in named},
         "equal_compute_factor": EQUAL_COMPUTE,
         "mix": dataclasses.asdict(preset_mix()),
         "seeds": seeds, "start_steps": args.start_steps, "wake_steps": args.wake_steps, "batch": kv_gap.BATCH,
