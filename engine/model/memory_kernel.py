@@ -112,13 +112,13 @@ def usable(*tensors: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():  # the compiler fuses the PyTorch ops itself and cannot trace a ctypes call
         return False
     first = tensors[0]
-    return (first.dtype in _SUFFIX and torch.get_num_threads() == 1 and library() is not None
+    return (first.dtype in _SUFFIX and name() == "c"
             and all(t.device.type == "cpu" and t.dtype == first.dtype and t.is_contiguous() for t in tensors))
 
 
 def name() -> str:
     """Which path MemoryStep takes for contiguous float CPU tensors at PyTorch's present thread count."""
-    return "c" if library() is not None and torch.get_num_threads() == 1 else "torch"
+    return "c" if torch.get_num_threads() == 1 and library() is not None else "torch"
 
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
