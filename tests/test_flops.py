@@ -9,9 +9,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine.config import ModelConfig
 from engine.flops import pass_flops, step_flops
+from engine.model import memory_kernel
 from engine.model.trm import TinyRecursiveModel
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def torch_ops_only(monkeypatch):
+    """The counter sees PyTorch ops only: the memory's update runs as those ops here, not as its C loops, which do
+    the same products."""
+    monkeypatch.setenv(memory_kernel.ENV, "torch")
+    memory_kernel.library.cache_clear()
+    yield
+    monkeypatch.undo()
+    memory_kernel.library.cache_clear()
 
 CONFIGS = {
     "attention": dict(mixer="attention"),

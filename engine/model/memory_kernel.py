@@ -1,12 +1,14 @@
-"""The memory's weight-sized elementwise work, fused: one pass over each state tensor per chunk and layer.
+"""The memory's update step for one chunk and layer, fused: one pass over each state tensor, forward and backward.
 
-MemoryStep (engine.model.titans) moves every fast-weight and momentum tensor through a handful of elementwise
-ops and inner products per chunk; at the peer's sizes those passes over 2 MB tensors, not the matrix products,
-are most of its time. PyTorch has no op that fuses them, and torch.compile's CPU backend needs tens of seconds
-per shape to build its kernels, so two plain C loops are compiled here with the system C compiler (well under
-a second) and called through ctypes. Where no compiler is found, or the tensors are not contiguous float32 or
-float64 CPU tensors, MemoryStep runs the same arithmetic as PyTorch ops; `TRM_LAB_MEMORY_KERNEL=torch` forces
-that path, and so does PyTorch on more than one thread (see `usable`).
+MemoryStep (engine.model.titans) decays every fast-weight and momentum tensor, adds the chunk's gradient sums (a
+rank-L product) and, going back, needs the gates' inner products, M0's gradient and three matrix products with
+the incoming gradients. As PyTorch ops each of those is its own pass over 2 MB tensors at the peer's sizes, and
+those passes, not the arithmetic, bound the speed. PyTorch has no op that fuses them, and torch.compile's CPU
+backend needs tens of seconds per shape to build its kernels, so two C loops (the products written out with
+vectors the compiler maps to the machine's SIMD) are compiled here with the system C compiler (about two
+seconds, once) and called through ctypes. They split a chunk's rows over PyTorch's own OpenMP threads. Where no
+compiler is found, the chunk is longer than MAX_TOKENS, or the tensors are not contiguous float32 or float64
+CPU tensors, MemoryStep runs the same arithmetic as PyTorch ops; `TRM_LAB_MEMORY_KERNEL=torch` forces that path.
 """
 
 from __future__ import annotations
@@ -25,45 +27,207 @@ import torch
 
 ENV = "TRM_LAB_MEMORY_KERNEL"  # "torch" forces the PyTorch path; anything else (or unset) uses C where it can
 
-# per row b (head b % H of M0):
-# forward:  Wo = M0 + a (W - M0) + m S,  So = e S   (written as lerp is: W = M0 stays M0 exactly)
+# per row b (head b % H of M0), with Xw, Xu (BH, L, d_in) and D (BH, L, d_out):
+# forward:  Wo = M0 + a (W - M0) + m S + Xw^T D,  So = e S + Xu^T D   (each block of output rows is finished in
+#           registers, where the PyTorch path writes the decayed state and reads it back in a matrix product)
 # backward: gW_in = a gW,  gS_in = e gS + m gW,  dots[b] = (<gW, W - M0>, <gS, S>, <gW, S>),
-#           g_init[h] += (1 - a_b) gW_b
+#           g_init[h] += (1 - a_b) gW_b,  gXw = D gW^T,  gXu = D gS^T,  gD = Xw gW + Xu gS   (one pass over gW, gS
+#           for all of them, where the PyTorch path reads each twice more for its matrix products)
 _SOURCE = r"""
-#define STEP(T, SUF)                                                                                          \
-void step_forward_##SUF(const T* W, const T* S, const T* M0, const T* a, const T* e, const T* m,              \
-                        T* Wo, T* So, long BH, long H, long n) {                                              \
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+/* one build for every x86 machine: the widest vectors it has are picked when the library loads */
+#define CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
+#else
+#define CLONES
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD omp_get_thread_num()
+#else
+#define THREAD 0
+#endif
+#define LOAD(V, p) ({ V v_; __builtin_memcpy(&v_, (p), sizeof v_); v_; })
+#define STORE(p, v) do { __typeof__(v) v_ = (v); __builtin_memcpy((p), &v_, sizeof v_); } while (0)
+#define ROWS 4          /* weight rows per block in registers: each vector of D loaded feeds 2 ROWS multiply-adds */
+#define TOKEN_BLOCK 8   /* tokens whose rows of D's gradient stay in registers while the rows of gW, gS go by */
+#define MAX_TOKENS 64   /* tokens per chunk the loops take; longer chunks take the PyTorch path */
+
+#define FORWARD(T, SUF)                                                                                       \
+typedef T vec_##SUF __attribute__((vector_size(64)));                                                        \
+CLONES void step_forward_##SUF(const T* restrict W, const T* restrict S, const T* restrict M0,               \
+                               const T* restrict Xw, const T* restrict Xu, const T* restrict D, const T* a,  \
+                               const T* e, const T* m, T* restrict Wo, T* restrict So, long BH, long H,      \
+                               long din, long dout, long L, int threads) {                                   \
+    typedef vec_##SUF V;                                                                                      \
+    enum { N = sizeof(V) / sizeof(T) };                                                                       \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if(threads > 1)")                         \
     for (long b = 0; b < BH; b++) {                                                                           \
-        const T* w = W + b * n; const T* s = S + b * n; const T* m0 = M0 + (b % H) * n;                      \
-        T* wo = Wo + b * n; T* so = So + b * n;                                                               \
-        const T ab = a[b], eb = e[b], mb = m[b];                                                                 \
-        _Pragma("omp simd")                                                                                   \
-        for (long i = 0; i < n; i++) { wo[i] = m0[i] + ab * (w[i] - m0[i]) + mb * s[i]; so[i] = eb * s[i]; } \
-    }                                                                                                         \
-}                                                                                                             \
-void step_backward_##SUF(const T* gW, const T* gS, const T* W, const T* S, const T* M0, const T* a,          \
-                         const T* e, const T* m, T* gWi, T* gSi, T* dots, T* g_init, long BH, long H,        \
-                         long n) {                                                                            \
-    for (long b = 0; b < BH; b++) {                                                                           \
-        const T* gw = gW + b * n; const T* gs = gS + b * n; const T* w = W + b * n; const T* s = S + b * n;   \
-        const T* m0 = M0 + (b % H) * n; T* gi = g_init + (b % H) * n;                                         \
-        T* gwi = gWi + b * n; T* gsi = gSi + b * n;                                                           \
-        const T ab = a[b], cb = (T)1 - a[b], eb = e[b], mb = m[b];                                            \
-        T da = 0, de = 0, dm = 0;                                                                             \
-        _Pragma("omp simd reduction(+:da,de,dm)")                                                             \
-        for (long i = 0; i < n; i++) {                                                                        \
-            const T g = gw[i], h = gs[i], si = s[i];                                                          \
-            gwi[i] = ab * g; gsi[i] = eb * h + mb * g;                                                        \
-            da += g * (w[i] - m0[i]); de += h * si; dm += g * si;                                             \
-            gi[i] += cb * g;                                                                                  \
+        T xw[ROWS][MAX_TOKENS], xu[ROWS][MAX_TOKENS];                                                         \
+        const T ab = a[b], eb = e[b], mb = m[b];                                                              \
+        const T* d = D + b * L * dout;                                                                        \
+        for (long i0 = 0; i0 < din; i0 += ROWS) {                                                             \
+            const long rows = din - i0 < ROWS ? din - i0 : ROWS;                                              \
+            for (long r = 0; r < rows; r++)                                                                   \
+                for (long l = 0; l < L; l++) {                                                                \
+                    xw[r][l] = Xw[(b * L + l) * din + i0 + r];                                                \
+                    xu[r][l] = Xu[(b * L + l) * din + i0 + r];                                                \
+                }                                                                                             \
+            const long o = (b * din + i0) * dout, o0 = ((b % H) * din + i0) * dout;                           \
+            long j = 0;                                                                                       \
+            if (rows == ROWS)                                                                                 \
+                for (; j + N <= dout; j += N) {                                                               \
+                    V accw[ROWS], accs[ROWS];                                                                 \
+                    for (long r = 0; r < ROWS; r++) {                                                         \
+                        const long k = o + r * dout + j, k0 = o0 + r * dout + j;                              \
+                        const V m0v = LOAD(V, M0 + k0), sv = LOAD(V, S + k);                                  \
+                        accw[r] = m0v + ab * (LOAD(V, W + k) - m0v) + mb * sv;                                \
+                        accs[r] = eb * sv;                                                                    \
+                    }                                                                                         \
+                    for (long l = 0; l < L; l++) {                                                            \
+                        const V dl = LOAD(V, d + l * dout + j);                                               \
+                        for (long r = 0; r < ROWS; r++) {                                                     \
+                            accw[r] += xw[r][l] * dl;                                                         \
+                            accs[r] += xu[r][l] * dl;                                                         \
+                        }                                                                                     \
+                    }                                                                                         \
+                    for (long r = 0; r < ROWS; r++) {                                                         \
+                        STORE(Wo + o + r * dout + j, accw[r]);                                                \
+                        STORE(So + o + r * dout + j, accs[r]);                                                \
+                    }                                                                                         \
+                }                                                                                             \
+            for (long r = 0; r < rows; r++)  /* what is left: the last columns, or a last block of fewer rows */ \
+                for (long jj = j; jj < dout; jj++) {                                                          \
+                    const long k = o + r * dout + jj, k0 = o0 + r * dout + jj;                                \
+                    T accw = M0[k0] + ab * (W[k] - M0[k0]) + mb * S[k], accs = eb * S[k];                     \
+                    for (long l = 0; l < L; l++) {                                                            \
+                        accw += xw[r][l] * d[l * dout + jj];                                                  \
+                        accs += xu[r][l] * d[l * dout + jj];                                                  \
+                    }                                                                                         \
+                    Wo[k] = accw;                                                                             \
+                    So[k] = accs;                                                                             \
+                }                                                                                             \
         }                                                                                                     \
-        dots[3 * b] = da; dots[3 * b + 1] = de; dots[3 * b + 2] = dm;                                         \
     }                                                                                                         \
 }
-STEP(float, f32)
-STEP(double, f64)
+
+/* Dt: D transposed (BH, dout, Lp), its token rows zero-padded to Lp, a whole number of vectors;
+   g_init: one (H, din, dout) sum per thread, zeroed by the caller */
+#define BACKWARD(T, SUF)                                                                                      \
+CLONES void step_backward_##SUF(const T* restrict gW, const T* restrict gS, const T* restrict W,             \
+                                const T* restrict S, const T* restrict M0, const T* restrict Xw,             \
+                                const T* restrict Xu, const T* restrict D, const T* restrict Dt,             \
+                                const T* a, const T* e, const T* m, T* restrict gWi, T* restrict gSi,        \
+                                T* restrict dots, T* restrict g_init, T* restrict gXw, T* restrict gXu,      \
+                                T* restrict gD, long BH, long H, long din, long dout, long L, long Lp,       \
+                                int threads) {                                                                \
+    typedef vec_##SUF V;                                                                                      \
+    enum { N = sizeof(V) / sizeof(T) };                                                                       \
+    const long full = dout - dout % N;                                                                        \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if(threads > 1)")                         \
+    for (long b = 0; b < BH; b++) {                                                                           \
+        const T ab = a[b], cb = (T)1 - a[b], eb = e[b], mb = m[b];                                            \
+        const long o = b * din * dout, o0 = (b % H) * din * dout;                                             \
+        const T* xw = Xw + b * L * din; const T* xu = Xu + b * L * din; const T* dt = Dt + b * dout * Lp;     \
+        T* gd = gD + b * L * dout; T* gxw = gXw + b * L * din; T* gxu = gXu + b * L * din;                    \
+        T* gi = g_init + (long)THREAD * H * din * dout;                                                       \
+        /* the elementwise outputs and the gates' inner products, in memory order */                          \
+        V da = {0}, de = {0}, dm = {0};                                                                       \
+        T sa = 0, se = 0, sm = 0;                                                                             \
+        for (long i = 0; i < din; i++) {                                                                      \
+            const long k = o + i * dout, k0 = o0 + i * dout;                                                  \
+            for (long j = 0; j < full; j += N) {                                                              \
+                const V g = LOAD(V, gW + k + j), h = LOAD(V, gS + k + j), sv = LOAD(V, S + k + j);            \
+                STORE(gWi + k + j, ab * g);                                                                   \
+                STORE(gSi + k + j, eb * h + mb * g);                                                          \
+                da += g * (LOAD(V, W + k + j) - LOAD(V, M0 + k0 + j));                                        \
+                de += h * sv;                                                                                 \
+                dm += g * sv;                                                                                 \
+                STORE(gi + k0 + j, LOAD(V, gi + k0 + j) + cb * g);                                            \
+            }                                                                                                 \
+            for (long j = full; j < dout; j++) {                                                              \
+                const T g = gW[k + j], h = gS[k + j];                                                         \
+                gWi[k + j] = ab * g;                                                                          \
+                gSi[k + j] = eb * h + mb * g;                                                                 \
+                gi[k0 + j] += cb * g;                                                                         \
+                sa += g * (W[k + j] - M0[k0 + j]);                                                            \
+                se += h * S[k + j];                                                                           \
+                sm += g * S[k + j];                                                                           \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int q = 0; q < N; q++) { sa += da[q]; se += de[q]; sm += dm[q]; }                                \
+        dots[3 * b] = sa; dots[3 * b + 1] = se; dots[3 * b + 2] = sm;                                         \
+        /* D's gradient Xw gW + Xu gS: TOKEN_BLOCK rows of it in registers while all rows of gW, gS go by */    \
+        for (long j = 0; j < full; j += N)                                                                    \
+            for (long l0 = 0; l0 < L; l0 += TOKEN_BLOCK) {                                                    \
+                V acc[TOKEN_BLOCK] = {{0}};                                                                   \
+                if (L - l0 >= TOKEN_BLOCK) {                                                                  \
+                    for (long i = 0; i < din; i++) {                                                          \
+                        const V g = LOAD(V, gW + o + i * dout + j), h = LOAD(V, gS + o + i * dout + j);       \
+                        for (long q = 0; q < TOKEN_BLOCK; q++)                                                \
+                            acc[q] += xw[(l0 + q) * din + i] * g + xu[(l0 + q) * din + i] * h;                \
+                    }                                                                                         \
+                    for (long q = 0; q < TOKEN_BLOCK; q++) STORE(gd + (l0 + q) * dout + j, acc[q]);           \
+                } else {                                                                                      \
+                    for (long i = 0; i < din; i++) {                                                          \
+                        const V g = LOAD(V, gW + o + i * dout + j), h = LOAD(V, gS + o + i * dout + j);       \
+                        for (long q = 0; q < L - l0; q++)                                                     \
+                            acc[q] += xw[(l0 + q) * din + i] * g + xu[(l0 + q) * din + i] * h;                \
+                    }                                                                                         \
+                    for (long q = 0; q < L - l0; q++) STORE(gd + (l0 + q) * dout + j, acc[q]);               \
+                }                                                                                             \
+            }                                                                                                 \
+        for (long l = 0; l < L; l++)                                                                          \
+            for (long j = full; j < dout; j++) {                                                              \
+                T acc = 0;                                                                                    \
+                for (long i = 0; i < din; i++)                                                                \
+                    acc += xw[l * din + i] * gW[o + i * dout + j] + xu[l * din + i] * gS[o + i * dout + j];   \
+                gd[l * dout + j] = acc;                                                                       \
+            }                                                                                                 \
+        /* the inputs' gradients D gW^T, D gS^T: per row a vector over tokens, D^T's rows times the row's entries */ \
+        for (long i0 = 0; i0 < din; i0 += ROWS) {                                                             \
+            const long rows = din - i0 < ROWS ? din - i0 : ROWS, k = o + i0 * dout;                           \
+            for (long lv = 0; lv < Lp; lv += N) {                                                             \
+                const long n = L - lv < N ? L - lv : N;                                                       \
+                if (rows == ROWS) {                                                                           \
+                    V pw[ROWS] = {{0}}, pu[ROWS] = {{0}};                                                     \
+                    for (long j = 0; j < dout; j++) {                                                         \
+                        const V dv = LOAD(V, dt + j * Lp + lv);                                               \
+                        for (long r = 0; r < ROWS; r++) {                                                     \
+                            pw[r] += gW[k + r * dout + j] * dv;                                               \
+                            pu[r] += gS[k + r * dout + j] * dv;                                               \
+                        }                                                                                     \
+                    }                                                                                         \
+                    for (long r = 0; r < ROWS; r++)                                                           \
+                        for (long q = 0; q < n; q++) {                                                        \
+                            gxw[(lv + q) * din + i0 + r] = pw[r][q];                                          \
+                            gxu[(lv + q) * din + i0 + r] = pu[r][q];                                          \
+                        }                                                                                     \
+                } else                                                                                        \
+                    for (long r = 0; r < rows; r++) {                                                         \
+                        V pw = {0}, pu = {0};                                                                 \
+                        for (long j = 0; j < dout; j++) {                                                     \
+                            const V dv = LOAD(V, dt + j * Lp + lv);                                           \
+                            pw += gW[k + r * dout + j] * dv;                                                  \
+                            pu += gS[k + r * dout + j] * dv;                                                  \
+                        }                                                                                     \
+                        for (long q = 0; q < n; q++) {                                                        \
+                            gxw[(lv + q) * din + i0 + r] = pw[q];                                             \
+                            gxu[(lv + q) * din + i0 + r] = pu[q];                                             \
+                        }                                                                                     \
+                    }                                                                                         \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+}
+FORWARD(float, f32)
+FORWARD(double, f64)
+BACKWARD(float, f32)
+BACKWARD(double, f64)
 """
-_FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
+MAX_TOKENS = 64  # as in the C source: the most tokens per chunk the loops take
+# with -fopenmp the loops split a chunk's rows over PyTorch's own OpenMP threads (the runtime PyTorch loaded is the one
+# the library links to); where the compiler has no OpenMP, the same loops build without it and run on one thread
+_FLAG_SETS = (["-O3", "-fopenmp", "-fPIC", "-shared"], ["-O3", "-fPIC", "-shared"])
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -80,7 +244,23 @@ def library() -> ctypes.CDLL | None:
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         return None
-    key = hashlib.sha256("\0".join([_SOURCE, compiler, *_FLAGS, platform.machine()]).encode()).hexdigest()[:16]
+    for flags in _FLAG_SETS:
+        lib = _build(compiler, flags)
+        if lib is not None:
+            break
+    else:
+        return None
+    for suffix in _SUFFIX.values():  # tensors go in as addresses, sizes as C longs, the thread count as a C int
+        getattr(lib, f"step_forward_{suffix}").argtypes = [ctypes.c_void_p] * 11 + [ctypes.c_long] * 5 + [ctypes.c_int]
+        getattr(lib, f"step_backward_{suffix}").argtypes = [ctypes.c_void_p] * 19 + [ctypes.c_long] * 6 + [ctypes.c_int]
+        getattr(lib, f"step_forward_{suffix}").restype = None
+        getattr(lib, f"step_backward_{suffix}").restype = None
+    return lib
+
+
+def _build(compiler: str, flags: list[str]) -> ctypes.CDLL | None:
+    """The library built with these flags (or found built before); None where the compiler or the loader fails."""
+    key = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, platform.machine()]).encode()).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / "trm-lab-kernels"):
         target = folder / f"memory_step_{key}.so"
         try:
@@ -90,58 +270,59 @@ def library() -> ctypes.CDLL | None:
                 with tempfile.TemporaryDirectory(dir=folder) as tmp:
                     source, built = Path(tmp) / "memory_step.c", Path(tmp) / "memory_step.so"
                     source.write_text(_SOURCE)
-                    subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built)], check=True,
+                    subprocess.run([compiler, *flags, str(source), "-o", str(built)], check=True,
                                    capture_output=True, timeout=120)
                     os.replace(built, target)
-            lib = ctypes.CDLL(str(target))
+            return ctypes.CDLL(str(target))
         except (OSError, subprocess.SubprocessError):
             continue
-        for suffix in _SUFFIX.values():  # tensors go in as addresses, sizes as C longs
-            getattr(lib, f"step_forward_{suffix}").argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_long] * 3
-            getattr(lib, f"step_backward_{suffix}").argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_long] * 3
-            getattr(lib, f"step_forward_{suffix}").restype = None
-            getattr(lib, f"step_backward_{suffix}").restype = None
-        return lib
     return None
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the C loops take these tensors: contiguous CPU tensors of one dtype they are built for, with
-    PyTorch on one thread (on more, its own elementwise ops, spread over the threads, were faster: the loops run
-    on one core while PyTorch's idle workers spin)."""
+def usable(*tensors: torch.Tensor, tokens: int = 1) -> bool:
+    """Whether the C loops take these tensors and a chunk of `tokens` tokens: contiguous CPU tensors of one dtype
+    they are built for, and at most MAX_TOKENS tokens."""
     if torch.compiler.is_compiling():  # the compiler fuses the PyTorch ops itself and cannot trace a ctypes call
         return False
     first = tensors[0]
-    return (first.dtype in _SUFFIX and name() == "c"
+    return (first.dtype in _SUFFIX and tokens <= MAX_TOKENS and name() == "c"
             and all(t.device.type == "cpu" and t.dtype == first.dtype and t.is_contiguous() for t in tensors))
 
 
 def name() -> str:
-    """Which path MemoryStep takes for contiguous float CPU tensors at PyTorch's present thread count."""
-    return "c" if torch.get_num_threads() == 1 and library() is not None else "torch"
+    """Which path MemoryStep takes for contiguous float CPU tensors."""
+    return "c" if library() is not None else "torch"
 
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def step_forward(weights, momentum, initial, a, e, m):
-    """(Wo, So) with Wo = a W + (1 - a) M0 + m S and So = e S; W, S (BH, ...), M0 (H, ...), a, e, m (BH,)."""
+def step_forward(weights, momentum, initial, Xw, Xu, D, a, e, m):
+    """(Wo, So) with Wo = a W + (1 - a) M0 + m S + Xw^T D and So = e S + Xu^T D; W, S (BH, d_in, d_out), M0 (H, d_in,
+    d_out), Xw, Xu (BH, L, d_in), D (BH, L, d_out), L <= MAX_TOKENS, a, e, m (BH,)."""
     BH, H = weights.shape[0], initial.shape[0]
     new_weights, new_momentum = torch.empty_like(weights), torch.empty_like(momentum)
     getattr(library(), f"step_forward_{_SUFFIX[weights.dtype]}")(
-        _ptr(weights), _ptr(momentum), _ptr(initial), _ptr(a), _ptr(e), _ptr(m), _ptr(new_weights),
-        _ptr(new_momentum), BH, H, initial[0].numel())
+        _ptr(weights), _ptr(momentum), _ptr(initial), _ptr(Xw), _ptr(Xu), _ptr(D), _ptr(a), _ptr(e), _ptr(m),
+        _ptr(new_weights), _ptr(new_momentum), BH, H, *weights.shape[1:], D.shape[1], torch.get_num_threads())
     return new_weights, new_momentum
 
 
-def step_backward(g_weights, g_momentum, weights, momentum, initial, a, e, m):
-    """(a gW, e gS + m gW, (BH, 3) inner products <gW, W - M0>, <gS, S>, <gW, S>, M0's gradient (H, ...))."""
+def step_backward(g_weights, g_momentum, weights, momentum, initial, Xw, Xu, D, a, e, m):
+    """The gradients of step_forward's inputs from those of its outputs (gW, gS): (a gW, e gS + m gW, (BH, 3) inner
+    products <gW, W - M0>, <gS, S>, <gW, S>, M0's gradient (H, ...), D gW^T, D gS^T, Xw gW + Xu gS)."""
     BH, H = weights.shape[0], initial.shape[0]
+    L, threads = D.shape[1], torch.get_num_threads()
     g_w, g_s = torch.empty_like(weights), torch.empty_like(momentum)
     dots = torch.empty(BH, 3, dtype=weights.dtype)
-    g_initial = torch.zeros_like(initial)
+    g_Xw, g_Xu, g_D = torch.empty_like(Xw), torch.empty_like(Xu), torch.empty_like(D)
+    padded = -(-L // 16) * 16  # D^T's token rows padded to whole 64-byte vectors: the loop reads one per column
+    D_t = torch.zeros(BH, D.shape[2], padded, dtype=D.dtype)
+    D_t[:, :, :L] = D.transpose(1, 2)
+    g_initials = torch.zeros(threads, *initial.shape, dtype=initial.dtype)  # M0's gradient, a sum per thread
     getattr(library(), f"step_backward_{_SUFFIX[weights.dtype]}")(
-        _ptr(g_weights), _ptr(g_momentum), _ptr(weights), _ptr(momentum), _ptr(initial), _ptr(a), _ptr(e),
-        _ptr(m), _ptr(g_w), _ptr(g_s), _ptr(dots), _ptr(g_initial), BH, H, initial[0].numel())
-    return g_w, g_s, dots, g_initial
+        _ptr(g_weights), _ptr(g_momentum), _ptr(weights), _ptr(momentum), _ptr(initial), _ptr(Xw), _ptr(Xu), _ptr(D),
+        _ptr(D_t), _ptr(a), _ptr(e), _ptr(m), _ptr(g_w), _ptr(g_s), _ptr(dots), _ptr(g_initials), _ptr(g_Xw),
+        _ptr(g_Xu), _ptr(g_D), BH, H, *weights.shape[1:], L, padded, threads)
+    return g_w, g_s, dots, g_initials.sum(0) if threads > 1 else g_initials[0], g_Xw, g_Xu, g_D

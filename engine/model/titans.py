@@ -134,14 +134,15 @@ class MemoryStep(torch.autograd.Function):
         # and in-place ops do not autocast, so the update is done in the state's precision
         Xw, Xu, D, a, e, m = (t.to(weights.dtype) for t in (Xw, Xu, D, a, e, m))
         H = initial.shape[0]
-        if memory_kernel.usable(weights, momentum, initial):  # a W + (1 - a) M_0 + m S and e S in one pass
-            base, new_momentum = memory_kernel.step_forward(weights, momentum, initial, *_rows(a, e, m))
-        else:  # the same in three passes over the weights
-            base = torch.lerp(initial, weights.view(-1, *initial.shape), a.view(-1, H, 1, 1)).view_as(weights)
-            base.addcmul_(m, momentum)
+        if memory_kernel.usable(weights, momentum, initial, Xw, Xu, D, tokens=D.shape[1]):  # one pass
+            new_weights, new_momentum = memory_kernel.step_forward(weights, momentum, initial, Xw, Xu, D,
+                                                                   *_rows(a, e, m))
+        else:  # the same in five passes over the weights
+            new_weights = torch.lerp(initial, weights.view(-1, *initial.shape), a.view(-1, H, 1, 1)).view_as(weights)
+            new_weights.addcmul_(m, momentum)
             new_momentum = momentum * e
-        new_weights = base.baddbmm_(Xw.transpose(1, 2), D)  # in place: an out-of-place baddbmm copies its input
-        new_momentum.baddbmm_(Xu.transpose(1, 2), D)
+            new_weights.baddbmm_(Xw.transpose(1, 2), D)  # in place: an out-of-place baddbmm copies its input
+            new_momentum.baddbmm_(Xu.transpose(1, 2), D)
         ctx.save_for_backward(weights, momentum, Xw, Xu, D, a, e, m, initial)
         return new_weights, new_momentum
 
@@ -153,15 +154,15 @@ class MemoryStep(torch.autograd.Function):
             g_weights = torch.zeros_like(weights)
         if g_momentum is None:
             g_momentum = torch.zeros_like(momentum)
-        g_Xw = torch.bmm(D, g_weights.transpose(1, 2))  # (BH, L, d_in)
-        g_Xu = torch.bmm(D, g_momentum.transpose(1, 2))
-        g_D = torch.baddbmm(torch.bmm(Xw, g_weights), Xu, g_momentum)  # (BH, L, d_out)
-        # the state and gate gradients; the gates': <g_W', W - M_0>, <g_S', S>, <g_W', S>
-        if memory_kernel.usable(g_weights, g_momentum, weights, momentum, initial):
-            g_W, g_S, dots, g_initial = memory_kernel.step_backward(g_weights, g_momentum, weights, momentum,
-                                                                     initial, *_rows(a, e, m))
+        if memory_kernel.usable(g_weights, g_momentum, weights, momentum, initial, Xw, Xu, D, tokens=D.shape[1]):
+            g_W, g_S, dots, g_initial, g_Xw, g_Xu, g_D = memory_kernel.step_backward(
+                g_weights, g_momentum, weights, momentum, initial, Xw, Xu, D, *_rows(a, e, m))
             g_a, g_e, g_m = dots.unbind(1)
         else:
+            g_Xw = torch.bmm(D, g_weights.transpose(1, 2))  # (BH, L, d_in)
+            g_Xu = torch.bmm(D, g_momentum.transpose(1, 2))
+            g_D = torch.baddbmm(torch.bmm(Xw, g_weights), Xu, g_momentum)  # (BH, L, d_out)
+            # the state and gate gradients; the gates': <g_W', W - M_0>, <g_S', S>, <g_W', S>
             g_W = g_weights * a
             g_S = torch.mul(g_momentum, e).addcmul_(m, g_weights)
             flat_gw = g_weights.view(BH // H, H, -1)  # (B, H, d_in d_out)
