@@ -27,12 +27,14 @@ import torch
 
 ENV = "TRM_LAB_MEMORY_KERNEL"  # "torch" forces the PyTorch path; anything else (or unset) uses C where it can
 
-# per row b (head b % H of M0), with Xw, Xu (BH, L, d_in) and D (BH, L, d_out):
+# per row b (head b % H of M0), with X (BH, L, d_in) the layer's inputs, w, u (BH, L) each token's weight in the
+# weights' and the momentum's sums, Xw = w X, Xu = u X, and D (BH, L, d_out) the output gradients:
 # forward:  Wo = M0 + a (W - M0) + m S + Xw^T D,  So = e S + Xu^T D   (each block of output rows is finished in
 #           registers, where the PyTorch path writes the decayed state and reads it back in a matrix product)
 # backward: gW_in = a gW,  gS_in = e gS + m gW,  dots[b] = (<gW, W - M0>, <gS, S>, <gW, S>),
-#           g_init[h] += (1 - a_b) gW_b,  gXw = D gW^T,  gXu = D gS^T,  gD = Xw gW + Xu gS   (one pass over gW, gS
-#           for all of them, where the PyTorch path reads each twice more for its matrix products)
+#           g_init[h] += (1 - a_b) gW_b,  gD = Xw gW + Xu gS,  gX = w D gW^T + u D gS^T,
+#           gw = rowsum(X * D gW^T),  gu = rowsum(X * D gS^T)   (one pass over gW, gS for all of them, where the
+#           PyTorch path reads each twice more for its matrix products)
 _SOURCE = r"""
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 /* one build for every x86 machine: the widest vectors it has are picked when the library loads */
@@ -55,9 +57,9 @@ _SOURCE = r"""
 #define FORWARD(T, SUF)                                                                                       \
 typedef T vec_##SUF __attribute__((vector_size(64)));                                                        \
 CLONES void step_forward_##SUF(const T* restrict W, const T* restrict S, const T* restrict M0,               \
-                               const T* restrict Xw, const T* restrict Xu, const T* restrict D, const T* a,  \
-                               const T* e, const T* m, T* restrict Wo, T* restrict So, long BH, long H,      \
-                               long din, long dout, long L, int threads) {                                   \
+                               const T* restrict X, long xs, const T* restrict w, const T* restrict u,       \
+                               const T* restrict D, const T* a, const T* e, const T* m, T* restrict Wo,      \
+                               T* restrict So, long BH, long H, long din, long dout, long L, int threads) {  \
     typedef vec_##SUF V;                                                                                      \
     enum { N = sizeof(V) / sizeof(T) };                                                                       \
     _Pragma("omp parallel for num_threads(threads) schedule(static) if(threads > 1)")                         \
@@ -69,8 +71,9 @@ CLONES void step_forward_##SUF(const T* restrict W, const T* restrict S, const T
             const long rows = din - i0 < ROWS ? din - i0 : ROWS;                                              \
             for (long r = 0; r < rows; r++)                                                                   \
                 for (long l = 0; l < L; l++) {                                                                \
-                    xw[r][l] = Xw[(b * L + l) * din + i0 + r];                                                \
-                    xu[r][l] = Xu[(b * L + l) * din + i0 + r];                                                \
+                    const T x = X[b * xs + l * din + i0 + r];                                                 \
+                    xw[r][l] = w[b * L + l] * x;                                                              \
+                    xu[r][l] = u[b * L + l] * x;                                                              \
                 }                                                                                             \
             const long o = (b * din + i0) * dout, o0 = ((b % H) * din + i0) * dout;                           \
             long j = 0;                                                                                       \
@@ -114,12 +117,12 @@ CLONES void step_forward_##SUF(const T* restrict W, const T* restrict S, const T
    g_init: one (H, din, dout) sum per thread, zeroed by the caller */
 #define BACKWARD(T, SUF)                                                                                      \
 CLONES void step_backward_##SUF(const T* restrict gW, const T* restrict gS, const T* restrict W,             \
-                                const T* restrict S, const T* restrict M0, const T* restrict Xw,             \
-                                const T* restrict Xu, const T* restrict D, const T* restrict Dt,             \
-                                const T* a, const T* e, const T* m, T* restrict gWi, T* restrict gSi,        \
-                                T* restrict dots, T* restrict g_init, T* restrict gXw, T* restrict gXu,      \
-                                T* restrict gD, long BH, long H, long din, long dout, long L, long Lp,       \
-                                int threads) {                                                                \
+                                const T* restrict S, const T* restrict M0, const T* restrict X, long xs,     \
+                                const T* restrict w, const T* restrict u, const T* restrict D,               \
+                                const T* restrict Dt, const T* a, const T* e, const T* m, T* restrict gWi,   \
+                                T* restrict gSi, T* restrict dots, T* restrict g_init, T* restrict gX,       \
+                                T* restrict gw, T* restrict gu, T* restrict gD, long BH, long H, long din,   \
+                                long dout, long L, long Lp, int threads) {                                    \
     typedef vec_##SUF V;                                                                                      \
     enum { N = sizeof(V) / sizeof(T) };                                                                       \
     const long full = dout - dout % N;                                                                        \
@@ -127,8 +130,9 @@ CLONES void step_backward_##SUF(const T* restrict gW, const T* restrict gS, cons
     for (long b = 0; b < BH; b++) {                                                                           \
         const T ab = a[b], cb = (T)1 - a[b], eb = e[b], mb = m[b];                                            \
         const long o = b * din * dout, o0 = (b % H) * din * dout;                                             \
-        const T* xw = Xw + b * L * din; const T* xu = Xu + b * L * din; const T* dt = Dt + b * dout * Lp;     \
-        T* gd = gD + b * L * dout; T* gxw = gXw + b * L * din; T* gxu = gXu + b * L * din;                    \
+        const T* x = X + b * xs; const T* wb = w + b * L; const T* ub = u + b * L;                            \
+        const T* dt = Dt + b * dout * Lp;                                                                     \
+        T* gd = gD + b * L * dout; T* gx = gX + b * L * din;                                                  \
         T* gi = g_init + (long)THREAD * H * din * dout;                                                       \
         /* the elementwise outputs and the gates' inner products, in memory order */                          \
         V da = {0}, de = {0}, dm = {0};                                                                       \
@@ -156,40 +160,49 @@ CLONES void step_backward_##SUF(const T* restrict gW, const T* restrict gS, cons
         }                                                                                                     \
         for (int q = 0; q < N; q++) { sa += da[q]; se += de[q]; sm += dm[q]; }                                \
         dots[3 * b] = sa; dots[3 * b + 1] = se; dots[3 * b + 2] = sm;                                         \
-        /* D's gradient Xw gW + Xu gS: TOKEN_BLOCK rows of it in registers while all rows of gW, gS go by */    \
+        /* D's gradient Xw gW + Xu gS = w X gW + u X gS: the sums X gW, X gS for TOKEN_BLOCK tokens in         \
+           registers while all rows of gW, gS go by, scaled by w, u at the end */                              \
         for (long j = 0; j < full; j += N)                                                                    \
             for (long l0 = 0; l0 < L; l0 += TOKEN_BLOCK) {                                                    \
-                V acc[TOKEN_BLOCK] = {{0}};                                                                   \
-                if (L - l0 >= TOKEN_BLOCK) {                                                                  \
+                const long n = L - l0 < TOKEN_BLOCK ? L - l0 : TOKEN_BLOCK;                                   \
+                V accw[TOKEN_BLOCK] = {{0}}, accu[TOKEN_BLOCK] = {{0}};                                       \
+                if (n == TOKEN_BLOCK)                                                                         \
                     for (long i = 0; i < din; i++) {                                                          \
                         const V g = LOAD(V, gW + o + i * dout + j), h = LOAD(V, gS + o + i * dout + j);       \
-                        for (long q = 0; q < TOKEN_BLOCK; q++)                                                \
-                            acc[q] += xw[(l0 + q) * din + i] * g + xu[(l0 + q) * din + i] * h;                \
+                        for (long q = 0; q < TOKEN_BLOCK; q++) {                                              \
+                            accw[q] += x[(l0 + q) * din + i] * g;                                             \
+                            accu[q] += x[(l0 + q) * din + i] * h;                                             \
+                        }                                                                                     \
                     }                                                                                         \
-                    for (long q = 0; q < TOKEN_BLOCK; q++) STORE(gd + (l0 + q) * dout + j, acc[q]);           \
-                } else {                                                                                      \
+                else                                                                                          \
                     for (long i = 0; i < din; i++) {                                                          \
                         const V g = LOAD(V, gW + o + i * dout + j), h = LOAD(V, gS + o + i * dout + j);       \
-                        for (long q = 0; q < L - l0; q++)                                                     \
-                            acc[q] += xw[(l0 + q) * din + i] * g + xu[(l0 + q) * din + i] * h;                \
+                        for (long q = 0; q < n; q++) {                                                        \
+                            accw[q] += x[(l0 + q) * din + i] * g;                                             \
+                            accu[q] += x[(l0 + q) * din + i] * h;                                             \
+                        }                                                                                     \
                     }                                                                                         \
-                    for (long q = 0; q < L - l0; q++) STORE(gd + (l0 + q) * dout + j, acc[q]);               \
-                }                                                                                             \
+                for (long q = 0; q < n; q++)                                                                  \
+                    STORE(gd + (l0 + q) * dout + j, wb[l0 + q] * accw[q] + ub[l0 + q] * accu[q]);             \
             }                                                                                                 \
         for (long l = 0; l < L; l++)                                                                          \
             for (long j = full; j < dout; j++) {                                                              \
-                T acc = 0;                                                                                    \
-                for (long i = 0; i < din; i++)                                                                \
-                    acc += xw[l * din + i] * gW[o + i * dout + j] + xu[l * din + i] * gS[o + i * dout + j];   \
-                gd[l * dout + j] = acc;                                                                       \
+                T accw = 0, accu = 0;                                                                         \
+                for (long i = 0; i < din; i++) {                                                              \
+                    accw += x[l * din + i] * gW[o + i * dout + j];                                            \
+                    accu += x[l * din + i] * gS[o + i * dout + j];                                            \
+                }                                                                                             \
+                gd[l * dout + j] = wb[l] * accw + ub[l] * accu;                                               \
             }                                                                                                 \
-        /* the inputs' gradients D gW^T, D gS^T: per row a vector over tokens, D^T's rows times the row's entries */ \
+        /* X's gradient w D gW^T + u D gS^T and the token weights' X . D gW^T, X . D gS^T: per row a vector   \
+           over tokens, D^T's rows times the row's entries */                                                  \
+        T sw[MAX_TOKENS] = {0}, su[MAX_TOKENS] = {0};                                                         \
         for (long i0 = 0; i0 < din; i0 += ROWS) {                                                             \
             const long rows = din - i0 < ROWS ? din - i0 : ROWS, k = o + i0 * dout;                           \
             for (long lv = 0; lv < Lp; lv += N) {                                                             \
                 const long n = L - lv < N ? L - lv : N;                                                       \
-                if (rows == ROWS) {                                                                           \
-                    V pw[ROWS] = {{0}}, pu[ROWS] = {{0}};                                                     \
+                V pw[ROWS] = {{0}}, pu[ROWS] = {{0}};                                                         \
+                if (rows == ROWS)                                                                             \
                     for (long j = 0; j < dout; j++) {                                                         \
                         const V dv = LOAD(V, dt + j * Lp + lv);                                               \
                         for (long r = 0; r < ROWS; r++) {                                                     \
@@ -197,26 +210,23 @@ CLONES void step_backward_##SUF(const T* restrict gW, const T* restrict gS, cons
                             pu[r] += gS[k + r * dout + j] * dv;                                               \
                         }                                                                                     \
                     }                                                                                         \
-                    for (long r = 0; r < ROWS; r++)                                                           \
-                        for (long q = 0; q < n; q++) {                                                        \
-                            gxw[(lv + q) * din + i0 + r] = pw[r][q];                                          \
-                            gxu[(lv + q) * din + i0 + r] = pu[r][q];                                          \
-                        }                                                                                     \
-                } else                                                                                        \
-                    for (long r = 0; r < rows; r++) {                                                         \
-                        V pw = {0}, pu = {0};                                                                 \
+                else                                                                                          \
+                    for (long r = 0; r < rows; r++)                                                           \
                         for (long j = 0; j < dout; j++) {                                                     \
                             const V dv = LOAD(V, dt + j * Lp + lv);                                           \
-                            pw += gW[k + r * dout + j] * dv;                                                  \
-                            pu += gS[k + r * dout + j] * dv;                                                  \
+                            pw[r] += gW[k + r * dout + j] * dv;                                               \
+                            pu[r] += gS[k + r * dout + j] * dv;                                               \
                         }                                                                                     \
-                        for (long q = 0; q < n; q++) {                                                        \
-                            gxw[(lv + q) * din + i0 + r] = pw[q];                                             \
-                            gxu[(lv + q) * din + i0 + r] = pu[q];                                             \
-                        }                                                                                     \
+                for (long r = 0; r < rows; r++)                                                               \
+                    for (long q = 0; q < n; q++) {                                                            \
+                        const long t = (lv + q) * din + i0 + r;                                               \
+                        gx[t] = wb[lv + q] * pw[r][q] + ub[lv + q] * pu[r][q];                                \
+                        sw[lv + q] += x[t] * pw[r][q];                                                        \
+                        su[lv + q] += x[t] * pu[r][q];                                                        \
                     }                                                                                         \
             }                                                                                                 \
         }                                                                                                     \
+        for (long l = 0; l < L; l++) { gw[b * L + l] = sw[l]; gu[b * L + l] = su[l]; }                        \
     }                                                                                                         \
 }
 FORWARD(float, f32)
@@ -251,8 +261,11 @@ def library() -> ctypes.CDLL | None:
     else:
         return None
     for suffix in _SUFFIX.values():  # tensors go in as addresses, sizes as C longs, the thread count as a C int
-        getattr(lib, f"step_forward_{suffix}").argtypes = [ctypes.c_void_p] * 11 + [ctypes.c_long] * 5 + [ctypes.c_int]
-        getattr(lib, f"step_backward_{suffix}").argtypes = [ctypes.c_void_p] * 19 + [ctypes.c_long] * 6 + [ctypes.c_int]
+        pointers, sizes = ctypes.c_void_p, ctypes.c_long  # X comes with its batch stride: it is a slice
+        getattr(lib, f"step_forward_{suffix}").argtypes = [pointers] * 4 + [sizes] + [pointers] * 8 + [sizes] * 5 + [
+            ctypes.c_int]
+        getattr(lib, f"step_backward_{suffix}").argtypes = [pointers] * 6 + [sizes] + [pointers] * 15 + [sizes] * 6 + [
+            ctypes.c_int]
         getattr(lib, f"step_forward_{suffix}").restype = None
         getattr(lib, f"step_backward_{suffix}").restype = None
     return lib
@@ -298,31 +311,41 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def step_forward(weights, momentum, initial, Xw, Xu, D, a, e, m):
-    """(Wo, So) with Wo = a W + (1 - a) M0 + m S + Xw^T D and So = e S + Xu^T D; W, S (BH, d_in, d_out), M0 (H, d_in,
-    d_out), Xw, Xu (BH, L, d_in), D (BH, L, d_out), L <= MAX_TOKENS, a, e, m (BH,)."""
+def _rows(X: torch.Tensor) -> torch.Tensor:
+    """X (BH, L, d_in) with each batch row's tokens contiguous (a slice along the tokens is), as the loops read it."""
+    return X if X.stride(2) == 1 and X.stride(1) == X.shape[2] else X.contiguous()
+
+
+def step_forward(weights, momentum, initial, X, w, u, D, a, e, m):
+    """(Wo, So) with Wo = a W + (1 - a) M0 + m S + (w X)^T D and So = e S + (u X)^T D; W, S (BH, d_in, d_out),
+    M0 (H, d_in, d_out), X (BH, L, d_in), w, u (BH, L), D (BH, L, d_out), L <= MAX_TOKENS, a, e, m (BH,)."""
     BH, H = weights.shape[0], initial.shape[0]
+    X = _rows(X)
     new_weights, new_momentum = torch.empty_like(weights), torch.empty_like(momentum)
     getattr(library(), f"step_forward_{_SUFFIX[weights.dtype]}")(
-        _ptr(weights), _ptr(momentum), _ptr(initial), _ptr(Xw), _ptr(Xu), _ptr(D), _ptr(a), _ptr(e), _ptr(m),
-        _ptr(new_weights), _ptr(new_momentum), BH, H, *weights.shape[1:], D.shape[1], torch.get_num_threads())
+        _ptr(weights), _ptr(momentum), _ptr(initial), _ptr(X), X.stride(0), _ptr(w), _ptr(u), _ptr(D), _ptr(a),
+        _ptr(e), _ptr(m), _ptr(new_weights), _ptr(new_momentum), BH, H, *weights.shape[1:], D.shape[1],
+        torch.get_num_threads())
     return new_weights, new_momentum
 
 
-def step_backward(g_weights, g_momentum, weights, momentum, initial, Xw, Xu, D, a, e, m):
+def step_backward(g_weights, g_momentum, weights, momentum, initial, X, w, u, D, a, e, m):
     """The gradients of step_forward's inputs from those of its outputs (gW, gS): (a gW, e gS + m gW, (BH, 3) inner
-    products <gW, W - M0>, <gS, S>, <gW, S>, M0's gradient (H, ...), D gW^T, D gS^T, Xw gW + Xu gS)."""
+    products <gW, W - M0>, <gS, S>, <gW, S>, M0's gradient (H, ...), X's, w's, u's and D's)."""
     BH, H = weights.shape[0], initial.shape[0]
     L, threads = D.shape[1], torch.get_num_threads()
+    X = _rows(X)
     g_w, g_s = torch.empty_like(weights), torch.empty_like(momentum)
     dots = torch.empty(BH, 3, dtype=weights.dtype)
-    g_Xw, g_Xu, g_D = torch.empty_like(Xw), torch.empty_like(Xu), torch.empty_like(D)
+    g_X, g_D = torch.empty(X.shape, dtype=X.dtype), torch.empty_like(D)
+    g_tw, g_tu = torch.empty_like(w), torch.empty_like(u)
     padded = -(-L // 16) * 16  # D^T's token rows padded to whole 64-byte vectors: the loop reads one per column
     D_t = torch.zeros(BH, D.shape[2], padded, dtype=D.dtype)
     D_t[:, :, :L] = D.transpose(1, 2)
     g_initials = torch.zeros(threads, *initial.shape, dtype=initial.dtype)  # M0's gradient, a sum per thread
     getattr(library(), f"step_backward_{_SUFFIX[weights.dtype]}")(
-        _ptr(g_weights), _ptr(g_momentum), _ptr(weights), _ptr(momentum), _ptr(initial), _ptr(Xw), _ptr(Xu), _ptr(D),
-        _ptr(D_t), _ptr(a), _ptr(e), _ptr(m), _ptr(g_w), _ptr(g_s), _ptr(dots), _ptr(g_initials), _ptr(g_Xw),
-        _ptr(g_Xu), _ptr(g_D), BH, H, *weights.shape[1:], L, padded, threads)
-    return g_w, g_s, dots, g_initials.sum(0) if threads > 1 else g_initials[0], g_Xw, g_Xu, g_D
+        _ptr(g_weights), _ptr(g_momentum), _ptr(weights), _ptr(momentum), _ptr(initial), _ptr(X), X.stride(0),
+        _ptr(w), _ptr(u), _ptr(D), _ptr(D_t), _ptr(a), _ptr(e), _ptr(m), _ptr(g_w), _ptr(g_s), _ptr(dots),
+        _ptr(g_initials), _ptr(g_X), _ptr(g_tw), _ptr(g_tu), _ptr(g_D), BH, H, *weights.shape[1:], L, padded, threads)
+    g_initial = g_initials.sum(0) if threads > 1 else g_initials[0]
+    return g_w, g_s, dots, g_initial, g_X, g_tw, g_tu, g_D

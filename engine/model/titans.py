@@ -118,50 +118,55 @@ class MemoryStep(torch.autograd.Function):
     """One chunk of the recurrence for one memory layer, the gradient sums fused in: with W = M_0 + dW the full
     fast weights (BH, d_in, d_out), so that W itself is what the next chunk multiplies with,
 
-        W' = a W + (1 - a) M_0 + m S + Xw^T D,   S' = e S + Xu^T D        (that is, dW' = a dW + m S + Gw)
+        W' = a W + (1 - a) M_0 + m S + (w X)^T D,   S' = e S + (u X)^T D        (that is, dW' = a dW + m S + Gw)
 
-    Xw, Xu (BH, L, d_in): the layer's inputs scaled by each token's weight in the sum; D (BH, L, d_out): its
-    per-token output gradients; a, e (BH, 1, 1); m (BH, 1, 1); initial = M_0 (H, d_in, d_out).
+    X (BH, L, d_in): the layer's inputs; w, u (BH, L, 1): each token's weight in the weights' and the momentum's
+    sums; D (BH, L, d_out): the per-token output gradients; a, e, m (BH, 1, 1); initial = M_0 (H, d_in, d_out).
     Written by hand because autograd would keep the weight-sized gradient sums Gw, Gu alive and materialise a
     weight-sized product per gate to get each gate's gradient; here every weight-sized tensor is read or
-    written a few times per chunk, which is what bounds the speed at large d_mem.
+    written a few times per chunk (once, in memory_kernel's loops), which is what bounds the speed at large d_mem.
     """
 
     @staticmethod
-    def forward(ctx, weights, momentum, Xw, Xu, D, a, e, m, initial):
+    def forward(ctx, weights, momentum, X, w, u, D, a, e, m, initial):
         ctx.set_materialize_grads(False)
         # the fast weights are float32 state; under bfloat16 autocast the token terms and gates arrive in bfloat16,
         # and in-place ops do not autocast, so the update is done in the state's precision
-        Xw, Xu, D, a, e, m = (t.to(weights.dtype) for t in (Xw, Xu, D, a, e, m))
-        H = initial.shape[0]
-        if memory_kernel.usable(weights, momentum, initial, Xw, Xu, D, tokens=D.shape[1]):  # one pass
-            new_weights, new_momentum = memory_kernel.step_forward(weights, momentum, initial, Xw, Xu, D,
+        X, w, u, D, a, e, m = (t.to(weights.dtype) for t in (X, w, u, D, a, e, m))
+        BH, L, H = X.shape[0], X.shape[1], initial.shape[0]
+        w, u = w.reshape(BH, L).contiguous(), u.reshape(BH, L).contiguous()
+        if memory_kernel.usable(weights, momentum, initial, w, u, D, tokens=L):  # the whole update in one pass
+            new_weights, new_momentum = memory_kernel.step_forward(weights, momentum, initial, X, w, u, D,
                                                                    *_rows(a, e, m))
         else:  # the same in five passes over the weights
             new_weights = torch.lerp(initial, weights.view(-1, *initial.shape), a.view(-1, H, 1, 1)).view_as(weights)
             new_weights.addcmul_(m, momentum)
             new_momentum = momentum * e
-            new_weights.baddbmm_(Xw.transpose(1, 2), D)  # in place: an out-of-place baddbmm copies its input
-            new_momentum.baddbmm_(Xu.transpose(1, 2), D)
-        ctx.save_for_backward(weights, momentum, Xw, Xu, D, a, e, m, initial)
+            # in place: an out-of-place baddbmm copies its input
+            new_weights.baddbmm_((w.unsqueeze(-1) * X).transpose(1, 2), D)
+            new_momentum.baddbmm_((u.unsqueeze(-1) * X).transpose(1, 2), D)
+        ctx.save_for_backward(weights, momentum, X, w, u, D, a, e, m, initial)
         return new_weights, new_momentum
 
     @staticmethod
     def backward(ctx, g_weights, g_momentum):
-        weights, momentum, Xw, Xu, D, a, e, m, initial = ctx.saved_tensors
+        weights, momentum, X, w, u, D, a, e, m, initial = ctx.saved_tensors
         BH, H = weights.shape[0], initial.shape[0]
         if g_weights is None:
             g_weights = torch.zeros_like(weights)
         if g_momentum is None:
             g_momentum = torch.zeros_like(momentum)
-        if memory_kernel.usable(g_weights, g_momentum, weights, momentum, initial, Xw, Xu, D, tokens=D.shape[1]):
-            g_W, g_S, dots, g_initial, g_Xw, g_Xu, g_D = memory_kernel.step_backward(
-                g_weights, g_momentum, weights, momentum, initial, Xw, Xu, D, *_rows(a, e, m))
+        if memory_kernel.usable(g_weights, g_momentum, weights, momentum, initial, w, u, D, tokens=D.shape[1]):
+            g_W, g_S, dots, g_initial, g_X, g_w, g_u, g_D = memory_kernel.step_backward(
+                g_weights, g_momentum, weights, momentum, initial, X, w, u, D, *_rows(a, e, m))
             g_a, g_e, g_m = dots.unbind(1)
         else:
             g_Xw = torch.bmm(D, g_weights.transpose(1, 2))  # (BH, L, d_in)
             g_Xu = torch.bmm(D, g_momentum.transpose(1, 2))
-            g_D = torch.baddbmm(torch.bmm(Xw, g_weights), Xu, g_momentum)  # (BH, L, d_out)
+            w, u = w.unsqueeze(-1), u.unsqueeze(-1)
+            g_D = torch.baddbmm(torch.bmm(w * X, g_weights), u * X, g_momentum)  # (BH, L, d_out)
+            g_X = torch.addcmul(w * g_Xw, u, g_Xu)
+            g_w, g_u = (X * g_Xw).sum(-1), (X * g_Xu).sum(-1)
             # the state and gate gradients; the gates': <g_W', W - M_0>, <g_S', S>, <g_W', S>
             g_W = g_weights * a
             g_S = torch.mul(g_momentum, e).addcmul_(m, g_weights)
@@ -172,7 +177,8 @@ class MemoryStep(torch.autograd.Function):
             g_m = _dots(g_weights, momentum)
             one_minus_a = (1.0 - a).view(BH // H, H)
             g_initial = (one_minus_a.t().unsqueeze(1) @ flat_gw.transpose(0, 1)).view_as(initial)
-        return (g_W, g_S, g_Xw, g_Xu, g_D, g_a.view_as(a), g_e.view_as(e), g_m.view_as(m), g_initial)
+        return (g_W, g_S, g_X, g_w.unsqueeze(-1), g_u.unsqueeze(-1), g_D, g_a.view_as(a), g_e.view_as(e),
+                g_m.view_as(m), g_initial)
 
 
 STATS = ("memory_tokens", "memory_surprising", "memory_written")  # the sums NeuralMemory.stats keeps
@@ -405,9 +411,8 @@ class NeuralMemory(nn.Module):
                     sig = torch.sigmoid(pre_activations[i - 1])
                     silu_grad = torch.addcmul(sig, activations[i - 1], 1.0 - sig)
                     delta = (delta @ weights[i].transpose(1, 2)) * silu_grad
-                weights[i], momenta[i] = MemoryStep.apply(weights[i], momenta[i], token_scale_w * inputs[i],
-                                                          token_scale_u * inputs[i], layer_delta, a, e, m,
-                                                          self.initial_weights[i])
+                weights[i], momenta[i] = MemoryStep.apply(weights[i], momenta[i], inputs[i], token_scale_w,
+                                                          token_scale_u, layer_delta, a, e, m, self.initial_weights[i])
 
         out = torch.cat(retrieved, 1).view(B, H, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
         new_state = MemoryState()
