@@ -103,11 +103,6 @@ def chunk_update_coefficients(theta: torch.Tensor, eta: torch.Tensor, beta: torc
     return grad_to_weights, grad_to_momentum, beta_pow[..., length], eta * a[..., length - 1], eta_pow[..., length]
 
 
-def _rows(*gates: torch.Tensor) -> list[torch.Tensor]:
-    """Per-row gates (BH, 1, 1) as contiguous (BH,) vectors for the C loops."""
-    return [g.reshape(-1).contiguous() for g in gates]
-
-
 def _dots(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(BH,) inner products of x and y (BH, ...) row by row, as a (1, n) by (n, 1) product per row: on the CPU
     this reads both once, where linalg.vecdot writes and re-reads their product (about 1.7x the time)."""
@@ -121,7 +116,7 @@ class MemoryStep(torch.autograd.Function):
         W' = a W + (1 - a) M_0 + m S + (w X)^T D,   S' = e S + (u X)^T D        (that is, dW' = a dW + m S + Gw)
 
     X (BH, L, d_in): the layer's inputs; w, u (BH, L, 1): each token's weight in the weights' and the momentum's
-    sums; D (BH, L, d_out): the per-token output gradients; a, e, m (BH, 1, 1); initial = M_0 (H, d_in, d_out).
+    sums; D (BH, L, d_out): the per-token output gradients; a, e, m (BH,); initial = M_0 (H, d_in, d_out).
     Written by hand because autograd would keep the weight-sized gradient sums Gw, Gu alive and materialise a
     weight-sized product per gate to get each gate's gradient; here every weight-sized tensor is read or
     written a few times per chunk (once, in memory_kernel's loops), which is what bounds the speed at large d_mem.
@@ -137,11 +132,11 @@ class MemoryStep(torch.autograd.Function):
         w, u = w.reshape(BH, L).contiguous(), u.reshape(BH, L).contiguous()
         if memory_kernel.usable(weights, momentum, initial, w, u, D, tokens=L):  # the whole update in one pass
             new_weights, new_momentum = memory_kernel.step_forward(weights, momentum, initial, X, w, u, D,
-                                                                   *_rows(a, e, m))
+                                                                   *(g.contiguous() for g in (a, e, m)))
         else:  # the same in five passes over the weights
             new_weights = torch.lerp(initial, weights.view(-1, *initial.shape), a.view(-1, H, 1, 1)).view_as(weights)
-            new_weights.addcmul_(m, momentum)
-            new_momentum = momentum * e
+            new_weights.addcmul_(m.view(-1, 1, 1), momentum)
+            new_momentum = momentum * e.view(-1, 1, 1)
             # in place: an out-of-place baddbmm copies its input
             new_weights.baddbmm_((w.unsqueeze(-1) * X).transpose(1, 2), D)
             new_momentum.baddbmm_((u.unsqueeze(-1) * X).transpose(1, 2), D)
@@ -158,7 +153,7 @@ class MemoryStep(torch.autograd.Function):
             g_momentum = torch.zeros_like(momentum)
         if memory_kernel.usable(g_weights, g_momentum, weights, momentum, initial, w, u, D, tokens=D.shape[1]):
             g_W, g_S, dots, g_initial, g_X, g_w, g_u, g_D = memory_kernel.step_backward(
-                g_weights, g_momentum, weights, momentum, initial, X, w, u, D, *_rows(a, e, m))
+                g_weights, g_momentum, weights, momentum, initial, X, w, u, D, *(g.contiguous() for g in (a, e, m)))
             g_a, g_e, g_m = dots.unbind(1)
         else:
             g_Xw = torch.bmm(D, g_weights.transpose(1, 2))  # (BH, L, d_in)
@@ -168,8 +163,8 @@ class MemoryStep(torch.autograd.Function):
             g_X = torch.addcmul(w * g_Xw, u, g_Xu)
             g_w, g_u = (X * g_Xw).sum(-1), (X * g_Xu).sum(-1)
             # the state and gate gradients; the gates': <g_W', W - M_0>, <g_S', S>, <g_W', S>
-            g_W = g_weights * a
-            g_S = torch.mul(g_momentum, e).addcmul_(m, g_weights)
+            g_W = g_weights * a.view(-1, 1, 1)
+            g_S = torch.mul(g_momentum, e.view(-1, 1, 1)).addcmul_(m.view(-1, 1, 1), g_weights)
             flat_gw = g_weights.view(BH // H, H, -1)  # (B, H, d_in d_out)
             g_against_initial = torch.bmm(initial.view(H, 1, -1), flat_gw.transpose(0, 1).transpose(1, 2))  # (H, 1, B)
             g_a = _dots(g_weights, weights) - g_against_initial.view(H, -1).t().reshape(BH)
@@ -320,9 +315,9 @@ class NeuralMemory(nn.Module):
                 h = F.silu(h)
         return h
 
-    def _gate(self, delta, values, token_w, token_u, remaining):
-        """The write rule for one chunk: token weights (BH, L, 1) zeroed where a token does not write; the
-        gradient still reaches the weights of the tokens that do. -> (token_w, token_u, remaining)."""
+    def _gate(self, delta, values, token_wu, remaining):
+        """The write rule for one chunk: token weights (2, BH, L, 1) zeroed where a token does not write; the
+        gradient still reaches the weights of the tokens that do. -> (token_wu, remaining)."""
         with torch.no_grad():
             surprise = delta.square().sum(-1) / values.square().sum(-1).clamp_min(1e-12)  # (BH, L)
             write = write_mask(surprise, self.surprise_threshold, remaining)
@@ -332,8 +327,8 @@ class NeuralMemory(nn.Module):
                 counts = torch.stack([torch.tensor(surprise.numel(), device=surprise.device),
                                       (surprise >= self.surprise_threshold).sum(), write.sum()]).float()
                 self.stats = self.stats.to(surprise.device) + counts
-        keep = write.unsqueeze(-1).to(token_w.dtype)
-        return token_w * keep, token_u * keep, remaining
+        keep = write.unsqueeze(-1).to(token_wu.dtype)
+        return token_wu * keep, remaining
 
     # -- the sequence ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: MemoryState | None = None):
@@ -355,15 +350,16 @@ class NeuralMemory(nn.Module):
             means.append(x[:, n_full * C:].mean(1, keepdim=True))
         theta, eta, alpha = (g.reshape(B * H, -1) for g in self.gates(torch.cat(means, 1)))  # (BH, N)
         beta = 1.0 - alpha
-        # per chunk: -2 (w, u) as (BH, L, 1) each; a, e, m as (BH, 1, 1) each
+        # per chunk: -2 (w, u) as one (2, BH, L, 1) tensor; (a, e, m) as one (3, BH), each contiguous, so the loops
+        # read their rows in place
         coefficients = []
         groups = ([(0, n_full, C)] if n_full else []) + ([(n_full, n_full + 1, tail)] if tail else [])
         for first, last, length in groups:
             rate = (1.0 - eta[:, first:last]) * theta[:, first:last] / length  # each token's step
             w, u, a, m, e = chunk_update_coefficients(rate, eta[:, first:last], beta[:, first:last], length)
-            token_weights = (-2.0 * torch.stack([w, u], 0)).unsqueeze(-1)  # (2, BH, n, L, 1)
-            gates = torch.stack([a, e, m], 0)[..., None, None]  # (3, BH, n, 1, 1)
-            coefficients += zip(token_weights.unbind(2), gates.unbind(2))
+            token_weights = (-2.0 * torch.stack([w, u], 0)).movedim(2, 0).unsqueeze(-1).contiguous()  # (n, 2, BH, L, 1)
+            gates = torch.stack([a, e, m], 0).movedim(2, 0).contiguous()  # (n, 3, BH)
+            coefficients += zip(token_weights.unbind(0), gates.unbind(0))
 
         # per layer: the fast weights W = M_0 + dW of the chunk start and the momentum S, each (BH, d_in, d_out)
         weights = [(state[f"dW{i}"] + w0).view(B * H, *w0.shape[1:])
@@ -373,7 +369,7 @@ class NeuralMemory(nn.Module):
         retrieved = []
         gated = self.surprise_threshold > 0 or self.max_updates > 0
         remaining = torch.full((B * H,), self.max_updates, device=x.device) if self.max_updates else None
-        for (keys, values, queries), ((token_w, token_u), (a, e, m)) in zip(
+        for (keys, values, queries), (token_wu, (a, e, m)) in zip(
                 zip(k.split(C, 1), v.split(C, 1), q.split(C, 1)), coefficients):
             L = keys.shape[1]
             # keys and queries go through the chunk-start memory together; keep what the gradient needs
@@ -395,24 +391,26 @@ class NeuralMemory(nn.Module):
             # inside MemoryStep; the factor 2 and the minus sign of the descent step sit in the token weights
             delta = predicted - values  # (BH, L, hd): half of d loss / d output
             if gated:
-                token_w, token_u, remaining = self._gate(delta, values, token_w, token_u, remaining)
+                token_wu, remaining = self._gate(delta, values, token_wu, remaining)
             elif self.stats is not None:  # no gate: every token is surprising enough and writes; count without a mask
                 self.stats = self.stats + torch.tensor([float(delta.shape[0] * delta.shape[1])] * 3)
             for i in reversed(range(self.depth)):
                 if self.layer_scales[i] != 1.0:
                     delta = delta * self.layer_scales[i]  # now relative to (h @ W_i)
                 layer_delta = delta
-                token_scale_w, token_scale_u = token_w, token_u
+                token_scale = token_wu
                 if self.max_grad_norm > 0:  # clip each token's gradient 2 x^T delta, whose norm is 2 |x| |delta|
-                    norm = 2.0 * inputs[i].norm(dim=-1, keepdim=True) * layer_delta.norm(dim=-1, keepdim=True)
-                    clip = (self.max_grad_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
-                    token_scale_w, token_scale_u = token_w * clip, token_u * clip
+                    # min(1, c / max(2 |x| |delta|, 1e-12)) from the squared norms: their backward is two products,
+                    # where a norm's divides and masks
+                    squares = inputs[i].square().sum(-1, keepdim=True) * layer_delta.square().sum(-1, keepdim=True)
+                    clip = (0.5 * self.max_grad_norm * squares.clamp_min(2.5e-25).rsqrt()).clamp(max=1.0)
+                    token_scale = token_wu * clip
                 if i > 0:  # back through silu, at the chunk-start weights: silu'(z) = sig + silu(z) (1 - sig)
                     sig = torch.sigmoid(pre_activations[i - 1])
                     silu_grad = torch.addcmul(sig, activations[i - 1], 1.0 - sig)
                     delta = (delta @ weights[i].transpose(1, 2)) * silu_grad
-                weights[i], momenta[i] = MemoryStep.apply(weights[i], momenta[i], inputs[i], token_scale_w,
-                                                          token_scale_u, layer_delta, a, e, m, self.initial_weights[i])
+                weights[i], momenta[i] = MemoryStep.apply(weights[i], momenta[i], inputs[i], *token_scale, layer_delta,
+                                                          a, e, m, self.initial_weights[i])
 
         out = torch.cat(retrieved, 1).view(B, H, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
         new_state = MemoryState()
