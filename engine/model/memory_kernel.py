@@ -166,7 +166,7 @@ CLONES void step_backward_##SUF(const T* restrict gW, const T* restrict gS, cons
             for (long l0 = 0; l0 < L; l0 += TOKEN_BLOCK) {                                                    \
                 const long n = L - l0 < TOKEN_BLOCK ? L - l0 : TOKEN_BLOCK;                                   \
                 V accw[TOKEN_BLOCK] = {{0}}, accu[TOKEN_BLOCK] = {{0}};                                       \
-                if (n == TOKEN_BLOCK)                                                                         \
+                if (n == TOKEN_BLOCK)  /* a constant trip count: the compiler keeps the sums in registers */   \
                     for (long i = 0; i < din; i++) {                                                          \
                         const V g = LOAD(V, gW + o + i * dout + j), h = LOAD(V, gS + o + i * dout + j);       \
                         for (long q = 0; q < TOKEN_BLOCK; q++) {                                              \
