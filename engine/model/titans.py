@@ -103,6 +103,12 @@ def chunk_update_coefficients(theta: torch.Tensor, eta: torch.Tensor, beta: torc
     return grad_to_weights, grad_to_momentum, beta_pow[..., length], eta * a[..., length - 1], eta_pow[..., length]
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """F.normalize(x, dim=-1) (x / max(|x|, 1e-12)) as a product with rsqrt: its backward multiplies where
+    normalize's divides and masks, on the largest token-sized tensors of the memory."""
+    return x * x.square().sum(-1, keepdim=True).clamp_min(1e-24).rsqrt()
+
+
 def _dots(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(BH,) inner products of x and y (BH, ...) row by row, as a (1, n) by (n, 1) product per row: on the CPU
     this reads both once, where linalg.vecdot writes and re-reads their product (about 1.7x the time)."""
@@ -299,7 +305,7 @@ class NeuralMemory(nn.Module):
         B, T, _ = x.shape
         qkv = F.silu(self.to_qkv(x)).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v
+        return _unit(q), _unit(k), v
 
     def gates(self, chunk_means: torch.Tensor):
         """chunk_means (B, N, dim) -> theta, eta, alpha, each (B, H, N)."""
