@@ -35,7 +35,8 @@ ENV = "TRM_LAB_MEMORY_KERNEL"  # "torch" forces the PyTorch path; anything else 
 #           g_init[h] += (1 - a_b) gW_b,  gD = Xw gW + Xu gS,  gX = w D gW^T + u D gS^T,
 #           gw = rowsum(X * D gW^T),  gu = rowsum(X * D gS^T)   (one pass over gW, gS for all of them, where the
 #           PyTorch path reads each twice more for its matrix products)
-_SOURCE = r"""
+MAX_TOKENS = 64  # tokens per chunk the loops take (their token buffers); longer chunks take the PyTorch path
+_SOURCE = f"#define MAX_TOKENS {MAX_TOKENS}\n" + r"""
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 /* one build for every x86 machine: the widest vectors it has are picked when the library loads */
 #define CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
@@ -52,7 +53,6 @@ _SOURCE = r"""
 #define STORE(p, v) do { __typeof__(v) v_ = (v); __builtin_memcpy((p), &v_, sizeof v_); } while (0)
 #define ROWS 4          /* weight rows per block in registers: each vector of D loaded feeds 2 ROWS multiply-adds */
 #define TOKEN_BLOCK 8   /* tokens whose rows of D's gradient stay in registers while the rows of gW, gS go by */
-#define MAX_TOKENS 64   /* tokens per chunk the loops take; longer chunks take the PyTorch path */
 
 #define FORWARD(T, SUF)                                                                                       \
 typedef T vec_##SUF __attribute__((vector_size(64)));                                                        \
@@ -234,7 +234,6 @@ FORWARD(double, f64)
 BACKWARD(float, f32)
 BACKWARD(double, f64)
 """
-MAX_TOKENS = 64  # as in the C source: the most tokens per chunk the loops take
 # with -fopenmp the loops split a chunk's rows over PyTorch's own OpenMP threads (the runtime PyTorch loaded is the one
 # the library links to); where the compiler has no OpenMP, the same loops build without it and run on one thread
 _FLAG_SETS = (["-O3", "-fopenmp", "-fPIC", "-shared"], ["-O3", "-fPIC", "-shared"])
